@@ -1,0 +1,80 @@
+# Thin targets over the harness and its scripts. Every target sets up what it needs (idempotent):
+# the venvs are rebuilt when their lockfiles change.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+HELM_VENV := .venv-helm
+BASE_IMAGE ?= harness-base:bookworm
+TRACK ?= 4090
+NAME ?= my-entry
+PIP_COMPILE := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-emit-index-url --no-emit-find-links
+# The images' locks resolve against PyPI alone (its CUDA build of torch), whatever local wheels and
+# indexes this machine's pip configuration adds.
+PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
+
+.PHONY: help setup lock engine base-image submission demo test check bench bench-serve bench-train \
+	bench-check clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.stamp: lockfiles/dev.txt pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	# torch first: the lock leaves it out (see lockfiles/dev.in); pip then accepts the installed build.
+	$(VENV)/bin/pip install -q "torch==2.13.0"
+	$(VENV)/bin/pip install -q --require-hashes -r lockfiles/dev.txt
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+$(HELM_VENV)/.stamp: lockfiles/helm.txt lockfiles/helm-core.txt
+	test -x $(HELM_VENV)/bin/python || $(PYTHON) -m venv $(HELM_VENV)
+	$(HELM_VENV)/bin/pip install -q --require-hashes -r lockfiles/helm.txt
+	$(HELM_VENV)/bin/pip install -q --require-hashes --no-deps -r lockfiles/helm-core.txt
+	touch $@
+
+setup: $(VENV)/.stamp $(HELM_VENV)/.stamp  ## create or refresh .venv and .venv-helm from the locks
+
+lock: $(VENV)/.stamp  ## recompile every lockfile from its .in (needs PyPI)
+	# --unsafe-package replaces pip-tools' default set: torch is left out, setuptools is pinned.
+	$(PIP_COMPILE) --unsafe-package torch -o lockfiles/dev.txt lockfiles/dev.in
+	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/serve.txt lockfiles/serve.in
+	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/train.txt lockfiles/train.in
+	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/helm.txt lockfiles/helm.in
+	scripts/lock-helm-core.sh lockfiles/helm-core.txt
+
+engine:  ## make a Docker engine reachable (installs and starts one as root)
+	scripts/docker-engine.sh
+
+base-image: engine  ## build the local base image the templates use when Docker Hub is out of reach
+	scripts/base-image.sh $(BASE_IMAGE)
+
+submission: $(VENV)/.stamp  ## render a submission: make submission TRACK=4090 NAME=my-entry
+	$(VENV)/bin/harness submission new --track $(TRACK) --name $(NAME)
+
+demo: setup  ## the main job, end to end on CPU
+	$(VENV)/bin/python scripts/demo.py
+
+test: setup  ## the test suite (docker tests run when an engine is reachable)
+	$(VENV)/bin/pytest
+
+check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
+	$(VENV)/bin/ruff check harness templates tests scripts
+	$(VENV)/bin/ruff format --check harness templates tests scripts
+	$(VENV)/bin/mypy
+
+bench: bench-serve bench-train bench-check  ## every benchmark
+
+bench-serve: setup  ## server throughput against a naive baseline
+	$(VENV)/bin/python benchmarks/bench_serve.py
+
+bench-train: $(VENV)/.stamp  ## QLoRA training tokens/s and peak memory
+	$(VENV)/bin/python benchmarks/bench_train.py
+
+bench-check: $(VENV)/.stamp  ## harness check on 225 generated entries against detect-secrets' CLI
+	$(VENV)/bin/python benchmarks/bench_check.py
+
+clean:  ## remove the venvs and caches (not submissions/)
+	rm -rf $(VENV) $(HELM_VENV) .mypy_cache .ruff_cache .pytest_cache

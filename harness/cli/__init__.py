@@ -1,0 +1,27 @@
+"""The `harness` command line: one module per command, each thin over functions returning results.
+
+Commands are registered explicitly below (no import side effects). Exit codes: 0 ok, 1 an entry
+failed or was flagged, 2 usage or configuration error, 3 infrastructure unavailable.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from harness.cli import tiny_model
+
+app = typer.Typer(
+    name="harness",
+    help="Build, check, score and reproduce entries of LLM fine-tuning competitions.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Build, check, score and reproduce entries of LLM fine-tuning competitions."""
+
+
+app.command("tiny-model", epilog=tiny_model.EPILOG)(tiny_model.main)

@@ -1,0 +1,123 @@
+"""The one boundary to the Docker engine: builds via a BuildKit-capable CLI, the rest via the SDK.
+
+Builds go through the `docker` command line because the SDK only speaks the legacy builder, and
+submissions need BuildKit (`RUN --mount=type=secret` keeps tokens out of every layer). Docker and
+subprocess exceptions become `InfrastructureError` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.errors import InfrastructureError
+
+LABEL = "org.harness.managed"
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """How one `docker build` ended; the full log is in `log_path`."""
+
+    ok: bool
+    timed_out: bool
+    seconds: float
+    log_path: Path
+    image: str
+
+
+def _client_version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run(
+        [binary, "version", "--format", "{{.Client.Version}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    ).stdout.strip()
+    return tuple(int(part) for part in out.split("+")[0].split(".")[:2] if part.isdigit())
+
+
+@functools.cache
+def buildkit_cli() -> tuple[str, ...]:
+    """A docker command line that builds with BuildKit.
+
+    Either one with the buildx plugin, or a client older than 23.0, whose BuildKit is built in
+    (Debian's docker.io); a newer client without buildx would fall back to the legacy builder.
+    """
+    candidates = [os.environ.get("HARNESS_DOCKER"), shutil.which("docker"), "/usr/bin/docker"]
+    for binary in dict.fromkeys(c for c in candidates if c and Path(c).exists()):
+        try:
+            if subprocess.run([binary, "buildx", "version"], capture_output=True).returncode == 0:
+                return (binary, "buildx", "build", "--load")
+            version = _client_version(binary)
+        except (OSError, subprocess.SubprocessError, ValueError):
+            continue
+        if version and version < (23,):
+            return (binary, "build")
+    raise InfrastructureError(
+        "no docker command line with BuildKit found: install the buildx plugin or Debian's "
+        "docker.io (scripts/docker-engine.sh), or point HARNESS_DOCKER at one"
+    )
+
+
+def client() -> Any:
+    """A connected Docker SDK client, or InfrastructureError saying why there is none."""
+    import docker
+
+    try:
+        sdk = docker.from_env(timeout=600)
+        sdk.ping()
+    except Exception as exc:  # the SDK raises several unrelated types when no engine answers
+        raise InfrastructureError(f"no Docker engine is reachable: {exc}") from exc
+    return sdk
+
+
+def build(
+    context: Path,
+    *,
+    tag: str,
+    log_path: Path,
+    dockerfile: Path | None = None,
+    build_args: Mapping[str, str] | None = None,
+    secrets: Mapping[str, Path] | None = None,
+    labels: Mapping[str, str] | None = None,
+    timeout: float = 7200,
+) -> BuildResult:
+    """`docker build` CONTEXT with BuildKit; the log (plain progress) goes to `log_path`.
+
+    `secrets` maps a build-secret id to a file whose content the Dockerfile reads with
+    `RUN --mount=type=secret,id=ID`: it never lands in a layer or in the image config.
+    """
+    cmd = [*buildkit_cli(), "--progress=plain", "--tag", tag]
+    if dockerfile is not None:
+        cmd += ["--file", str(dockerfile)]
+    for key, value in (build_args or {}).items():
+        cmd += ["--build-arg", f"{key}={value}"]
+    for secret_id, path in (secrets or {}).items():
+        cmd += ["--secret", f"id={secret_id},src={path}"]
+    for key, value in {LABEL: "true", **(labels or {})}.items():
+        cmd += ["--label", f"{key}={value}"]
+    cmd.append(str(context))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        try:
+            proc = subprocess.run(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, "DOCKER_BUILDKIT": "1"},
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            return BuildResult(False, True, time.monotonic() - started, log_path, tag)
+        except OSError as exc:
+            raise InfrastructureError(f"could not run docker build: {exc}") from exc
+    return BuildResult(proc.returncode == 0, False, time.monotonic() - started, log_path, tag)

@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny model, the Docker engine and the HELM environment.
+
+Tests marked `docker` run whenever an engine is reachable and are skipped with the reason
+otherwise; under CI (CI=true) an unreachable engine fails them instead. Every image and container
+a test makes carries the label in `TEST_LABEL` and is removed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.tiny_model import write_tiny_model
+
+REPO = Path(__file__).resolve().parent.parent
+HELM_BIN = REPO / ".venv-helm" / "bin"
+BASE_IMAGE = os.environ.get("HARNESS_BASE_IMAGE", "harness-base:bookworm")
+TEST_LABEL = "org.harness.managed=test"
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def _unavailable(reason: str) -> None:
+    """Skip, or fail under CI where everything a test needs must be set up."""
+    if IN_CI:
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama model + tokenizer, written once per session (read-only for tests)."""
+    return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    import docker
+
+    try:
+        client = docker.from_env(timeout=600)
+        client.ping()
+    except Exception as exc:  # docker raises several unrelated types when no engine answers
+        _unavailable(f"no Docker engine is reachable ({type(exc).__name__}); run `make engine`")
+    yield client
+    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+        container.remove(force=True)
+    for image in client.images.list(filters={"label": TEST_LABEL}):
+        client.images.remove(image.id, force=True, noprune=False)
+    client.images.prune(filters={"dangling": True})
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client: Any) -> str:
+    """The local base image, created by scripts/base-image.sh when it is missing."""
+    result = subprocess.run(
+        [str(REPO / "scripts" / "base-image.sh"), BASE_IMAGE], capture_output=True, text=True
+    )
+    if result.returncode != 0:
+        _unavailable(f"the base image {BASE_IMAGE} could not be made: {result.stderr[-500:]}")
+    return BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> Path:
+    """The bin folder of the crfm-helm environment (`make setup` creates it)."""
+    if not (HELM_BIN / "helm-run").exists():
+        _unavailable(f"crfm-helm is not installed in {HELM_BIN.parent}; run `make setup`")
+    return HELM_BIN
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Docker tests ask for the engine through its fixture: no engine skips them (fails under CI).
+    for item in items:
+        if item.get_closest_marker("docker") and "docker_client" not in item.fixturenames:
+            item.fixturenames.insert(0, "docker_client")  # type: ignore[attr-defined]
