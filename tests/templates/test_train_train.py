@@ -1,0 +1,203 @@
+"""train.py on the tiny model: a real 4-bit QLoRA run on CPU (bitsandbytes, peft, transformers).
+
+The helpers here (`write_examples`, `write_config`, `trained_run`) are shared with the merge tests.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+TRAIN_DIR = Path(__file__).resolve().parents[2] / "templates" / "train"
+sys.path.insert(0, str(TRAIN_DIR))
+
+import config as train_config  # noqa: E402
+import train  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+LINEARS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+
+def write_examples(path: Path, count: int = 50) -> Path:
+    """`count` distinct alpaca-format examples with short, learnable answers."""
+    rows = [
+        {
+            "instruction": f"question {i} : what is {i} plus {i % 7} ?",
+            "input": "",
+            "output": f"the answer is {i + i % 7} .",
+        }
+        for i in range(count)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def write_config(tmp: Path, model_dir: Path, **overrides: Any) -> Path:
+    data = {
+        "track": "4090",
+        "base_model": str(model_dir),
+        "datasets": [{"source": str(write_examples(tmp / "train.jsonl")), "format": "alpaca"}],
+        "quantization": {"mode": "nf4", "compute_dtype": "float32"},
+        "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"},
+        "neftune_noise_alpha": 5.0,
+        "learning_rate": 0.005,
+        "max_steps": 4,
+        "micro_batch_size": 4,
+        "max_seq_len": 64,
+        "save_steps": 2,
+        "logging_steps": 1,
+        "output_dir": str(tmp / "output"),
+        "merge": {"dtype": "float32", "tolerance": 1e-4, "output_dir": str(tmp / "merged")},
+        **overrides,
+    }
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def trained_run(tmp: Path, model_dir: Path, **overrides: Any) -> train_config.TrainConfig:
+    config = train_config.load_config(write_config(tmp, model_dir, **overrides))
+    train.train(config)
+    return config
+
+
+class NeftuneProbe(TrainerCallback):
+    """Records whether NEFTune's noise hook sits on the input embeddings while training runs."""
+
+    hooked = False
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        embeddings = kwargs["model"].get_input_embeddings()
+        self.hooked = self.hooked or bool(embeddings._forward_hooks)
+
+
+class CrashAt(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.global_step == self.step:
+            raise RuntimeError(f"simulated crash at step {self.step}")
+
+
+def test_qlora_run_with_neftune_trains_every_linear_layer(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir))
+    probe = NeftuneProbe()
+    summary = train.train(config, callbacks=[probe])
+
+    assert summary["global_step"] == 4 and not summary["stopped_by_time_budget"]
+    assert summary["tokens_seen"] > 0 and summary["tokens_per_s"] > 0
+    assert summary["peak_memory_gib"] > 0
+    assert probe.hooked, "NEFTune's embedding hook was not active during training"
+    adapter = Path(summary["adapter"])
+    targets = json.loads((adapter / "adapter_config.json").read_text())["target_modules"]
+    assert {t.rsplit(".", 1)[-1] for t in targets} == LINEARS
+    weights = load_file(adapter / "adapter_model.safetensors")
+    lora_b = {k: v for k, v in weights.items() if "lora_B" in k}
+    # peft starts every lora_B at zero: a non-zero B means that layer was trained.
+    assert len(lora_b) == 2 * len(LINEARS)
+    assert all(v.abs().max() > 0 for v in lora_b.values())
+    report = json.loads((tmp_path / "output" / "data_report.json").read_text())
+    assert report["total"]["sampled"] == 50
+
+
+def test_loss_covers_response_tokens_only(tiny_model_dir: Path, tmp_path: Path) -> None:
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir))
+    tokenizer = train.load_tokenizer(config)
+    example = train.data.Example("what is 2 plus 3 ?", "five", "test")
+    row = train.tokenize(example, config, tokenizer)
+    trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
+    assert tokenizer.decode(trained) == "five" + tokenizer.eos_token
+    prompt_len = row["labels"].count(-100)
+    assert tokenizer.decode(row["input_ids"][:prompt_len]) == "what is 2 plus 3 ?\n"
+
+
+def test_packing_fills_sequences_without_splitting_examples() -> None:
+    rows = [{"input_ids": [1] * n, "labels": [2] * n} for n in (30, 30, 10, 50, 5)]
+    packed = train.pack(rows, 64)
+    assert [len(r["input_ids"]) for r in packed] == [60, 60, 5]
+    assert all(len(r["labels"]) == len(r["input_ids"]) for r in packed)
+
+
+def test_resume_after_a_crash_continues_the_step_count(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir))
+    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
+        train.train(config, callbacks=[CrashAt(3)])
+    output = tmp_path / "output"
+    assert (output / "checkpoint-2").is_dir() and not (output / "adapter").exists()
+
+    summary = train.train(config)
+    assert summary["resumed_from"] == str(output / "checkpoint-2")
+    assert summary["global_step"] == 4
+    state = json.loads((output / "checkpoint-4" / "trainer_state.json").read_text())
+    # Only steps 3 and 4 ran in the resumed process; steps 1-2 come from the checkpoint's history.
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_time_budget_stops_early_and_leaves_a_usable_adapter(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # The budget counts from the script's start, so loading alone uses up 1 s: one step runs.
+    path = write_config(tmp_path, tiny_model_dir, max_steps=500, time_budget="1s")
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(path)],
+        cwd=TRAIN_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads((tmp_path / "output" / "train_summary.json").read_text())
+    assert summary["stopped_by_time_budget"] is True
+    assert 1 <= summary["global_step"] < 500
+    assert "tokens_per_s" in result.stdout + result.stderr
+
+    from peft import PeftModel
+
+    config = train_config.load_config(path)
+    model = PeftModel.from_pretrained(train.load_base(config, "cpu"), summary["adapter"])
+    tokenizer = train.load_tokenizer(config)
+    ids = tokenizer("what is 2 plus 3 ?\n", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 4
+
+
+def test_a_config_that_cannot_fit_is_refused_before_any_weights_load(tmp_path: Path) -> None:
+    # A folder with only a Mistral-7B config.json: the refusal must come before weights are needed.
+    model_dir = tmp_path / "mistral-shape"
+    model_dir.mkdir()
+    shape = {
+        "model_type": "mistral",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 32000,
+    }
+    (model_dir / "config.json").write_text(json.dumps(shape))
+    path = write_config(
+        tmp_path, model_dir, micro_batch_size=16, max_seq_len=4096, gradient_checkpointing=False
+    )
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(path)],
+        cwd=TRAIN_DIR,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "track 4090 has 24 GiB" in result.stderr and "DOES NOT FIT" in result.stderr
+    assert not (tmp_path / "output" / "curated.jsonl").exists()
