@@ -1,0 +1,316 @@
+"""The gateway: a reverse proxy between HELM and one entry's container.
+
+HELM's HTTP client trusts the entry completely: it reports whatever `request_time` the server
+claims, puts no timeout on /tokenize and /decode (a hung server hangs the whole run), and fails the
+run when a /process request keeps failing. The gateway sits in between, on 127.0.0.1:
+
+    HELM ──> gateway (127.0.0.1:free port) ──> entry (its container's published port)
+
+- the stage deadline: once it passes, /process answers at once with an empty completion (the
+  instance scores 0 and counts as unanswered), so the stage ends on time whatever the entry does;
+  a request in flight at the deadline is cut off the same way;
+- timeouts: /process gets a long one (a timed-out request is answered empty, not failed, so one
+  slow prompt does not fail the whole HELM run); /tokenize, /decode and /health get short ones
+  and answer 504 when they expire;
+- an entry's error status, or an entry that cannot be reached, is passed on as an error: HELM
+  retries, and fails the run if it persists (that is the entry's failure, not a 0 score);
+- each request's real latency is measured, and a JSONL request log is written with secrets
+  redacted (`harness.secrets.redact`).
+
+    with Gateway("http://127.0.0.1:8080", deadline=time.monotonic() + 300 * 60,
+                 request_log=results / "entry" / "requests.jsonl") as gateway:
+        run_helm(base_url=gateway.url)
+    stats = gateway.stats()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import IO, Any, Self
+
+import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp
+
+from harness.errors import InfrastructureError
+from harness.secrets import redact
+
+EMPTY_COMPLETION: dict[str, Any] = {"text": "", "tokens": [], "logprob": 0.0, "request_time": 0.0}
+PROXIED = {"/process": "POST", "/tokenize": "POST", "/decode": "POST", "/health": "GET"}
+
+
+class Outcome(StrEnum):
+    ANSWERED = "answered"  # the entry answered (any status below 400)
+    AFTER_DEADLINE = "after-deadline"  # /process after the deadline: answered empty at once
+    TIMED_OUT = "timed-out"  # no answer in time: /process answered empty, others 504
+    ERROR = "error"  # the entry answered an error status or could not be reached
+
+
+@dataclass(frozen=True)
+class GatewayStats:
+    """What went through the gateway; latencies: real ones, of /process requests answered."""
+
+    requests: int
+    answered: int  # /process requests the entry answered
+    unanswered: int  # /process requests answered empty (deadline passed or timed out)
+    errors: int  # requests on any endpoint that failed or timed out, but /process timeouts
+    latency_p50_s: float | None
+    latency_p90_s: float | None
+    latency_p99_s: float | None
+    latency_max_s: float | None
+
+
+def percentile(sorted_values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile of an ascending list (None when empty)."""
+    if not sorted_values:
+        return None
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+class ThreadedServer:
+    """Serves an ASGI app on 127.0.0.1 (a free port) from a background thread with its own loop."""
+
+    def __init__(self, app: ASGIApp, *, graceful_shutdown_s: int = 5) -> None:
+        self._config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=graceful_shutdown_s,
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        if not self.port:
+            raise RuntimeError("the server is not started")
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 10.0) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the server is already started")
+        # Binding here, not in uvicorn, hands out the port with no race against other servers.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        server = self._server = uvicorn.Server(self._config)
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(server.serve(sockets=[sock])),
+            name=f"server-{self.port}",
+            daemon=True,
+        )
+        self._thread.start()
+        started = time.monotonic()
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() - started > timeout_s:
+                sock.close()
+                raise InfrastructureError(f"could not start a server on 127.0.0.1:{self.port}")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        if self._server is None or self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join()
+        self._server = self._thread = None
+
+
+@dataclass
+class _Record:
+    endpoint: str
+    status: int
+    latency_s: float
+    outcome: Outcome
+
+
+class Gateway:
+    """The reverse proxy for one entry and one stage; see the module docstring."""
+
+    def __init__(
+        self,
+        upstream_url: str,
+        *,
+        deadline: float,
+        request_log: Path,
+        process_timeout_s: float = 600.0,
+        tokenizer_timeout_s: float = 30.0,
+        excerpt_chars: int = 80,
+    ) -> None:
+        """`deadline` is a `time.monotonic()` value: the end of the stage's time limit."""
+        self.upstream_url = upstream_url.rstrip("/")
+        self.deadline = deadline
+        self.request_log = request_log
+        self.process_timeout_s = process_timeout_s
+        self.tokenizer_timeout_s = tokenizer_timeout_s
+        self.excerpt_chars = excerpt_chars
+        self._records: list[_Record] = []
+        self._lock = threading.Lock()
+        self._log: IO[str] | None = None
+        self._client: httpx.AsyncClient | None = None
+        handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
+            "/process": self._process,
+            "/tokenize": self._forward_with_tokenizer_timeout,
+            "/decode": self._forward_with_tokenizer_timeout,
+            "/health": self._forward_with_tokenizer_timeout,
+        }
+        app = Starlette(
+            routes=[Route(path, handlers[path], methods=[m]) for path, m in PROXIED.items()],
+            lifespan=self._lifespan,
+        )
+        self._server = ThreadedServer(app)
+
+    @property
+    def url(self) -> str:
+        """The base URL HELM should use instead of the entry's."""
+        return self._server.url
+
+    def start(self) -> Self:
+        self.request_log.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.request_log.open("a", encoding="utf-8", buffering=1)
+        try:
+            self._server.start()
+        except BaseException:
+            self._log.close()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self._server.stop()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stats(self) -> GatewayStats:
+        with self._lock:
+            records = list(self._records)
+        process = [r for r in records if r.endpoint == "/process"]
+        latencies = sorted(r.latency_s for r in process if r.outcome is Outcome.ANSWERED)
+        return GatewayStats(
+            requests=len(records),
+            answered=len(latencies),
+            unanswered=sum(
+                r.outcome in (Outcome.AFTER_DEADLINE, Outcome.TIMED_OUT) for r in process
+            ),
+            errors=sum(
+                r.outcome is Outcome.ERROR
+                or (r.outcome is Outcome.TIMED_OUT and r.endpoint != "/process")
+                for r in records
+            ),
+            latency_p50_s=percentile(latencies, 50),
+            latency_p90_s=percentile(latencies, 90),
+            latency_p99_s=percentile(latencies, 99),
+            latency_max_s=latencies[-1] if latencies else None,
+        )
+
+    # -- inside the server's event loop -------------------------------------------------------
+
+    @asynccontextmanager
+    async def _lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        # trust_env=False: the entry is local, and a proxy from the environment must not see it.
+        async with httpx.AsyncClient(trust_env=False) as client:
+            self._client = client
+            yield
+        self._client = None
+
+    async def _process(self, request: Request) -> Response:
+        body = await request.body()
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self._record(request, body, 200, 0.0, Outcome.AFTER_DEADLINE)
+            return JSONResponse(EMPTY_COMPLETION)
+        # A request in flight when the deadline passes is cut off then, not after its own timeout.
+        return await self._forward(request, body, min(self.process_timeout_s, remaining))
+
+    async def _forward_with_tokenizer_timeout(self, request: Request) -> Response:
+        return await self._forward(request, await request.body(), self.tokenizer_timeout_s)
+
+    async def _forward(self, request: Request, body: bytes, timeout_s: float) -> Response:
+        assert self._client is not None
+        started = time.monotonic()
+        headers = {"content-type": request.headers.get("content-type", "application/json")}
+        try:
+            upstream = await self._client.request(
+                request.method,
+                self.upstream_url + request.url.path,
+                content=body,
+                headers=headers,
+                timeout=timeout_s,
+            )
+        except httpx.TimeoutException:
+            latency = time.monotonic() - started
+            if request.url.path == "/process":
+                self._record(request, body, 200, latency, Outcome.TIMED_OUT)
+                return JSONResponse(EMPTY_COMPLETION)
+            self._record(request, body, 504, latency, Outcome.TIMED_OUT)
+            return JSONResponse({"detail": f"the entry did not answer in {timeout_s:g} s"}, 504)
+        except httpx.HTTPError as exc:
+            self._record(request, body, 502, time.monotonic() - started, Outcome.ERROR)
+            return JSONResponse({"detail": f"the entry is unreachable: {type(exc).__name__}"}, 502)
+        latency = time.monotonic() - started
+        outcome = Outcome.ANSWERED if upstream.status_code < 400 else Outcome.ERROR
+        self._record(request, body, upstream.status_code, latency, outcome)
+        return Response(
+            upstream.content,
+            status_code=upstream.status_code,
+            media_type=upstream.headers.get("content-type"),
+        )
+
+    def _record(
+        self,
+        request: Request,
+        body: bytes,
+        status: int,
+        latency_s: float,
+        outcome: Outcome,
+    ) -> None:
+        record = _Record(request.url.path, status, latency_s, outcome)
+        with self._lock:
+            self._records.append(record)
+        line = {
+            "time": time.time(),
+            "endpoint": record.endpoint,
+            "status": status,
+            "latency_s": round(latency_s, 6),
+            "outcome": outcome.value,
+            "answered": outcome is Outcome.ANSWERED,
+            "excerpt": self._excerpt(body),
+        }
+        if self._log is not None:
+            self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _excerpt(self, body: bytes) -> str:
+        """The start of the prompt or text, redacted whole first so no secret is cut in half."""
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            payload = None
+        text = ""
+        if isinstance(payload, dict):
+            value = payload.get("prompt", payload.get("text", ""))
+            text = value if isinstance(value, str) else ""
+        elif body:
+            text = body.decode("utf-8", "replace")
+        return redact(text)[: self.excerpt_chars]

@@ -1,0 +1,707 @@
+"""Scoring with HELM: crfm-helm 0.5.16 in `.venv-helm`, driven as an outside tool.
+
+One HELM run lives in one folder, the working directory of `helm-run`:
+
+    RUN_DIR/prod_env/model_deployments.yaml   one deployment per entry (`write_prod_env`)
+    RUN_DIR/prod_env/model_metadata.yaml
+    RUN_DIR/prod_env/tokenizer_configs.yaml
+    RUN_DIR/run_specs.conf                    the conf with per-run-spec budgets (`write_helm_conf`)
+    RUN_DIR/helm-run.log                      everything HELM printed, every attempt
+    RUN_DIR/benchmark_output/runs/SUITE/RUN/stats.json     read by `read_metrics`
+
+Run-spec confs (`load_conf`) are HELM confs (the HOCON subset HELM's own confs use) whose entries
+may carry two keys of the harness's own, which HELM ignores:
+
+    {description: "mmlu:subject=anatomy", priority: 1, scenario: "mmlu", metric: "exact_match"}
+
+`scenario` groups run specs for scoring and budgeting (default: the run-spec name before `:`);
+`metric` names the scenario's main metric (default: `MAIN_METRICS`, then `FALLBACK_METRICS`).
+A `model=` or `max_eval_instances=` argument is dropped: the harness sets both. A relative `path=`
+of a `local_task` entry is resolved against the conf's folder, so confs work wherever they live.
+
+Each written entry carries its scenario as a HELM group; HELM appends `groups=SCENARIO` to the run's
+name, which is how a run (finished or failed) is traced back to its scenario.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.errors import ConfigError, InfrastructureError
+
+_PACKAGE = Path(__file__).resolve().parent
+RUNSPECS_DIR = _PACKAGE / "runspecs"
+PLUGIN = _PACKAGE / "helm_plugins" / "local_tasks.py"
+SHIPPED_CONFS = ("open", "closed", "offline")
+SUITE = "harness"
+MODEL_ORG = "harness"
+
+# Main metric per HELM run-spec name, as HELM's schema_classic/schema_lite define them, except
+# gsm: HELM Lite's final_number_exact_match, so a chain of thought before the answer still counts.
+# local_task: exact match after normalising case, whitespace and punctuation, for both task kinds.
+MAIN_METRICS: dict[str, str] = {
+    "mmlu": "exact_match",
+    "truthful_qa": "exact_match",
+    "bbq": "quasi_exact_match",
+    "summarization_cnndm": "rouge_2",
+    "gsm": "final_number_exact_match",
+    "math": "math_equiv_chain_of_thought",
+    "simple_mcqa": "exact_match",
+    "synthetic_reasoning": "quasi_exact_match",
+    "synthetic_reasoning_natural": "f1_set_match",
+    "dyck_language": "exact_match_indicator",
+    "local_task": "quasi_exact_match",
+}
+# For run specs whose metrics depend on their arguments (BIG-bench tasks declare their own):
+# the first of these that the run's stats hold.
+FALLBACK_METRICS = ("exact_match", "quasi_exact_match", "f1_score", "rouge_2", "bleu_4")
+# The evaluation splits HELM draws instances from (TruthfulQA, for one, has only valid).
+SPLITS = ("test", "valid")
+
+# The HTTP client and tokenizer read this in preference to base_url: every entry would be scored
+# against one server.
+_URL_OVERRIDE = "HELM_HTTP_MODEL_BASE_URL"
+# Offline scoring downloads nothing: scenarios needing data fail at once instead of waiting.
+_OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_SAFE_NAME = re.compile(r"[^a-z0-9_-]+")
+_SCENARIO_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+_LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+_RUN_ERROR = re.compile(r"Error when running (?P<run>.+):$")
+
+
+def helm_bin_dir() -> Path:
+    """Where helm-run lives: $HARNESS_HELM_BIN, else the checkout's `.venv-helm/bin`."""
+    return Path(os.environ.get("HARNESS_HELM_BIN", _PACKAGE.parent / ".venv-helm" / "bin"))
+
+
+def check_helm(bin_dir: Path | None = None) -> Path:
+    """The folder holding helm-run and helm-summarize; InfrastructureError says how to fix it."""
+    bin_dir = bin_dir or helm_bin_dir()
+    for tool in ("helm-run", "helm-summarize"):
+        if not os.access(bin_dir / tool, os.X_OK):
+            raise InfrastructureError(
+                f"HELM is not installed: {bin_dir / tool} is missing. Run `make setup` (it creates "
+                ".venv-helm from lockfiles/helm*.txt) or point HARNESS_HELM_BIN at a crfm-helm "
+                "0.5.16 environment's bin folder."
+            )
+    return bin_dir
+
+
+# --- prod_env: one model deployment per entry ------------------------------------------------
+
+
+def model_name(entry: str) -> str:
+    """The HELM model name of an entry: `harness/<entry>`, made safe and kept unique.
+
+    HELM puts the name into run folder names (with `/` as `_`), so only [a-z0-9_-] survive; a
+    name that had to change gets a short hash of the original so two entries never collide.
+    """
+    safe = _SAFE_NAME.sub("-", entry.lower()).strip("-")[:48]
+    if safe != entry:
+        safe = f"{safe}-{hashlib.sha256(entry.encode()).hexdigest()[:8]}".lstrip("-")
+    return f"{MODEL_ORG}/{safe}"
+
+
+@dataclass(frozen=True)
+class HelmEndpoint:
+    """An entry as HELM sees it: a server speaking HELM's HTTP protocol at `base_url`.
+
+    `max_sequence_length` is the context HELM fits prompts into (it truncates through the
+    server's /tokenize and /decode); the tokens are what the tokenizer config names as
+    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`).
+    """
+
+    entry: str
+    base_url: str
+    max_sequence_length: int = 4096
+    end_of_text_token: str = "</s>"
+    prefix_token: str = "<s>"
+    request_timeout_s: int = 3000
+
+    @property
+    def model(self) -> str:
+        return model_name(self.entry)
+
+
+def write_prod_env(folder: Path, endpoints: Sequence[HelmEndpoint]) -> Path:
+    """Write HELM's three registry files for `endpoints` into `folder`; returns `folder`."""
+    models = [endpoint.model for endpoint in endpoints]
+    if len(set(models)) != len(models):
+        raise ConfigError(f"two entries map to the same HELM model name: {sorted(models)}")
+    deployments, metadata, tokenizers = [], [], []
+    for endpoint in endpoints:
+        url = endpoint.base_url.rstrip("/")
+        deployments.append(
+            {
+                "name": endpoint.model,
+                "model_name": endpoint.model,
+                "tokenizer_name": endpoint.model,
+                "max_sequence_length": endpoint.max_sequence_length,
+                "client_spec": {
+                    "class_name": "helm.clients.http_model_client.HTTPModelClient",
+                    "args": {"base_url": url, "timeout": endpoint.request_timeout_s},
+                },
+            }
+        )
+        metadata.append(
+            {
+                "name": endpoint.model,
+                "display_name": endpoint.entry,
+                "description": f"Competition entry {endpoint.entry}",
+                "creator_organization_name": MODEL_ORG,
+                "access": "open",
+                "release_date": None,
+                # Without these tags HELM's `model=text` expanders would leave the entry out.
+                "tags": ["TEXT_MODEL_TAG", "FULL_FUNCTIONALITY_TEXT_MODEL_TAG"],
+            }
+        )
+        tokenizers.append(
+            {
+                "name": endpoint.model,
+                "tokenizer_spec": {
+                    "class_name": "helm.tokenizers.http_model_tokenizer.HTTPModelTokenizer",
+                    "args": {"base_url": url},
+                },
+                "end_of_text_token": endpoint.end_of_text_token,
+                "prefix_token": endpoint.prefix_token,
+            }
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "model_deployments.yaml": {"model_deployments": deployments},
+        "model_metadata.yaml": {"models": metadata},
+        "tokenizer_configs.yaml": {"tokenizer_configs": tokenizers},
+    }
+    for name, content in files.items():
+        (folder / name).write_text(yaml.safe_dump(content, sort_keys=False))
+    return folder
+
+
+# --- run-spec confs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunEntry:
+    """One conf entry: a HELM run-entry description without `model=` or `max_eval_instances=`."""
+
+    description: str
+    scenario: str
+    priority: int = 1
+    metric: str | None = None
+
+    @property
+    def run_spec(self) -> str:
+        return self.description.split(":", 1)[0]
+
+
+@dataclass(frozen=True)
+class RunSpecConf:
+    path: Path
+    entries: tuple[RunEntry, ...]
+
+    @property
+    def scenarios(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(entry.scenario for entry in self.entries))
+
+    def metrics(self) -> dict[str, str]:
+        """Each scenario's main metric, where the conf or `MAIN_METRICS` names one."""
+        chosen: dict[str, str] = {}
+        for entry in self.entries:
+            metric = entry.metric or MAIN_METRICS.get(entry.run_spec)
+            if metric and chosen.setdefault(entry.scenario, metric) != metric:
+                raise ConfigError(
+                    f"{self.path}: scenario {entry.scenario!r} mixes the metrics "
+                    f"{chosen[entry.scenario]!r} and {metric!r}; give it one `metric`"
+                )
+        return chosen
+
+
+def shipped_conf(name: str) -> Path:
+    """The path of a conf shipped with the harness: open, closed or offline."""
+    if name not in SHIPPED_CONFS:
+        raise ConfigError(f"unknown run-spec conf {name!r}; shipped: {', '.join(SHIPPED_CONFS)}")
+    return RUNSPECS_DIR / f"{name}.conf"
+
+
+def load_conf(path: Path) -> RunSpecConf:
+    """Read and check a run-spec conf (see the module docstring for what an entry may hold)."""
+    try:
+        raw = _parse_hocon(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the run-spec conf {path}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    items = raw.get("entries")
+    if not isinstance(items, list) or not items:
+        raise ConfigError(f"{path}: expected a non-empty `entries: [...]` list")
+    entries = tuple(_run_entry(path, item) for item in items)
+    conf = RunSpecConf(path=path, entries=entries)
+    conf.metrics()
+    return conf
+
+
+def _run_entry(path: Path, item: Any) -> RunEntry:
+    if not isinstance(item, dict) or not isinstance(item.get("description"), str):
+        raise ConfigError(f"{path}: every entry needs a `description` string, got {item!r}")
+    name, args = _split_description(item["description"])
+    if not name:
+        raise ConfigError(f"{path}: empty run-spec name in {item['description']!r}")
+    args = {key: value for key, value in args.items() if key not in ("model", "max_eval_instances")}
+    if name == "custom_mcqa":
+        # Its run name holds the file's path, and HELM makes a folder of the name.
+        raise ConfigError(f"{path}: use local_task:path=... instead of custom_mcqa")
+    if name == "local_task" and "path" in args:
+        task = (path.parent / args["path"]).resolve()
+        if not task.is_file():
+            raise ConfigError(f"{path}: local task file {task} does not exist")
+        if any(char in str(task) for char in ",=:"):
+            raise ConfigError(f"{path}: HELM cannot pass the path {task} (it holds , = or :)")
+        args["path"] = str(task)
+    scenario = str(item.get("scenario", name))
+    if not _SCENARIO_NAME.match(scenario):
+        raise ConfigError(f"{path}: scenario names are [A-Za-z0-9_]+, got {scenario!r}")
+    priority, metric = item.get("priority", 1), item.get("metric")
+    if not isinstance(priority, int) or not (metric is None or isinstance(metric, str)):
+        raise ConfigError(f"{path}: `priority` must be an integer and `metric` a string: {item!r}")
+    description = name + (":" + ",".join(f"{k}={v}" for k, v in args.items()) if args else "")
+    return RunEntry(description=description, scenario=scenario, priority=priority, metric=metric)
+
+
+def _split_description(description: str) -> tuple[str, dict[str, str]]:
+    name, _, rest = description.strip().partition(":")
+    args: dict[str, str] = {}
+    for part in filter(None, rest.split(",")):
+        key, sep, value = part.partition("=")
+        if not sep:
+            raise ConfigError(f"expected key=value in {description!r}, got {part!r}")
+        args[key.strip()] = value.strip()
+    return name.strip(), args
+
+
+def split_budget(conf: RunSpecConf, budget: int) -> list[int]:
+    """Instances per entry: `budget` shared equally by the scenarios, then by each one's entries.
+
+    The NeurIPS 2023 challenge shared its budget this way, so a scenario with many run specs
+    (57 MMLU subjects) weighs no more than one with a single run spec (GSM8K). Every entry gets
+    at least one instance; remainders go to the earlier scenarios and entries.
+    """
+    if budget < 1:
+        raise ConfigError(f"the instance budget must be at least 1, got {budget}")
+    scenarios = conf.scenarios
+    per_scenario = _shares(budget, len(scenarios))
+    counts: list[int] = [0] * len(conf.entries)
+    for scenario, share in zip(scenarios, per_scenario, strict=True):
+        members = [i for i, entry in enumerate(conf.entries) if entry.scenario == scenario]
+        for i, count in zip(members, _shares(share, len(members)), strict=True):
+            counts[i] = max(1, count)
+    return counts
+
+
+def _shares(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def write_helm_conf(
+    conf: RunSpecConf, dest: Path, *, max_eval_instances: int, budget: int | None = None
+) -> Path:
+    """Write the HELM-ready conf: every entry capped at `max_eval_instances`, and at its share of
+    `budget` when one is given; each tagged with its scenario as a group."""
+    if max_eval_instances < 1:
+        raise ConfigError(f"--max-eval-instances must be at least 1, got {max_eval_instances}")
+    shares = (
+        split_budget(conf, budget)
+        if budget is not None
+        else [max_eval_instances] * len(conf.entries)
+    )
+    entries = []
+    for entry, share in zip(conf.entries, shares, strict=True):
+        limit = min(share, max_eval_instances)
+        separator = "," if ":" in entry.description else ":"
+        entries.append(
+            {
+                "description": f"{entry.description}{separator}max_eval_instances={limit}",
+                "priority": entry.priority,
+                "groups": [entry.scenario],
+            }
+        )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    # JSON is valid HOCON; one entry a line keeps the file readable next to the run's log.
+    lines = ",\n".join(f"  {json.dumps(entry)}" for entry in entries)
+    dest.write_text(f'{{"entries": [\n{lines}\n]}}\n')
+    return dest
+
+
+def _parse_hocon(text: str) -> dict[str, Any]:
+    """The HOCON subset run-spec confs use: objects, arrays, quoted or bare strings, numbers,
+    booleans, `#` and `//` comments, `:` or `=`, commas or newlines between items, and an
+    optional brace-less root object. Substitutions and includes are not supported."""
+    tokens = _hocon_tokens(text)
+    position = 0
+
+    def peek() -> str:
+        return tokens[position][0] if position < len(tokens) else ""
+
+    def take() -> tuple[str, Any]:
+        nonlocal position
+        if position >= len(tokens):
+            raise ValueError("the conf ends in the middle of a value")
+        position += 1
+        return tokens[position - 1]
+
+    def skip_separators() -> None:
+        nonlocal position
+        while peek() in (",", "\n"):
+            position += 1
+
+    def value() -> Any:
+        while peek() == "\n":
+            take()
+        kind, content = take()
+        if kind == "{":
+            return members("}")
+        if kind == "[":
+            items = []
+            skip_separators()
+            while peek() != "]":
+                items.append(value())
+                skip_separators()
+            take()
+            return items
+        if kind in ("string", "word"):
+            return content
+        raise ValueError(f"unexpected {kind!r} in the conf")
+
+    def members(closing: str) -> dict[str, Any]:
+        result: dict[str, Any] = {}
+        skip_separators()
+        while peek() != closing:
+            kind, key = take()
+            if kind not in ("string", "word"):
+                raise ValueError(f"expected a key, got {kind!r}")
+            if peek() in (":", "="):
+                take()
+            elif peek() != "{":
+                raise ValueError(f"expected ':' after the key {key!r}")
+            result[str(key)] = value()
+            skip_separators()
+        if closing:
+            take()
+        return result
+
+    skip_separators()
+    if peek() == "{":
+        take()
+        root = members("}")
+        skip_separators()
+    else:
+        root = members("")
+    if position != len(tokens):
+        raise ValueError("unexpected text after the root object")
+    return root
+
+
+_TOKEN = re.compile(
+    r"""(?P<space>[ \t\r]+)|(?P<comment>(\#|//)[^\n]*)|(?P<newline>\n)
+    |(?P<string>"(?:[^"\\\n]|\\.)*")|(?P<punct>[{}\[\]:=,])|(?P<word>[^\s{}\[\]:=,"\#]+)""",
+    re.VERBOSE,
+)
+
+
+def _hocon_tokens(text: str) -> list[tuple[str, Any]]:
+    tokens: list[tuple[str, Any]] = []
+    position = 0
+    while position < len(text):
+        match = _TOKEN.match(text, position)
+        if not match:
+            line = text.count("\n", 0, position) + 1
+            raise ValueError(f"line {line}: cannot read {text[position : position + 20]!r}")
+        position = match.end()
+        kind, content = match.lastgroup or "", match.group()
+        if kind == "newline":
+            tokens.append(("\n", None))
+        elif kind == "punct":
+            tokens.append((content, None))
+        elif kind == "string":
+            tokens.append(("string", json.loads(content)))
+        elif kind == "word":
+            tokens.append(("word", _bare_value(content)))
+    return tokens
+
+
+def _bare_value(word: str) -> Any:
+    literals: dict[str, Any] = {"true": True, "false": False, "null": None}
+    if word in literals:
+        return literals[word]
+    for number in (int, float):
+        try:
+            return number(word)
+        except ValueError:
+            pass
+    return word
+
+
+# --- running HELM ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """One HELM run of one model: its main metric, or why it has none.
+
+    `run_spec` names the run without the model, so the same run spec of different entries
+    compares; `value` (higher is better for every metric chosen here) is the mean over the
+    `instances` of `split` ("test", "valid" or "test+valid"), None when the run failed or lacks
+    the metric, and `error` then says why.
+    """
+
+    run: str
+    run_spec: str
+    scenario: str
+    model: str
+    metric: str | None = None
+    value: float | None = None
+    split: str | None = None
+    instances: int = 0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None
+
+
+@dataclass(frozen=True)
+class HelmRun:
+    """What one `helm-run` did: its exit status, whether the wall clock stopped it, its runs."""
+
+    returncode: int
+    timed_out: bool
+    log: Path
+    output_dir: Path
+    runs: tuple[RunResult, ...] = field(default=())
+    error: str | None = None
+
+    @property
+    def failed_runs(self) -> tuple[RunResult, ...]:
+        return tuple(run for run in self.runs if not run.ok)
+
+
+def run_helm(
+    run_dir: Path,
+    conf: Path,
+    models: Iterable[str],
+    *,
+    max_eval_instances: int,
+    timeout_s: float,
+    metrics: Mapping[str, str] | None = None,
+    offline: bool = True,
+    suite: str = SUITE,
+    num_threads: int = 1,
+    bin_dir: Path | None = None,
+) -> HelmRun:
+    """Run helm-run in `run_dir` (which holds `prod_env/`) on `conf` for `models`.
+
+    `timeout_s` is a hard stop for a HELM that hangs (the gateway enforces the stage deadline);
+    `offline` forbids Hugging Face downloads, so a scenario needing data fails at once instead
+    of waiting on the network (the open and closed confs need `offline=False` and internet).
+    `metrics` is `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again
+    after a crash resumes; the log keeps every attempt. A run that HELM could not finish is a
+    RunResult with its error; a helm-run that failed before running anything (a bad conf, say)
+    is a HelmRun with `error` set and no runs.
+    """
+    helm = check_helm(bin_dir) / "helm-run"
+    models = list(models)
+    if not models:
+        raise ConfigError("run_helm needs at least one model")
+    command = [
+        str(helm),
+        "--conf-paths", str(conf.resolve()),
+        "--suite", suite,
+        "--local-path", "prod_env",
+        "--output-path", "benchmark_output",
+        "--models-to-run", *models,
+        "--max-eval-instances", str(max_eval_instances),
+        "--num-threads", str(num_threads),
+        "--plugins", str(PLUGIN),
+        "--skip-completed-runs",
+    ]  # fmt: skip
+    log = run_dir / "helm-run.log"
+    returncode, timed_out = _run_tool(command, run_dir, log, timeout_s, offline)
+    output_dir = run_dir / "benchmark_output"
+    text = log.read_text(errors="replace")
+    runs = read_metrics(output_dir, suite, metrics, log_text=text, timed_out=timed_out)
+    error = None
+    if timed_out:
+        error = f"helm-run ran past its {timeout_s:g} s limit and was stopped"
+    elif returncode != 0 and not runs:
+        error = _last_exception(text.splitlines()) or f"helm-run exited with {returncode}"
+    return HelmRun(returncode, timed_out, log, output_dir, tuple(runs), error)
+
+
+def summarize_helm(
+    run_dir: Path, *, timeout_s: float, suite: str = SUITE, bin_dir: Path | None = None
+) -> bool:
+    """Write HELM's own summary (for `helm-server`) of a finished run; False when it failed."""
+    helm = check_helm(bin_dir) / "helm-summarize"
+    command = [str(helm), "--suite", suite, "--output-path", "benchmark_output"]
+    log = run_dir / "helm-summarize.log"
+    returncode, timed_out = _run_tool(command, run_dir, log, timeout_s, offline=True)
+    return returncode == 0 and not timed_out
+
+
+def _run_tool(
+    command: list[str], cwd: Path, log: Path, timeout_s: float, offline: bool
+) -> tuple[int, bool]:
+    env = {key: value for key, value in os.environ.items() if key != _URL_OVERRIDE}
+    if offline:
+        env.update(_OFFLINE_ENV)
+    with log.open("a") as out:
+        try:
+            # A session of its own, so a timeout stops HELM's worker processes too.
+            process = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        except OSError as exc:
+            raise InfrastructureError(f"cannot start {command[0]}: {exc.strerror}") from exc
+        try:
+            return process.wait(timeout=timeout_s), False
+        except subprocess.TimeoutExpired:
+            _stop(process)
+            return process.returncode, True
+        except BaseException:
+            _stop(process)
+            raise
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, None)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            process.wait(timeout=grace)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+
+
+# --- reading results -------------------------------------------------------------------------
+
+
+def read_metrics(
+    output_dir: Path,
+    suite: str = SUITE,
+    metrics: Mapping[str, str] | None = None,
+    *,
+    log_text: str = "",
+    timed_out: bool = False,
+) -> list[RunResult]:
+    """The main metric of every run under `output_dir/runs/suite`.
+
+    `metrics` maps a scenario to its main metric (`RunSpecConf.metrics()`); other scenarios use
+    `MAIN_METRICS` by run-spec name, then the first of `FALLBACK_METRICS` present. A run folder
+    without stats.json failed: its error comes from `log_text` (helm-run's log) where HELM
+    reported one there.
+    """
+    runs_dir = output_dir / "runs" / suite
+    if not runs_dir.is_dir():
+        return []
+    errors = _run_errors(log_text)
+    results = []
+    for run_dir in sorted(runs_dir.iterdir()):
+        if not run_dir.is_dir() or run_dir.name == "eval_cache":
+            continue
+        result = _describe_run(run_dir.name)
+        stats_file = run_dir / "stats.json"
+        if not stats_file.is_file():
+            reason = errors.get(run_dir.name) or (
+                "stopped by the time limit" if timed_out else "HELM wrote no stats.json"
+            )
+            results.append(replace(result, error=reason))
+            continue
+        stats = json.loads(stats_file.read_text())
+        metric = (
+            (metrics or {}).get(result.scenario)
+            or MAIN_METRICS.get(result.scenario)
+            or MAIN_METRICS.get(result.run_spec.split(":", 1)[0])
+        )
+        results.append(_main_value(result, stats, metric))
+    return results
+
+
+def _describe_run(run: str) -> RunResult:
+    """Split a HELM run name into its model-free run spec, scenario and model."""
+    name, _, rest = run.partition(":")
+    kept, scenario, model = [], name, ""
+    for part in filter(None, rest.split(",")):
+        key, _, value = part.partition("=")
+        if key == "groups":
+            scenario = value
+        elif key == "model":
+            model = value.replace("_", "/", 1)
+        else:
+            kept.append(part)
+    run_spec = name + (":" + ",".join(kept) if kept else "")
+    return RunResult(run=run, run_spec=run_spec, scenario=scenario, model=model)
+
+
+def _main_value(result: RunResult, stats: list[dict[str, Any]], metric: str | None) -> RunResult:
+    # HELM's headline numbers: unperturbed, over a whole split. HELM draws a run's instances from
+    # the test and valid splits together, so both count, weighted by their instances, or a sparse
+    # run would discard what it paid for.
+    table: dict[tuple[str, str], dict[str, Any]] = {}
+    for stat in stats:
+        name = stat["name"]
+        if "perturbation" not in name and "sub_split" not in name:
+            table[(name["name"], name.get("split", ""))] = stat
+    for candidate in [metric] if metric else FALLBACK_METRICS:
+        total, weight, splits = 0.0, 0, []
+        for split in SPLITS:
+            found = table.get((candidate, split))
+            if found is None or not found["count"] or not math.isfinite(found["mean"]):
+                continue
+            counted = table.get(("num_instances", split))
+            instances = int(counted["mean"]) if counted else 1
+            total, weight = total + found["mean"] * instances, weight + instances
+            splits.append(split)
+        if splits:
+            return replace(
+                result, metric=candidate, value=total / weight, split="+".join(splits),
+                instances=weight,
+            )  # fmt: skip
+    wanted = metric or " or ".join(FALLBACK_METRICS)
+    return replace(result, metric=metric, error=f"stats.json has no {wanted} on {SPLITS}")
+
+
+def _run_errors(log_text: str) -> dict[str, str]:
+    """Run name -> the exception HELM logged for it ("Error when running RUN:" + traceback)."""
+    errors: dict[str, str] = {}
+    lines = log_text.splitlines()
+    for i, line in enumerate(lines):
+        match = _RUN_ERROR.search(line)
+        if not match or not _LOG_LINE.match(line):
+            continue
+        end = next((j for j in range(i + 1, len(lines)) if _LOG_LINE.match(lines[j])), len(lines))
+        errors[match["run"]] = _last_exception(lines[i + 1 : end]) or "HELM reported an error"
+    return errors
+
+
+def _last_exception(lines: Sequence[str]) -> str | None:
+    """The final exception line of a Python traceback: unindented, `Type: message`."""
+    for line in reversed(lines):
+        if line and not line[0].isspace() and re.match(r"^[\w.]+(Error|Exception|Exit)\b", line):
+            return line.strip()[:500]
+    return None

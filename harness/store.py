@@ -1,0 +1,485 @@
+"""The results store: one SQLite file in RESULTS_DIR that `harness run` writes and `report` reads.
+
+Every write is its own transaction (WAL, synchronous=FULL), so killing the harness at any moment
+loses nothing already recorded and never leaves half a write behind. History is kept (attempts,
+steps); current facts (status, findings, metrics, gateway stats) are replaced per entry and stage.
+
+    entries         name, path
+    attempts        one per `harness run` invocation, entry and stage
+    steps           check / build / serve / evaluate of an attempt: status, times, detail, log
+    results         the entry's status and reason per stage
+    findings        the static checks' findings per entry and stage
+    metrics         the main metric of every run spec per entry and stage
+    gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
+
+Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
+means not asking.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Protocol, Self
+
+from harness.errors import ConfigError
+from harness.gateway import GatewayStats
+
+STORE_FILENAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+
+class Status(StrEnum):
+    """How an entry ended in one stage."""
+
+    SCORED = "scored"
+    NO_DOCKERFILE = "no-dockerfile"
+    FLAGGED = "flagged"
+    BUILD_FAILED = "build-failed"
+    BUILD_TIMEOUT = "build-timeout"
+    UNHEALTHY = "unhealthy"
+    CRASHED = "crashed"
+    OOM = "oom"
+    EVAL_TIMEOUT = "eval-timeout"
+    EVAL_FAILED = "eval-failed"
+
+
+class Step(StrEnum):
+    CHECK = "check"
+    BUILD = "build"
+    SERVE = "serve"
+    EVALUATE = "evaluate"
+
+
+class StepStatus(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+    # A step still running when its harness died; set by `mark_interrupted` on the next start.
+    INTERRUPTED = "interrupted"
+
+
+_SCHEMA = f"""
+CREATE TABLE entries (
+    name TEXT PRIMARY KEY,
+    path TEXT NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE attempts (
+    id INTEGER PRIMARY KEY,
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    started_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE TABLE steps (
+    id INTEGER PRIMARY KEY,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+    step TEXT NOT NULL CHECK (step IN ({", ".join(repr(s.value) for s in Step)})),
+    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s.value) for s in StepStatus)})),
+    started_at REAL NOT NULL,
+    finished_at REAL,
+    duration_s REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    log_path TEXT
+);
+CREATE INDEX steps_by_attempt ON steps (attempt_id, step);
+CREATE TABLE results (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s.value) for s in Status)})),
+    reason TEXT NOT NULL,
+    updated_at REAL NOT NULL,
+    PRIMARY KEY (entry, stage)
+);
+CREATE TABLE findings (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+    rule TEXT NOT NULL,
+    severity TEXT NOT NULL,
+    path TEXT,
+    line INTEGER,
+    message TEXT NOT NULL
+);
+CREATE INDEX findings_by_entry ON findings (entry, stage);
+CREATE TABLE metrics (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+    run_spec TEXT NOT NULL,
+    scenario TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL,
+    lower_is_better INTEGER NOT NULL,
+    PRIMARY KEY (entry, stage, run_spec)
+);
+CREATE TABLE gateway_stats (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+    log_path TEXT,
+    {", ".join(field.name for field in fields(GatewayStats))},
+    PRIMARY KEY (entry, stage)
+);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+@dataclass(frozen=True)
+class Attempt:
+    id: int
+    entry: str
+    stage: str
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    entry: str
+    stage: str
+    attempt_id: int
+    step: Step
+    status: StepStatus
+    started_at: float
+    finished_at: float | None
+    duration_s: float | None
+    detail: str
+    log_path: str | None  # relative to RESULTS_DIR when the log lies inside it
+
+
+@dataclass(frozen=True)
+class EntryResult:
+    entry: str
+    stage: str
+    status: Status
+    reason: str
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Metric:
+    """The main metric of one run spec for one entry."""
+
+    run_spec: str
+    scenario: str
+    metric: str
+    value: float | None  # None: HELM gave no value (the entry loses this run spec)
+    lower_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    severity: str
+    path: str | None
+    line: int | None
+    message: str
+
+
+class FindingLike(Protocol):
+    """What `record_findings` needs of a finding, so the checks' own type can be passed as is."""
+
+    @property
+    def rule(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def path(self) -> str | None: ...
+    @property
+    def line(self) -> int | None: ...
+    @property
+    def message(self) -> str: ...
+
+
+def _finding_values(f: FindingLike) -> tuple[Any, ...]:
+    return (f.rule, str(f.severity), f.path, f.line, f.message)
+
+
+def _metric_values(m: Metric) -> tuple[Any, ...]:
+    return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better))
+
+
+class Store:
+    """The results store of one RESULTS_DIR; safe to share between threads of one process.
+
+    Several processes may open the same file: SQLite serializes their writes.
+    """
+
+    def __init__(self, results_dir: Path | str, *, create: bool = True) -> None:
+        self.results_dir = Path(results_dir)
+        self.path = self.results_dir / STORE_FILENAME
+        if not create and not self.path.exists():
+            raise ConfigError(f"no results store in {self.results_dir} (expected {self.path})")
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are opened explicitly in `_write`, one per write.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode = WAL")
+        # FULL makes each commit durable across power loss too, not just across a killed process.
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} has schema version {version}; this harness reads "
+                    f"{SCHEMA_VERSION}. Use a new RESULTS_DIR."
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            # IMMEDIATE takes the write lock up front: concurrent writers wait instead of failing.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def _relative(self, path: Path | str | None) -> str | None:
+        """Log paths inside RESULTS_DIR are kept relative, so the folder can be moved or served."""
+        if path is None:
+            return None
+        absolute = Path(path).resolve()
+        try:
+            return absolute.relative_to(self.results_dir.resolve()).as_posix()
+        except ValueError:
+            return os.fspath(path)
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def add_entry(self, name: str, path: Path | str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO entries (name, path, added_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET path = excluded.path",
+                (name, os.fspath(path), time.time()),
+            )
+
+    def start_attempt(self, entry: str, stage: str) -> Attempt:
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO attempts (entry, stage, started_at) VALUES (?, ?, ?)",
+                (entry, stage, time.time()),
+            )
+        assert cursor.lastrowid is not None
+        return Attempt(cursor.lastrowid, entry, stage)
+
+    def finish_attempt(self, attempt: Attempt) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE attempts SET finished_at = ? WHERE id = ?", (time.time(), attempt.id)
+            )
+
+    def start_step(self, attempt: Attempt, step: Step) -> int:
+        """Record that `step` began; returns the id `finish_step` takes."""
+        with self._write() as db:
+            cursor = db.execute(
+                "INSERT INTO steps (attempt_id, step, status, started_at) VALUES (?, ?, ?, ?)",
+                (attempt.id, step.value, StepStatus.RUNNING.value, time.time()),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def finish_step(
+        self, step_id: int, *, ok: bool, detail: str = "", log_path: Path | str | None = None
+    ) -> None:
+        """Record how a step ended. `detail` is stored as given: redact secrets before."""
+        now = time.time()
+        with self._write() as db:
+            updated = db.execute(
+                "UPDATE steps SET status = ?, finished_at = ?, duration_s = ? - started_at, "
+                "detail = ?, log_path = ? WHERE id = ? AND status = ?",
+                (
+                    (StepStatus.OK if ok else StepStatus.FAILED).value,
+                    now,
+                    now,
+                    detail,
+                    self._relative(log_path),
+                    step_id,
+                    StepStatus.RUNNING.value,
+                ),
+            ).rowcount
+            if updated != 1:
+                raise ValueError(f"step {step_id} is not running")
+
+    def mark_interrupted(self) -> int:
+        """Close steps and attempts left open by a harness that died; returns the steps closed.
+
+        Call it once at the start of a run, while no other harness process writes to this store.
+        """
+        now = time.time()
+        with self._write() as db:
+            closed = db.execute(
+                "UPDATE steps SET status = ?, finished_at = ?, duration_s = ? - started_at "
+                "WHERE status = ?",
+                (StepStatus.INTERRUPTED.value, now, now, StepStatus.RUNNING.value),
+            ).rowcount
+            db.execute("UPDATE attempts SET finished_at = ? WHERE finished_at IS NULL", (now,))
+        return closed
+
+    def record_status(self, attempt: Attempt, status: Status, reason: str) -> None:
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO results (entry, stage, attempt_id, status, reason, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (attempt.entry, attempt.stage, attempt.id, status.value, reason, time.time()),
+            )
+
+    def record_findings(self, attempt: Attempt, findings: Iterable[FindingLike]) -> None:
+        """Replace the entry's findings for this stage with `findings`."""
+        rows = [(attempt.entry, attempt.stage, attempt.id, *_finding_values(f)) for f in findings]
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM findings WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
+            )
+            db.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def record_metrics(self, attempt: Attempt, metrics: Iterable[Metric]) -> None:
+        """Replace the entry's metrics for this stage with `metrics` (one per run spec)."""
+        rows = [(attempt.entry, attempt.stage, attempt.id, *_metric_values(m)) for m in metrics]
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM metrics WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
+            )
+            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def record_gateway_stats(
+        self, attempt: Attempt, stats: GatewayStats, log_path: Path | str | None = None
+    ) -> None:
+        values = asdict(stats)
+        columns = ", ".join(["entry", "stage", "attempt_id", "log_path", *values])
+        marks = ", ".join("?" * (4 + len(values)))
+        with self._write() as db:
+            db.execute(
+                f"INSERT OR REPLACE INTO gateway_stats ({columns}) VALUES ({marks})",
+                (
+                    attempt.entry,
+                    attempt.stage,
+                    attempt.id,
+                    self._relative(log_path),
+                    *values.values(),
+                ),
+            )
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def finished_step(self, entry: str, stage: str, step: Step) -> StepRecord | None:
+        """The latest run of `step` that ended (ok or failed) for this entry and stage, if any."""
+        records = self._steps(
+            "AND s.step = ? AND s.status IN (?, ?) ORDER BY s.id DESC LIMIT 1",
+            entry,
+            stage,
+            step.value,
+            StepStatus.OK.value,
+            StepStatus.FAILED.value,
+        )
+        return records[0] if records else None
+
+    def is_finished(self, entry: str, stage: str, step: Step) -> bool:
+        return self.finished_step(entry, stage, step) is not None
+
+    def latest_steps(self, entry: str, stage: str) -> dict[Step, StepRecord]:
+        """The latest record of each step, whatever its status (for reports)."""
+        return {record.step: record for record in self._steps("ORDER BY s.id", entry, stage)}
+
+    def _steps(self, where: str, entry: str, stage: str, *params: Any) -> list[StepRecord]:
+        rows = self._read(
+            "SELECT a.entry, a.stage, s.attempt_id, s.step, s.status, s.started_at, "
+            "s.finished_at, s.duration_s, s.detail, s.log_path FROM steps s "
+            f"JOIN attempts a ON a.id = s.attempt_id WHERE a.entry = ? AND a.stage = ? {where}",
+            entry,
+            stage,
+            *params,
+        )
+        return [
+            StepRecord(
+                **{**dict(row), "step": Step(row["step"]), "status": StepStatus(row["status"])}
+            )
+            for row in rows
+        ]
+
+    def entries(self) -> dict[str, str]:
+        """Every entry ever added: name -> path."""
+        return {row["name"]: row["path"] for row in self._read("SELECT name, path FROM entries")}
+
+    def stages(self) -> list[str]:
+        """The stages that have at least one attempt."""
+        return [row[0] for row in self._read("SELECT DISTINCT stage FROM attempts ORDER BY stage")]
+
+    def results(self, stage: str) -> dict[str, EntryResult]:
+        rows = self._read(
+            "SELECT entry, stage, status, reason, updated_at FROM results WHERE stage = ?", stage
+        )
+        return {
+            row["entry"]: EntryResult(**{**dict(row), "status": Status(row["status"])})
+            for row in rows
+        }
+
+    def findings(self, entry: str, stage: str) -> list[Finding]:
+        rows = self._read(
+            "SELECT rule, severity, path, line, message FROM findings "
+            "WHERE entry = ? AND stage = ? ORDER BY rowid",
+            entry,
+            stage,
+        )
+        return [Finding(**dict(row)) for row in rows]
+
+    def metrics(self, stage: str) -> dict[str, list[Metric]]:
+        """entry -> its metrics in this stage, for every entry that has any."""
+        rows = self._read(
+            "SELECT entry, run_spec, scenario, metric, value, lower_is_better FROM metrics "
+            "WHERE stage = ? ORDER BY entry, run_spec",
+            stage,
+        )
+        by_entry: dict[str, list[Metric]] = {}
+        for row in rows:
+            values = dict(row)
+            entry = values.pop("entry")
+            values["lower_is_better"] = bool(values["lower_is_better"])
+            by_entry.setdefault(entry, []).append(Metric(**values))
+        return by_entry
+
+    def gateway_stats(self, entry: str, stage: str) -> tuple[GatewayStats, str | None] | None:
+        """The gateway's counts for this entry and stage, with its request log's path."""
+        rows = self._read("SELECT * FROM gateway_stats WHERE entry = ? AND stage = ?", entry, stage)
+        if not rows:
+            return None
+        values = dict(rows[0])
+        return GatewayStats(**{f.name: values[f.name] for f in fields(GatewayStats)}), values[
+            "log_path"
+        ]

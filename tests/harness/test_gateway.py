@@ -1,0 +1,201 @@
+"""The gateway against a fake entry: a tiny FastAPI app on 127.0.0.1 standing for a competitor's
+container (a real server, driven by prompts that make it slow, hang or fail)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import string
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI, HTTPException
+
+from harness.gateway import EMPTY_COMPLETION, Gateway, ThreadedServer, percentile
+
+ENTRY_DELAY_S = 0.05  # every /process takes this long, while it claims it took no time
+SLOW_S = 30.0  # how long the entry takes on "slow" prompts, and hangs on "hang" ones
+# Answers must come long before SLOW_S; the margin keeps the tests steady on a busy machine.
+QUICK_S = 10.0
+
+
+def _fake_entry() -> FastAPI:
+    app = FastAPI()
+
+    @app.post("/process")
+    async def process(body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body["prompt"]
+        if prompt == "boom":
+            raise HTTPException(500, "the model crashed")
+        await asyncio.sleep(SLOW_S if prompt == "slow" else ENTRY_DELAY_S)
+        text = f"echo {prompt[:10]}"
+        return {
+            "text": text,
+            "tokens": [{"text": text, "logprob": -0.5, "top_logprob": {}}],
+            "logprob": -0.5,
+            "request_time": 0.0,
+        }
+
+    @app.post("/tokenize")
+    async def tokenize(body: dict[str, Any]) -> dict[str, Any]:
+        if body["text"] == "hang":
+            await asyncio.sleep(SLOW_S)
+        return {"tokens": body["text"].split(), "request_time": 0.0}
+
+    @app.post("/decode")
+    async def decode(body: dict[str, Any]) -> dict[str, Any]:
+        return {"text": " ".join(body["tokens"]), "request_time": 0.0}
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+@pytest.fixture(scope="module")
+def entry_url() -> Iterator[str]:
+    server = ThreadedServer(_fake_entry(), graceful_shutdown_s=1)
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def client() -> Iterator[httpx.Client]:
+    with httpx.Client(trust_env=False, timeout=30) as client:
+        yield client
+
+
+def _gateway(url: str, tmp_path: Path, deadline_in_s: float, **kwargs: Any) -> Gateway:
+    return Gateway(
+        url,
+        deadline=time.monotonic() + deadline_in_s,
+        request_log=tmp_path / "gateway" / "requests.jsonl",
+        **kwargs,
+    )
+
+
+def _timed_post(
+    client: httpx.Client, url: str, body: dict[str, Any]
+) -> tuple[httpx.Response, float]:
+    started = time.monotonic()
+    response = client.post(url, json=body)
+    return response, time.monotonic() - started
+
+
+def test_proxies_before_the_deadline_and_answers_empty_after(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=3.0) as gateway:
+        before = client.post(f"{gateway.url}/process", json={"prompt": "The capital of France is "})
+        tokens = client.post(f"{gateway.url}/tokenize", json={"text": "a b c"})
+        text = client.post(f"{gateway.url}/decode", json={"tokens": ["a", "b"]})
+        health = client.get(f"{gateway.url}/health")
+        time.sleep(max(0.0, gateway.deadline - time.monotonic()))
+        # Past the deadline the gateway does not ask the entry (which would take SLOW_S).
+        after, seconds = _timed_post(client, f"{gateway.url}/process", {"prompt": "slow"})
+        stats = gateway.stats()
+
+    assert before.json()["text"] == "echo The capita"
+    assert tokens.json()["tokens"] == ["a", "b", "c"]
+    assert text.json()["text"] == "a b"
+    assert health.json() == {"status": "ok"}
+    assert (after.status_code, after.json()) == (200, EMPTY_COMPLETION)
+    assert seconds < QUICK_S
+    assert (stats.requests, stats.answered, stats.unanswered, stats.errors) == (5, 1, 1, 0)
+    # The entry claimed request_time 0.0; the gateway measured what it really took.
+    assert stats.latency_p50_s is not None and stats.latency_p50_s >= ENTRY_DELAY_S
+
+
+def test_a_request_in_flight_at_the_deadline_is_cut_off(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=1.0) as gateway:
+        response, seconds = _timed_post(client, f"{gateway.url}/process", {"prompt": "slow"})
+        answered_at = time.monotonic()
+        stats = gateway.stats()
+    assert response.json() == EMPTY_COMPLETION
+    assert gateway.deadline <= answered_at  # held until the deadline, then cut off
+    assert seconds < QUICK_S
+    assert (stats.answered, stats.unanswered, stats.errors) == (0, 1, 0)
+    assert stats.latency_p50_s is None
+
+
+def test_process_timeout_answers_empty(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=60, process_timeout_s=0.5) as gateway:
+        response, seconds = _timed_post(client, f"{gateway.url}/process", {"prompt": "slow"})
+        stats = gateway.stats()
+    assert response.json() == EMPTY_COMPLETION
+    assert seconds < QUICK_S
+    assert (stats.unanswered, stats.errors) == (1, 0)
+
+
+def test_an_entry_hanging_on_tokenize_gets_a_quick_timeout(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=60, tokenizer_timeout_s=0.5) as gateway:
+        response, seconds = _timed_post(client, f"{gateway.url}/tokenize", {"text": "hang"})
+        stats = gateway.stats()
+    assert response.status_code == 504
+    assert seconds < QUICK_S  # the entry would have hung, and HELM with it
+    assert (stats.requests, stats.errors, stats.unanswered) == (1, 1, 0)
+
+
+def test_entry_errors_are_passed_on(entry_url: str, tmp_path: Path, client: httpx.Client) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=60) as gateway:
+        failed = client.post(f"{gateway.url}/process", json={"prompt": "boom"})
+        stats = gateway.stats()
+    assert (failed.status_code, failed.json()) == (500, {"detail": "the model crashed"})
+    assert (stats.answered, stats.unanswered, stats.errors) == (0, 0, 1)
+
+
+def test_an_unreachable_entry_is_a_bad_gateway(tmp_path: Path, client: httpx.Client) -> None:
+    stopped = ThreadedServer(FastAPI())
+    stopped.start()
+    stopped.stop()  # nothing listens on its port any more
+    with _gateway(stopped.url, tmp_path, deadline_in_s=60) as gateway:
+        response = client.post(f"{gateway.url}/process", json={"prompt": "hello"})
+        assert gateway.stats().errors == 1
+    assert response.status_code == 502
+
+
+def test_the_request_log_is_written_with_secrets_redacted(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    alphabet = string.ascii_letters + string.digits
+    token = "hf_" + "".join(secrets.choice(alphabet) for _ in range(34))
+    with _gateway(entry_url, tmp_path, deadline_in_s=60, excerpt_chars=60) as gateway:
+        client.post(f"{gateway.url}/process", json={"prompt": f"my token is {token} " + "x" * 500})
+        client.post(f"{gateway.url}/tokenize", json={"text": f"{token}"})
+    log = gateway.request_log.read_text()
+    assert token not in log
+    assert token[:3] + "…" + token[-4:] in log
+    lines = [json.loads(line) for line in log.splitlines()]
+    assert [(line["endpoint"], line["outcome"], line["answered"]) for line in lines] == [
+        ("/process", "answered", True),
+        ("/tokenize", "answered", True),
+    ]
+    assert all(len(line["excerpt"]) <= 60 for line in lines)
+    assert lines[0]["latency_s"] >= ENTRY_DELAY_S
+
+
+def test_stop_closes_the_port(entry_url: str, tmp_path: Path, client: httpx.Client) -> None:
+    gateway = _gateway(entry_url, tmp_path, deadline_in_s=60).start()
+    url = gateway.url
+    gateway.stop()
+    with pytest.raises(httpx.ConnectError):
+        client.get(f"{url}/health")
+
+
+def test_percentile_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 11)]
+    assert (percentile(values, 50), percentile(values, 90), percentile(values, 99)) == (5, 9, 10)
+    assert percentile([], 50) is None
