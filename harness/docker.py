@@ -7,6 +7,7 @@ subprocess exceptions become `InfrastructureError` here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -121,3 +122,71 @@ def build(
         except OSError as exc:
             raise InfrastructureError(f"could not run docker build: {exc}") from exc
     return BuildResult(proc.returncode == 0, False, time.monotonic() - started, log_path, tag)
+
+
+@dataclass
+class RunningContainer:
+    """A detached container serving HTTP on its port 80, and the URL the harness reaches it at."""
+
+    container: Any
+    url: str
+
+    def alive(self) -> bool:
+        self.container.reload()
+        return bool(self.container.status in ("created", "running"))
+
+    def state(self) -> dict[str, Any]:
+        self.container.reload()
+        return dict(self.container.attrs.get("State", {}))
+
+    def logs(self, tail: int = 2000) -> str:
+        return bytes(self.container.logs(tail=tail)).decode(errors="replace")
+
+    def remove(self) -> None:
+        import docker.errors
+
+        with contextlib.suppress(docker.errors.NotFound):
+            self.container.remove(force=True)
+
+
+def start_container(
+    sdk: Any,
+    image: str,
+    *,
+    labels: Mapping[str, str],
+    network: str | None = None,
+    mem_limit: str | None = None,
+    gpus: bool = False,
+    environment: Mapping[str, str] | None = None,
+    name: str | None = None,
+) -> RunningContainer:
+    """Start `image` detached. On `network` (an internal one: no way out) the harness reaches it at
+    its address there; otherwise its port 80 is published on 127.0.0.1 only, at a free port."""
+    import docker.errors
+    from docker.types import DeviceRequest
+
+    options: dict[str, Any] = {
+        "detach": True,
+        "labels": {LABEL: "true", **labels},
+        "environment": dict(environment or {}),
+        "name": name,
+    }
+    if mem_limit:
+        options["mem_limit"] = mem_limit
+    if gpus:
+        options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if network:
+        options["network"] = network
+    else:
+        options["ports"] = {"80/tcp": ("127.0.0.1", None)}
+    try:
+        container = sdk.containers.run(image, **options)
+        container.reload()
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(f"could not start a container of {image}: {exc}") from exc
+    settings = container.attrs["NetworkSettings"]
+    if network:
+        url = f"http://{settings['Networks'][network]['IPAddress']}:80"
+    else:
+        url = f"http://127.0.0.1:{settings['Ports']['80/tcp'][0]['HostPort']}"
+    return RunningContainer(container, url)

@@ -8,6 +8,7 @@ text should ask for `min_new_tokens`.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
@@ -84,4 +85,16 @@ def write_tiny_model(out_dir: Path | str, *, arch: str = "llama", seed: int = 0)
         model = MistralForCausalLM(MistralConfig(sliding_window=None, **shape))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def write_tiny_dataset(path: Path | str, rows: int = 40) -> Path:
+    """An alpaca-format JSONL of simple arithmetic, for smoke-training the tiny model."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lines = [
+        {"instruction": f"What is {i} plus {i + 1}?", "input": "", "output": f"{2 * i + 1}."}
+        for i in range(rows)
+    ]
+    out.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return out

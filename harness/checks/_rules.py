@@ -39,7 +39,11 @@ _CODE_SUFFIXES = {".py", ".sh", ".bash", ".yaml", ".yml", ".json", ".toml", ".cf
 _REQUIREMENTS = re.compile(r"(?i)(?:requirements|constraints)[^/]*\.txt$")
 # A credential-looking name (found in the lowercased text: fast), then right after it `=`, `:`
 # or a space (`--token <token>`), then the value.
-_SECRET_WORD = re.compile(r"(?:token|api[_-]?key|apikey|secret|password|passwd)\b")
+# A tokenizer's special tokens (`"unk_token": "<unk>"`) are words, not credentials.
+_SECRET_WORD = re.compile(
+    r"(?<!unk_)(?<!pad_)(?<!bos_)(?<!eos_)(?<!sep_)(?<!cls_)(?<!mask_)"
+    r"(?:token|api[_-]?key|apikey|secret|password|passwd)\b"
+)
 _VALUE_AFTER = re.compile(
     r"""["']?\]?[ \t]*(?:[:=]|[ \t])[ \t]*(?:"(?P<dq>[^"\n]{1,80})"|'(?P<sq>[^'\n]{1,80})'"""
     r"""|(?P<angle><[^<>\n]{1,60}>)|(?P<bare>[^\s"',;)\]}]{1,80}))"""

@@ -1,0 +1,167 @@
+"""`harness submission new`: a complete, self-contained, pinned submission folder."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from harness.cli import app
+from harness.errors import ConfigError
+from harness.submission import TEMPLATES, TRACKS, render_submission
+
+runner = CliRunner()
+
+
+@pytest.fixture(params=TRACKS)
+def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    return render_submission(request.param, "entry-1", tmp_path / "entry-1").path
+
+
+def _dockerfile_copy_sources(dockerfile: str) -> list[str]:
+    sources = []
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY ") and "--from=" not in line:
+            sources += line.split()[1:-1]
+    return sources
+
+
+def test_renders_every_file_a_submission_needs(rendered: Path) -> None:
+    for name in (
+        "Dockerfile",
+        "Dockerfile.train",
+        ".dockerignore",
+        "README.md",
+        "requirements.txt",
+        "requirements-train.txt",
+        "config.yaml",
+        "main.py",
+        "api.py",
+        "train.py",
+        "merge.py",
+        "fetch_weights.py",
+        "model/README.md",
+        "data/README.md",
+    ):
+        assert (rendered / name).is_file(), name
+    assert not list(rendered.rglob("*.j2"))
+
+
+def test_scripts_are_copied_verbatim_and_never_import_the_harness(rendered: Path) -> None:
+    for folder in ("server", "train"):
+        for source in (TEMPLATES / folder).glob("*.py"):
+            copy = rendered / source.name
+            assert copy.read_bytes() == source.read_bytes()
+            assert not re.search(r"^\s*(from|import) harness", copy.read_text(), re.MULTILINE)
+
+
+def test_every_copy_source_is_in_the_build_context(rendered: Path) -> None:
+    ignored = (rendered / ".dockerignore").read_text()
+    for dockerfile in ("Dockerfile", "Dockerfile.train"):
+        for source in _dockerfile_copy_sources((rendered / dockerfile).read_text()):
+            assert (rendered / source).exists(), f"{dockerfile}: COPY {source}"
+            assert source.rstrip("/") not in ignored
+
+
+def test_base_image_is_pinned_by_digest_and_packages_by_hash(rendered: Path) -> None:
+    for dockerfile in ("Dockerfile", "Dockerfile.train"):
+        text = (rendered / dockerfile).read_text()
+        assert re.search(r"^ARG BASE_IMAGE=\S+@sha256:[0-9a-f]{64}$", text, re.MULTILINE)
+        installs = [line for line in text.splitlines() if "pip install" in line]
+        assert installs and all("--require-hashes" in line for line in installs)
+    for requirements in ("requirements.txt", "requirements-train.txt"):
+        text = (rendered / requirements).read_text()
+        assert "--hash=sha256:" in text and ">=" not in text
+
+
+def test_both_images_share_one_base_stage(rendered: Path) -> None:
+    def base_stage(dockerfile: str) -> str:
+        text = (rendered / dockerfile).read_text()
+        return text[text.index("FROM ${BASE_IMAGE} AS base") :].split("\n\n")[0]
+
+    assert base_stage("Dockerfile") == base_stage("Dockerfile.train")
+
+
+def test_no_token_is_baked_into_an_image(rendered: Path) -> None:
+    for dockerfile in ("Dockerfile", "Dockerfile.train"):
+        for line in (rendered / dockerfile).read_text().splitlines():
+            if line.startswith(("ENV ", "ARG ")):
+                assert not re.search(r"token|secret|key", line, re.IGNORECASE), line
+    assert "--mount=type=secret,id=hf_token" in (rendered / "Dockerfile").read_text()
+
+
+def test_serve_image_runs_as_a_user_with_a_healthcheck_on_port_80(rendered: Path) -> None:
+    text = (rendered / "Dockerfile").read_text()
+    assert "USER app" in text and "EXPOSE 80" in text
+    assert "HEALTHCHECK" in text and "/health" in text
+    assert 'CMD ["uvicorn", "main:app", "--host", "0.0.0.0", "--port", "80"]' in text
+
+
+def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "e").path
+    (out / "model" / "weights.txt").write_text("keep me")
+    (out / "Dockerfile").write_text("edited")
+    with pytest.raises(ConfigError, match="--force"):
+        render_submission("4090", "entry-1", out)
+    render_submission("4090", "entry-1", out, force=True)
+    assert (out / "model" / "weights.txt").read_text() == "keep me"
+    assert (out / "Dockerfile").read_text() != "edited"
+
+
+def test_model_dir_is_copied_and_served_by_default(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = render_submission("A100", "tiny", tmp_path / "t", model_dir=tiny_model_dir).path
+    assert (out / "model" / "config.json").read_bytes() == (
+        tiny_model_dir / "config.json"
+    ).read_bytes()
+    assert "ARG WEIGHTS=local" in (out / "Dockerfile").read_text()
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        render_submission("A100", "tiny", tmp_path / "u", model_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--track", "H100"], "unknown track"),
+        (["--track", "4090", "--name", "Bad Name"], "must be lowercase"),
+    ],
+)
+def test_cli_rejects_bad_input_with_exit_code_2(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = runner.invoke(app, ["submission", "new", *args, "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_cli_writes_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "sub"
+    result = runner.invoke(app, ["submission", "new", "--track", "4090", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "Dockerfile").is_file()
+
+
+def test_rendered_submissions_have_no_findings_at_all(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from harness.checks import check_entries
+
+    render_submission("4090", "plain", tmp_path / "entries" / "plain")
+    render_submission("A100", "served", tmp_path / "entries" / "served", model_dir=tiny_model_dir)
+    reports = check_entries(tmp_path / "entries")
+    assert [(r.entry, r.dockerfile, r.findings) for r in reports] == [
+        ("plain", "Dockerfile", []),
+        ("served", "Dockerfile", []),
+    ]
+
+
+def test_weights_command_makes_the_merged_model_the_default(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "e").path
+    assert "ARG WEIGHTS=hub" in (out / "Dockerfile").read_text()
+    result = runner.invoke(app, ["submission", "weights", str(out), str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert "ARG WEIGHTS=local" in (out / "Dockerfile").read_text()
+    assert (out / "model" / "model.safetensors").is_file()
+    result = runner.invoke(app, ["submission", "weights", str(tmp_path), str(tiny_model_dir)])
+    assert result.exit_code == 2 and "no ARG WEIGHTS" in result.output
