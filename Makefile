@@ -54,7 +54,7 @@ base-image: engine  ## build the local base image the templates use when Docker 
 submission: $(VENV)/.stamp  ## render a submission: make submission TRACK=4090 NAME=my-entry
 	$(VENV)/bin/harness submission new --track $(TRACK) --name $(NAME)
 
-demo: setup  ## the main job, end to end on CPU
+demo: setup base-image  ## the main job, end to end on CPU
 	$(VENV)/bin/python scripts/demo.py
 
 test: setup  ## the test suite (docker tests run when an engine is reachable)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import tiny_model
+from harness.cli import check, report, run, submission, tiny_model
 
 app = typer.Typer(
     name="harness",
@@ -25,3 +25,7 @@ def _root() -> None:
 
 
 app.command("tiny-model", epilog=tiny_model.EPILOG)(tiny_model.main)
+app.command("check", epilog=check.EPILOG)(check.main)
+app.command("run", epilog=run.EPILOG)(run.main)
+app.command("report", epilog=report.EPILOG)(report.main)
+app.add_typer(submission.app, name="submission")

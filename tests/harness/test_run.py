@@ -1,0 +1,231 @@
+"""`harness run` end to end in the real Docker engine with real HELM, on stand-in entries.
+
+The entries' containers run tests/harness/data/entries/server.py (HELM's protocol over the
+standard library, no model), so each builds in seconds; the statuses come from real builds, real
+containers, the real gateway and real helm-run. The end-to-end run on real submissions with a
+trained tiny model is `make demo` (and tests/scripts/test_demo.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.health import HealthSchedule
+from harness.report import build_leaderboard
+from harness.run import RUN_LABEL, RunOptions, exit_code, run_entries
+from harness.store import Status, Store
+from harness.submission import DEFAULT_BASE_IMAGE
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.docker, pytest.mark.helm]
+
+SERVER = Path(__file__).parent / "data" / "entries" / "server.py"
+TOKEN = "hf_" + "k3Vq8ZpL0wXyT7nRb2Mc9DsFgHj4AeUiOo"  # made up, shaped like a Hugging Face token
+QUICK_HEALTH = HealthSchedule(tries=3, interval_s=2, poll_s=0.5)
+
+
+def make_entry(entries: Path, name: str, behaviour: str, *, dockerfile_extra: str = "") -> Path:
+    entry = entries / name
+    entry.mkdir(parents=True)
+    (entry / "server.py").write_bytes(SERVER.read_bytes())
+    (entry / "Dockerfile").write_text(
+        f"ARG BASE_IMAGE={DEFAULT_BASE_IMAGE}\n"
+        "FROM ${BASE_IMAGE}\n"
+        "COPY server.py /app/server.py\n"
+        f"{dockerfile_extra}"
+        f"ENV BEHAVIOUR={behaviour} SLOW_S=1\n"
+        "EXPOSE 80\n"
+        'CMD ["python3", "/app/server.py"]\n'
+    )
+    return entry
+
+
+def write_conf(tmp_path: Path, instances: int) -> Path:
+    """A local multiple-choice task whose right answer is always the first choice, "A"."""
+    task = tmp_path / "task.jsonl"
+    rows = [
+        {"question": f"Which is the letter number {i}?", "choices": ["a", "b", "c"], "answer": 0}
+        for i in range(instances)
+    ]
+    task.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    conf = tmp_path / "specs.conf"
+    conf.write_text(f'entries: [{{description: "local_task:path={task}", priority: 1}}]\n')
+    return conf
+
+
+def options(tmp_path: Path, base_image: str, **overrides: Any) -> RunOptions:
+    values: dict[str, Any] = {
+        "track": "4090",
+        "stage": "open",
+        "out": tmp_path / "results",
+        "jobs": 2,
+        "max_eval_instances": 3,
+        "run_specs": str(write_conf(tmp_path, 3)),
+        "base_image": base_image,
+        "health": QUICK_HEALTH,
+        "mem_limit": "256m",
+        "max_sequence_length": 256,
+        "build_timeout_s": 300,
+        "deadline_s": 300,
+    }
+    return RunOptions(**(values | overrides))
+
+
+def labelled_containers(docker_client: Any) -> list[Any]:
+    return list(docker_client.containers.list(all=True, filters={"label": RUN_LABEL}))
+
+
+def test_every_entry_ends_with_a_status_and_a_reason(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "good", "answer-a")
+    make_entry(entries, "wrong", "answer-c")
+    make_entry(entries, "crash", "crash")
+    make_entry(entries, "unhealthy", "never-healthy")
+    make_entry(entries, "oom", "oom")
+    # Pinned, so the static checks pass it; the build itself cannot resolve it.
+    no_such_package = "RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0\n"
+    make_entry(entries, "unresolvable", "answer-a", dockerfile_extra=no_such_package)
+    leaky = make_entry(entries, "leaky", "answer-a")
+    (leaky / "login.py").write_text(f'HF_TOKEN = "{TOKEN}"\n')
+    (entries / "no-dockerfile").mkdir()
+    (entries / "no-dockerfile" / "README.md").write_text("we forgot the Dockerfile\n")
+
+    outcomes = {o.entry: o for o in run_entries(entries, options(tmp_path, base_image))}
+
+    statuses = {name: outcome.status for name, outcome in outcomes.items()}
+    assert statuses == {
+        "good": Status.SCORED,
+        "wrong": Status.SCORED,
+        "crash": Status.CRASHED,
+        "unhealthy": Status.UNHEALTHY,
+        "oom": Status.OOM,
+        "unresolvable": Status.BUILD_FAILED,
+        "leaky": Status.FLAGGED,
+        "no-dockerfile": Status.NO_DOCKERFILE,
+    }
+    assert "the model folder is missing" in outcomes["crash"].reason
+    assert outcomes["unresolvable"].reason.startswith("dependency-resolution")
+    assert "leaked-secret" in outcomes["leaky"].reason
+    assert exit_code(list(outcomes.values())) == 1
+    assert labelled_containers(docker_client) == []
+
+    with Store(tmp_path / "results") as store:
+        board = build_leaderboard(store)
+        metrics = store.metrics("open")
+    ranked = [row.entry for row in board.rows]
+    assert ranked[:2] == ["good", "wrong"]
+    assert [m.value for m in metrics["good"]] == [1.0]
+    assert [m.value for m in metrics["wrong"]] == [0.0]
+    everything = "".join(
+        p.read_text(errors="replace") for p in (tmp_path / "results").rglob("*") if p.is_file()
+    )
+    assert TOKEN not in everything
+
+
+def test_deadline_and_a_hung_tokenizer_end_the_evaluation_on_time(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "slow", "slow")
+    make_entry(entries, "hang-tokenize", "hang-tokenize")
+    run = options(
+        tmp_path,
+        base_image,
+        run_specs=str(write_conf(tmp_path, 8)),
+        max_eval_instances=8,
+        deadline_s=4,
+        tokenizer_timeout_s=2,
+        helm_grace_s=20,
+    )
+    started = time.monotonic()
+    outcomes = {o.entry: o for o in run_entries(entries, run)}
+    assert time.monotonic() - started < 180
+    assert outcomes["slow"].status is Status.EVAL_TIMEOUT
+    assert "unanswered" in outcomes["slow"].reason
+    with Store(tmp_path / "results") as store:
+        stats = store.gateway_stats("hang-tokenize", "open")
+        slow_stats = store.gateway_stats("slow", "open")
+    assert stats is not None and stats[0].errors > 0
+    assert slow_stats is not None and slow_stats[0].unanswered > 0
+    # HELM retries the timed-out /tokenize calls until its hard stop past the deadline.
+    assert outcomes["hang-tokenize"].status is Status.EVAL_TIMEOUT
+
+
+def test_a_killed_harness_leaves_no_container_and_resumes(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "a-fast", "answer-a")
+    make_entry(entries, "b-slow", "slow")
+    out = tmp_path / "results"
+    conf = write_conf(tmp_path, 6)
+    command = [
+        str(Path(sys.executable).parent / "harness"),
+        "run", str(entries), "--track", "4090", "--stage", "open", "--out", str(out),
+        "--run-specs", str(conf), "--max-eval-instances", "6", "--base-image", base_image,
+        "--health-tries", "3", "--health-interval", "2", "--max-sequence-length", "256",
+    ]  # fmt: skip
+    harness = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "logs").is_dir() or not _evaluating(out, "b-slow"):
+            assert harness.poll() is None, harness.stdout.read().decode() if harness.stdout else ""
+            assert time.monotonic() < deadline, "b-slow never reached its evaluation"
+            time.sleep(0.5)
+        os.killpg(harness.pid, signal.SIGTERM)
+        assert harness.wait(timeout=60) == 130
+    finally:
+        if harness.poll() is None:
+            os.killpg(harness.pid, signal.SIGKILL)
+    assert labelled_containers(docker_client) == []
+    with Store(out) as store:
+        assert set(store.results("open")) == {"a-fast"}
+
+    outcomes = {o.entry: o for o in run_entries(entries, options(tmp_path, base_image, out=out))}
+    assert outcomes["a-fast"].skipped and outcomes["a-fast"].status is Status.SCORED
+    assert not outcomes["b-slow"].skipped and outcomes["b-slow"].status is Status.SCORED
+
+
+def _evaluating(out: Path, entry: str) -> bool:
+    with Store(out) as store:
+        steps = store.latest_steps(entry, "open")
+    return any(step.value == "evaluate" for step in steps)
+
+
+def test_stale_containers_of_a_killed_harness_are_removed_on_start(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    stale = docker_client.containers.run(
+        base_image,
+        ["sleep", "600"],
+        detach=True,
+        labels={RUN_LABEL: "old", "org.harness.managed": "test"},
+    )
+    entries = tmp_path / "entries"
+    (entries / "empty").mkdir(parents=True)
+    outcomes = run_entries(entries, options(tmp_path, base_image))
+    assert [o.status for o in outcomes] == [Status.NO_DOCKERFILE]
+    assert stale.id not in {c.id for c in labelled_containers(docker_client)}
+
+
+def test_cli_reports_usage_errors_with_exit_code_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "harness"), "run", str(tmp_path), "--track", "H100",
+         "--stage", "open", "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown track" in result.stdout
