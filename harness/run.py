@@ -49,7 +49,16 @@ from harness.store import Attempt, Metric, Status, Step, StepStatus, Store
 
 STAGE_MINUTES = {"open": 300, "closed": 600}
 TRACK_GPU_GIB = {"4090": 24, "A100": 40}
+# Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
+# the same results folder and leaves alone the containers of other runs on the same engine.
 RUN_LABEL = "org.harness.run"
+
+
+def results_id(out: Path) -> str:
+    """The RUN_LABEL value of the runs writing into the results folder `out`."""
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+
+
 EVAL_NETWORK = "harness-eval"
 
 
@@ -169,7 +178,7 @@ class Runner:
         self.out = options.out
         self.store = Store(self.out)
         self.on_progress = on_progress
-        self.run_id = f"{int(time.time())}-{threading.get_ident() % 10000}"
+        self.run_id = results_id(self.out)
         self._sdk: Any = None
         self._containers: dict[str, engine.RunningContainer] = {}
         self._lock = threading.Lock()
@@ -217,7 +226,7 @@ class Runner:
                 signal.signal(sig, handler)
 
     def _remove_stale_containers(self) -> None:
-        stale = self._sdk.containers.list(all=True, filters={"label": RUN_LABEL})
+        stale = self._sdk.containers.list(all=True, filters={"label": f"{RUN_LABEL}={self.run_id}"})
         for container in stale:
             with suppress(Exception):
                 container.remove(force=True)

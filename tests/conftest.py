@@ -7,8 +7,11 @@ a test makes carries the label in `TEST_LABEL` and is removed at the end of the 
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,11 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+def _created(stamp: str) -> float:
+    """Docker's RFC 3339 creation time (nanoseconds, Z) as a Unix time."""
+    return datetime.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     import docker
@@ -46,11 +54,19 @@ def docker_client() -> Iterator[Any]:
         client.ping()
     except Exception as exc:  # docker raises several unrelated types when no engine answers
         _unavailable(f"no Docker engine is reachable ({type(exc).__name__}); run `make engine`")
+    started = time.time()
     yield client
     for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
         container.remove(force=True)
-    for image in client.images.list(filters={"label": TEST_LABEL}):
-        client.images.remove(image.id, force=True, noprune=False)
+    # The tests' own images, and those the harness built for entries during this session.
+    built_here = [
+        image
+        for image in client.images.list(filters={"label": "org.harness.run"})
+        if image.attrs["Created"] and _created(image.attrs["Created"]) >= started - 5
+    ]
+    for image in [*client.images.list(filters={"label": TEST_LABEL}), *built_here]:
+        with contextlib.suppress(Exception):  # already gone with a sibling tag
+            client.images.remove(image.id, force=True, noprune=False)
     client.images.prune(filters={"dangling": True})
     client.close()
 

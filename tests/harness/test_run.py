@@ -21,7 +21,7 @@ import pytest
 
 from harness.health import HealthSchedule
 from harness.report import build_leaderboard
-from harness.run import RUN_LABEL, RunOptions, exit_code, run_entries
+from harness.run import RUN_LABEL, RunOptions, exit_code, results_id, run_entries
 from harness.store import Status, Store
 from harness.submission import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO
@@ -80,8 +80,9 @@ def options(tmp_path: Path, base_image: str, **overrides: Any) -> RunOptions:
     return RunOptions(**(values | overrides))
 
 
-def labelled_containers(docker_client: Any) -> list[Any]:
-    return list(docker_client.containers.list(all=True, filters={"label": RUN_LABEL}))
+def labelled_containers(docker_client: Any, out: Path) -> list[Any]:
+    label = f"{RUN_LABEL}={results_id(out)}"
+    return list(docker_client.containers.list(all=True, filters={"label": label}))
 
 
 def test_every_entry_ends_with_a_status_and_a_reason(
@@ -118,7 +119,7 @@ def test_every_entry_ends_with_a_status_and_a_reason(
     assert outcomes["unresolvable"].reason.startswith("dependency-resolution")
     assert "leaked-secret" in outcomes["leaky"].reason
     assert exit_code(list(outcomes.values())) == 1
-    assert labelled_containers(docker_client) == []
+    assert labelled_containers(docker_client, tmp_path / "results") == []
 
     with Store(tmp_path / "results") as store:
         board = build_leaderboard(store)
@@ -190,7 +191,7 @@ def test_a_killed_harness_leaves_no_container_and_resumes(
     finally:
         if harness.poll() is None:
             os.killpg(harness.pid, signal.SIGKILL)
-    assert labelled_containers(docker_client) == []
+    assert labelled_containers(docker_client, out) == []
     with Store(out) as store:
         assert set(store.results("open")) == {"a-fast"}
 
@@ -212,13 +213,13 @@ def test_stale_containers_of_a_killed_harness_are_removed_on_start(
         base_image,
         ["sleep", "600"],
         detach=True,
-        labels={RUN_LABEL: "old", "org.harness.managed": "test"},
+        labels={RUN_LABEL: results_id(tmp_path / "results"), "org.harness.managed": "test"},
     )
     entries = tmp_path / "entries"
     (entries / "empty").mkdir(parents=True)
     outcomes = run_entries(entries, options(tmp_path, base_image))
     assert [o.status for o in outcomes] == [Status.NO_DOCKERFILE]
-    assert stale.id not in {c.id for c in labelled_containers(docker_client)}
+    assert stale.id not in {c.id for c in labelled_containers(docker_client, tmp_path / "results")}
 
 
 def test_cli_reports_usage_errors_with_exit_code_2(tmp_path: Path) -> None:
