@@ -61,8 +61,8 @@ test: setup  ## the test suite (docker tests run when an engine is reachable)
 	$(VENV)/bin/pytest
 
 check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
-	$(VENV)/bin/ruff check harness templates tests scripts
-	$(VENV)/bin/ruff format --check harness templates tests scripts
+	$(VENV)/bin/ruff check harness templates tests scripts benchmarks
+	$(VENV)/bin/ruff format --check harness templates tests scripts benchmarks
 	$(VENV)/bin/mypy
 
 bench: bench-serve bench-train bench-check  ## every benchmark

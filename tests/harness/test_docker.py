@@ -82,7 +82,7 @@ def test_build_secret_reaches_the_build_but_not_the_image(
     dockerfile = (
         "ARG BASE_IMAGE\nFROM ${BASE_IMAGE}\n"
         "RUN --mount=type=secret,id=hf_token "
-        'python3 -c "import hashlib; print(hashlib.sha256(open(\'/run/secrets/hf_token\')'
+        "python3 -c \"import hashlib; print(hashlib.sha256(open('/run/secrets/hf_token')"
         '.read().encode()).hexdigest())" > /token.sha256\n'
     )
     (tmp_path / "ctx").mkdir()
