@@ -29,8 +29,7 @@ from types import FrameType
 from typing import Any
 
 from harness import docker as engine
-from harness.checks import EntryReport, Limits, check_entry, discover
-from harness.checks._tree import extract_zip
+from harness.checks import EntryReport, Limits, check_entry, discover, extract_zip
 from harness.errors import ConfigError, EntryError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from harness.checks._check import check_entries, check_entry, discover
 from harness.checks._model import RULES, EntryReport, Finding, Severity
-from harness.checks._tree import Limits
+from harness.checks._tree import Limits, extract_zip
 
 __all__ = [
     "RULES",
@@ -26,4 +26,5 @@ __all__ = [
     "check_entries",
     "check_entry",
     "discover",
+    "extract_zip",
 ]
