@@ -198,12 +198,15 @@ class Runner:
                     pool.submit(self._run_entry, path, network, gpus) for path in self.entries
                 ]
                 outcomes = [future.result() for future in futures]
-            except _Interrupted as exc:
-                # Removing the containers makes whatever the workers wait on fail fast.
+            except BaseException as exc:
+                # A signal, or an engine that went away: removing the containers makes whatever
+                # the workers wait on fail fast, and leaves nothing running.
                 self._stopping.set()
                 self._remove_containers()
                 pool.shutdown(wait=False, cancel_futures=True)
-                raise KeyboardInterrupt(str(exc)) from None
+                if isinstance(exc, _Interrupted):
+                    raise KeyboardInterrupt(str(exc)) from None
+                raise
         pool.shutdown()
         return outcomes
 
