@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from harness.health import HealthSchedule, wait_healthy
 from harness.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +91,40 @@ def helm_bin() -> Path:
     if not (HELM_BIN / "helm-run").exists():
         _unavailable(f"crfm-helm is not installed in {HELM_BIN.parent}; run `make setup`")
     return HELM_BIN
+
+
+@pytest.fixture(scope="session")
+def tiny_server_url(
+    tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The submission server (templates/server) on the tiny model, under a real uvicorn on a free
+    local port, started the way a submission's container starts it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "MODEL_PATH": str(tiny_model_dir)}
+    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [*command, "--port", str(port)],
+            cwd=REPO / "templates" / "server",
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        health = wait_healthy(
+            url,
+            schedule=HealthSchedule(tries=1, interval_s=120, poll_s=0.2),
+            alive=lambda: process.poll() is None,
+        )
+        assert health.healthy, f"{health.reason}\n{log.read_text()[-3000:]}"
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

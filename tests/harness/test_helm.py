@@ -8,15 +8,11 @@ from such a run (a random model scores 0, so value tests edit a copy of the reco
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
@@ -408,45 +404,9 @@ def test_plugin_rejects_malformed_task_files(helm_bin: Path, tmp_path: Path) -> 
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@pytest.fixture(scope="module")
-def server_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The team's inference server on the tiny model, as a real HTTP endpoint for HELM."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    env = {**os.environ, "MODEL_PATH": str(tiny_model_dir)}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [str(REPO / ".venv" / "bin" / "uvicorn"), "main:app", "--port", str(port)],
-            cwd=REPO / "templates" / "server", env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert process.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the server did not become healthy"
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
 @pytest.mark.helm
 def test_helm_run_scores_offline_and_local_tasks_and_resumes(
-    helm_bin: Path, server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    helm_bin: Path, tiny_server_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # An empty Hugging Face cache makes mmlu_pro fail the same way everywhere, internet or not.
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -469,7 +429,7 @@ def test_helm_run_scores_offline_and_local_tasks_and_resumes(
             """,
         )
     )
-    endpoint = HelmEndpoint("tiny entry", server_url, max_sequence_length=256)
+    endpoint = HelmEndpoint("tiny entry", tiny_server_url, max_sequence_length=256)
     run_dir = tmp_path / "run"
     write_prod_env(run_dir / "prod_env", [endpoint])
     helm_conf = write_helm_conf(conf, run_dir / "run_specs.conf", max_eval_instances=3)

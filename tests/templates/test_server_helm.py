@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,46 +13,10 @@ import pytest
 
 from harness.helm import HelmEndpoint, model_name, write_prod_env
 
-SERVER_DIR = Path(__file__).resolve().parents[2] / "templates" / "server"
 ENTRY = "tiny-served"
 MODEL = model_name(ENTRY)
 
 pytestmark = pytest.mark.helm
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def base_url(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The server started the way a submission's container starts it, on a free local port."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("uvicorn") / "server.log"
-    env = {**os.environ, "MODEL_PATH": str(tiny_model_dir)}
-    command = [sys.executable, "-m", "uvicorn", "main:app", "--host", "127.0.0.1"]
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [*command, "--port", str(port)], cwd=SERVER_DIR, env=env, stdout=log, stderr=log
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass  # not listening yet
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 HELM_CLIENTS = """
@@ -113,7 +73,10 @@ def run_helm_clients(helm_bin: Path, url: str, prompt: str, stop: str) -> dict[s
     return answer
 
 
-def test_helm_http_client_and_tokenizer_read_the_answers(helm_bin: Path, base_url: str) -> None:
+def test_helm_http_client_and_tokenizer_read_the_answers(
+    helm_bin: Path, tiny_server_url: str
+) -> None:
+    base_url = tiny_server_url
     prompt = "Question: what is two plus three? Answer:"
     direct = httpx.post(
         f"{base_url}/process",
@@ -136,7 +99,8 @@ def test_helm_http_client_and_tokenizer_read_the_answers(helm_bin: Path, base_ur
     assert helm["decoded"] == prompt
 
 
-def test_helm_run_scores_the_server(helm_bin: Path, base_url: str, tmp_path: Path) -> None:
+def test_helm_run_scores_the_server(helm_bin: Path, tiny_server_url: str, tmp_path: Path) -> None:
+    base_url = tiny_server_url
     # The harness's own registration: the shipped neurips/local has no base_url.
     prod_env = write_prod_env(
         tmp_path / "prod_env", [HelmEndpoint(ENTRY, base_url, max_sequence_length=256)]
