@@ -32,11 +32,12 @@ from harness import docker as engine
 from harness.checks import EntryReport, Limits, check_entry, discover, extract_zip
 from harness.errors import ConfigError, EntryError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.gateway import Gateway
+from harness.gateway import Gateway, GatewayStats
 from harness.health import HealthSchedule, wait_healthy
 from harness.helm import (
     SHIPPED_CONFS,
     HelmEndpoint,
+    HelmRun,
     load_conf,
     run_helm,
     shipped_conf,
@@ -298,8 +299,9 @@ class Runner:
     def _pipeline(
         self, path: Path, attempt: Attempt, logs: Path, tmp: Path, network: str | None, gpus: bool
     ) -> tuple[Status, str]:
-        root = self._context(path, tmp)
+        # The checks first: they record a malformed zip's findings before extraction refuses it.
         dockerfile = self._check(path, attempt)
+        root = self._context(path, tmp)
         image = self._build(root, dockerfile, attempt, logs)
         served = self._serve(image, attempt, logs, network, gpus)
         try:
@@ -325,6 +327,9 @@ class Runner:
             self.store.record_findings(attempt, report.findings)
             detail.append(f"{len(report.findings)} finding(s)")
             if report.dockerfile is None:
+                # An entry that could not be read has no Dockerfile to find: it is malformed.
+                if any(f.rule == "malformed-entry" for f in report.findings):
+                    raise _Ended(Status.FLAGGED, _summary(report))
                 raise _Ended(Status.NO_DOCKERFILE, "no file named Dockerfile in the entry")
             if report.status == "flagged":
                 if not self.options.evaluate_flagged:
@@ -456,8 +461,8 @@ class Runner:
     def _verdict(
         self,
         served: engine.RunningContainer,
-        helm: Any,
-        stats: Any,
+        helm: HelmRun,
+        stats: GatewayStats,
         sampler: GpuMemorySampler | None,
     ) -> tuple[Status, str]:
         state = served.state()

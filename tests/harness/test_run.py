@@ -230,3 +230,21 @@ def test_cli_reports_usage_errors_with_exit_code_2(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "unknown track" in result.stdout
+
+
+def test_a_malformed_zip_is_flagged_with_its_findings_recorded(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    import zipfile
+
+    entries = tmp_path / "entries"
+    entries.mkdir()
+    with zipfile.ZipFile(entries / "escape.zip", "w") as archive:
+        archive.writestr("Dockerfile", f"FROM {DEFAULT_BASE_IMAGE}\n")
+        archive.writestr("../outside.txt", "written outside the entry")
+    outcomes = run_entries(entries, options(tmp_path, base_image))
+    assert [o.status for o in outcomes] == [Status.FLAGGED]
+    assert not (tmp_path / "outside.txt").exists()
+    with Store(tmp_path / "results") as store:
+        rules = {f.rule for f in store.findings("escape.zip", "open")}
+    assert "malformed-entry" in rules
