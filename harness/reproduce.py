@@ -58,12 +58,12 @@ from typing import Any
 import yaml
 
 from harness import docker as engine
-from harness.checks._tree import MANIFEST, Limits, _clean_relative, extract_zip
+from harness.checks import MANIFEST, Limits, clean_relative, extract_zip
 from harness.errors import ConfigError, InfrastructureError
 from harness.failures import GIB, GpuMemorySampler, classify_build_log
 from harness.health import HealthSchedule
 from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
-from harness.run import RunOptions, _slug, run_entries
+from harness.run import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import mask, redact
 from harness.store import Metric, Status, Store
@@ -222,7 +222,7 @@ def load_manifest(entry: Path) -> Manifest:
     values: dict[str, Any] = {}
     for key in ("train_dockerfile", "model_dir"):
         if key in raw:
-            relative = _clean_relative(raw[key]) if isinstance(raw[key], str) else None
+            relative = clean_relative(raw[key]) if isinstance(raw[key], str) else None
             if relative is None:
                 raise ConfigError(f"{path}: `{key}` must be a relative path inside the entry")
             values[key] = relative
@@ -260,7 +260,7 @@ class _Original:
 
 
 def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
-    run_dir = options.results / "helm" / _slug(name) / options.stage
+    run_dir = options.results / "helm" / entry_slug(name) / options.stage
     helm_conf = run_dir / "run_specs.conf"
     if not helm_conf.is_file():
         raise ConfigError(
@@ -682,7 +682,7 @@ def _score_copy(
             build_args=manifest.build_args,
         ),
     )[0]
-    logs = out / "logs" / _slug(copy.name) / options.stage
+    logs = out / "logs" / entry_slug(copy.name) / options.stage
     if outcome.status in (Status.BUILD_FAILED, Status.BUILD_TIMEOUT):
         return (
             Verdict.BUILD_FAILED,
@@ -716,7 +716,7 @@ def reproduce_entry(
     if not entry.exists():
         raise ConfigError(f"no entry at {entry}")
     name = entry.name
-    slug = _slug(name)
+    slug = entry_slug(name)
     out = options.results / "reproduce" / slug
     if out.exists():
         shutil.rmtree(out)

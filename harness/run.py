@@ -142,7 +142,8 @@ class _Interrupted(BaseException):
     """SIGINT or SIGTERM: stop every entry, remove their containers."""
 
 
-def _slug(name: str) -> str:
+def entry_slug(name: str) -> str:
+    """An entry's folder name under RESULTS_DIR/logs and /helm: readable, and unique by a hash."""
     slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "entry"
     return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
@@ -264,7 +265,7 @@ class Runner:
         if previous is not None and not self.options.force:
             return EntryOutcome(name, previous.status, previous.reason, skipped=True)
         attempt = self.store.start_attempt(name, stage)
-        logs = self.out / "logs" / _slug(name) / stage
+        logs = self.out / "logs" / entry_slug(name) / stage
         logs.mkdir(parents=True, exist_ok=True)
         try:
             with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
@@ -338,7 +339,7 @@ class Runner:
             return report.dockerfile
 
     def _build(self, root: Path, dockerfile: str, attempt: Attempt, logs: Path) -> str:
-        tag = f"harness-entry/{_slug(attempt.entry)}:{self.options.stage}"
+        tag = f"harness-entry/{entry_slug(attempt.entry)}:{self.options.stage}"
         log = logs / "build.log"
         done = self.store.finished_step(attempt.entry, attempt.stage, Step.BUILD)
         if done is not None and done.status is StepStatus.OK and not self.options.force:
@@ -356,7 +357,7 @@ class Runner:
                     **self.options.build_args,
                 },
                 secrets=self.options.build_secrets,
-                labels={RUN_LABEL: self.run_id, "org.harness.entry": _slug(attempt.entry)},
+                labels={RUN_LABEL: self.run_id, "org.harness.entry": entry_slug(attempt.entry)},
                 timeout=self.options.build_timeout_s,
             )
             _redact_file(log)
@@ -407,7 +408,7 @@ class Runner:
     def _evaluate(
         self, served: engine.RunningContainer, attempt: Attempt, logs: Path, gpus: bool
     ) -> tuple[Status, str]:
-        run_dir = self.out / "helm" / _slug(attempt.entry) / attempt.stage
+        run_dir = self.out / "helm" / entry_slug(attempt.entry) / attempt.stage
         run_dir.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 from harness.checks._check import check_entries, check_entry, discover
 from harness.checks._model import RULES, EntryReport, Finding, Severity
-from harness.checks._tree import Limits, extract_zip
+from harness.checks._tree import MANIFEST, Limits, clean_relative, extract_zip
 
 __all__ = [
+    "MANIFEST",
     "RULES",
     "EntryReport",
     "Finding",
@@ -25,6 +26,7 @@ __all__ = [
     "Severity",
     "check_entries",
     "check_entry",
+    "clean_relative",
     "discover",
     "extract_zip",
 ]

@@ -139,7 +139,7 @@ def extract_zip(archive: Path, into: Path, limits: Limits, findings: list[Findin
     return True
 
 
-def _clean_relative(path: str) -> str | None:
+def clean_relative(path: str) -> str | None:
     """A manifest path made relative to the entry, or None when it would leave the entry."""
     path = path.replace("\\", "/")
     if path.startswith("/") or _DRIVE.match(path):
@@ -162,7 +162,7 @@ def choose_dockerfile(tree: Tree, findings: list[Finding]) -> str | None:
             return None
         named = manifest.get("dockerfile") if isinstance(manifest, dict) else None
         if named is not None:
-            chosen = _clean_relative(named) if isinstance(named, str) else None
+            chosen = clean_relative(named) if isinstance(named, str) else None
             if chosen is None:
                 findings.append(
                     _malformed(MANIFEST, "`dockerfile` must be a relative path inside the entry")

@@ -33,7 +33,7 @@ from harness.reproduce import (
     parse_duration,
     reproduce_entry,
 )
-from harness.run import RunOptions, _slug, run_entries
+from harness.run import RunOptions, entry_slug, run_entries
 from harness.store import Metric, Status, Store
 from harness.submission import render_submission, smoke_config, use_weights
 from harness.tiny_model import write_tiny_dataset
@@ -149,7 +149,7 @@ def _foreign_entry(entries: Path, name: str, training: str) -> Path:
 def _fake_original(results: Path, name: str, conf: Path) -> None:
     """The stored traces of an original run (its HELM conf and metrics), without running it."""
     write_helm_conf(
-        load_conf(conf), results / "helm" / _slug(name) / "open" / "run_specs.conf",
+        load_conf(conf), results / "helm" / entry_slug(name) / "open" / "run_specs.conf",
         max_eval_instances=3,
     )  # fmt: skip
     with Store(results) as store:
@@ -207,7 +207,7 @@ def test_a_foreign_entry_reproduces_with_its_manifest_and_secret(
         run_specs=str(write_conf(tmp_path, 3)), base_image=base_image, health=QUICK_HEALTH,
         mem_limit="256m", max_sequence_length=256, deadline_s=300,
     )  # fmt: skip
-    cleanup += [_slug("foreign"), _slug("foreign-reproduced")]
+    cleanup += [entry_slug("foreign"), entry_slug("foreign-reproduced")]
     [outcome] = run_entries(tmp_path / "entries", original)
     assert outcome.status is Status.SCORED, outcome.reason
 
@@ -221,7 +221,7 @@ def test_a_foreign_entry_reproduces_with_its_manifest_and_secret(
     assert result.comparison is not None
     [scenario] = result.comparison.scenarios
     assert (scenario.original, scenario.reproduced) == (1.0, 1.0)
-    folder = results / "reproduce" / _slug("foreign")
+    folder = results / "reproduce" / entry_slug("foreign")
     report = json.loads((folder / "reproduction.json").read_text())
     assert report["verdict"] == "reproduced" and report["weights"]["model.bin"]["sha256"] == digest
     assert "| local_task | 1.0000 | 1.0000 | 0.0000 |" in (folder / "reproduction.md").read_text()
@@ -268,7 +268,7 @@ def test_a_failing_training_ends_train_failed_with_its_log_tail_and_exit_1(
 
     assert cli.exit_code == 1, cli.output
     assert "train-failed" in cli.output and "CUDA error: out of memory" in cli.output
-    folder = results / "reproduce" / _slug("broken")
+    folder = results / "reproduce" / entry_slug("broken")
     report = json.loads((folder / "reproduction.json").read_text())
     assert report["verdict"] == "train-failed"
     assert report["reason"] == "the training container exited with status 3"
@@ -352,7 +352,7 @@ def test_a_rendered_submission_reproduces_end_to_end(
     )  # fmt: skip
     use_weights(submission, out / "merged")
     results = tmp_path / "results"
-    cleanup += [_slug("tiny"), _slug("tiny-reproduced")]
+    cleanup += [entry_slug("tiny"), entry_slug("tiny-reproduced")]
     health = HealthSchedule(tries=1, interval_s=180, poll_s=1)
     original = RunOptions(
         track="4090", stage="open", out=results, max_eval_instances=2,
@@ -372,7 +372,7 @@ def test_a_rendered_submission_reproduces_end_to_end(
     assert result.training.peak_memory.get("container_memory_max_usage", 0) > 0
     # Three seeded QLoRA steps on the CPU are deterministic: the very same weights come out.
     assert result.weights == hash_files(out / "merged")
-    conf = (results / "reproduce" / _slug("tiny") / "helm").rglob("run_specs.conf")
+    conf = (results / "reproduce" / entry_slug("tiny") / "helm").rglob("run_specs.conf")
     assert [p.read_text() for p in conf] == [
-        (results / "helm" / _slug("tiny") / "open" / "run_specs.conf").read_text()
+        (results / "helm" / entry_slug("tiny") / "open" / "run_specs.conf").read_text()
     ]
