@@ -362,21 +362,22 @@ class Store:
 
     def record_findings(self, attempt: Attempt, findings: Iterable[FindingLike]) -> None:
         """Replace the entry's findings for this stage with `findings`."""
-        rows = [(attempt.entry, attempt.stage, attempt.id, *_finding_values(f)) for f in findings]
-        with self._write() as db:
-            db.execute(
-                "DELETE FROM findings WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
-            )
-            db.executemany("INSERT INTO findings VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self._replace("findings", attempt, [_finding_values(f) for f in findings])
 
     def record_metrics(self, attempt: Attempt, metrics: Iterable[Metric]) -> None:
         """Replace the entry's metrics for this stage with `metrics` (one per run spec)."""
-        rows = [(attempt.entry, attempt.stage, attempt.id, *_metric_values(m)) for m in metrics]
+        self._replace("metrics", attempt, [_metric_values(m) for m in metrics])
+
+    def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
+        """Replace an entry's rows of `table` for this stage, in one transaction."""
+        rows = [(attempt.entry, attempt.stage, attempt.id, *row) for row in values]
+        marks = ", ".join("?" * (3 + len(values[0]))) if values else ""
         with self._write() as db:
             db.execute(
-                "DELETE FROM metrics WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
+                f"DELETE FROM {table} WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
             )
-            db.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if rows:
+                db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
 
     def record_gateway_stats(
         self, attempt: Attempt, stats: GatewayStats, log_path: Path | str | None = None
