@@ -30,6 +30,8 @@ from typing import Any
 
 import httpx
 
+from harness.health import HealthSchedule, wait_healthy
+
 REPO = Path(__file__).resolve().parents[1]
 SERVERS = {
     "naive (sample-style)": (REPO / "benchmarks", "naive_server:app"),
@@ -103,18 +105,13 @@ def running(folder: Path, target: str, model_dir: Path) -> Iterator[tuple[str, i
     process = subprocess.Popen(command, cwd=folder, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"{target} exited with {process.returncode}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{target} did not become healthy")
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        health = wait_healthy(
+            url,
+            schedule=HealthSchedule(tries=1, interval_s=300, poll_s=0.2),
+            alive=lambda: process.poll() is None,
+        )
+        if not health.healthy:
+            raise RuntimeError(f"{target}: {health.reason}")
         yield url, process.pid
     finally:
         process.terminate()
