@@ -308,10 +308,16 @@ class Runner:
         try:
             return self._evaluate(served, attempt, logs, gpus)
         finally:
-            (logs / "container.log").write_text(redact(served.logs(tail=5000)))
-            with self._lock:
-                self._containers.pop(attempt.entry, None)
-            served.remove()
+            self._release(attempt.entry, served, logs)
+
+    def _release(self, entry: str, served: engine.RunningContainer, logs: Path) -> str:
+        """Keep the container's log (redacted) and remove it; returns the log as it was."""
+        text = served.logs(tail=5000)
+        (logs / "container.log").write_text(redact(text))
+        with self._lock:
+            self._containers.pop(entry, None)
+        served.remove()
+        return text
 
     def _context(self, path: Path, tmp: Path) -> Path:
         """The entry's files on disk: the folder itself, or a zip extracted (safely) to `tmp`."""
@@ -394,9 +400,7 @@ class Runner:
             detail.append(f"{health.reason} after {health.seconds:.0f} s")
             if not health.healthy:
                 state = served.state()
-                logs_text = served.logs()
-                (logs / "container.log").write_text(redact(logs_text))
-                served.remove()
+                logs_text = self._release(attempt.entry, served, logs)
                 if state.get("Status") in ("exited", "dead"):
                     failure = classify_container(
                         state.get("ExitCode"), bool(state.get("OOMKilled")), logs_text
