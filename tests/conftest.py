@@ -26,7 +26,9 @@ from harness.tiny_model import write_tiny_model
 REPO = Path(__file__).resolve().parent.parent
 HELM_BIN = REPO / ".venv-helm" / "bin"
 BASE_IMAGE = os.environ.get("HARNESS_BASE_IMAGE", "harness-base:bookworm")
-TEST_LABEL = "org.harness.managed=test"
+# One value per test session: concurrent sessions on one engine never remove each other's things.
+TEST_LABEL = f"org.harness.managed=test-{os.getpid()}"
+TEST_LABELS = dict([TEST_LABEL.split("=")])
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 

@@ -24,7 +24,7 @@ from harness.report import build_leaderboard
 from harness.run import RUN_LABEL, RunOptions, exit_code, results_id, run_entries
 from harness.store import Status, Store
 from harness.submission import DEFAULT_BASE_IMAGE
-from tests.conftest import REPO
+from tests.conftest import REPO, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
@@ -213,7 +213,7 @@ def test_stale_containers_of_a_killed_harness_are_removed_on_start(
         base_image,
         ["sleep", "600"],
         detach=True,
-        labels={RUN_LABEL: results_id(tmp_path / "results"), "org.harness.managed": "test"},
+        labels={RUN_LABEL: results_id(tmp_path / "results"), **TEST_LABELS},
     )
     entries = tmp_path / "entries"
     (entries / "empty").mkdir(parents=True)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import BASE_IMAGE, REPO
+from tests.conftest import BASE_IMAGE, REPO, TEST_LABELS
 
 pytestmark = pytest.mark.docker
 
@@ -43,7 +43,7 @@ def test_base_image_has_python_311_venv_and_the_hosts_ca_bundle(
         base_image,
         ["python3", "-c", script],
         remove=True,
-        labels={"org.harness.managed": "test"},
+        labels=TEST_LABELS,
         volumes={"/etc/ssl/certs/ca-certificates.crt": {"bind": "/host-ca", "mode": "ro"}},
     )
     assert output.decode().split() == ["(3,", "11)", "True"]
