@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfrastructureError
+from harness.lock import die_with_parent
 
 LABEL = "org.harness.managed"
 
@@ -109,8 +110,10 @@ def build(
     started = time.monotonic()
     with log_path.open("wb") as log:
         try:
+            # The CLI dies with the harness (its build on the daemon is then cancelled).
             proc = subprocess.run(
                 cmd,
+                preexec_fn=die_with_parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
