@@ -20,7 +20,9 @@ import errno
 import fcntl
 import json
 import os
+import shlex
 import signal
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -93,6 +95,11 @@ def hold_results_lock(folder: Path, command: str) -> Iterator[Holder]:
             os.ftruncate(fd, 0)
     finally:
         os.close(fd)  # releases the lock
+
+
+def command_line() -> str:
+    """This process's command line, as a holder's name."""
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) if sys.argv else str(os.getpid())
 
 
 def _marker(folder: Path) -> str:
