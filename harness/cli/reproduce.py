@@ -53,7 +53,7 @@ def main(
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
-    original scores; writes reproduction.md and .json to RESULTS/reproduce/<entry>/."""
+    original scores; writes reproduction.md and .json to RESULTS/reproduce/ENTRY/."""
     console = Console()
     try:
         options = ReproduceOptions(
