@@ -16,7 +16,7 @@ PIP_COMPILE := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-
 PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
 
 .PHONY: help setup lock engine base-image submission demo test check bench bench-serve bench-train \
-	bench-check clean
+	bench-check bench-chaos clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -65,7 +65,7 @@ check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
 	$(VENV)/bin/ruff format --check harness templates tests scripts benchmarks
 	$(VENV)/bin/mypy
 
-bench: bench-serve bench-train bench-check  ## every benchmark
+bench: bench-serve bench-train bench-check bench-chaos  ## every benchmark
 
 bench-serve: setup  ## server throughput against a naive baseline
 	$(VENV)/bin/python benchmarks/bench_serve.py
@@ -75,6 +75,9 @@ bench-train: $(VENV)/.stamp  ## QLoRA training tokens/s and peak memory
 
 bench-check: $(VENV)/.stamp  ## harness check on 225 generated entries against detect-secrets' CLI
 	$(VENV)/bin/python benchmarks/bench_check.py
+
+bench-chaos: setup base-image  ## harness run under 100 faults (kill -9, rm -f, second harness, engine restart)
+	$(VENV)/bin/python benchmarks/bench_chaos.py
 
 clean:  ## remove the venvs and caches (not submissions/)
 	rm -rf $(VENV) $(HELM_VENV) .mypy_cache .ruff_cache .pytest_cache
