@@ -60,6 +60,9 @@ class RunOptions:
     # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
     # names the scenarios and their metrics): `harness reproduce` replays the original run's.
     helm_conf: Path | None = None
+    # The coarse-to-fine tier (1-based) this run is (harness/tiers.py): its HELM runs go to a
+    # suite of their own, so a tier reads only its own runs while sharing HELM's request cache.
+    tier: int | None = None
 
     @property
     def helm_offline(self) -> bool:

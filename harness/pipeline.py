@@ -28,7 +28,15 @@ from harness.failures import GpuMemorySampler, classify_build_log, classify_cont
 from harness.gateway import Gateway, GatewayStats
 from harness.gpus import GpuPool, resolve_gpus
 from harness.health import wait_healthy
-from harness.helm import HelmEndpoint, HelmRun, load_conf, run_helm, write_helm_conf, write_prod_env
+from harness.helm import (
+    SUITE,
+    HelmEndpoint,
+    HelmRun,
+    load_conf,
+    run_helm,
+    write_helm_conf,
+    write_prod_env,
+)
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
@@ -451,6 +459,9 @@ class _Pipeline:
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
                     metrics=conf_spec.metrics(),
                     offline=self.options.helm_offline,
+                    suite=SUITE
+                    if self.options.tier is None
+                    else f"{SUITE}-tier{self.options.tier}",
                 )
             finally:
                 if sampler:

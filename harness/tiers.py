@@ -21,10 +21,19 @@ on simulated competitions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
+from harness.options import RunOptions
+from harness.store import Metric, Store
+
+if TYPE_CHECKING:
+    from harness.executor import Executor
+    from harness.run import EntryOutcome
 
 # One-sided 95%: an entry is dropped only when it is clearly below the cut.
 DEFAULT_Z = 1.645
@@ -154,3 +163,68 @@ def ranked_by_tier(
             for name, value in row.items()
         }
     return shifted
+
+
+_INSTANCES = re.compile(r"max_eval_instances=(\d+)")
+_COUNT = re.compile(r"(?<=[:,])max_eval_instances=\d+,?")
+
+
+def same_run_spec(run_spec: str) -> str:
+    """A stored run spec without its instance count: HELM names the runs of each tier apart
+    (`mmlu:subject=anatomy,max_eval_instances=10`), and they are the same run spec to score."""
+    return _COUNT.sub("", run_spec).rstrip(",:")
+
+
+def _estimates(metrics: Mapping[str, Sequence[Metric]]) -> dict[str, Estimate]:
+    """Estimates from stored metrics; a run spec's instance count is in its HELM name."""
+    estimates = {}
+    for entry, rows in metrics.items():
+        instances = {
+            m.run_spec: int(found[1]) if (found := _INSTANCES.search(m.run_spec)) else 1
+            for m in rows
+        }
+        values = {m.run_spec: m.value for m in rows}
+        estimates[entry] = estimate(values, instances, {m.run_spec: m.scenario for m in rows})
+    return estimates
+
+
+def run_tiers(
+    entries_dir: Path,
+    options: RunOptions,
+    tiers: Tiers,
+    *,
+    executor: Callable[[], Executor],
+    on_progress: Callable[[str, str], None] = lambda entry, step: None,
+) -> list[EntryOutcome]:
+    """`harness run --tiers`: each tier a run of the entries still in contention on its budget.
+
+    The store is the ledger here too: the tier each entry reached is recorded as it ends, so a
+    restarted run skips what a tier already did and re-evaluates only what it had not.
+    """
+    from harness.run import run_entries
+
+    outcomes: dict[str, EntryOutcome] = {}
+    only: list[str] | None = None
+    again: set[str] = set()
+    for tier, budget in enumerate(tiers.budgets, start=1):
+        if tier > 1:
+            with Store(options.out) as store:
+                reached = store.tiers(options.stage)
+                behind = {
+                    e: ms
+                    for e, ms in store.metrics(options.stage).items()
+                    if reached.get(e, (0, 0))[0] >= tier - 1
+                }
+            only = in_contention(_estimates(behind), tiers)
+            again = {entry for entry in only if reached.get(entry, (0, 0))[0] < tier}
+        tier_options = replace(options, budget=budget, tier=tier, force=options.force and tier == 1)
+        for outcome in run_entries(
+            entries_dir,
+            tier_options,
+            executor=executor(),
+            on_progress=on_progress,
+            only=only,
+            again=again,
+        ):
+            outcomes[outcome.entry] = outcome
+    return list(outcomes.values())

@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import math
+from concurrent.futures import Future
+from pathlib import Path
 
 import pytest
 
 from harness.errors import ConfigError
+from harness.options import RunOptions
+from harness.pipeline import Ending, EntryJob, Recorder
+from harness.report import build_leaderboard, to_markdown
 from harness.scoring import RunSpec, score_stage
-from harness.tiers import Estimate, Tiers, compute_used, estimate, in_contention, ranked_by_tier
+from harness.store import Metric, Status, Step, Store
+from harness.tiers import (
+    Estimate,
+    Tiers,
+    compute_used,
+    estimate,
+    in_contention,
+    ranked_by_tier,
+    run_tiers,
+    same_run_spec,
+)
 
 
 def test_parse_defaults_to_keeping_thirty_percent() -> None:
@@ -82,3 +97,83 @@ def test_a_later_tier_ranks_above_an_earlier_one_whatever_its_luck() -> None:
     lower = ranked_by_tier({"l": {"y": 1.0}, "f": {"y": 3.0}}, {"f": 1}, {"y": True})
     scores = score_stage(lower, {"y": RunSpec("y", lower_is_better=True)}).scores
     assert scores["f"] > scores["l"]
+
+
+class _Quiz:
+    """An executor whose entries answer with their skill (the digits of their name) on the
+    budget asked: metrics as HELM names them, with the instance count in the run spec."""
+
+    def __init__(self, log: list[tuple[str, int]]) -> None:
+        self.log = log
+
+    def start(self, options: RunOptions, run_id: str) -> None:
+        pass
+
+    def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]:
+        budget = job.options.budget
+        assert budget is not None
+        self.log.append((job.name, budget))
+        assert job.reuse_build == (job.options.tier != 1)  # a later tier reuses the image
+        skill = int(job.name.split("-")[1]) / 100
+        recorder.record_metrics(
+            [
+                Metric(f"s{i}:max_eval_instances={budget // 2}", f"s{i}", "exact_match", skill)
+                for i in range(2)
+            ]
+        )
+        step = recorder.start_step(Step.BUILD, at=1.0)
+        recorder.finish_step(step, ok=True, detail="", log_path=None, at=2.0)
+        future: Future[Ending] = Future()
+        future.set_result(Ending(Status.SCORED, "scored"))
+        return future
+
+    def interrupt(self) -> None:
+        raise AssertionError("nothing was interrupted")
+
+    def close(self) -> None:
+        pass
+
+
+def test_later_tiers_evaluate_only_the_contenders_and_the_store_remembers(tmp_path: Path) -> None:
+    entries = tmp_path / "entries"
+    skills = [90, 88, 70, 40, 30, 20]
+    for skill in skills:
+        (entries / f"e-{skill}").mkdir(parents=True)
+    options = RunOptions(track="4090", stage="open", out=tmp_path / "results", run_specs="offline")
+    tiers = Tiers((20, 200), keep_top=1)
+    log: list[tuple[str, int]] = []
+
+    outcomes = run_tiers(entries, options, tiers, executor=lambda: _Quiz(log))
+
+    # 0.88 on 10 instances per scenario may reach 0.90; 0.70 may not (1.645 * 0.1 < 0.2).
+    assert sorted(log) == sorted([(f"e-{s}", 20) for s in skills] + [("e-90", 200), ("e-88", 200)])
+    assert {o.entry for o in outcomes} == {f"e-{s}" for s in skills}
+    with Store(options.out) as store:
+        assert store.tiers("open") == {
+            **{f"e-{s}": (1, 20) for s in skills},
+            "e-90": (2, 200),
+            "e-88": (2, 200),
+        }
+    board = build_leaderboard(Store(options.out))
+    assert [row.entry for row in board.rows[:3]] == ["e-90", "e-88", "e-70"]
+    assert board.rows[0].stages["open"].tier == "2/2 (200)"
+    assert board.rows[2].stages["open"].tier == "1/2 (20)"
+    assert "Tier" in to_markdown(board)
+
+    # A restart finds every tier done: nothing is evaluated again.
+    log.clear()
+    run_tiers(entries, options, tiers, executor=lambda: _Quiz(log))
+    assert log == []
+
+
+@pytest.mark.parametrize(
+    ("stored", "same"),
+    [
+        ("mmlu:subject=anatomy,max_eval_instances=10", "mmlu:subject=anatomy"),
+        ("gsm:max_eval_instances=5", "gsm"),
+        ("x:max_eval_instances=3,b=2", "x:b=2"),
+        ("x:a=1,max_eval_instances=3,b=2", "x:a=1,b=2"),
+    ],
+)
+def test_the_runs_of_each_tier_are_one_run_spec(stored: str, same: str) -> None:
+    assert same_run_spec(stored) == same
