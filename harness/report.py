@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import jinja2
@@ -22,6 +22,7 @@ from rich.text import Text
 from harness.gateway import GatewayStats
 from harness.scoring import RankAgreement, RunSpec, rank_agreement, score_stage, standings
 from harness.store import Store
+from harness.tiers import ranked_by_tier, same_run_spec
 
 STAGE_ORDER = ("open", "closed")
 OUTPUTS = ("leaderboard.md", "leaderboard.json", "leaderboard.html")
@@ -38,6 +39,7 @@ class StageRow:
     gateway: GatewayStats | None
     findings: int
     logs: dict[str, str]  # label -> path relative to RESULTS_DIR
+    tier: str = ""  # "2/2 (600)": the coarse-to-fine tier reached and its budget (--tiers)
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ def build_leaderboard(store: Store) -> Leaderboard:
     scenarios: dict[str, list[str]] = {}
     for stage in stages:
         metrics = store.metrics(stage)
+        reached = {entry: tier for entry, (tier, _) in store.tiers(stage).items()}
+        if reached:
+            metrics = {
+                entry: [replace(m, run_spec=same_run_spec(m.run_spec)) for m in ms]
+                for entry, ms in metrics.items()
+            }
         run_specs = {
             m.run_spec: RunSpec(m.scenario, m.lower_is_better)
             for entry_metrics in metrics.values()
@@ -100,6 +108,9 @@ def build_leaderboard(store: Store) -> Leaderboard:
         if not run_specs:
             continue
         values = {entry: {m.run_spec: m.value for m in ms} for entry, ms in metrics.items()}
+        if reached:
+            lower = {name: spec.lower_is_better for name, spec in run_specs.items()}
+            values = ranked_by_tier(values, reached, lower)
         scored = score_stage(values, run_specs)
         scores[stage] = scored.scores
         win_rates[stage] = scored.scenario_win_rates
@@ -107,6 +118,8 @@ def build_leaderboard(store: Store) -> Leaderboard:
 
     final = {s.entry: s for s in standings(scores.get("open"), scores.get("closed"))}
     results = {stage: store.results(stage) for stage in stages}
+    tiers = {stage: store.tiers(stage) for stage in stages}
+    last_tier = {stage: max((t for t, _ in tiers[stage].values()), default=0) for stage in stages}
     rows: list[Row] = []
     for entry in store.entries():
         stage_rows = {}
@@ -128,6 +141,11 @@ def build_leaderboard(store: Store) -> Leaderboard:
                 gateway=gateway[0] if gateway else None,
                 findings=len(store.findings(entry, stage)),
                 logs=logs,
+                tier=(
+                    f"{tiers[stage][entry][0]}/{last_tier[stage]} ({tiers[stage][entry][1]})"
+                    if entry in tiers[stage]
+                    else ""
+                ),
             )
         standing = final.get(entry)
         rows.append(
@@ -154,9 +172,14 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def _tiered(board: Leaderboard) -> bool:
+    return any(stage.tier for row in board.rows for stage in row.stages.values())
+
+
 def _columns(board: Leaderboard) -> list[str]:
     stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
-    return ["Rank", "Entry", "Score", *stage_scores, "Status", "Reason", "Unanswered"]
+    tier = ["Tier"] if _tiered(board) else []
+    return ["Rank", "Entry", "Score", *stage_scores, *tier, "Status", "Reason", "Unanswered"]
 
 
 def _cells(board: Leaderboard, row: Row) -> list[str]:
@@ -167,7 +190,13 @@ def _cells(board: Leaderboard, row: Row) -> list[str]:
     )
     unanswered = "" if row.unanswered is None else str(row.unanswered)
     rank = "" if row.rank is None else str(row.rank)
-    return [rank, row.entry, _number(row.final), *stage_scores, row.status, row.reason, unanswered]
+    tier = (
+        ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
+    )
+    return [
+        rank, row.entry, _number(row.final), *stage_scores, *tier, row.status, row.reason,
+        unanswered,
+    ]  # fmt: skip
 
 
 def agreement_line(board: Leaderboard) -> str:

@@ -11,6 +11,7 @@ steps); current facts (status, findings, metrics, gateway stats) are replaced pe
     findings        the static checks' findings per entry and stage
     metrics         the main metric of every run spec per entry and stage
     gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
+    tiers           the coarse-to-fine tier an entry reached per stage, and its budget
 
 Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
 means not asking.
@@ -135,6 +136,16 @@ CREATE TABLE gateway_stats (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
+# Added after schema 1 without changing it: stores written before it gain the table on open.
+_TIERS = """
+CREATE TABLE IF NOT EXISTS tiers (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    PRIMARY KEY (entry, stage)
+)
+"""
 
 
 @dataclass(frozen=True)
@@ -249,6 +260,7 @@ class Store:
                     f"{self.path} has schema version {version}; this harness reads "
                     f"{SCHEMA_VERSION}. Use a new RESULTS_DIR."
                 )
+            db.execute(_TIERS)
 
     def close(self) -> None:
         with self._lock:
@@ -393,6 +405,16 @@ class Store:
         """Replace the entry's metrics for this stage with `metrics` (one per run spec)."""
         self._replace("metrics", attempt, [_metric_values(m) for m in metrics])
 
+    def record_tier(self, entry: str, stage: str, tier: int, budget: int) -> None:
+        """`entry` was evaluated on tier `tier` (1-based) of a coarse-to-fine run, on `budget`."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO tiers (entry, stage, tier, budget) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (entry, stage) DO UPDATE SET tier = excluded.tier, "
+                "budget = excluded.budget",
+                (entry, stage, tier, budget),
+            )
+
     def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
         """Replace an entry's rows of `table` for this stage, in one transaction."""
         rows = [(attempt.entry, attempt.stage, attempt.id, *row) for row in values]
@@ -499,6 +521,11 @@ class Store:
             values["lower_is_better"] = bool(values["lower_is_better"])
             by_entry.setdefault(entry, []).append(Metric(**values))
         return by_entry
+
+    def tiers(self, stage: str) -> dict[str, tuple[int, int]]:
+        """entry -> (tier reached, its budget) in this stage, for entries of a tiered run."""
+        rows = self._read("SELECT entry, tier, budget FROM tiers WHERE stage = ?", stage)
+        return {row["entry"]: (row["tier"], row["budget"]) for row in rows}
 
     def gateway_stats(self, entry: str, stage: str) -> tuple[GatewayStats, str | None] | None:
         """The gateway's counts for this entry and stage, with its request log's path."""

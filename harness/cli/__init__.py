@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import check, report, reproduce, run, submission, tiny_model
+from harness.cli import check, plan, report, reproduce, run, submission, tiny_model
 
 app = typer.Typer(
     name="harness",
@@ -29,4 +29,5 @@ app.command("check", epilog=check.EPILOG)(check.main)
 app.command("run", epilog=run.EPILOG)(run.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
+app.command("plan", epilog=plan.EPILOG)(plan.main)
 app.add_typer(submission.app, name="submission")
