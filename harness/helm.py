@@ -127,7 +127,10 @@ class HelmEndpoint:
 
     `max_sequence_length` is the context HELM fits prompts into (it truncates through the
     server's /tokenize and /decode); the tokens are what the tokenizer config names as
-    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`).
+    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`). `cache_requests`
+    keeps every answer in HELM's request cache (`prod_env/cache/`), so a later run in the same
+    folder, a larger nested sample say, asks the model only what it has not answered yet; the
+    cache belongs to one image of the entry and must go when the image changes.
     """
 
     entry: str
@@ -136,6 +139,7 @@ class HelmEndpoint:
     end_of_text_token: str = "</s>"
     prefix_token: str = "<s>"
     request_timeout_s: int = 3000
+    cache_requests: bool = False
 
     @property
     def model(self) -> str:
@@ -158,7 +162,11 @@ def write_prod_env(folder: Path, endpoints: Sequence[HelmEndpoint]) -> Path:
                 "max_sequence_length": endpoint.max_sequence_length,
                 "client_spec": {
                     "class_name": "helm.clients.http_model_client.HTTPModelClient",
-                    "args": {"base_url": url, "timeout": endpoint.request_timeout_s},
+                    "args": {
+                        "base_url": url,
+                        "timeout": endpoint.request_timeout_s,
+                        "do_cache": endpoint.cache_requests,
+                    },
                 },
             }
         )
