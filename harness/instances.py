@@ -322,15 +322,18 @@ def nested_counts(pack: Pack, budget: int | None = None) -> list[int]:
     return [min(share, entry.instances) for share, entry in zip(shares, pack.entries, strict=True)]
 
 
-def install_pack(pack: Pack, run_dir: Path, budget: int | None = None) -> Path:
+def install_pack(
+    pack: Pack, run_dir: Path, budget: int | None = None, *, helm_conf: Path | None = None
+) -> Path:
     """Make `run_dir` (helm-run's working folder) evaluate the pack's `budget` sample; returns
     the HELM conf to run with `--cache-instances`.
 
     Every instance file HELM will look for is written, so helm-run never runs scenario code
     (which would download). The files are rewritten on every call: a later, larger budget
     asks only its new instances of the model, the others are in HELM's request cache.
+    `helm_conf`, a conf an earlier call wrote, replays that run's sample instead (reproduce).
     """
-    counts = nested_counts(pack, budget)
+    counts = _replayed_counts(pack, helm_conf) if helm_conf else nested_counts(pack, budget)
     output = run_dir / "benchmark_output"
     for entry, count in zip(pack.entries, counts, strict=True):
         source = pack.path / INSTANCES_DIR / entry.key / INSTANCES_FILE
@@ -340,10 +343,32 @@ def install_pack(pack: Pack, run_dir: Path, budget: int | None = None) -> Path:
     for folder, target in (("scenarios", output / "scenarios"), ("tasks", run_dir / "tasks")):
         if (pack.path / folder).is_dir():
             shutil.copytree(pack.path / folder, target, dirs_exist_ok=True)
+    conf = run_dir / "run_specs.conf"
+    if helm_conf is not None:
+        conf.write_bytes(helm_conf.read_bytes())
+        return conf
     return write_helm_conf(
-        pack.run_spec_conf(), run_dir / "run_specs.conf", max_eval_instances=max(counts),
-        counts=counts,
-    )  # fmt: skip
+        pack.run_spec_conf(), conf, max_eval_instances=max(counts), counts=counts
+    )
+
+
+def _replayed_counts(pack: Pack, helm_conf: Path) -> list[int]:
+    """Each entry's max_eval_instances in a conf `install_pack` wrote for this pack."""
+    try:
+        written = json.loads(helm_conf.read_text())["entries"]
+        descriptions = [item["description"] for item in written]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PackError(f"{helm_conf} is not a conf written for an instance pack") from exc
+    if len(descriptions) != len(pack.entries):
+        raise PackError(f"{helm_conf} was not written for the pack {pack.path}")
+    counts = []
+    for entry, description in zip(pack.entries, descriptions, strict=True):
+        # write_helm_conf appends the count to the entry's own description.
+        head, _, count = description.rpartition("max_eval_instances=")
+        if head[:-1] != entry.description or not count.isdigit():
+            raise PackError(f"{helm_conf} was not written for the pack {pack.path}")
+        counts.append(min(int(count), entry.instances))
+    return counts
 
 
 def describe(pack: Pack) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ reason.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import threading
 import time
@@ -27,7 +28,8 @@ from harness.errors import EntryError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway, GatewayStats
 from harness.health import wait_healthy
-from harness.helm import HelmEndpoint, HelmRun, load_conf, run_helm, write_helm_conf, write_prod_env
+from harness.helm import HelmEndpoint, HelmRun, run_helm, write_helm_conf, write_prod_env
+from harness.instances import install_pack
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
@@ -329,6 +331,8 @@ class _Pipeline:
             with suppress(Exception):
                 self.machine.sdk.images.get(tag)
                 return tag
+        # HELM's request cache holds the answers of the image it is about to replace.
+        shutil.rmtree(self.job.helm_dir / "prod_env" / "cache", ignore_errors=True)
         with self._step(Step.BUILD, log) as detail:
             result = engine.build(
                 (root / dockerfile).parent,
@@ -386,7 +390,8 @@ class _Pipeline:
     def _evaluate(self, served: engine.RunningContainer) -> Ending:
         run_dir = self.job.helm_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        conf_spec = load_conf(self.options.conf_path())
+        pack = self.options.pack()
+        conf_spec = self.options.run_spec_conf()
         deadline = time.monotonic() + self.options.stage_limit_s
         gpus = self.machine.gpus
         sampler, sampling = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")
@@ -403,11 +408,18 @@ class _Pipeline:
         ):
             detail.append(sampling)
             endpoint = HelmEndpoint(
-                self.job.name, gateway.url, max_sequence_length=self.options.max_sequence_length
+                self.job.name,
+                gateway.url,
+                max_sequence_length=self.options.max_sequence_length,
+                cache_requests=pack is not None,
             )
             write_prod_env(run_dir / "prod_env", [endpoint])
             conf = run_dir / "run_specs.conf"
-            if self.options.helm_conf is not None:
+            if pack is not None:
+                conf = install_pack(
+                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
+                )
+            elif self.options.helm_conf is not None:
                 conf.write_bytes(self.options.helm_conf.read_bytes())
             else:
                 write_helm_conf(
@@ -427,6 +439,7 @@ class _Pipeline:
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
                     metrics=conf_spec.metrics(),
                     offline=self.options.helm_offline,
+                    cache_instances=pack is not None,
                 )
             finally:
                 if sampler:

@@ -51,6 +51,9 @@ def main(
         [], help="HOST_DIR:/path mounted read-only into training (e.g. a model cache)."
     ),
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
+    instances: Path | None = typer.Option(
+        None, help="The instance pack the original run used (`harness run --instances`)."
+    ),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
     original scores; writes reproduction.md and .json to RESULTS/reproduce/<entry>/."""
@@ -65,6 +68,7 @@ def main(
             base_image=base_image,
             mounts=_mounts(mount),
             build_timeout_s=build_timeout_minutes * 60,
+            instances=instances,
         )
         with console.status("reproducing") as status:
             result = reproduce_entry(

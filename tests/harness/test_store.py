@@ -234,3 +234,21 @@ def test_threads_share_a_store(tmp_path: Path) -> None:
             list(pool.map(run, [f"e{i}" for i in range(20)]))
         assert len(store.results("closed")) == 20
         assert all(store.is_finished(f"e{i}", "closed", Step.EVALUATE) for i in range(20))
+
+
+def test_a_version_1_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        store.start_attempt("alpha", "open")
+    # Back to what a version-1 store looked like: no instances_sha256 column.
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.execute("ALTER TABLE attempts DROP COLUMN instances_sha256")
+        db.execute("PRAGMA user_version = 1")
+        db.commit()
+    with Store(tmp_path) as store:
+        assert store.instances_sha256("alpha", "open") is None  # kept, with no pack
+        store.start_attempt("alpha", "open", instances_sha256="ab" * 32)
+        assert store.instances_sha256("alpha", "open") == "ab" * 32
+        assert store.instances_sha256("alpha", "closed") is None
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
