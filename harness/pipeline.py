@@ -13,6 +13,7 @@ reason.
 from __future__ import annotations
 
 import errno
+import shutil
 import tempfile
 import threading
 import time
@@ -33,11 +34,11 @@ from harness.helm import (
     SUITE,
     HelmEndpoint,
     HelmRun,
-    load_conf,
     run_helm,
     write_helm_conf,
     write_prod_env,
 )
+from harness.instances import install_pack
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
@@ -384,6 +385,8 @@ class _Pipeline:
             with suppress(Exception):
                 self.machine.sdk.images.get(tag)
                 return tag
+        # HELM's request cache holds the answers of the image it is about to replace.
+        shutil.rmtree(self.job.helm_dir / "prod_env" / "cache", ignore_errors=True)
         with self._step(Step.BUILD, log) as detail:
             result = engine.build(
                 (root / dockerfile).parent,
@@ -445,7 +448,8 @@ class _Pipeline:
     def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
         run_dir = self.job.helm_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        conf_spec = load_conf(self.options.conf_path())
+        pack = self.options.pack()
+        conf_spec = self.options.run_spec_conf()
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
@@ -463,11 +467,18 @@ class _Pipeline:
         ):
             detail.append(sampling)
             endpoint = HelmEndpoint(
-                self.job.name, gateway.url, max_sequence_length=self.options.max_sequence_length
+                self.job.name,
+                gateway.url,
+                max_sequence_length=self.options.max_sequence_length,
+                cache_requests=pack is not None,
             )
             write_prod_env(run_dir / "prod_env", [endpoint])
             conf = run_dir / "run_specs.conf"
-            if self.options.helm_conf is not None:
+            if pack is not None:
+                conf = install_pack(
+                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
+                )
+            elif self.options.helm_conf is not None:
                 conf.write_bytes(self.options.helm_conf.read_bytes())
             else:
                 write_helm_conf(
@@ -492,6 +503,7 @@ class _Pipeline:
                     suite=SUITE
                     if self.options.tier is None
                     else f"{SUITE}-tier{self.options.tier}",
+                    cache_instances=pack is not None,
                 )
             finally:
                 if sampler:

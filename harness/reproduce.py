@@ -64,6 +64,7 @@ from harness.failures import GIB, GpuMemorySampler, classify_build_log
 from harness.gpus import device_request, gpu_environment, resolve_gpus
 from harness.health import HealthSchedule
 from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.instances import verify_pack
 from harness.lock import command_line, hold_results_lock
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
@@ -121,6 +122,8 @@ class ReproduceOptions:
     stats_interval_s: float = 1.0
     # Extra labels on the images, containers and volume made here (tests mark theirs).
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The instance pack the original run was scored on (required when it used one).
+    instances: Path | None = None
 
     def __post_init__(self) -> None:
         RunOptions(track=self.track, stage=self.stage, out=self.results)  # validates both
@@ -260,6 +263,7 @@ class _Original:
     max_eval_instances: int
     max_sequence_length: int
     metrics: dict[str, list[Metric]]  # the whole field's, entry -> metrics
+    instances: Path | None  # the original's instance pack, checked against its recorded hash
 
 
 def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
@@ -272,6 +276,19 @@ def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
         )
     with Store(options.results, create=False) as store:
         metrics = store.metrics(options.stage)
+        pack_sha256 = store.instances_sha256(name, options.stage)
+    if pack_sha256 is not None:
+        if options.instances is None:
+            raise ConfigError(
+                f"{name!r} was scored on an instance pack (sha256 {pack_sha256}); "
+                "give that pack with --instances"
+            )
+        given = verify_pack(options.instances).sha256
+        if given != pack_sha256:
+            raise ConfigError(
+                f"{options.instances} is not the pack {name!r} was scored on "
+                f"(sha256 {given}, recorded {pack_sha256})"
+            )
     if not metrics.get(name):
         raise ConfigError(f"{name!r} has no {options.stage} metrics in {options.results}")
     entries = json.loads(helm_conf.read_text())["entries"]
@@ -282,6 +299,7 @@ def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
         max_eval_instances=max(limits),
         max_sequence_length=_sequence_length(run_dir / "prod_env" / "model_deployments.yaml"),
         metrics=metrics,
+        instances=options.instances if pack_sha256 is not None else None,
     )
 
 
@@ -302,7 +320,11 @@ def _harness_conf(entries: list[dict[str, Any]], metrics: list[Metric], dest: Pa
     """
     wanted = {(_without_limit(item["description"]), item["groups"][0]) for item in entries}
     for name in SHIPPED_CONFS:
-        shipped = {(e.description, e.scenario) for e in load_conf(shipped_conf(name)).entries}
+        try:
+            entries_of = load_conf(shipped_conf(name)).entries
+        except ConfigError:  # closed.conf's task files are the organizers' to put beside it
+            continue
+        shipped = {(e.description, e.scenario) for e in entries_of}
         if wanted <= shipped:
             return name
     metric_of = {m.scenario: m.metric for m in metrics if m.metric}
@@ -680,6 +702,7 @@ def _score_copy(
             max_eval_instances=original.max_eval_instances,
             run_specs=original.harness_conf,
             helm_conf=original.helm_conf,
+            instances=original.instances,
             base_image=options.base_image,
             force=True,
             evaluate_flagged=True,  # its checks were the original run's business

@@ -28,7 +28,6 @@ from types import FrameType
 
 from harness.checks import discover
 from harness.executor import Executor, LocalExecutor
-from harness.helm import load_conf
 from harness.lock import command_line, hold_results_lock
 from harness.options import (
     RUN_LABEL,
@@ -85,7 +84,9 @@ class Runner:
         self.entries = [p for p in discover(entries_dir) if only is None or p.name in only]
         self.again = set(again)
         self.options = options
-        load_conf(options.conf_path())  # a bad conf is a usage error before anything starts
+        options.run_spec_conf()  # a bad conf or pack is a usage error before anything starts
+        pack = options.pack()
+        self.instances_sha256 = pack.sha256 if pack else None
         self.store = Store(options.out)
         self.executor = executor or LocalExecutor(options.jobs)
         self.on_progress = on_progress
@@ -136,7 +137,7 @@ class Runner:
             and built.status is StepStatus.OK
             and (again or not self.options.force),
         )
-        attempt = self.store.start_attempt(name, stage)
+        attempt = self.store.start_attempt(name, stage, instances_sha256=self.instances_sha256)
         recorder = StoreRecorder(self.store, attempt, self.on_progress)
         return attempt, self.executor.submit(job, recorder)
 

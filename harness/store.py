@@ -5,7 +5,8 @@ loses nothing already recorded and never leaves half a write behind. History is 
 steps); current facts (status, findings, metrics, gateway stats) are replaced per entry and stage.
 
     entries         name, path
-    attempts        one per `harness run` invocation, entry and stage, with the status it ended with
+    attempts        one per `harness run` invocation, entry and stage, with the status it ended
+                    with and its instance pack
     steps           check / build / serve / evaluate of an attempt: status, times, detail, log
     results         the entry's status and reason per stage
     findings        the static checks' findings per entry and stage
@@ -34,7 +35,7 @@ from harness.errors import ConfigError
 from harness.gateway import GatewayStats
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Status(StrEnum):
@@ -69,6 +70,11 @@ class StepStatus(StrEnum):
 
 # NULL while running, and for an attempt that ended without a result (its harness died).
 _ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s in Status)}))"
+# Statements that bring a store of version N (the key) to N + 1; new stores get _SCHEMA at once.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}",),
+    2: ("ALTER TABLE attempts ADD COLUMN instances_sha256 TEXT",),
+}
 _SCHEMA = f"""
 CREATE TABLE entries (
     name TEXT PRIMARY KEY,
@@ -81,7 +87,8 @@ CREATE TABLE attempts (
     stage TEXT NOT NULL,
     started_at REAL NOT NULL,
     finished_at REAL,
-    {_ATTEMPT_STATUS}
+    {_ATTEMPT_STATUS},
+    instances_sha256 TEXT
 );
 CREATE TABLE steps (
     id INTEGER PRIMARY KEY,
@@ -252,8 +259,10 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
-            elif version == 1:
-                db.execute(f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}")
+            elif version in _MIGRATIONS:
+                for from_version in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[from_version]:
+                        db.execute(statement)
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise ConfigError(
@@ -308,11 +317,15 @@ class Store:
                 (name, os.fspath(path), time.time()),
             )
 
-    def start_attempt(self, entry: str, stage: str) -> Attempt:
+    def start_attempt(
+        self, entry: str, stage: str, *, instances_sha256: str | None = None
+    ) -> Attempt:
+        """A new attempt; `instances_sha256` names the instance pack it is scored on, if any."""
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO attempts (entry, stage, started_at) VALUES (?, ?, ?)",
-                (entry, stage, time.time()),
+                "INSERT INTO attempts (entry, stage, started_at, instances_sha256) "
+                "VALUES (?, ?, ?, ?)",
+                (entry, stage, time.time(), instances_sha256),
             )
         assert cursor.lastrowid is not None
         return Attempt(cursor.lastrowid, entry, stage)
@@ -488,6 +501,16 @@ class Store:
     def stages(self) -> list[str]:
         """The stages that have at least one attempt."""
         return [row[0] for row in self._read("SELECT DISTINCT stage FROM attempts ORDER BY stage")]
+
+    def instances_sha256(self, entry: str, stage: str) -> str | None:
+        """The instance pack of the entry's latest attempt at the stage (None: no pack)."""
+        rows = self._read(
+            "SELECT instances_sha256 FROM attempts WHERE entry = ? AND stage = ? "
+            "ORDER BY id DESC LIMIT 1",
+            entry,
+            stage,
+        )
+        return rows[0][0] if rows else None
 
     def results(self, stage: str) -> dict[str, EntryResult]:
         rows = self._read(

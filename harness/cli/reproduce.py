@@ -55,6 +55,9 @@ def main(
     gpus: str | None = typer.Option(
         None, help="GPU indexes (the first is used), or none [default: the engine's first]."
     ),
+    instances: Path | None = typer.Option(
+        None, help="The instance pack the original run used (`harness run --instances`)."
+    ),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
     original scores; writes reproduction.md and .json to RESULTS/reproduce/ENTRY/."""
@@ -70,6 +73,7 @@ def main(
             mounts=_mounts(mount),
             build_timeout_s=build_timeout_minutes * 60,
             gpus=None if gpus is None else parse_gpus(gpus),
+            instances=instances,
         )
         with console.status("reproducing") as status:
             result = reproduce_entry(

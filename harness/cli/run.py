@@ -25,6 +25,8 @@ EPILOG = """**Examples**
 
     harness run entries/ --track A100 --stage closed --out results/ --jobs 2 --budget 600
 
+    harness run entries/ --track 4090 --stage open --out results/ --instances packs/open-600
+
     harness run entries/ --track 4090 --stage open --out results/ --run-specs offline \\
         --max-eval-instances 5 --base-image harness-base:bookworm --deadline-minutes 10
 
@@ -90,6 +92,11 @@ def main(
     allow_network: bool = typer.Option(False, help="Let entries reach the network while served."),
     mem_limit: str | None = typer.Option(None, help="Container memory limit, e.g. 64g."),
     max_sequence_length: int = typer.Option(4096, help="Context HELM fits prompts into."),
+    instances: Path | None = typer.Option(
+        None,
+        help="An instance pack (`harness instances build`): score exactly its instances, "
+        "offline; --budget takes the first of them, --max-eval-instances is not applied.",
+    ),
     build_secret: list[str] = typer.Option(
         [], help="ID=FILE: a BuildKit secret for entries' builds (e.g. hf_token=~/.hf_token)."
     ),
@@ -125,6 +132,7 @@ def main(
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
             build_secrets=_secrets(build_secret),
+            instances=instances,
         )
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
