@@ -53,47 +53,53 @@ class PrefixCache:
         return len(self._lru)
 
     def longest(self, ids: Sequence[int]) -> tuple[int, Entry | None]:
-        """How many leading ids a cached entry shares with `ids`, and that entry."""
-        node, depth = self._root, 0
-        for token in ids:
-            child = node.children.get(token)
-            if child is None:
-                break
-            node, depth = child, depth + 1
-        if depth == 0:
+        """How many leading ids a cached entry shares with `ids`, and that entry (now the most
+        recently used)."""
+        path = self._path(ids)
+        if not path:
             return 0, None
-        entry = next(iter(node.entries.values()))
+        entry = next(iter(path[-1].entries.values()))
         self._lru.move_to_end(entry.key)
-        return depth, entry
+        return len(path), entry
 
     def put(self, ids: Sequence[int], layers: Layers) -> None:
         """Keep `layers` (copies the caller will not touch again) as the states of `ids`."""
         nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
         if not ids or nbytes > self.budget:
             return
-        depth, found = self.longest(ids)
-        if found is not None and depth == len(ids) == len(found.ids):
-            return  # already cached; longest() marked it as recently used
+        path = self._path(ids)
+        if len(path) == len(ids) and path[-1].end is not None:
+            self._lru.move_to_end(path[-1].end.key)  # already cached
+            return
+        for node in path:  # cached prompts the new one extends: it answers all they did
+            if node.end is not None:
+                self._drop(node.end)
         while self.used + nbytes > self.budget:
             self._drop(next(iter(self._lru.values())))
         entry = Entry(tuple(ids), layers, nbytes, next(self._keys))
         node = self._root
         node.entries[entry.key] = entry
-        covered = []  # cached prompts the new one extends: it answers everything they did
         for token in ids:
             node = node.children.setdefault(token, _Node())
             node.entries[entry.key] = entry
-            if node.end is not None:
-                covered.append(node.end)
         node.end = entry
         self._lru[entry.key] = entry
         self.used += nbytes
-        for old in covered:
-            self._drop(old)
 
     def clear(self) -> None:
         self._root, self.used = _Node(), 0
         self._lru.clear()
+
+    def _path(self, ids: Sequence[int]) -> list[_Node]:
+        """The nodes of the longest cached prefix of `ids`, one per token."""
+        path, node = [], self._root
+        for token in ids:
+            child = node.children.get(token)
+            if child is None:
+                break
+            path.append(child)
+            node = child
+        return path
 
     def _drop(self, entry: Entry) -> None:
         node = self._root
