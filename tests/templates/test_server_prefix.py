@@ -30,10 +30,8 @@ def mcqa(question: str, shots: int = 3) -> str:
 
 def prompts() -> list[str]:
     rng = random.Random(0)
-    questions = [
-        f"Question: is {a} {b} ?\nA. yes\nB. no\nAnswer:"
-        for a, b in zip(["paris", "rome", "the fox", "jupiter"], ["large", "a dog", "five", "9"])
-    ]
+    subjects = [("paris", "large"), ("rome", "a dog"), ("the fox", "five"), ("jupiter", "9")]
+    questions = [f"Question: is {a} {b} ?\nA. yes\nB. no\nAnswer:" for a, b in subjects]
     few_shot = [mcqa(q, shots) for q in questions for shots in (1, 3)]
     # Texts that share a prefix but part inside what is one token of the longer one.
     mid_token = [
@@ -52,7 +50,8 @@ def requests() -> list[dict[str, Any]]:
         bodies.append({"prompt": prompt, "max_new_tokens": new, "min_new_tokens": new, **GREEDY})
     echo = {"prompt": mcqa("Question: echo ?"), "max_new_tokens": 2, "echo_prompt": True}
     bodies.append({**echo, **GREEDY})
-    bodies.append({"prompt": mcqa("Question: two ?"), "max_new_tokens": 3, "num_return_sequences": 2, **GREEDY})  # fmt: skip
+    two = {"prompt": mcqa("Question: two ?"), "max_new_tokens": 3, "num_return_sequences": 2}
+    bodies.append({**two, **GREEDY})
     return bodies
 
 
@@ -112,7 +111,7 @@ def test_answers_are_identical_with_and_without_the_cache(
     for mine, theirs in zip(serial, expected, strict=True):
         assert_same(mine, theirs)
     # Batched: the same requests at once, a few twice, in shuffled order.
-    order = list(range(len(bodies))) + [0, 3, 5]
+    order = [*range(len(bodies)), 0, 3, 5]
     random.Random(1).shuffle(order)
     with ThreadPoolExecutor(len(order)) as pool:
         batched = list(pool.map(lambda i: process(cached, **bodies[i]), order))
@@ -139,8 +138,9 @@ def test_a_request_never_changes_a_cached_entry(cached: TestClient) -> None:
     process(cached, prompt=prompt, max_new_tokens=1)
     _, entry = engine.prefix.longest(engine.encode(prompt))
     snapshot = [(k.clone(), v.clone()) for k, v in entry.layers]
+    longer = {"max_new_tokens": 5, "min_new_tokens": 5, **GREEDY}
     with ThreadPoolExecutor(4) as pool:  # extend it, decode after it, batched
-        list(pool.map(lambda n: process(cached, prompt=prompt + " A" * n, max_new_tokens=5, min_new_tokens=5, **GREEDY), range(4)))  # fmt: skip
+        list(pool.map(lambda n: process(cached, prompt=prompt + " A" * n, **longer), range(4)))
     for (k, v), (k0, v0) in zip(entry.layers, snapshot, strict=True):
         assert torch.equal(k, k0) and torch.equal(v, v0)
 
