@@ -10,7 +10,6 @@ stage only, no scored entry) it says so in the figure instead of plotting an emp
 from __future__ import annotations
 
 import io
-import re
 from collections import Counter
 from typing import TYPE_CHECKING
 
@@ -67,7 +66,7 @@ def scenario_distribution(board: Leaderboard) -> str:
         # A small fixed horizontal spread so equal win rates stay visible as separate dots.
         spread = [(i + ((k % 5) - 2) * 0.06, rate) for k, (i, rate) in enumerate(points)]
         axes.scatter([x for x, _ in spread], [y for _, y in spread], s=18, alpha=0.7)
-        axes.set_xticks(range(len(names)), [re.sub(r"^\w+/", "", n) for n in names])
+        axes.set_xticks(range(len(names)), names)
         axes.tick_params(axis="x", labelrotation=30, labelsize=8)
         axes.set_ylim(-0.05, 1.05)
         axes.set_ylabel("mean win rate")
@@ -91,6 +90,11 @@ def stage_agreement(board: Leaderboard) -> str:
         closed_ranks = ranks({e: scores["closed"][e] for e in common})
         entries = sorted(common)
         axes.scatter([open_ranks[e] for e in entries], [closed_ranks[e] for e in entries], s=20)
+        for entry in entries:
+            axes.annotate(entry, (open_ranks[entry], closed_ranks[entry]), fontsize=7,
+                          xytext=(4, 4), textcoords="offset points")  # fmt: skip
+        for axis in (axes.xaxis, axes.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
         top = len(entries) + 0.5
         axes.plot([0.5, top], [0.5, top], color="#999", linewidth=0.8)  # equal ranks
         axes.set_xlim(0.5, top)

@@ -128,7 +128,7 @@ def to_html(
             for row in board.rows
         ],
         agreement=agreement_line(board),
-        prices=prices or "no known track's price",
+        prices=prices or "the track's price (no track given: `harness report --track`)",
         total_usd=number(board.total_usd, 4),
         efficiency_columns=EFFICIENCY_COLUMNS,
         efficiency_rows=[
@@ -151,7 +151,9 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
         + (f", {cost.train_gpu_hours:.4f} of training" if cost.train_gpu_hours is not None else "")
         + f" at USD {cost.price_per_gpu_hour:g}/h, track {cost.track})"
         if cost.usd is not None and cost.price_per_gpu_hour is not None
-        else f"unknown (no price for track {cost.track or 'unknown'})"
+        else f"unknown (no price for track {cost.track})"
+        if cost.track
+        else "unknown (no track given: `harness report --track`)"
     )
     stages = [
         {
