@@ -119,13 +119,15 @@ def score_against_time(board: Leaderboard) -> str:
     drawn = False
     for stage in board.stages:
         points = [
-            (eval_s / 60, score)
+            (eval_s / 60, score, row.entry)
             for row in board.rows
             if (score := row.stages[stage].score) is not None
             and (eval_s := row.stages[stage].efficiency.eval_s)
         ]
         if points:
-            axes.scatter([x for x, _ in points], [y for _, y in points], s=20, label=stage)
+            axes.scatter([x for x, _, _ in points], [y for _, y, _ in points], s=20, label=stage)
+            for x, y, entry in points:
+                axes.annotate(entry, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
             drawn = True
     if not drawn:
         _empty(axes, "No scored entry with a timed evaluation yet.")

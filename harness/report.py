@@ -216,7 +216,10 @@ def _token_counts(path: Path) -> tuple[int | None, int | None]:
 
 
 def _efficiency(
-    results_dir: Path, stage: str, steps: Mapping[Step, StepRecord], gateway: Any
+    results_dir: Path,
+    stage: str,
+    steps: Mapping[Step, StepRecord],
+    gateway: tuple[GatewayStats, str | None] | None,
 ) -> Efficiency:
     stats: GatewayStats | None = gateway[0] if gateway else None
     prompt, completion = (
