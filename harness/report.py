@@ -38,6 +38,7 @@ SCHEMA_VERSION = 2
 DEFAULT_PRICES: dict[str, float] = {"4090": 0.35, "A100": 1.0}
 # Steps that hold the entry's GPU: its container is up from serve to the end of the evaluation.
 GPU_STEPS = (Step.SERVE, Step.EVALUATE)
+TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
 
 
 @dataclass(frozen=True)
@@ -465,22 +466,35 @@ def to_json(board: Leaderboard) -> str:
 
 
 def to_rich(board: Leaderboard) -> Table:
+    # A terminal fits a few scenario columns; a real stage's dozen are left to the files.
+    shown = set(board.columns) if len(board.columns) <= TERMINAL_SCENARIOS else set()
     caption = " ".join(
         part
         for part in (
-            "Scenario columns: mean win rate.",
+            "Scenario columns: mean win rate."
+            if shown
+            else f"{len(board.columns)} scenario columns: see leaderboard.html."
+            if board.columns
+            else "",
             f"Total cost: USD {board.total_usd:.4f}." if board.total_usd is not None else "",
             agreement_line(board),
         )
         if part
     )
     table = Table(title="Leaderboard", caption=caption)
-    for column in columns(board):
+    keep = [
+        index
+        for index, column in enumerate(columns(board))
+        if column in shown or column not in board.columns
+    ]
+    for index in keep:
+        column = columns(board)[index]
         table.add_column(column, overflow="fold", max_width=50 if column == "Reason" else None)
     for row in board.rows:
+        texts = cells(board, row)
         # Text, not markup: a reason quoting a log may contain rich's [brackets].
         table.add_row(
-            *[Text(cell) for cell in cells(board, row)],
+            *[Text(texts[index]) for index in keep],
             style=None if row.rank is not None else "dim",
         )
     return table

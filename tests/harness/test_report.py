@@ -326,3 +326,17 @@ def test_the_body_embeds_with_links_where_the_caller_says(tmp_path: Path) -> Non
     links.feed(body)
     assert links.hrefs == ["/entries/A", "/entries/C", "/entries/B", "/entries/D"]
     assert 'title="m: 0.4500"' in body  # the raw main metric on hover
+
+
+def test_the_terminal_leaves_many_scenario_columns_to_the_files(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("e", "e")
+        attempt = store.start_attempt("e", "open")
+        names = [f"scenario{i}" for i in range(9)]
+        store.record_metrics(attempt, [Metric(name, name, "exact_match", 0.5) for name in names])
+        store.record_status(attempt, Status.SCORED, "")
+    result = CliRunner().invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "9 scenario columns: see leaderboard.html" in result.output
+    assert "scenario8" not in result.output
+    assert "scenario8" in (tmp_path / "leaderboard.md").read_text()
