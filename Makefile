@@ -15,7 +15,7 @@ PIP_COMPILE := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-
 # indexes this machine's pip configuration adds.
 PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
 
-.PHONY: help setup lock engine base-image submission demo test check bench bench-serve bench-train \
+.PHONY: help setup lock engine base-image browser submission demo test check bench bench-serve bench-train \
 	bench-check clean
 
 help:  ## list the targets
@@ -50,6 +50,9 @@ engine:  ## make a Docker engine reachable (installs and starts one as root)
 
 base-image: engine  ## build the local base image the templates use when Docker Hub is out of reach
 	scripts/base-image.sh $(BASE_IMAGE)
+
+browser:  ## headless Chromium for the browser tests (installs Debian's chromium as root)
+	scripts/chromium.sh
 
 submission: $(VENV)/.stamp  ## render a submission: make submission TRACK=4090 NAME=my-entry
 	$(VENV)/bin/harness submission new --track $(TRACK) --name $(NAME)

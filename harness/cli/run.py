@@ -160,7 +160,7 @@ def main(
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
         os._exit(130)
     with Store(out) as store:
-        board = build_leaderboard(store)
+        board = build_leaderboard(store, track=track)
     paths = write_leaderboard(board, out)
     console.print(to_rich(board))
     skipped = sum(o.skipped for o in outcomes)
