@@ -34,9 +34,7 @@ def test_an_entry_holds_its_gpu_no_longer_than_the_stage_limit() -> None:
 
 def test_tiers_pay_the_first_budget_for_all_and_the_rest_for_contenders() -> None:
     tiers = Tiers((10, 100), keep_top=4)
-    _, tiered = make_plan(
-        COSTS, entries=100, gpus=1, instances=100, stage_limit_s=1e9, tiers=tiers
-    )
+    _, tiered = make_plan(COSTS, entries=100, gpus=1, instances=100, stage_limit_s=1e9, tiers=tiers)
     expected = 100 * (100 + 10 * 2.0) + 4 * CONTENTION * (100 + 90 * 2.0)
     assert tiered.gpu_hours == pytest.approx(expected / 3600)
 
