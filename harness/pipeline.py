@@ -12,6 +12,7 @@ reason.
 
 from __future__ import annotations
 
+import errno
 import tempfile
 import threading
 import time
@@ -23,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from harness import docker as engine
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
-from harness.errors import EntryError
+from harness.errors import EntryError, InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway, GatewayStats
 from harness.gpus import GpuPool, resolve_gpus
@@ -42,6 +43,7 @@ from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
 
 EVAL_NETWORK = "harness-eval"
+_VANISHED = "the container disappeared (removed from outside the harness)"
 
 
 class Ending(NamedTuple):
@@ -183,7 +185,9 @@ class Machine:
     """The worker side: one Docker engine, its evaluation network and GPUs, and what runs on it.
 
     `stop()` (an interrupt) makes every pipeline on this machine end fast: health waits give up and
-    the containers are removed, so whatever waits on them fails at once.
+    the containers are removed, so whatever waits on them fails at once. An engine that goes away
+    (`engine_lost`) does the same, and the pipelines then raise InfrastructureError instead of
+    ending their entries: the entries did nothing wrong, a rerun evaluates them.
     """
 
     def __init__(
@@ -199,8 +203,16 @@ class Machine:
         self.network = None if allow_network else self._eval_network()
         self.gpus = GpuPool(resolve_gpus(sdk, gpus))
         self.stopping = threading.Event()
+        self._watch = engine.EngineWatch()
+        self.engine_lost = self._watch.lost
         self._containers: dict[str, engine.RunningContainer] = {}
         self._lock = threading.Lock()
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.engine_lost.is_set()
+
+    def close(self) -> None:
+        self._watch.close()
 
     def _eval_network(self) -> str:
         """An internal network: entries are reachable from here but reach nothing outside."""
@@ -265,15 +277,27 @@ def _summary(report: EntryReport) -> str:
 
 
 def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
-    """Check, build, serve and score one entry on `machine`; see the module docstring."""
-    job.logs.mkdir(parents=True, exist_ok=True)
+    """Check, build, serve and score one entry on `machine`; see the module docstring.
+
+    Raises InfrastructureError when the engine went away meanwhile, whatever the steps saw.
+    """
     try:
+        job.logs.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
             ending = _Pipeline(job, recorder, machine).run(Path(tmp))
     except _Ended as ended:
         ending = ended.ending
     except EntryError as exc:
         ending = Ending(Status.EVAL_FAILED, str(exc))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        ending = Ending(Status.EVAL_FAILED, f"no space left to write {exc.filename or 'a log'}")
+    if machine.engine_lost.is_set():
+        raise InfrastructureError(
+            "the Docker engine went away (stopped or restarted) during the batch; finished "
+            "entries are stored: run the same command again to evaluate the rest"
+        )
     return Ending(ending.status, redact(ending.reason))
 
 
@@ -320,10 +344,12 @@ class _Pipeline:
 
     def _release(self, served: engine.RunningContainer) -> str:
         """Keep the container's log (redacted) and remove it; returns the log as it was."""
-        text = served.logs(tail=5000)
-        (self.job.logs / "container.log").write_text(redact(text))
         self.machine.release(self.job.name)
-        served.remove()
+        try:
+            text = served.logs(tail=5000)
+            (self.job.logs / "container.log").write_text(redact(text))
+        finally:
+            served.remove()
         return text
 
     def _context(self, tmp: Path) -> Path:
@@ -400,12 +426,14 @@ class _Pipeline:
             health = wait_healthy(
                 served.url,
                 schedule=self.options.health,
-                alive=lambda: served.alive() and not self.machine.stopping.is_set(),
+                alive=lambda: served.alive() and not self.machine.should_stop(),
             )
             detail.append(f"{health.reason} after {health.seconds:.0f} s")
             if not health.healthy:
                 state = served.state()
                 logs_text = self._release(served)
+                if state.get("Status") == engine.REMOVED:
+                    raise _Ended(Status.CRASHED, _VANISHED)
                 if state.get("Status") in ("exited", "dead"):
                     failure = classify_container(
                         state.get("ExitCode"), bool(state.get("OOMKilled")), logs_text
@@ -459,6 +487,8 @@ class _Pipeline:
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
                     metrics=conf_spec.metrics(),
                     offline=self.options.helm_offline,
+                    # Nobody answers HELM any more: its retries would take minutes per request.
+                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
                     suite=SUITE
                     if self.options.tier is None
                     else f"{SUITE}-tier{self.options.tier}",
@@ -481,6 +511,8 @@ class _Pipeline:
         sampler: GpuMemorySampler | None,
     ) -> Ending:
         state = served.state()
+        if state.get("Status") == engine.REMOVED:
+            return Ending(Status.CRASHED, f"during evaluation: {_VANISHED}")
         if state.get("Status") in ("exited", "dead"):
             failure = classify_container(
                 state.get("ExitCode"), bool(state.get("OOMKilled")), served.logs()
@@ -490,6 +522,12 @@ class _Pipeline:
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]
+        if helm.killed or helm.stopped:
+            # Only runs HELM finished count, but a run it never reached must not go unnoticed.
+            return Ending(
+                Status.EVAL_FAILED,
+                f"{helm.error}; {len(scored)} of {len(helm.runs)} run(s) had finished",
+            )
         if helm.timed_out:
             return Ending(
                 Status.EVAL_TIMEOUT,

@@ -64,6 +64,7 @@ from harness.failures import GIB, GpuMemorySampler, classify_build_log
 from harness.gpus import device_request, gpu_environment, resolve_gpus
 from harness.health import HealthSchedule
 from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.lock import command_line, hold_results_lock
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import mask, redact
@@ -597,6 +598,11 @@ def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
             shutil.copy2(source, dest)
 
     shutil.copytree(weights, target, copy_function=link_or_copy)
+    # The training container's user may have written them private, and `COPY` keeps the mode:
+    # the inference image's non-root server must read them.
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def compare(
@@ -716,9 +722,22 @@ def reproduce_entry(
     *,
     on_progress: Callable[[str], None] = lambda step: None,
 ) -> Reproduction:
-    """Reproduce `entry` (a folder or .zip) against its run in `options.results`."""
+    """Reproduce `entry` (a folder or .zip) against its run in `options.results`, holding that
+    folder's lock (no `harness run` or other reproduction writes it meanwhile)."""
     if not entry.exists():
         raise ConfigError(f"no entry at {entry}")
+    if not options.results.is_dir():
+        raise ConfigError(
+            f"no {options.stage} run in {options.results} (no such folder); reproduce compares "
+            "with an earlier `harness run --out RESULTS_DIR`"
+        )
+    with hold_results_lock(options.results, command_line()):
+        return _reproduce(entry, options, on_progress)
+
+
+def _reproduce(
+    entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
+) -> Reproduction:
     name = entry.name
     slug = entry_slug(name)
     out = options.results / "reproduce" / slug

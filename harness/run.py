@@ -9,8 +9,10 @@ ended. Per entry, each step is recorded as it ends:
 A failing entry is a result, not a crash: it ends with a status and a reason and the batch goes
 on. An entry whose stage result is already stored is skipped unless `force`; an unfinished one
 resumes (its image is reused when its build had succeeded, HELM skips the runs it finished).
-Every container carries the run label and is removed when its entry ends, when the harness is
-interrupted (SIGINT, SIGTERM) and, for a harness that was killed outright, on the next start.
+Each result is recorded as soon as its entry ends, once. Every container carries the run label
+and is removed when its entry ends, when the harness is interrupted (SIGINT, SIGTERM) and, for a
+harness that was killed outright, on the next start. One harness at a time writes a results
+folder (harness/lock.py); an engine that goes away ends the batch with InfrastructureError.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Collection, Iterator, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from types import FrameType
 from harness.checks import discover
 from harness.executor import Executor, LocalExecutor
 from harness.helm import load_conf
+from harness.lock import command_line, hold_results_lock
 from harness.options import (
     RUN_LABEL,
     STAGE_MINUTES,
@@ -89,20 +92,32 @@ class Runner:
         self.run_id = results_id(options.out)
 
     def run(self) -> list[EntryOutcome]:
-        self.executor.start(self.options, self.run_id)
-        self.store.mark_interrupted()
-        with self._signals():
-            try:
-                pending = [self._submit(path) for path in self.entries]
-                outcomes = [self._finish(item) for item in pending]
-            except BaseException as exc:
-                # A signal, or an engine that went away: stop what runs, leave nothing running.
-                self.executor.interrupt()
-                if isinstance(exc, _Interrupted):
-                    raise KeyboardInterrupt(str(exc)) from None
-                raise
-        self.executor.close()
+        with hold_results_lock(self.options.out, command_line()):
+            self.executor.start(self.options, self.run_id)
+            self.store.mark_interrupted()
+            with self._signals():
+                try:
+                    pending = [self._submit(path) for path in self.entries]
+                    outcomes = self._collect(pending)
+                except BaseException as exc:
+                    # A signal, or an engine that went away: stop what runs, leave nothing running.
+                    self.executor.interrupt()
+                    if isinstance(exc, _Interrupted):
+                        raise KeyboardInterrupt(str(exc)) from None
+                    raise
+            self.executor.close()
         return outcomes
+
+    def _collect(
+        self, pending: list[EntryOutcome | tuple[Attempt, Future[Ending]]]
+    ) -> list[EntryOutcome]:
+        """Record each entry as it ends (a harness killed later loses none of them); the
+        outcomes come back in the entries' order."""
+        attempts = {item[1]: item[0] for item in pending if not isinstance(item, EntryOutcome)}
+        ended = {}
+        for future in as_completed(attempts):
+            ended[future] = self._finish(attempts[future], future.result())
+        return [item if isinstance(item, EntryOutcome) else ended[item[1]] for item in pending]
 
     def _submit(self, path: Path) -> EntryOutcome | tuple[Attempt, Future[Ending]]:
         name, stage = path.name, self.options.stage
@@ -125,13 +140,8 @@ class Runner:
         recorder = StoreRecorder(self.store, attempt, self.on_progress)
         return attempt, self.executor.submit(job, recorder)
 
-    def _finish(self, item: EntryOutcome | tuple[Attempt, Future[Ending]]) -> EntryOutcome:
-        if isinstance(item, EntryOutcome):
-            return item
-        attempt, future = item
-        ending = future.result()
+    def _finish(self, attempt: Attempt, ending: Ending) -> EntryOutcome:
         self.store.record_status(attempt, ending.status, ending.reason)
-        self.store.finish_attempt(attempt)
         if self.options.tier is not None and self.options.budget is not None:
             self.store.record_tier(
                 attempt.entry, attempt.stage, self.options.tier, self.options.budget

@@ -5,7 +5,7 @@ loses nothing already recorded and never leaves half a write behind. History is 
 steps); current facts (status, findings, metrics, gateway stats) are replaced per entry and stage.
 
     entries         name, path
-    attempts        one per `harness run` invocation, entry and stage
+    attempts        one per `harness run` invocation, entry and stage, with the status it ended with
     steps           check / build / serve / evaluate of an attempt: status, times, detail, log
     results         the entry's status and reason per stage
     findings        the static checks' findings per entry and stage
@@ -34,7 +34,7 @@ from harness.errors import ConfigError
 from harness.gateway import GatewayStats
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class Status(StrEnum):
@@ -67,6 +67,8 @@ class StepStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+# NULL while running, and for an attempt that ended without a result (its harness died).
+_ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s in Status)}))"
 _SCHEMA = f"""
 CREATE TABLE entries (
     name TEXT PRIMARY KEY,
@@ -78,7 +80,8 @@ CREATE TABLE attempts (
     entry TEXT NOT NULL REFERENCES entries(name),
     stage TEXT NOT NULL,
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    {_ATTEMPT_STATUS}
 );
 CREATE TABLE steps (
     id INTEGER PRIMARY KEY,
@@ -249,6 +252,9 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            elif version == 1:
+                db.execute(f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}")
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise ConfigError(
                     f"{self.path} has schema version {version}; this harness reads "
@@ -373,11 +379,22 @@ class Store:
         return closed
 
     def record_status(self, attempt: Attempt, status: Status, reason: str) -> None:
+        """Record the entry's result and end the attempt, in one transaction: an attempt records
+        one result, and none once it was ended (by `mark_interrupted` for a harness presumed
+        dead, say): that raises ValueError."""
+        now = time.time()
         with self._write() as db:
+            ended = db.execute(
+                "UPDATE attempts SET finished_at = ?, status = ? "
+                "WHERE id = ? AND finished_at IS NULL AND status IS NULL",
+                (now, status.value, attempt.id),
+            ).rowcount
+            if ended != 1:
+                raise ValueError(f"attempt {attempt.id} has ended: its result is not recorded")
             db.execute(
                 "INSERT OR REPLACE INTO results (entry, stage, attempt_id, status, reason, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (attempt.entry, attempt.stage, attempt.id, status.value, reason, time.time()),
+                (attempt.entry, attempt.stage, attempt.id, status.value, reason, now),
             )
 
     def record_findings(self, attempt: Attempt, findings: Iterable[FindingLike]) -> None:

@@ -57,7 +57,7 @@ def main(
     ),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
-    original scores; writes reproduction.md and .json to RESULTS/reproduce/<entry>/."""
+    original scores; writes reproduction.md and .json to RESULTS/reproduce/ENTRY/."""
     console = Console()
     try:
         options = ReproduceOptions(
