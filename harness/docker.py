@@ -237,14 +237,16 @@ def start_container(
     labels: Mapping[str, str],
     network: str | None = None,
     mem_limit: str | None = None,
-    gpus: bool = False,
+    gpu: int | None = None,
     environment: Mapping[str, str] | None = None,
     name: str | None = None,
 ) -> RunningContainer:
     """Start `image` detached. On `network` (an internal one: no way out) the harness reaches it at
-    its address there; otherwise its port 80 is published on 127.0.0.1 only, at a free port."""
+    its address there; otherwise its port 80 is published on 127.0.0.1 only, at a free port.
+    `gpu`: the one GPU it may see."""
     import docker.errors
-    from docker.types import DeviceRequest
+
+    from harness.gpus import device_request, gpu_environment
 
     options: dict[str, Any] = {
         "detach": True,
@@ -254,8 +256,9 @@ def start_container(
     }
     if mem_limit:
         options["mem_limit"] = mem_limit
-    if gpus:
-        options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if gpu is not None:
+        options["device_requests"] = [device_request(gpu)]
+        options["environment"].update(gpu_environment(gpu))
     if network:
         options["network"] = network
     else:

@@ -59,6 +59,7 @@ MAIN_METRICS: dict[str, str] = {
     "truthful_qa": "exact_match",
     "bbq": "quasi_exact_match",
     "summarization_cnndm": "rouge_2",
+    "summarization_cnndm_rouge": "rouge_2",
     "gsm": "final_number_exact_match",
     "math": "math_equiv_chain_of_thought",
     "simple_mcqa": "exact_match",
@@ -78,6 +79,12 @@ SPLITS = ("test", "valid")
 _URL_OVERRIDE = "HELM_HTTP_MODEL_BASE_URL"
 # Offline scoring downloads nothing: scenarios needing data fail at once instead of waiting.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_PUNKT_TAB_FILES = (
+    "collocations.tab",
+    "sent_starters.txt",
+    "abbrev_types.txt",
+    "ortho_context.tab",
+)
 _SAFE_NAME = re.compile(r"[^a-z0-9_-]+")
 _SCENARIO_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
@@ -130,7 +137,10 @@ class HelmEndpoint:
 
     `max_sequence_length` is the context HELM fits prompts into (it truncates through the
     server's /tokenize and /decode); the tokens are what the tokenizer config names as
-    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`).
+    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`). `cache_requests`
+    keeps every answer in HELM's request cache (`prod_env/cache/`), so a later run in the same
+    folder, a larger nested sample say, asks the model only what it has not answered yet; the
+    cache belongs to one image of the entry and must go when the image changes.
     """
 
     entry: str
@@ -139,6 +149,7 @@ class HelmEndpoint:
     end_of_text_token: str = "</s>"
     prefix_token: str = "<s>"
     request_timeout_s: int = 3000
+    cache_requests: bool = False
 
     @property
     def model(self) -> str:
@@ -161,7 +172,11 @@ def write_prod_env(folder: Path, endpoints: Sequence[HelmEndpoint]) -> Path:
                 "max_sequence_length": endpoint.max_sequence_length,
                 "client_spec": {
                     "class_name": "helm.clients.http_model_client.HTTPModelClient",
-                    "args": {"base_url": url, "timeout": endpoint.request_timeout_s},
+                    "args": {
+                        "base_url": url,
+                        "timeout": endpoint.request_timeout_s,
+                        "do_cache": endpoint.cache_requests,
+                    },
                 },
             }
         )
@@ -325,17 +340,24 @@ def _shares(total: int, parts: int) -> list[int]:
 
 
 def write_helm_conf(
-    conf: RunSpecConf, dest: Path, *, max_eval_instances: int, budget: int | None = None
+    conf: RunSpecConf,
+    dest: Path,
+    *,
+    max_eval_instances: int,
+    budget: int | None = None,
+    counts: Sequence[int] | None = None,
 ) -> Path:
     """Write the HELM-ready conf: every entry capped at `max_eval_instances`, and at its share of
-    `budget` when one is given; each tagged with its scenario as a group."""
+    `budget` when one is given, or at its own count of `counts` (an instance pack's); each tagged
+    with its scenario as a group."""
     if max_eval_instances < 1:
         raise ConfigError(f"--max-eval-instances must be at least 1, got {max_eval_instances}")
-    shares = (
-        split_budget(conf, budget)
-        if budget is not None
-        else [max_eval_instances] * len(conf.entries)
-    )
+    if counts is not None:
+        shares = list(counts)
+    elif budget is not None:
+        shares = split_budget(conf, budget)
+    else:
+        shares = [max_eval_instances] * len(conf.entries)
     entries = []
     for entry, share in zip(conf.entries, shares, strict=True):
         limit = min(share, max_eval_instances)
@@ -523,6 +545,7 @@ def run_helm(
     timeout_s: float,
     metrics: Mapping[str, str] | None = None,
     offline: bool = True,
+    cache_instances: bool = False,
     suite: str = SUITE,
     num_threads: int = 1,
     bin_dir: Path | None = None,
@@ -532,9 +555,11 @@ def run_helm(
 
     `timeout_s` is a hard stop for a HELM that hangs (the gateway enforces the stage deadline);
     `offline` forbids Hugging Face downloads, so a scenario needing data fails at once instead
-    of waiting on the network (the open and closed confs need `offline=False` and internet).
-    `metrics` is `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again
-    after a crash resumes; the log keeps every attempt. A run that HELM could not finish is a
+    of waiting on the network (the open and closed confs need `offline=False` and internet,
+    unless `cache_instances`: an instance pack installed in `run_dir` by
+    `harness.instances.install_pack` stands in for every scenario's data). `metrics` is
+    `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again after a crash
+    resumes; the log keeps every attempt. A run that HELM could not finish is a
     RunResult with its error; a helm-run that failed before running anything (a bad conf, say)
     is a HelmRun with `error` set and no runs. `should_stop` is polled every second: when it
     says so (the served container is gone, say), HELM is stopped and the HelmRun is `stopped`.
@@ -554,6 +579,7 @@ def run_helm(
         "--num-threads", str(num_threads),
         "--plugins", str(PLUGIN),
         "--skip-completed-runs",
+        *(["--cache-instances"] if cache_instances else []),
     ]  # fmt: skip
     log = run_dir / "helm-run.log"
     returncode, ended = _run_tool(command, run_dir, log, timeout_s, offline, should_stop)
@@ -597,6 +623,9 @@ def _run_tool(
     env = {key: value for key, value in os.environ.items() if key != _URL_OVERRIDE}
     if offline:
         env.update(_OFFLINE_ENV)
+        env["NLTK_DATA"] = os.pathsep.join(
+            filter(None, [str(_nltk_stub(cwd)), os.environ.get("NLTK_DATA")])
+        )
     with log.open("a") as out:
         try:
             # A session of its own, so a timeout stops HELM's worker processes too; and it dies
@@ -620,6 +649,21 @@ def _run_tool(
         except BaseException:
             _stop(process)
             raise
+
+
+def _nltk_stub(cwd: Path) -> Path:
+    """An NLTK data folder holding an empty `punkt_tab`.
+
+    Every helm-run calls `nltk.download("punkt_tab")` unless NLTK finds it, and offline that
+    download waits on the network. Only BLEU and the bias metrics tokenize sentences with it,
+    and no main metric here is one of them: an empty model is found and never used.
+    """
+    folder = cwd / "nltk_data"
+    english = folder / "tokenizers" / "punkt_tab" / "english"
+    english.mkdir(parents=True, exist_ok=True)
+    for name in _PUNKT_TAB_FILES:
+        (english / name).touch()
+    return folder
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import Future, as_completed
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +28,6 @@ from types import FrameType
 
 from harness.checks import discover
 from harness.executor import Executor, LocalExecutor
-from harness.helm import load_conf
 from harness.lock import command_line, hold_results_lock
 from harness.options import (
     RUN_LABEL,
@@ -77,10 +76,17 @@ class Runner:
         *,
         executor: Executor | None = None,
         on_progress: Callable[[str, str], None] = lambda entry, step: None,
+        only: Collection[str] | None = None,
+        again: Collection[str] = (),
     ) -> None:
-        self.entries = discover(entries_dir)
+        """`only`: the entries to consider (default: all); `again`: entries evaluated again
+        though they have a result (a later tier: their image is reused)."""
+        self.entries = [p for p in discover(entries_dir) if only is None or p.name in only]
+        self.again = set(again)
         self.options = options
-        load_conf(options.conf_path())  # a bad conf is a usage error before anything starts
+        options.run_spec_conf()  # a bad conf or pack is a usage error before anything starts
+        pack = options.pack()
+        self.instances_sha256 = pack.sha256 if pack else None
         self.store = Store(options.out)
         self.executor = executor or LocalExecutor(options.jobs)
         self.on_progress = on_progress
@@ -118,7 +124,8 @@ class Runner:
         name, stage = path.name, self.options.stage
         self.store.add_entry(name, path)
         previous = self.store.results(stage).get(name)
-        if previous is not None and not self.options.force:
+        again = name in self.again
+        if previous is not None and not self.options.force and not again:
             return EntryOutcome(name, previous.status, previous.reason, skipped=True)
         built = self.store.finished_step(name, stage, Step.BUILD)
         job = EntryJob(
@@ -128,14 +135,18 @@ class Runner:
             self.run_id,
             reuse_build=built is not None
             and built.status is StepStatus.OK
-            and not self.options.force,
+            and (again or not self.options.force),
         )
-        attempt = self.store.start_attempt(name, stage)
+        attempt = self.store.start_attempt(name, stage, instances_sha256=self.instances_sha256)
         recorder = StoreRecorder(self.store, attempt, self.on_progress)
         return attempt, self.executor.submit(job, recorder)
 
     def _finish(self, attempt: Attempt, ending: Ending) -> EntryOutcome:
         self.store.record_status(attempt, ending.status, ending.reason)
+        if self.options.tier is not None and self.options.budget is not None:
+            self.store.record_tier(
+                attempt.entry, attempt.stage, self.options.tier, self.options.budget
+            )
         self.on_progress(attempt.entry, ending.status.value)
         return EntryOutcome(attempt.entry, ending.status, ending.reason)
 
@@ -162,9 +173,13 @@ def run_entries(
     *,
     executor: Executor | None = None,
     on_progress: Callable[[str, str], None] = lambda entry, step: None,
+    only: Collection[str] | None = None,
+    again: Collection[str] = (),
 ) -> list[EntryOutcome]:
-    """Run one stage over every entry of `entries_dir`; see the module docstring."""
-    return Runner(entries_dir, options, executor=executor, on_progress=on_progress).run()
+    """Run one stage over every entry of `entries_dir`; see the module docstring and Runner."""
+    return Runner(
+        entries_dir, options, executor=executor, on_progress=on_progress, only=only, again=again
+    ).run()
 
 
 def exit_code(outcomes: Sequence[EntryOutcome]) -> int:

@@ -1,10 +1,12 @@
-"""Shared fixtures: a tiny model, the Docker engine and the HELM environment.
+"""Shared fixtures: a tiny model, the Docker engine, the HELM environment and a real browser.
 
 Tests marked `docker` run whenever an engine is reachable and are skipped with the reason
-otherwise; under CI (CI=true) an unreachable engine fails them instead. Every image and container
-a test makes carries the label in `TEST_LABEL` (or, when `harness run` made it, the run label of a
-results folder under the session's temporary folder) and is removed at the end of the session;
-a container, network or volume still there by then fails the session: tests must not leak them.
+otherwise; under CI (CI=true) an unreachable engine fails them instead. The same goes for
+`browser` (headless Debian Chromium through Selenium; scripts/chromium.sh installs it). Every image
+and container a test makes carries the label in `TEST_LABEL` (or, when `harness run` made it, the
+run label of a results folder under the session's temporary folder) and is removed at the end of
+the session; a container, network or volume still there by then fails the session: tests must not
+leak them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,9 @@ BASE_IMAGE = os.environ.get("HARNESS_BASE_IMAGE", "harness-base:bookworm")
 TEST_LABEL = f"org.harness.managed=test-{os.getpid()}"
 TEST_LABELS = dict([TEST_LABEL.split("=")])
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: scripts/chromium.sh installs both
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BROWSER_WINDOW = (1400, 1000)  # CSS pixels: fixed, so layout and screenshots do not vary
 
 
 def _unavailable(reason: str) -> None:
@@ -147,6 +152,54 @@ def tiny_server_url(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium driven by Selenium (`selenium.webdriver.Chrome`), one per session.
+
+    Open pages with `browser.get("file://...")` or an http URL on 127.0.0.1; it has a fresh
+    profile, no network services of its own (no sync, updates or background fetches) and a
+    fixed window of BROWSER_WINDOW. Save what it shows with the `screenshot` fixture."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        _unavailable(f"no {CHROMIUM} and {CHROMEDRIVER}: run scripts/chromium.sh (as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # as root, and in containers, Chromium's sandbox cannot start
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--window-size={},{}".format(*BROWSER_WINDOW),
+    ):
+        options.add_argument(argument)
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshot(browser: Any, tmp_path: Path) -> Callable[[str], Path]:
+    """`screenshot("name")` saves what the browser shows as TMP_PATH/screenshots/name.png."""
+
+    def save(name: str) -> Path:
+        path = tmp_path / "screenshots" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        if not browser.save_screenshot(str(path)):
+            raise AssertionError(f"the browser could not save a screenshot to {path}")
+        return path
+
+    return save
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

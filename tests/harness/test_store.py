@@ -262,5 +262,25 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
             "INSERT INTO attempts VALUES (1, 'alpha', 'open', 0, 1); PRAGMA user_version = 1;"
         )
     with Store(tmp_path) as store, closing(sqlite3.connect(store.path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 2
-        assert db.execute("SELECT status FROM attempts").fetchall() == [(None,)]
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("SELECT status, instances_sha256 FROM attempts").fetchall() == [
+            (None, None)
+        ]
+
+
+def test_a_version_2_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        store.start_attempt("alpha", "open")
+    # Back to what a version-2 store looked like: no instances_sha256 column.
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.execute("ALTER TABLE attempts DROP COLUMN instances_sha256")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    with Store(tmp_path) as store:
+        assert store.instances_sha256("alpha", "open") is None  # kept, with no pack
+        store.start_attempt("alpha", "open", instances_sha256="ab" * 32)
+        assert store.instances_sha256("alpha", "open") == "ab" * 32
+        assert store.instances_sha256("alpha", "closed") is None
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
