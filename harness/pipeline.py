@@ -513,6 +513,8 @@ class _Pipeline:
                 if sampler:
                     sampler.stop()
             stats = gateway.stats()
+        if gateway.log_error is not None:
+            raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
             [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
