@@ -296,7 +296,8 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
             raise
         ending = Ending(Status.EVAL_FAILED, f"no space left to write {exc.filename or 'a log'}")
     except InfrastructureError:
-        if not machine.engine_lost.is_set():
+        # An engine going away is seen by whoever calls it first: give the watch a moment.
+        if not machine.engine_lost.wait(timeout=2.0):
             raise
     if machine.engine_lost.is_set():
         raise InfrastructureError(
