@@ -174,7 +174,8 @@ class RunningContainer:
                 self.container.reload()
             except docker.errors.NotFound:
                 return {"Status": REMOVED}
-        return dict(self.container.attrs.get("State", {}))
+        state = dict(self.container.attrs.get("State", {}))
+        return {"Status": REMOVED} if state.get("Status") == "removing" else state
 
     def logs(self, tail: int = 2000) -> str:
         import docker.errors
@@ -187,17 +188,28 @@ class RunningContainer:
                     return ""
                 raise
 
-    def remove(self) -> None:
+    def remove(self, wait_s: float = 30.0) -> None:
+        """Remove it; when someone else is removing it, wait (up to `wait_s`) until it is gone,
+        and remove it again if their removal failed half-way (a `dead` container)."""
         import docker.errors
 
-        try:
-            self.container.remove(force=True)
-        except docker.errors.APIError as exc:
-            if not _going(exc):
-                raise
-        except Exception as exc:
-            if not engine_unreachable(exc):
-                raise
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.container.remove(force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if not _going(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    return  # still there: the next start removes it (it carries the run label)
+            except Exception as exc:
+                if not engine_unreachable(exc):
+                    raise
+                return
+            time.sleep(0.5)
 
 
 def _going(exc: Any) -> bool:
