@@ -22,7 +22,9 @@ EPILOG = """**Examples**
     harness instances verify packs/open-600 && harness instances show packs/open-600
 """
 
-app = typer.Typer(no_args_is_help=True, help="Build, verify and show instance packs.")
+app = typer.Typer(
+    no_args_is_help=True, help="Build, verify and show instance packs.", epilog=EPILOG
+)
 
 
 def _fail(console: Console, exc: HarnessError, exit_code: int | None = None) -> typer.Exit:

@@ -21,7 +21,9 @@ EPILOG = """**Examples**
     harness tasks import math MATH/test --out closed/math.jsonl
 """
 
-app = typer.Typer(no_args_is_help=True, help="Convert held-out tasks into local task files.")
+app = typer.Typer(
+    no_args_is_help=True, help="Convert held-out tasks into local task files.", epilog=EPILOG
+)
 
 
 @app.command("import", epilog=EPILOG)

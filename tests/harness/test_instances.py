@@ -179,11 +179,13 @@ def test_an_edited_pack_fails_verify_and_says_what_differs(open_pack: Pack, tmp_
     gsm = edited / INSTANCES_DIR / "gsm" / INSTANCES_FILE
     gsm.write_text(gsm.read_text().replace("apples", "pears"))
     (edited / "extra.txt").write_text("not built")
+    (edited / INSTANCES_DIR / "bbq:subject=all" / INSTANCES_FILE).unlink()
     (edited / "tasks").mkdir(exist_ok=True)
     result = runner.invoke(app, ["instances", "verify", str(edited)])
     assert result.exit_code == 1
     assert "changed since the build: scenario_instances/gsm/input_instances.json" in result.output
     assert "not in the manifest: extra.txt" in result.output
+    assert "input_instances.json (the instances of bbq:subject=all)" in result.output
     with pytest.raises(PackError):
         install_pack(verify_pack(edited), tmp_path / "run")
     assert runner.invoke(app, ["instances", "verify", str(tmp_path)]).exit_code == 1
