@@ -47,7 +47,8 @@ class RunOptions:
     deadline_s: float | None = None  # default: the stage's limit
     health: HealthSchedule = field(default_factory=HealthSchedule)
     allow_network: bool = False
-    gpus: bool | None = None  # None: when the engine has an NVIDIA runtime
+    # GPU indexes, one per entry at a time (harness/gpus.py); None: every GPU the engine exposes.
+    gpus: tuple[int, ...] | None = None
     mem_limit: str | None = None
     max_sequence_length: int = 4096
     process_timeout_s: float = 600.0
@@ -60,6 +61,9 @@ class RunOptions:
     # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
     # names the scenarios and their metrics): `harness reproduce` replays the original run's.
     helm_conf: Path | None = None
+    # The coarse-to-fine tier (1-based) this run is (harness/tiers.py): its HELM runs go to a
+    # suite of their own, so a tier reads only its own runs while sharing HELM's request cache.
+    tier: int | None = None
     # An instance pack (harness/instances.py): HELM evaluates its instances (the first ones of
     # each run spec under `budget`) and nothing else, offline; its entries are the conf.
     instances: Path | None = None

@@ -61,9 +61,11 @@ from harness import docker as engine
 from harness.checks import MANIFEST, Limits, clean_relative, extract_zip
 from harness.errors import ConfigError, InfrastructureError
 from harness.failures import GIB, GpuMemorySampler, classify_build_log
+from harness.gpus import device_request, gpu_environment, resolve_gpus
 from harness.health import HealthSchedule
 from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.instances import verify_pack
+from harness.lock import command_line, hold_results_lock
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import mask, redact
@@ -110,7 +112,8 @@ class ReproduceOptions:
     base_image: str | None = None
     # Host folder -> container path, read-only in the training container (e.g. a model cache).
     mounts: Mapping[Path, str] = field(default_factory=dict)
-    gpus: bool | None = None  # None: when the engine has an NVIDIA runtime
+    # `harness run --gpus`: the reproduction uses the first; None: the engine's first GPU, if any.
+    gpus: tuple[int, ...] | None = None
     environment: Mapping[str, str] | None = None  # where secrets are read; default os.environ
     build_timeout_s: float = 2 * 3600
     health: HealthSchedule = field(default_factory=HealthSchedule)
@@ -472,15 +475,16 @@ def _train(
     slug: str,
     options: ReproduceOptions,
     out: Path,
-    gpus: bool,
+    gpu: int | None,
 ) -> tuple[Training, str | None]:
     """Run the training container to its end or the time limit; the weights of a finished run
     land in out/weights. Returns how it went, and why no weights were collected if none were."""
     import docker.errors
-    from docker.types import DeviceRequest
 
     secrets = _secret_env(manifest, options)
-    sampler, gpu_note = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")
+    sampler, gpu_note = (
+        GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
+    )
     memory = _MemoryPeaks(sampler, gpu_note)
     labels = {engine.LABEL: "true", REPRODUCE_LABEL: slug, **options.labels}
     with _volume(sdk, labels) as volume:
@@ -494,8 +498,9 @@ def _train(
             "environment": secrets,
             "volumes": {volume: {"bind": manifest.volume_path, "mode": "rw"}, **mounts},
         }
-        if gpus:
-            run["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if gpu is not None:
+            run["device_requests"] = [device_request(gpu)]
+            run["environment"] = {**secrets, **gpu_environment(gpu)}
         try:
             container = sdk.containers.run(image, **run)
         except docker.errors.DockerException as exc:
@@ -615,6 +620,11 @@ def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
             shutil.copy2(source, dest)
 
     shutil.copytree(weights, target, copy_function=link_or_copy)
+    # The training container's user may have written them private, and `COPY` keeps the mode:
+    # the inference image's non-root server must read them.
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def compare(
@@ -679,7 +689,7 @@ def _score_copy(
     original: _Original,
     options: ReproduceOptions,
     manifest: Manifest,
-    gpus: bool,
+    gpu: int | None,
 ) -> tuple[Verdict | None, str, list[Metric], str]:
     """Run the copy (alone in its folder) through `harness run`'s pipeline with `out` as its
     results folder: a verdict when it failed, a note, its metrics and a log tail."""
@@ -699,7 +709,7 @@ def _score_copy(
             build_timeout_s=options.build_timeout_s,
             deadline_s=options.eval_deadline_s,
             health=options.health,
-            gpus=gpus,
+            gpus=() if gpu is None else (gpu,),
             mem_limit=options.mem_limit,
             max_sequence_length=original.max_sequence_length,
             build_args=manifest.build_args,
@@ -735,9 +745,22 @@ def reproduce_entry(
     *,
     on_progress: Callable[[str], None] = lambda step: None,
 ) -> Reproduction:
-    """Reproduce `entry` (a folder or .zip) against its run in `options.results`."""
+    """Reproduce `entry` (a folder or .zip) against its run in `options.results`, holding that
+    folder's lock (no `harness run` or other reproduction writes it meanwhile)."""
     if not entry.exists():
         raise ConfigError(f"no entry at {entry}")
+    if not options.results.is_dir():
+        raise ConfigError(
+            f"no {options.stage} run in {options.results} (no such folder); reproduce compares "
+            "with an earlier `harness run --out RESULTS_DIR`"
+        )
+    with hold_results_lock(options.results, command_line()):
+        return _reproduce(entry, options, on_progress)
+
+
+def _reproduce(
+    entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
+) -> Reproduction:
     name = entry.name
     slug = entry_slug(name)
     out = options.results / "reproduce" / slug
@@ -749,7 +772,8 @@ def reproduce_entry(
     _copy_entry(entry, copy)
     manifest = load_manifest(copy)
     sdk = engine.client()
-    gpus = options.gpus if options.gpus is not None else "nvidia" in sdk.info().get("Runtimes", {})
+    gpus = resolve_gpus(sdk, options.gpus)
+    gpu = gpus[0] if gpus else None
 
     training: Training | None = None
     weights: dict[str, dict[str, Any]] = {}
@@ -760,7 +784,7 @@ def reproduce_entry(
         image = _build_training_image(copy, manifest, slug, options, out)
         on_progress("training")
         try:
-            training, missing = _train(sdk, image, manifest, slug, options, out, gpus)
+            training, missing = _train(sdk, image, manifest, slug, options, out, gpu)
         finally:
             with suppress(Exception):
                 sdk.images.remove(image, force=True)
@@ -779,7 +803,7 @@ def reproduce_entry(
         weights = hash_files(out / "weights")
         _place_weights(out / "weights", copy, manifest.model_dir)
         on_progress("building, serving and scoring the reproduced entry")
-        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpus)
+        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpu)
         if failed is not None:
             raise _Stop(failed, note, log_tail)
         comparison = compare(name, original.metrics, metrics)

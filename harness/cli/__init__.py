@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import check, instances, report, reproduce, run, submission, tasks, tiny_model
+from harness.cli import (
+    check,
+    instances,
+    plan,
+    report,
+    reproduce,
+    run,
+    submission,
+    tasks,
+    tiny_model,
+)
 
 app = typer.Typer(
     name="harness",
@@ -29,6 +39,7 @@ app.command("check", epilog=check.EPILOG)(check.main)
 app.command("run", epilog=run.EPILOG)(run.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
+app.command("plan", epilog=plan.EPILOG)(plan.main)
 app.add_typer(submission.app, name="submission")
 app.add_typer(instances.app, name="instances")
 app.add_typer(tasks.app, name="tasks")
