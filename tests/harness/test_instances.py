@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,12 @@ def test_build_refuses_bad_requests_with_a_reason(open_data: Path, tmp_path: Pat
         build_pack(conf, budget=0, data_dir=open_data, out=tmp_path / "zero")
     with pytest.raises(ConfigError, match="is not a folder"):
         build_pack(conf, budget=10, data_dir=tmp_path / "nowhere", out=tmp_path / "p")
+    # Two entries over one scenario instance set would need two samples in one file.
+    anatomy = next(e for e in conf.entries if e.description == "mmlu:subject=anatomy")
+    twice = RunSpecConf(conf.path, (anatomy, replace(anatomy, scenario="again")))
+    with pytest.raises(ConfigError, match=r"read the same instances \(mmlu:subject=anatomy\)"):
+        build_pack(twice, budget=10, data_dir=open_data, out=tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()  # no half-written pack
 
 
 def _guard_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -329,7 +336,9 @@ def test_a_rendered_submission_is_scored_on_every_scenario_of_both_stages_from_p
         assert board.scenarios[stage] == scenarios
         [row] = board.rows
         assert row.stages[stage].score is not None
-        assert sorted(row.stages[stage].scenario_win_rates) == scenarios
+        assert sorted(row.stages[stage].scenarios) == scenarios
+        assert all(s.value is not None for s in row.stages[stage].scenarios.values())
+        assert len(row.stages[stage].run_specs) == len(pack.entries)
 
 
 def test_reproduce_needs_the_pack_the_original_was_scored_on(
