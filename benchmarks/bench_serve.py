@@ -1,6 +1,7 @@
 """Serving throughput, HELM-like workload: a naive server, ours without and with its prefix cache.
 
-    .venv/bin/python benchmarks/bench_serve.py [--model-dir DIR] [--requests 480] [--clients 8]
+    .venv/bin/python benchmarks/bench_serve.py [--model-dir DIR | --hidden 256] [--requests 480]
+                                                [--clients 8]
 
 Three servers run under uvicorn on the same model (the tiny random Llama, its context raised to
 1024 tokens so few-shot prompts fit as they do on a real model, unless --model-dir is given): the
@@ -96,15 +97,27 @@ def workload(count: int, seed: int = 0, shots: int = 5) -> list[dict[str, Any]]:
     return requests
 
 
-def bench_model(out_dir: Path, context: int = BENCH_CONTEXT, arch: str = "llama") -> Path:
-    """The tiny random model with room for few-shot prompts (its weights do not depend on it)."""
+def bench_model(
+    out_dir: Path, context: int = BENCH_CONTEXT, arch: str = "llama", hidden: int | None = None
+) -> Path:
+    """The tiny random model with room for few-shot prompts (its weights do not depend on it);
+    `hidden` widens it (4 layers of that width) so that reading a prompt costs what it costs on a
+    real model: more than the HTTP and Python around it."""
     from harness.tiny_model import write_tiny_model
 
     model_dir = write_tiny_model(out_dir, arch=arch)
     config = json.loads((model_dir / "config.json").read_text())
-    (model_dir / "config.json").write_text(
-        json.dumps({**config, "max_position_embeddings": context})
-    )
+    config["max_position_embeddings"] = context
+    if hidden:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        config |= {"hidden_size": hidden, "intermediate_size": 4 * hidden, "num_hidden_layers": 4}
+        (model_dir / "config.json").write_text(json.dumps(config))
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_dir))
+        model.save_pretrained(model_dir, safe_serialization=True)
+    (model_dir / "config.json").write_text(json.dumps(config))
     return model_dir
 
 
@@ -237,10 +250,11 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=480)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=4, help="alternations between the servers")
+    parser.add_argument("--hidden", type=int, help="widen the tiny model (e.g. 256): compute-bound")
     args = parser.parse_args()
     requests = workload(args.requests)
     with tempfile.TemporaryDirectory() as scratch:
-        model_dir = args.model_dir or bench_model(Path(scratch) / "tiny-model")
+        model_dir = args.model_dir or bench_model(Path(scratch) / "tiny-model", hidden=args.hidden)
         with contextlib.ExitStack() as stack:
             servers = {
                 name: stack.enter_context(running(folder, target, model_dir, env))
@@ -260,7 +274,8 @@ def main() -> None:
                     drive(url, chunk, args.clients, results[name])
             for name, (_, pid) in servers.items():
                 results[name].peak_mib = peak_rss_mib(pid)
-    report(results, ordered, args.clients, str(args.model_dir or "tiny random Llama (CPU)"))
+    model = f"tiny random Llama, hidden {args.hidden or 64} (CPU)"
+    report(results, ordered, args.clients, str(args.model_dir or model))
 
 
 if __name__ == "__main__":
