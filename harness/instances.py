@@ -288,7 +288,12 @@ def verify_pack(path: Path) -> Pack:
     present = {
         p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()
     } - {MANIFEST}
-    problems = [f"missing: {name}" for name in sorted(set(files) - present)]
+    owners = {f"{INSTANCES_DIR}/{entry.key}/{INSTANCES_FILE}": entry for entry in entries}
+    problems = [
+        f"missing: {name}"
+        + (f" (the instances of {owners[name].description})" if name in owners else "")
+        for name in sorted(set(files) - present)
+    ]
     problems += [f"not in the manifest: {name}" for name in sorted(present - set(files))]
     problems += [
         f"changed since the build: {name}"
