@@ -305,21 +305,29 @@ class Store:
                 "UPDATE attempts SET finished_at = ? WHERE id = ?", (time.time(), attempt.id)
             )
 
-    def start_step(self, attempt: Attempt, step: Step) -> int:
-        """Record that `step` began; returns the id `finish_step` takes."""
+    def start_step(self, attempt: Attempt, step: Step, *, at: float | None = None) -> int:
+        """Record that `step` began (`at`, default now); returns the id `finish_step` takes."""
+        started = time.time() if at is None else at
         with self._write() as db:
             cursor = db.execute(
                 "INSERT INTO steps (attempt_id, step, status, started_at) VALUES (?, ?, ?, ?)",
-                (attempt.id, step.value, StepStatus.RUNNING.value, time.time()),
+                (attempt.id, step.value, StepStatus.RUNNING.value, started),
             )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def finish_step(
-        self, step_id: int, *, ok: bool, detail: str = "", log_path: Path | str | None = None
+        self,
+        step_id: int,
+        *,
+        ok: bool,
+        detail: str = "",
+        log_path: Path | str | None = None,
+        at: float | None = None,
     ) -> None:
-        """Record how a step ended. `detail` is stored as given: redact secrets before."""
-        now = time.time()
+        """Record how a step ended (`at`, default now). `detail` is stored as given: redact
+        secrets before."""
+        now = time.time() if at is None else at
         with self._write() as db:
             updated = db.execute(
                 "UPDATE steps SET status = ?, finished_at = ?, duration_s = ? - started_at, "

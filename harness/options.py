@@ -1,0 +1,93 @@
+"""What `harness run` takes (`RunOptions`) and the names it gives things on disk and in Docker.
+
+Shared by the driver (harness/run.py), the per-entry pipeline (harness/pipeline.py) that executors
+run anywhere, and `harness reproduce`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError
+from harness.health import HealthSchedule
+from harness.helm import SHIPPED_CONFS, shipped_conf
+
+STAGE_MINUTES = {"open": 300, "closed": 600}
+TRACK_GPU_GIB = {"4090": 24, "A100": 40}
+# Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
+# the same results folder and leaves alone the containers of other runs on the same engine.
+RUN_LABEL = "org.harness.run"
+
+
+def results_id(out: Path) -> str:
+    """The RUN_LABEL value of the runs writing into the results folder `out`."""
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything `harness run` takes; the defaults are the competition's."""
+
+    track: str
+    stage: str
+    out: Path
+    jobs: int = 1
+    max_eval_instances: int = 100
+    budget: int | None = None
+    run_specs: str | None = None  # a shipped conf name or a conf file; default: the stage's
+    base_image: str | None = None
+    force: bool = False
+    evaluate_flagged: bool = False
+    build_timeout_s: float = 2 * 3600
+    deadline_s: float | None = None  # default: the stage's limit
+    health: HealthSchedule = field(default_factory=HealthSchedule)
+    allow_network: bool = False
+    gpus: bool | None = None  # None: when the engine has an NVIDIA runtime
+    mem_limit: str | None = None
+    max_sequence_length: int = 4096
+    process_timeout_s: float = 600.0
+    tokenizer_timeout_s: float = 30.0
+    # HELM's own hard stop, past the deadline: the gateway answers /process at once by then, but
+    # HELM retries failing /tokenize calls with long back-offs.
+    helm_grace_s: float = 600.0
+    build_secrets: Mapping[str, Path] = field(default_factory=dict)
+    build_args: Mapping[str, str] = field(default_factory=dict)  # besides BASE_IMAGE
+    # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
+    # names the scenarios and their metrics): `harness reproduce` replays the original run's.
+    helm_conf: Path | None = None
+
+    @property
+    def helm_offline(self) -> bool:
+        """HELM may download data sets only for the competition's confs, which need them."""
+        return (self.run_specs or self.stage) not in ("open", "closed")
+
+    def __post_init__(self) -> None:
+        if self.track not in TRACK_GPU_GIB:
+            raise ConfigError(f"unknown track {self.track!r}; choose one of 4090, A100")
+        if self.stage not in STAGE_MINUTES:
+            raise ConfigError(f"unknown stage {self.stage!r}; choose one of open, closed")
+        if self.jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
+
+    @property
+    def stage_limit_s(self) -> float:
+        return self.deadline_s if self.deadline_s is not None else STAGE_MINUTES[self.stage] * 60
+
+    def conf_path(self) -> Path:
+        name = self.run_specs or self.stage
+        if name in SHIPPED_CONFS:
+            return shipped_conf(name)
+        path = Path(name)
+        if not path.is_file():
+            raise ConfigError(f"--run-specs {name!r} is neither {SHIPPED_CONFS} nor a file")
+        return path
+
+
+def entry_slug(name: str) -> str:
+    """An entry's folder name under RESULTS_DIR/logs and /helm: readable, and unique by a hash."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "entry"
+    return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

@@ -1,0 +1,474 @@
+"""One entry's evaluation, runnable wherever an executor puts it:
+
+    check ─> build ─> serve (wait until healthy) ─> evaluate (HELM through the gateway)
+
+`evaluate_entry(job, recorder, machine)` runs those steps on `machine` (its Docker engine, network
+and GPUs) and returns how the entry ended. It never writes the results store itself: it tells a
+`Recorder`, which is the store for the local executor (`StoreRecorder`, live) and a list of records
+for workers that cannot reach the store (`BufferedRecorder`, replayed by the driver). A failing
+entry is an ending, not a crash: `EntryError` and the steps' own failures become a status and a
+reason.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from harness import docker as engine
+from harness.checks import EntryReport, Limits, check_entry, extract_zip
+from harness.errors import EntryError
+from harness.failures import GpuMemorySampler, classify_build_log, classify_container
+from harness.gateway import Gateway, GatewayStats
+from harness.health import wait_healthy
+from harness.helm import HelmEndpoint, HelmRun, load_conf, run_helm, write_helm_conf, write_prod_env
+from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
+from harness.secrets import redact
+from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
+
+EVAL_NETWORK = "harness-eval"
+
+
+class Ending(NamedTuple):
+    """How an entry ended in one stage."""
+
+    status: Status
+    reason: str
+
+
+@dataclass(frozen=True)
+class EntryJob:
+    """What a worker needs to evaluate one entry (picklable: it may travel to another node)."""
+
+    name: str  # the entry's folder or zip file name: its key in the store
+    path: Path
+    options: RunOptions
+    run_id: str  # the RUN_LABEL value of the results folder
+    reuse_build: bool = False  # an earlier attempt built the image: reuse it when it still exists
+
+    @property
+    def stage(self) -> str:
+        return self.options.stage
+
+    @property
+    def logs(self) -> Path:
+        return self.options.out / "logs" / entry_slug(self.name) / self.stage
+
+    @property
+    def helm_dir(self) -> Path:
+        return self.options.out / "helm" / entry_slug(self.name) / self.stage
+
+    @property
+    def image(self) -> str:
+        return f"harness-entry/{entry_slug(self.name)}:{self.stage}"
+
+
+# -- what the pipeline tells as it goes ---------------------------------------------------------
+
+
+class Recorder(Protocol):
+    """Where the pipeline writes its steps and results (`at`: when it happened, time.time())."""
+
+    def start_step(self, step: Step, at: float) -> int: ...
+
+    def finish_step(
+        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
+    ) -> None: ...
+
+    def record_findings(self, findings: Sequence[FindingLike]) -> None: ...
+
+    def record_metrics(self, metrics: Sequence[Metric]) -> None: ...
+
+    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None: ...
+
+
+class StoreRecorder:
+    """Writes one attempt's records straight into the results store."""
+
+    def __init__(
+        self,
+        store: Store,
+        attempt: Attempt,
+        on_progress: Callable[[str, str], None] = lambda entry, step: None,
+    ) -> None:
+        self.store = store
+        self.attempt = attempt
+        self.on_progress = on_progress
+
+    def start_step(self, step: Step, at: float) -> int:
+        self.on_progress(self.attempt.entry, step.value)
+        return self.store.start_step(self.attempt, step, at=at)
+
+    def finish_step(
+        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
+    ) -> None:
+        self.store.finish_step(step_id, ok=ok, detail=detail, log_path=log_path, at=at)
+
+    def record_findings(self, findings: Sequence[FindingLike]) -> None:
+        self.store.record_findings(self.attempt, findings)
+
+    def record_metrics(self, metrics: Sequence[Metric]) -> None:
+        self.store.record_metrics(self.attempt, metrics)
+
+    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
+        self.store.record_gateway_stats(self.attempt, stats, log_path)
+
+
+@dataclass
+class BufferedRecorder:
+    """Keeps the calls as picklable records; `replay` hands them to another recorder later."""
+
+    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+
+    def _keep(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self.calls.append((method, args, kwargs))
+
+    def start_step(self, step: Step, at: float) -> int:
+        self._keep("start_step", step, at)
+        return len(self.calls) - 1  # a step id is the index of its start record
+
+    def finish_step(
+        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
+    ) -> None:
+        self._keep("finish_step", step_id, ok=ok, detail=detail, log_path=log_path, at=at)
+
+    def record_findings(self, findings: Sequence[FindingLike]) -> None:
+        from harness.store import Finding
+
+        kept = [Finding(f.rule, str(f.severity), f.path, f.line, f.message) for f in findings]
+        self._keep("record_findings", kept)
+
+    def record_metrics(self, metrics: Sequence[Metric]) -> None:
+        self._keep("record_metrics", list(metrics))
+
+    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
+        self._keep("record_gateway_stats", stats, log_path)
+
+    def replay(self, recorder: Recorder) -> None:
+        step_ids: dict[int, int] = {}
+        for index, (method, args, kwargs) in enumerate(self.calls):
+            if method == "start_step":
+                step_ids[index] = recorder.start_step(*args, **kwargs)
+            elif method == "finish_step":
+                recorder.finish_step(step_ids[args[0]], **kwargs)
+            else:
+                getattr(recorder, method)(*args, **kwargs)
+
+
+# -- the machine a job runs on ------------------------------------------------------------------
+
+
+class Machine:
+    """The worker side: one Docker engine, its evaluation network and GPUs, and what runs on it.
+
+    `stop()` (an interrupt) makes every pipeline on this machine end fast: health waits give up and
+    the containers are removed, so whatever waits on them fails at once.
+    """
+
+    def __init__(self, sdk: Any, *, allow_network: bool, gpus: bool | None) -> None:
+        self.sdk = sdk
+        self.network = None if allow_network else self._eval_network()
+        self.gpus = ("nvidia" in sdk.info().get("Runtimes", {})) if gpus is None else gpus
+        self.stopping = threading.Event()
+        self._containers: dict[str, engine.RunningContainer] = {}
+        self._lock = threading.Lock()
+
+    def _eval_network(self) -> str:
+        """An internal network: entries are reachable from here but reach nothing outside."""
+        if not self.sdk.networks.list(names=[EVAL_NETWORK]):
+            self.sdk.networks.create(
+                EVAL_NETWORK, internal=True, labels={engine.LABEL: "true"}, check_duplicate=True
+            )
+        return EVAL_NETWORK
+
+    def remove_stale_containers(self, run_id: str) -> None:
+        """Containers a killed harness left for the same results folder."""
+        stale = self.sdk.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
+        for container in stale:
+            with suppress(Exception):
+                container.remove(force=True)
+
+    def hold(self, key: str, served: engine.RunningContainer) -> None:
+        with self._lock:
+            self._containers[key] = served
+
+    def release(self, key: str) -> None:
+        with self._lock:
+            self._containers.pop(key, None)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        with self._lock:
+            running = list(self._containers.values())
+            self._containers.clear()
+        for served in running:
+            served.remove()
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+class _Ended(Exception):
+    """An entry reached its final status before the last step."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.ending = Ending(status, reason)
+
+
+def _redact_file(path: Path) -> None:
+    """Rewrite a log with every credential in it redacted: only that form is ever stored."""
+    if path.exists():
+        text = path.read_text(errors="replace")
+        clean = redact(text)
+        if clean != text:
+            path.write_text(clean)
+
+
+def _summary(report: EntryReport) -> str:
+    errors = [f for f in report.findings if str(f.severity) == "error"]
+    rules = sorted({f.rule for f in errors})
+    return f"{len(errors)} error finding(s): {', '.join(rules)}"
+
+
+def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
+    """Check, build, serve and score one entry on `machine`; see the module docstring."""
+    job.logs.mkdir(parents=True, exist_ok=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
+            ending = _Pipeline(job, recorder, machine).run(Path(tmp))
+    except _Ended as ended:
+        ending = ended.ending
+    except EntryError as exc:
+        ending = Ending(Status.EVAL_FAILED, str(exc))
+    return Ending(ending.status, redact(ending.reason))
+
+
+class _Pipeline:
+    def __init__(self, job: EntryJob, recorder: Recorder, machine: Machine) -> None:
+        self.job = job
+        self.options = job.options
+        self.recorder = recorder
+        self.machine = machine
+
+    def run(self, tmp: Path) -> Ending:
+        # The checks first: they record a malformed zip's findings before extraction refuses it.
+        dockerfile = self._check()
+        root = self._context(tmp)
+        image = self._build(root, dockerfile)
+        served = self._serve(image)
+        try:
+            return self._evaluate(served)
+        finally:
+            self._release(served)
+
+    @contextmanager
+    def _step(self, step: Step, log: Path | None = None) -> Iterator[list[str]]:
+        """Record a step; the body appends its detail, and raising `_Ended` fails the step."""
+        step_id = self.recorder.start_step(step, at=time.time())
+        detail: list[str] = []
+
+        def finish(ok: bool, text: str) -> None:
+            self.recorder.finish_step(
+                step_id, ok=ok, detail=redact(text), log_path=log, at=time.time()
+            )
+
+        try:
+            yield detail
+        except _Ended as ended:
+            finish(False, ended.ending.reason)
+            raise
+        except BaseException as exc:
+            finish(False, f"{type(exc).__name__}: {exc}")
+            raise
+        finish(True, "; ".join(detail))
+
+    def _release(self, served: engine.RunningContainer) -> str:
+        """Keep the container's log (redacted) and remove it; returns the log as it was."""
+        text = served.logs(tail=5000)
+        (self.job.logs / "container.log").write_text(redact(text))
+        self.machine.release(self.job.name)
+        served.remove()
+        return text
+
+    def _context(self, tmp: Path) -> Path:
+        """The entry's files on disk: the folder itself, or a zip extracted (safely) to `tmp`."""
+        if self.job.path.is_dir():
+            return self.job.path
+        findings: list[Any] = []
+        if not extract_zip(self.job.path, tmp, Limits(), findings):
+            raise _Ended(Status.FLAGGED, "; ".join(f.message for f in findings) or "bad zip")
+        return tmp
+
+    def _check(self) -> str:
+        with self._step(Step.CHECK) as detail:
+            report = check_entry(self.job.path)
+            self.recorder.record_findings(report.findings)
+            detail.append(f"{len(report.findings)} finding(s)")
+            if report.dockerfile is None:
+                # An entry that could not be read has no Dockerfile to find: it is malformed.
+                if any(f.rule == "malformed-entry" for f in report.findings):
+                    raise _Ended(Status.FLAGGED, _summary(report))
+                raise _Ended(Status.NO_DOCKERFILE, "no file named Dockerfile in the entry")
+            if report.status == "flagged":
+                if not self.options.evaluate_flagged:
+                    raise _Ended(Status.FLAGGED, _summary(report))
+                detail.append(f"flagged, evaluated anyway ({_summary(report)})")
+            return report.dockerfile
+
+    def _build(self, root: Path, dockerfile: str) -> str:
+        tag = self.job.image
+        log = self.job.logs / "build.log"
+        if self.job.reuse_build:
+            with suppress(Exception):
+                self.machine.sdk.images.get(tag)
+                return tag
+        with self._step(Step.BUILD, log) as detail:
+            result = engine.build(
+                (root / dockerfile).parent,
+                tag=tag,
+                log_path=log,
+                dockerfile=root / dockerfile,
+                build_args={
+                    **({"BASE_IMAGE": self.options.base_image} if self.options.base_image else {}),
+                    **self.options.build_args,
+                },
+                secrets=self.options.build_secrets,
+                labels={RUN_LABEL: self.job.run_id, "org.harness.entry": entry_slug(self.job.name)},
+                timeout=self.options.build_timeout_s,
+            )
+            _redact_file(log)
+            detail.append(f"{result.seconds:.0f} s")
+            if result.timed_out:
+                raise _Ended(
+                    Status.BUILD_TIMEOUT,
+                    f"the build ran past its {self.options.build_timeout_s / 60:.0f}-minute limit",
+                )
+            if not result.ok:
+                failure = classify_build_log(log.read_text(errors="replace"))
+                raise _Ended(Status.BUILD_FAILED, f"{failure.cause.value}: {failure.reason}")
+            return tag
+
+    def _serve(self, image: str) -> engine.RunningContainer:
+        with self._step(Step.SERVE, self.job.logs / "container.log") as detail:
+            served = engine.start_container(
+                self.machine.sdk,
+                image,
+                labels={RUN_LABEL: self.job.run_id},
+                network=self.machine.network,
+                gpus=self.machine.gpus,
+                mem_limit=self.options.mem_limit,
+            )
+            self.machine.hold(self.job.name, served)
+            health = wait_healthy(
+                served.url,
+                schedule=self.options.health,
+                alive=lambda: served.alive() and not self.machine.stopping.is_set(),
+            )
+            detail.append(f"{health.reason} after {health.seconds:.0f} s")
+            if not health.healthy:
+                state = served.state()
+                logs_text = self._release(served)
+                if state.get("Status") in ("exited", "dead"):
+                    failure = classify_container(
+                        state.get("ExitCode"), bool(state.get("OOMKilled")), logs_text
+                    )
+                    raise _Ended(failure.status, failure.reason)
+                raise _Ended(Status.UNHEALTHY, health.reason)
+            return served
+
+    def _evaluate(self, served: engine.RunningContainer) -> Ending:
+        run_dir = self.job.helm_dir
+        run_dir.mkdir(parents=True, exist_ok=True)
+        conf_spec = load_conf(self.options.conf_path())
+        deadline = time.monotonic() + self.options.stage_limit_s
+        gpus = self.machine.gpus
+        sampler, sampling = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")
+        request_log = self.job.logs / "requests.jsonl"
+        with (
+            self._step(Step.EVALUATE, run_dir / "helm-run.log") as detail,
+            Gateway(
+                served.url,
+                deadline=deadline,
+                request_log=request_log,
+                process_timeout_s=self.options.process_timeout_s,
+                tokenizer_timeout_s=self.options.tokenizer_timeout_s,
+            ) as gateway,
+        ):
+            detail.append(sampling)
+            endpoint = HelmEndpoint(
+                self.job.name, gateway.url, max_sequence_length=self.options.max_sequence_length
+            )
+            write_prod_env(run_dir / "prod_env", [endpoint])
+            conf = run_dir / "run_specs.conf"
+            if self.options.helm_conf is not None:
+                conf.write_bytes(self.options.helm_conf.read_bytes())
+            else:
+                write_helm_conf(
+                    conf_spec,
+                    conf,
+                    max_eval_instances=self.options.max_eval_instances,
+                    budget=self.options.budget,
+                )
+            if sampler:
+                sampler.start()
+            try:
+                helm = run_helm(
+                    run_dir,
+                    conf,
+                    [endpoint.model],
+                    max_eval_instances=self.options.max_eval_instances,
+                    timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
+                    metrics=conf_spec.metrics(),
+                    offline=self.options.helm_offline,
+                )
+            finally:
+                if sampler:
+                    sampler.stop()
+            stats = gateway.stats()
+        self.recorder.record_gateway_stats(stats, request_log)
+        self.recorder.record_metrics(
+            [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
+        )
+        return self._verdict(served, helm, stats, sampler)
+
+    def _verdict(
+        self,
+        served: engine.RunningContainer,
+        helm: HelmRun,
+        stats: GatewayStats,
+        sampler: GpuMemorySampler | None,
+    ) -> Ending:
+        state = served.state()
+        if state.get("Status") in ("exited", "dead"):
+            failure = classify_container(
+                state.get("ExitCode"), bool(state.get("OOMKilled")), served.logs()
+            )
+            return Ending(failure.status, f"during evaluation: {failure.reason}")
+        budget = TRACK_GPU_GIB[self.options.track] * 1024**3
+        if sampler and (over := sampler.over_budget(budget)):
+            return Ending(over.status, over.reason)
+        scored = [run for run in helm.runs if run.ok]
+        if helm.timed_out:
+            return Ending(
+                Status.EVAL_TIMEOUT,
+                f"HELM was stopped {self.options.helm_grace_s:.0f} s past the deadline; "
+                f"{len(scored)} run(s) had finished",
+            )
+        if not scored:
+            why = helm.error or "; ".join(sorted({str(r.error) for r in helm.runs})) or "no runs"
+            return Ending(Status.EVAL_FAILED, f"HELM scored no run: {why}")
+        failed = len(helm.runs) - len(scored)
+        summary = f"{len(scored)} run(s) scored" + (f", {failed} failed" if failed else "")
+        if stats.unanswered:
+            return Ending(
+                Status.EVAL_TIMEOUT,
+                f"{summary}; {stats.unanswered} request(s) unanswered by the deadline score 0",
+            )
+        return Ending(Status.SCORED, f"{summary}; {stats.answered} request(s) answered")
