@@ -8,7 +8,18 @@ from __future__ import annotations
 
 import typer
 
-from harness.cli import check, report, reproduce, run, submission, tiny_model
+from harness.cli import (
+    check,
+    report,
+    reproduce,
+    run,
+    serve,
+    status,
+    submission,
+    submit,
+    teams,
+    tiny_model,
+)
 
 app = typer.Typer(
     name="harness",
@@ -30,3 +41,7 @@ app.command("run", epilog=run.EPILOG)(run.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
 app.add_typer(submission.app, name="submission")
+app.command("serve", epilog=serve.EPILOG)(serve.main)
+app.add_typer(teams.app, name="teams")
+app.command("submit", epilog=submit.EPILOG)(submit.main)
+app.command("status", epilog=status.EPILOG)(status.main)

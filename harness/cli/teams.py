@@ -61,7 +61,9 @@ def list_teams(data: Path = DATA) -> None:
             team.email or "",
             "yes" if team.admin else "",
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(team.created_at)),
-            time.strftime("%Y-%m-%d %H:%M", time.gmtime(team.revoked_at)) if team.revoked_at else "",
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(team.revoked_at))
+            if team.revoked_at
+            else "",
         )
     Console().print(table)
 

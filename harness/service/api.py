@@ -1,7 +1,8 @@
-"""The JSON API, versioned under /api/v1 and documented in its OpenAPI schema (/api/v1/openapi.json).
+"""The JSON API, versioned under /api/v1 and documented in its OpenAPI schema.
 
-Every route but the leaderboard takes `Authorization: Bearer TOKEN`; no token, a wrong one or a
-revoked one is a 401. A team only ever sees its own submissions: another team's is a 404.
+The schema is at /api/v1/openapi.json. Every route but the leaderboard takes `Authorization:
+Bearer TOKEN`; no token, a wrong one or a revoked one is a 401. A team only ever sees its own
+submissions: another team's is a 404.
 """
 
 from __future__ import annotations
@@ -109,20 +110,25 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _team(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Team:
+    service: Service = request.app.state.service
+    found = service.db.team_for_token(credentials.credentials) if credentials else None
+    if found is None:
+        raise HTTPException(
+            401, "a valid team token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    return found
+
+
+Authed = Annotated[Team, Depends(_team)]
+
+
 def api_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["v1"])
 
-    def team(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> Team:
-        found = service.db.team_for_token(credentials.credentials) if credentials else None
-        if found is None:
-            raise HTTPException(
-                401, "a valid team token is required", headers={"WWW-Authenticate": "Bearer"}
-            )
-        return found
-
-    Authed = Annotated[Team, Depends(team)]
 
     @router.get("/health", include_in_schema=False)
     def health() -> dict[str, bool]:
@@ -146,7 +152,12 @@ def api_router(service: Service) -> APIRouter:
         if sub.findings:
             raise HTTPException(
                 422,
-                {"id": sub.id, "status": "flagged", "message": sub.reason, "findings": sub.findings},
+                {
+                    "id": sub.id,
+                    "status": "flagged",
+                    "message": sub.reason,
+                    "findings": sub.findings,
+                },
             )
         return service.describe(sub, details=False)
 
@@ -200,6 +211,7 @@ def create_app(service: Service) -> FastAPI:
         docs_url=None,  # Swagger UI loads from a CDN; the schema is the documentation
         redoc_url=None,
     )
+    app.state.service = service
     app.include_router(api_router(service))
     web.register(app, service)
     return app

@@ -49,6 +49,9 @@ class ServiceConfig:
     def results(self) -> Path:
         return self.data_dir / "results"
 
+    def zip_path(self, sub_id: str) -> Path:
+        return self.uploads / f"{sub_id}.zip"
+
 
 class Service:
     def __init__(self, config: ServiceConfig, db: ServiceDB, store: Store, queue: Queue) -> None:
@@ -93,7 +96,7 @@ class Service:
                 reason=reason,
             )
             if sub.state is State.QUEUED:
-                partial.replace(self.zip_path(sub.id))
+                partial.replace(self.config.zip_path(sub.id))
                 self.queue.wake()
             return sub, upload.fields
         except QuotaExceeded as exc:
@@ -104,9 +107,6 @@ class Service:
             ) from exc
         finally:
             partial.unlink(missing_ok=True)
-
-    def zip_path(self, sub_id: str) -> Path:
-        return self.config.uploads / f"{sub_id}.zip"
 
     # -- reading ----------------------------------------------------------------------------------
 
@@ -179,11 +179,10 @@ class Service:
             if not record.log_path:
                 continue
             path = self.config.results / record.log_path
-            with contextlib.suppress(OSError):
-                with path.open("rb") as log:
-                    log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
-                    # Logs are redacted when kept; a log still being written is redacted here.
-                    logs[step.value] = redact(log.read().decode(errors="replace"))
+            with contextlib.suppress(OSError), path.open("rb") as log:
+                log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                # Logs are redacted when kept; a log still being written is redacted here.
+                logs[step.value] = redact(log.read().decode(errors="replace"))
         return logs
 
     # -- changing ---------------------------------------------------------------------------------
@@ -203,7 +202,9 @@ class Service:
         return self.owned(team, sub_id)
 
     def rerun(self, sub_id: str) -> None:
-        if not self.zip_path(sub_id).exists() or not self.db.requeue(sub_id, keep_place=False):
+        if not self.config.zip_path(sub_id).exists() or not self.db.requeue(
+            sub_id, keep_place=False
+        ):
             raise HTTPException(409, "only a finished or cancelled submission can run again")
         self.queue.wake()
 

@@ -362,7 +362,8 @@ class ServiceDB:
         self, *, team: Team | None = None, states: tuple[State, ...] = ()
     ) -> list[Submission]:
         """A team's submissions, newest first (every team's when `team` is None)."""
-        where, params = ["1"], []
+        where: list[str] = ["1"]
+        params: list[Any] = []
         if team is not None:
             where.append("s.team_id = ?")
             params.append(team.id)

@@ -20,9 +20,10 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
+from harness import docker as engine
 from harness.executor import Executor
-from harness.pipeline import EntryJob, StoreRecorder
-from harness.run import RunOptions, results_id
+from harness.options import RUN_LABEL, RunOptions, results_id
+from harness.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact
 from harness.service.db import ServiceDB, State, Submission
 from harness.store import Attempt, Status, Store
@@ -49,13 +50,16 @@ class Queue:
         self.jobs = options.jobs if executor is not None else 0
         self.zip_path = zip_path
         self.run_id = results_id(options.out)
-        self._running: dict[str, Future[tuple[Status, str]]] = {}
+        self._running: dict[str, Future[Ending]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="queue", daemon=True)
 
     def start(self) -> None:
+        if self.executor is not None:
+            # Removes the containers a killed service left behind (they carry its run label).
+            self.executor.start(self.options, self.run_id)
         self.recover()
         self._thread.start()
 
@@ -80,11 +84,25 @@ class Queue:
         return list(enumerate(running + [None] * (self.jobs - len(running)), start=1))
 
     def stop(self, sub_id: str) -> None:
-        """A running submission was cancelled: stop it (its containers are removed)."""
+        """A running submission was cancelled: remove its container, so that its health wait or
+        HELM run fails fast; its ending is then not recorded as the submission's result.
+
+        The executor seam stops everything at once only; one entry's container is found on this
+        machine's engine by its run label and image (a build under way runs to its end).
+        """
         with self._lock:
-            future = self._running.get(sub_id)
-        if future is not None and self.executor is not None:
-            self.executor.cancel(sub_id)
+            if sub_id not in self._running:
+                return
+        image = EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id).image
+        try:
+            sdk = engine.client()
+            for container in sdk.containers.list(
+                all=True, filters={"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image}
+            ):
+                container.remove(force=True)
+            sdk.close()
+        except Exception:  # already gone, or on another machine: the result is discarded anyway
+            log.warning("could not remove the container of cancelled %s", sub_id)
 
     def close(self) -> None:
         self._closing.set()
@@ -133,7 +151,11 @@ class Queue:
             self._running[sub.id] = future
         future.add_done_callback(lambda done: self._finished(sub.id, attempt, done))
 
-    def _finished(self, sub_id: str, attempt: Attempt, future: Future[tuple[Status, str]]) -> None:
+    def _finished(self, sub_id: str, attempt: Attempt, future: Future[Ending]) -> None:
+        if self._closing.is_set():
+            # Stopped by the service's own shutdown: not the entry's result. It stays running in
+            # the database and is queued again at its place on the next start.
+            return
         try:
             status, reason = future.result()
         except Exception as exc:  # an engine gone away: a result, so the queue goes on

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ class Upload:
     fields: dict[str, str]
 
 
-async def _limited(request: Request, limit: int) -> AsyncIterator[bytes]:
+async def _limited(request: Request, limit: int) -> AsyncGenerator[bytes, None]:
     received = 0
     async for chunk in request.stream():
         received += len(chunk)
@@ -91,7 +91,13 @@ def static_findings(path: Path) -> list[dict[str, Any]]:
         raise HTTPException(422, "the file is not a zip archive: zip the entry's folder")
     report = check_entry(path)  # extracts into a temporary folder of its own, safely
     return [
-        {"rule": f.rule, "severity": f.severity, "path": f.path, "line": f.line, "message": f.message}
+        {
+            "rule": f.rule,
+            "severity": f.severity,
+            "path": f.path,
+            "line": f.line,
+            "message": f.message,
+        }
         for f in report.findings
         if f.severity == "error"
     ]
