@@ -231,9 +231,10 @@ def test_pages_use_csrf_and_a_strict_httponly_cookie_and_never_show_tokens(
         page = browser.get(f"/submissions/{sub_id}")
         assert page.status_code == 200 and "queued" in page.text
         assert browser.post(f"/submissions/{sub_id}/cancel", data={}).status_code == 403
-        assert browser.post(
-            f"/submissions/{sub_id}/cancel", data={"csrf": csrf.group(1)}
-        ).status_code == 303
+        assert (
+            browser.post(f"/submissions/{sub_id}/cancel", data={"csrf": csrf.group(1)}).status_code
+            == 303
+        )
         pages = "".join(browser.get(p).text for p in ("/submissions", f"/submissions/{sub_id}"))
         assert token not in pages
     assert token not in served.log.read_text()
