@@ -129,7 +129,6 @@ Authed = Annotated[Team, Depends(_team)]
 def api_router(service: Service) -> APIRouter:
     router = APIRouter(prefix="/api/v1", tags=["v1"])
 
-
     @router.get("/health", include_in_schema=False)
     def health() -> dict[str, bool]:
         return {"ok": True}

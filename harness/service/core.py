@@ -12,8 +12,11 @@ whatever its visibility. Admins see every submission.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
+import secrets
 import statistics
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -71,7 +74,7 @@ class Service:
         `fields_check(fields)` runs on the form fields before anything is kept (the web form's
         CSRF token); a flagged entry is recorded (state flagged) and answered with a 422.
         """
-        partial = self.config.uploads / f".partial-{id(request):x}-{team.id}.zip"
+        partial = self.config.uploads / f".partial-{secrets.token_hex(8)}.zip"
         try:
             upload = await receive(request, partial, self.config.max_upload_bytes)
             if fields_check is not None:
@@ -103,7 +106,7 @@ class Service:
             raise HTTPException(
                 429,
                 {"message": str(exc), "next_slot_at": _iso(exc.next_slot)},
-                headers={"Retry-After": str(max(1, math.ceil(exc.next_slot - _now())))},
+                headers={"Retry-After": str(max(1, math.ceil(exc.next_slot - time.time())))},
             ) from exc
         finally:
             partial.unlink(missing_ok=True)
@@ -275,15 +278,7 @@ def _flag_reason(findings: list[dict[str, Any]]) -> str:
     return f"{len(findings)} error finding(s): {', '.join(rules)}; fix them and submit again"
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
-
-
 def _iso(stamp: float | None) -> str | None:
-    import datetime
-
     if stamp is None:
         return None
     return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")

@@ -276,3 +276,29 @@ def test_teams_add_prints_the_token_once_alone_on_the_last_line(tmp_path: Path) 
         [str(HARNESS), "teams", "add", "team-a", "--data", str(data)], capture_output=True
     )
     assert again.returncode == 2
+
+
+def test_admins_see_the_queue_and_every_team_and_teams_do_not(serve: Serve, tmp_path: Path) -> None:
+    served = serve()
+    token, admin = served.add_team("team-a"), served.add_team("organizers", admin=True)
+    sub_id = served.submit(token, stand_in_zip(tmp_path, "a")).json()["id"]
+
+    def signed_in(secret: str) -> httpx.Client:
+        browser = httpx.Client(base_url=served.url)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+        assert csrf is not None
+        browser.post("/signin", data={"token": secret, "csrf": csrf.group(1)})
+        return browser
+
+    with signed_in(token) as team:
+        assert team.get("/admin").status_code == 404
+    with signed_in(admin) as organizer:
+        page = organizer.get("/admin")
+        assert page.status_code == 200
+        assert sub_id in page.text and "team-a" in page.text
+        assert organizer.get(f"/submissions/{sub_id}").status_code == 200
+        csrf = organizer.cookies["harness_csrf"]
+        organizer.post(f"/submissions/{sub_id}/cancel", data={"csrf": csrf})
+        organizer.post(f"/submissions/{sub_id}/rerun", data={"csrf": csrf})
+    with served.client(token) as client:
+        assert client.get(f"/api/v1/submissions/{sub_id}").json()["status"] == "queued"

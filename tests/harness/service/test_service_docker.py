@@ -3,7 +3,10 @@ real HELM, on stand-in entries that build in seconds (tests/harness/data/entries
 
 from __future__ import annotations
 
+import json
+import os
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +14,8 @@ from typing import Any
 import pytest
 
 from harness.options import RUN_LABEL, results_id
-from tests.harness.service.conftest import Serve, Served, stand_in_zip
+from harness.submission import render_submission
+from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
 from tests.harness.test_run import write_conf
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
@@ -136,3 +140,36 @@ def test_kill_9_requeues_the_running_entry_and_each_finishes_once(
     assert runs == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert attempts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert finished_evaluations == {i: 1 for i in ids}
+
+
+def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
+    serve: Serve,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+) -> None:
+    """`harness submit --wait` on a real rendered submission serving the tiny model (slow: the
+    image installs torch from PyPI unless the engine's cache has it)."""
+    served = serve(*evaluating(["--health-tries", "60"], base_image, tmp_path))
+    token = served.add_team("team-a")
+    entry = render_submission("4090", "tiny", tmp_path / "tiny", model_dir=tiny_model_dir).path
+    submitted = subprocess.run(
+        [str(HARNESS), "submit", str(entry), "--server", served.url, "--track", "4090",
+         "--publish", "--wait"],
+        capture_output=True, text=True, env={**os.environ, "HARNESS_TOKEN": token}, timeout=1800,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + served.log.read_text()[-3000:]
+    sub_id = submitted.stdout.splitlines()[-1]
+    assert "scored" in submitted.stderr and token not in submitted.stderr + submitted.stdout
+    status = subprocess.run(
+        [str(HARNESS), "status", sub_id, "--server", served.url, "--json"],
+        capture_output=True, text=True, env={**os.environ, "HARNESS_TOKEN": token},
+    )  # fmt: skip
+    answer = json.loads(status.stdout)
+    assert answer["status"] == "scored" and answer["metrics"], answer
+    with served.client() as client:
+        board = client.get("/api/v1/leaderboard/4090").json()
+    assert [row["team"] for row in board["rows"]] == ["team-a"]
+    assert containers(docker_client, served) == []
