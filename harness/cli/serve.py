@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -106,6 +107,10 @@ def main(
     try:
         uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
     finally:
-        queue.close()
+        stopped = queue.close()
         store.close()
         db.close()
+    if not stopped:
+        # Interrupted evaluations are re-queued on the next start; their threads may still wait
+        # on a subprocess, and the interpreter would join them at exit.
+        os._exit(0)

@@ -104,14 +104,24 @@ class Queue:
         except Exception:  # already gone, or on another machine: the result is discarded anyway
             log.warning("could not remove the container of cancelled %s", sub_id)
 
-    def close(self) -> None:
+    def close(self) -> bool:
+        """Stop taking submissions and stop what runs (it is re-queued on the next start).
+
+        Returns False when evaluations were still in flight: their worker threads may wait on a
+        build or a HELM subprocess for minutes, so the caller should not wait for them.
+        """
         self._closing.set()
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
-        if self.executor is not None:
-            self.executor.interrupt()
+        if self.executor is None:
+            return True
+        with self._lock:
+            idle = not self._running
+        self.executor.interrupt()
+        if idle:
             self.executor.close()
+        return idle
 
     # -- the loop ---------------------------------------------------------------------------------
 
