@@ -15,8 +15,8 @@ PIP_COMPILE := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-
 # indexes this machine's pip configuration adds.
 PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
 
-.PHONY: help setup lock engine base-image submission demo test check bench bench-serve bench-train \
-	bench-check bench-serve-api clean
+.PHONY: help setup lock ray engine base-image browser submission demo test check bench bench-serve \
+	bench-train bench-check bench-sparse bench-serve-api clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -37,9 +37,16 @@ $(HELM_VENV)/.stamp: lockfiles/helm.txt lockfiles/helm-core.txt
 
 setup: $(VENV)/.stamp $(HELM_VENV)/.stamp  ## create or refresh .venv and .venv-helm from the locks
 
+$(VENV)/.ray-stamp: $(VENV)/.stamp lockfiles/ray.txt
+	$(VENV)/bin/pip install -q --require-hashes -r lockfiles/ray.txt
+	touch $@
+
+ray: $(VENV)/.ray-stamp  ## add Ray (the fleet executor, --executor ray) to .venv from its lock
+
 lock: $(VENV)/.stamp  ## recompile every lockfile from its .in (needs PyPI)
 	# --unsafe-package replaces pip-tools' default set: torch is left out, setuptools is pinned.
 	$(PIP_COMPILE) --unsafe-package torch -o lockfiles/dev.txt lockfiles/dev.in
+	$(PIP_COMPILE) --unsafe-package torch -o lockfiles/ray.txt lockfiles/ray.in
 	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/serve.txt lockfiles/serve.in
 	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/train.txt lockfiles/train.in
 	$(PYPI_ONLY) $(PIP_COMPILE) --allow-unsafe -o lockfiles/helm.txt lockfiles/helm.in
@@ -51,13 +58,16 @@ engine:  ## make a Docker engine reachable (installs and starts one as root)
 base-image: engine  ## build the local base image the templates use when Docker Hub is out of reach
 	scripts/base-image.sh $(BASE_IMAGE)
 
+browser:  ## headless Chromium for the browser tests (installs Debian's chromium as root)
+	scripts/chromium.sh
+
 submission: $(VENV)/.stamp  ## render a submission: make submission TRACK=4090 NAME=my-entry
 	$(VENV)/bin/harness submission new --track $(TRACK) --name $(NAME)
 
 demo: setup base-image  ## the main job, end to end on CPU
 	$(VENV)/bin/python scripts/demo.py
 
-test: setup  ## the test suite (docker tests run when an engine is reachable)
+test: setup ray  ## the test suite (docker tests run when an engine is reachable)
 	$(VENV)/bin/pytest
 
 check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
@@ -65,7 +75,7 @@ check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
 	$(VENV)/bin/ruff format --check harness templates tests scripts benchmarks
 	$(VENV)/bin/mypy
 
-bench: bench-serve bench-train bench-check bench-serve-api  ## every benchmark
+bench: bench-serve bench-train bench-check bench-sparse bench-serve-api  ## every benchmark
 
 bench-serve: setup  ## server throughput against a naive baseline
 	$(VENV)/bin/python benchmarks/bench_serve.py
@@ -78,6 +88,9 @@ bench-serve-api: setup base-image  ## harness serve: API p99 while 20 teams x 10
 
 bench-check: $(VENV)/.stamp  ## harness check on 225 generated entries against detect-secrets' CLI
 	$(VENV)/bin/python benchmarks/bench_check.py
+
+bench-sparse: $(VENV)/.stamp  ## coarse-to-fine tiers against the full budget, simulated competitions
+	$(VENV)/bin/python benchmarks/bench_sparse.py
 
 clean:  ## remove the venvs and caches (not submissions/)
 	rm -rf $(VENV) $(HELM_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -12,13 +12,15 @@ import functools
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from harness.errors import InfrastructureError
+from harness.lock import die_with_parent
 
 LABEL = "org.harness.managed"
 
@@ -109,8 +111,10 @@ def build(
     started = time.monotonic()
     with log_path.open("wb") as log:
         try:
+            # The CLI dies with the harness (its build on the daemon is then cancelled).
             proc = subprocess.run(
                 cmd,
+                preexec_fn=die_with_parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -124,29 +128,106 @@ def build(
     return BuildResult(proc.returncode == 0, False, time.monotonic() - started, log_path, tag)
 
 
+# The state of a container that is gone: removed from outside the harness, or lost with its engine.
+REMOVED = "removed"
+
+
+def engine_unreachable(exc: BaseException) -> bool:
+    """Whether `exc` means the engine stopped answering (stopped, restarting), not a refusal."""
+    import requests
+
+    return isinstance(exc, requests.exceptions.ConnectionError)
+
+
+@contextlib.contextmanager
+def _engine_calls(what: str) -> Iterator[None]:
+    """Translate an engine that stopped answering into InfrastructureError."""
+    try:
+        yield
+    except Exception as exc:
+        if engine_unreachable(exc):
+            raise InfrastructureError(f"the Docker engine stopped answering ({what})") from exc
+        raise
+
+
 @dataclass
 class RunningContainer:
-    """A detached container serving HTTP on its port 80, and the URL the harness reaches it at."""
+    """A detached container serving HTTP on its port 80, and the URL the harness reaches it at.
+
+    A container removed behind the harness's back is not an error here: it is not alive, its
+    state's Status is `REMOVED`, its logs are empty. An engine that stops answering raises
+    InfrastructureError, except from `remove` (there is nothing left to remove then).
+    """
 
     container: Any
     url: str
 
     def alive(self) -> bool:
-        self.container.reload()
-        return bool(self.container.status in ("created", "running"))
+        return self.state().get("Status") in ("created", "running")
 
     def state(self) -> dict[str, Any]:
-        self.container.reload()
+        import docker.errors
+
+        with _engine_calls("reading a container's state"):
+            try:
+                self.container.reload()
+            except docker.errors.NotFound:
+                return {"Status": REMOVED}
         return dict(self.container.attrs.get("State", {}))
 
     def logs(self, tail: int = 2000) -> str:
-        return bytes(self.container.logs(tail=tail)).decode(errors="replace")
+        import docker.errors
+
+        with _engine_calls("reading a container's logs"):
+            try:
+                return bytes(self.container.logs(tail=tail)).decode(errors="replace")
+            except docker.errors.NotFound:
+                return ""
 
     def remove(self) -> None:
         import docker.errors
 
-        with contextlib.suppress(docker.errors.NotFound):
+        try:
             self.container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except Exception as exc:
+            if not engine_unreachable(exc):
+                raise
+
+
+class EngineWatch:
+    """Knows when the engine goes away (stopped, restarted) by holding its event stream open.
+
+    dockerd closes its API before it stops the containers, so `lost` is set before any container
+    is seen dead: a restart is told apart from entries that crashed.
+    """
+
+    def __init__(self) -> None:
+        import docker
+
+        self.lost = threading.Event()
+        self._closing = threading.Event()
+        # Its own client without a read timeout: the stream may see no event for hours.
+        self._sdk = docker.from_env(timeout=7 * 24 * 3600)
+        with _engine_calls("following its events"):
+            self._stream = self._sdk.events(decode=True)
+        self._thread = threading.Thread(target=self._follow, name="engine-watch", daemon=True)
+        self._thread.start()
+
+    def _follow(self) -> None:
+        with contextlib.suppress(Exception):
+            for _ in self._stream:
+                pass
+        if not self._closing.is_set():
+            self.lost.set()
+
+    def close(self) -> None:
+        self._closing.set()
+        with contextlib.suppress(Exception):
+            self._stream.close()
+        self._thread.join(timeout=5)
+        self._sdk.close()
 
 
 def start_container(
@@ -156,14 +237,16 @@ def start_container(
     labels: Mapping[str, str],
     network: str | None = None,
     mem_limit: str | None = None,
-    gpus: bool = False,
+    gpu: int | None = None,
     environment: Mapping[str, str] | None = None,
     name: str | None = None,
 ) -> RunningContainer:
     """Start `image` detached. On `network` (an internal one: no way out) the harness reaches it at
-    its address there; otherwise its port 80 is published on 127.0.0.1 only, at a free port."""
+    its address there; otherwise its port 80 is published on 127.0.0.1 only, at a free port.
+    `gpu`: the one GPU it may see."""
     import docker.errors
-    from docker.types import DeviceRequest
+
+    from harness.gpus import device_request, gpu_environment
 
     options: dict[str, Any] = {
         "detach": True,
@@ -173,8 +256,9 @@ def start_container(
     }
     if mem_limit:
         options["mem_limit"] = mem_limit
-    if gpus:
-        options["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+    if gpu is not None:
+        options["device_requests"] = [device_request(gpu)]
+        options["environment"].update(gpu_environment(gpu))
     if network:
         options["network"] = network
     else:

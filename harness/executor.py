@@ -54,7 +54,10 @@ class LocalExecutor:
         # Removing the containers makes whatever the workers wait on fail fast.
         if self.machine is not None:
             self.machine.stop()
+            self.machine.close()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def close(self) -> None:
         self._pool.shutdown()
+        if self.machine is not None:
+            self.machine.close()

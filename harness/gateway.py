@@ -15,7 +15,10 @@ run when a /process request keeps failing. The gateway sits in between, on 127.0
 - an entry's error status, or an entry that cannot be reached, is passed on as an error: HELM
   retries, and fails the run if it persists (that is the entry's failure, not a 0 score);
 - each request's real latency is measured, and a JSONL request log is written with secrets
-  redacted (`harness.secrets.redact`).
+  redacted (`harness.secrets.redact`); an answered /process line also counts its tokens:
+  `completion_tokens` (the tokens the entry returned, less an echoed prompt) and `prompt_tokens`
+  (the entry's own count from HELM's /tokenize call on that same prompt, null when there was none),
+  which the leaderboard turns into tokens per second.
 
     with Gateway("http://127.0.0.1:8080", deadline=time.monotonic() + 300 * 60,
                  request_log=results / "entry" / "requests.jsonl") as gateway:
@@ -50,6 +53,7 @@ from harness.errors import InfrastructureError
 from harness.secrets import redact
 
 EMPTY_COMPLETION: dict[str, Any] = {"text": "", "tokens": [], "logprob": 0.0, "request_time": 0.0}
+TOKENIZED_PROMPTS = 256  # /tokenize answers remembered to count the tokens of the next /process
 PROXIED = {"/process": "POST", "/tokenize": "POST", "/decode": "POST", "/health": "GET"}
 
 
@@ -164,6 +168,9 @@ class Gateway:
         self._lock = threading.Lock()
         self._log: IO[str] | None = None
         self._client: httpx.AsyncClient | None = None
+        # HELM tokenizes each prompt (to fit the context window) just before it asks for a
+        # completion; the entry's answer then gives the prompt's length in its own tokens.
+        self._token_counts: dict[str, int] = {}
         handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
             "/process": self._process,
             "/tokenize": self._forward_with_tokenizer_timeout,
@@ -271,7 +278,8 @@ class Gateway:
             return JSONResponse({"detail": f"the entry is unreachable: {type(exc).__name__}"}, 502)
         latency = time.monotonic() - started
         outcome = Outcome.ANSWERED if upstream.status_code < 400 else Outcome.ERROR
-        self._record(request, body, upstream.status_code, latency, outcome)
+        tokens = self._count_tokens(request.url.path, body, upstream.content)
+        self._record(request, body, upstream.status_code, latency, outcome, tokens)
         return Response(
             upstream.content,
             status_code=upstream.status_code,
@@ -285,6 +293,7 @@ class Gateway:
         status: int,
         latency_s: float,
         outcome: Outcome,
+        tokens: dict[str, int | None] | None = None,
     ) -> None:
         record = _Record(request.url.path, status, latency_s, outcome)
         with self._lock:
@@ -297,9 +306,35 @@ class Gateway:
             "outcome": outcome.value,
             "answered": outcome is Outcome.ANSWERED,
             "excerpt": self._excerpt(body),
+            **(tokens or {}),
         }
         if self._log is not None:
             self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+
+    def _count_tokens(
+        self, endpoint: str, body: bytes, answer: bytes
+    ) -> dict[str, int | None] | None:
+        """Token counts of an answered /process (remembering /tokenize's on the way); a body
+        that is not the protocol's JSON counts as nothing rather than failing the request."""
+        if endpoint not in ("/process", "/tokenize"):
+            return None
+        try:
+            request, response = json.loads(body), json.loads(answer)
+            if endpoint == "/tokenize":
+                if len(self._token_counts) >= TOKENIZED_PROMPTS:
+                    self._token_counts.pop(next(iter(self._token_counts)))
+                self._token_counts[str(request["text"])] = len(response["tokens"])
+                return None
+            prompt = self._token_counts.get(str(request["prompt"]))
+            sequences = response.get("completions") or [response]
+            returned = sum(len(sequence["tokens"]) for sequence in sequences)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+        if request.get("echo_prompt"):
+            if prompt is None:  # the echoed prompt cannot be told apart from the completion
+                return {"prompt_tokens": None, "completion_tokens": None}
+            returned -= prompt * len(sequences)
+        return {"prompt_tokens": prompt, "completion_tokens": max(returned, 0)}
 
     def _excerpt(self, body: bytes) -> str:
         """The start of the prompt or text, redacted whole first so no secret is cut in half."""

@@ -32,7 +32,9 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ from typing import Any
 import yaml
 
 from harness.errors import ConfigError, InfrastructureError
+from harness.lock import die_with_parent
 
 _PACKAGE = Path(__file__).resolve().parent
 RUNSPECS_DIR = _PACKAGE / "runspecs"
@@ -56,6 +59,7 @@ MAIN_METRICS: dict[str, str] = {
     "truthful_qa": "exact_match",
     "bbq": "quasi_exact_match",
     "summarization_cnndm": "rouge_2",
+    "summarization_cnndm_rouge": "rouge_2",
     "gsm": "final_number_exact_match",
     "math": "math_equiv_chain_of_thought",
     "simple_mcqa": "exact_match",
@@ -75,10 +79,23 @@ SPLITS = ("test", "valid")
 _URL_OVERRIDE = "HELM_HTTP_MODEL_BASE_URL"
 # Offline scoring downloads nothing: scenarios needing data fail at once instead of waiting.
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+_PUNKT_TAB_FILES = (
+    "collocations.tab",
+    "sent_starters.txt",
+    "abbrev_types.txt",
+    "ortho_context.tab",
+)
 _SAFE_NAME = re.compile(r"[^a-z0-9_-]+")
 _SCENARIO_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 _LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
 _RUN_ERROR = re.compile(r"Error when running (?P<run>.+):$")
+# What HELM itself requires of a finished run (`Runner._is_run_completed`, crfm-helm 0.5.16). It
+# writes them in this order with a plain open and write once the run's metrics are computed, so a
+# helm-run killed mid-run leaves a run folder with none or some of them, the last one cut short.
+RUN_OUTPUTS = (
+    "run_spec.json", "scenario.json", "scenario_state.json", "stats.json",
+    "per_instance_stats.json",
+)  # fmt: skip
 
 
 def helm_bin_dir() -> Path:
@@ -120,7 +137,10 @@ class HelmEndpoint:
 
     `max_sequence_length` is the context HELM fits prompts into (it truncates through the
     server's /tokenize and /decode); the tokens are what the tokenizer config names as
-    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`).
+    end-of-text and prefix tokens (Llama and Mistral use `</s>` and `<s>`). `cache_requests`
+    keeps every answer in HELM's request cache (`prod_env/cache/`), so a later run in the same
+    folder, a larger nested sample say, asks the model only what it has not answered yet; the
+    cache belongs to one image of the entry and must go when the image changes.
     """
 
     entry: str
@@ -129,6 +149,7 @@ class HelmEndpoint:
     end_of_text_token: str = "</s>"
     prefix_token: str = "<s>"
     request_timeout_s: int = 3000
+    cache_requests: bool = False
 
     @property
     def model(self) -> str:
@@ -151,7 +172,11 @@ def write_prod_env(folder: Path, endpoints: Sequence[HelmEndpoint]) -> Path:
                 "max_sequence_length": endpoint.max_sequence_length,
                 "client_spec": {
                     "class_name": "helm.clients.http_model_client.HTTPModelClient",
-                    "args": {"base_url": url, "timeout": endpoint.request_timeout_s},
+                    "args": {
+                        "base_url": url,
+                        "timeout": endpoint.request_timeout_s,
+                        "do_cache": endpoint.cache_requests,
+                    },
                 },
             }
         )
@@ -315,17 +340,24 @@ def _shares(total: int, parts: int) -> list[int]:
 
 
 def write_helm_conf(
-    conf: RunSpecConf, dest: Path, *, max_eval_instances: int, budget: int | None = None
+    conf: RunSpecConf,
+    dest: Path,
+    *,
+    max_eval_instances: int,
+    budget: int | None = None,
+    counts: Sequence[int] | None = None,
 ) -> Path:
     """Write the HELM-ready conf: every entry capped at `max_eval_instances`, and at its share of
-    `budget` when one is given; each tagged with its scenario as a group."""
+    `budget` when one is given, or at its own count of `counts` (an instance pack's); each tagged
+    with its scenario as a group."""
     if max_eval_instances < 1:
         raise ConfigError(f"--max-eval-instances must be at least 1, got {max_eval_instances}")
-    shares = (
-        split_budget(conf, budget)
-        if budget is not None
-        else [max_eval_instances] * len(conf.entries)
-    )
+    if counts is not None:
+        shares = list(counts)
+    elif budget is not None:
+        shares = split_budget(conf, budget)
+    else:
+        shares = [max_eval_instances] * len(conf.entries)
     entries = []
     for entry, share in zip(conf.entries, shares, strict=True):
         limit = min(share, max_eval_instances)
@@ -483,7 +515,8 @@ class RunResult:
 
 @dataclass(frozen=True)
 class HelmRun:
-    """What one `helm-run` did: its exit status, whether the wall clock stopped it, its runs."""
+    """What one `helm-run` did: its exit status, whether the wall clock stopped it (or the caller,
+    `stopped`), its runs."""
 
     returncode: int
     timed_out: bool
@@ -491,6 +524,12 @@ class HelmRun:
     output_dir: Path
     runs: tuple[RunResult, ...] = field(default=())
     error: str | None = None
+    stopped: bool = False
+
+    @property
+    def killed(self) -> bool:
+        """Killed by a signal nobody in the harness sent: what it wrote is not to be trusted."""
+        return self.returncode < 0 and not self.timed_out and not self.stopped
 
     @property
     def failed_runs(self) -> tuple[RunResult, ...]:
@@ -506,19 +545,24 @@ def run_helm(
     timeout_s: float,
     metrics: Mapping[str, str] | None = None,
     offline: bool = True,
+    cache_instances: bool = False,
     suite: str = SUITE,
     num_threads: int = 1,
     bin_dir: Path | None = None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> HelmRun:
     """Run helm-run in `run_dir` (which holds `prod_env/`) on `conf` for `models`.
 
     `timeout_s` is a hard stop for a HELM that hangs (the gateway enforces the stage deadline);
     `offline` forbids Hugging Face downloads, so a scenario needing data fails at once instead
-    of waiting on the network (the open and closed confs need `offline=False` and internet).
-    `metrics` is `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again
-    after a crash resumes; the log keeps every attempt. A run that HELM could not finish is a
+    of waiting on the network (the open and closed confs need `offline=False` and internet,
+    unless `cache_instances`: an instance pack installed in `run_dir` by
+    `harness.instances.install_pack` stands in for every scenario's data). `metrics` is
+    `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again after a crash
+    resumes; the log keeps every attempt. A run that HELM could not finish is a
     RunResult with its error; a helm-run that failed before running anything (a bad conf, say)
-    is a HelmRun with `error` set and no runs.
+    is a HelmRun with `error` set and no runs. `should_stop` is polled every second: when it
+    says so (the served container is gone, say), HELM is stopped and the HelmRun is `stopped`.
     """
     helm = check_helm(bin_dir) / "helm-run"
     models = list(models)
@@ -535,18 +579,24 @@ def run_helm(
         "--num-threads", str(num_threads),
         "--plugins", str(PLUGIN),
         "--skip-completed-runs",
+        *(["--cache-instances"] if cache_instances else []),
     ]  # fmt: skip
     log = run_dir / "helm-run.log"
-    returncode, timed_out = _run_tool(command, run_dir, log, timeout_s, offline)
+    returncode, ended = _run_tool(command, run_dir, log, timeout_s, offline, should_stop)
+    timed_out, stopped = ended == "timed-out", ended == "stopped"
     output_dir = run_dir / "benchmark_output"
     text = log.read_text(errors="replace")
     runs = read_metrics(output_dir, suite, metrics, log_text=text, timed_out=timed_out)
     error = None
     if timed_out:
         error = f"helm-run ran past its {timeout_s:g} s limit and was stopped"
+    elif stopped:
+        error = "helm-run was stopped by the harness"
+    elif returncode < 0:
+        error = f"helm-run was killed by {signal.Signals(-returncode).name} before it finished"
     elif returncode != 0 and not runs:
         error = _last_exception(text.splitlines()) or f"helm-run exited with {returncode}"
-    return HelmRun(returncode, timed_out, log, output_dir, tuple(runs), error)
+    return HelmRun(returncode, timed_out, log, output_dir, tuple(runs), error, stopped)
 
 
 def summarize_helm(
@@ -556,33 +606,64 @@ def summarize_helm(
     helm = check_helm(bin_dir) / "helm-summarize"
     command = [str(helm), "--suite", suite, "--output-path", "benchmark_output"]
     log = run_dir / "helm-summarize.log"
-    returncode, timed_out = _run_tool(command, run_dir, log, timeout_s, offline=True)
-    return returncode == 0 and not timed_out
+    returncode, ended = _run_tool(command, run_dir, log, timeout_s, offline=True)
+    return returncode == 0 and ended == "exited"
 
 
 def _run_tool(
-    command: list[str], cwd: Path, log: Path, timeout_s: float, offline: bool
-) -> tuple[int, bool]:
+    command: list[str],
+    cwd: Path,
+    log: Path,
+    timeout_s: float,
+    offline: bool,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> tuple[int, str]:
+    """Run a HELM tool to its end; returns its exit status and "exited", "timed-out" or
+    "stopped" (by `should_stop`)."""
     env = {key: value for key, value in os.environ.items() if key != _URL_OVERRIDE}
     if offline:
         env.update(_OFFLINE_ENV)
+        env["NLTK_DATA"] = os.pathsep.join(
+            filter(None, [str(_nltk_stub(cwd)), os.environ.get("NLTK_DATA")])
+        )
     with log.open("a") as out:
         try:
-            # A session of its own, so a timeout stops HELM's worker processes too.
+            # A session of its own, so a timeout stops HELM's worker processes too; and it dies
+            # with the harness, however the harness dies.
             process = subprocess.Popen(
                 command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=die_with_parent,
             )  # fmt: skip
         except OSError as exc:
             raise InfrastructureError(f"cannot start {command[0]}: {exc.strerror}") from exc
+        deadline = time.monotonic() + timeout_s
         try:
-            return process.wait(timeout=timeout_s), False
-        except subprocess.TimeoutExpired:
-            _stop(process)
-            return process.returncode, True
+            while True:
+                with suppress(subprocess.TimeoutExpired):
+                    left = deadline - time.monotonic()
+                    return process.wait(timeout=max(0.0, min(1.0, left))), "exited"
+                if time.monotonic() >= deadline or should_stop():
+                    ended = "timed-out" if time.monotonic() >= deadline else "stopped"
+                    _stop(process)
+                    return process.returncode, ended
         except BaseException:
             _stop(process)
             raise
+
+
+def _nltk_stub(cwd: Path) -> Path:
+    """An NLTK data folder holding an empty `punkt_tab`.
+
+    Every helm-run calls `nltk.download("punkt_tab")` unless NLTK finds it, and offline that
+    download waits on the network. Only BLEU and the bias metrics tokenize sentences with it,
+    and no main metric here is one of them: an empty model is found and never used.
+    """
+    folder = cwd / "nltk_data"
+    english = folder / "tokenizers" / "punkt_tab" / "english"
+    english.mkdir(parents=True, exist_ok=True)
+    for name in _PUNKT_TAB_FILES:
+        (english / name).touch()
+    return folder
 
 
 def _stop(process: subprocess.Popen[bytes]) -> None:
@@ -609,12 +690,12 @@ def read_metrics(
     log_text: str = "",
     timed_out: bool = False,
 ) -> list[RunResult]:
-    """The main metric of every run under `output_dir/runs/suite`.
+    """The main metric of every run under `output_dir/runs/suite` that HELM finished.
 
     `metrics` maps a scenario to its main metric (`RunSpecConf.metrics()`); other scenarios use
     `MAIN_METRICS` by run-spec name, then the first of `FALLBACK_METRICS` present. A run folder
-    without stats.json failed: its error comes from `log_text` (helm-run's log) where HELM
-    reported one there.
+    without all of `RUN_OUTPUTS` failed or was cut short (a killed helm-run leaves such folders):
+    its error comes from `log_text` (helm-run's log) where HELM reported one there.
     """
     runs_dir = output_dir / "runs" / suite
     if not runs_dir.is_dir():
@@ -625,14 +706,17 @@ def read_metrics(
         if not run_dir.is_dir() or run_dir.name == "eval_cache":
             continue
         result = _describe_run(run_dir.name)
-        stats_file = run_dir / "stats.json"
-        if not stats_file.is_file():
+        if not all((run_dir / name).is_file() for name in RUN_OUTPUTS):
             reason = errors.get(run_dir.name) or (
-                "stopped by the time limit" if timed_out else "HELM wrote no stats.json"
+                "stopped by the time limit" if timed_out else "HELM did not finish this run"
             )
             results.append(replace(result, error=reason))
             continue
-        stats = json.loads(stats_file.read_text())
+        try:
+            stats = json.loads((run_dir / "stats.json").read_text())
+        except (OSError, ValueError):
+            results.append(replace(result, error="HELM's stats.json of this run is unreadable"))
+            continue
         metric = (
             (metrics or {}).get(result.scenario)
             or MAIN_METRICS.get(result.scenario)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
-from harness.helm import SHIPPED_CONFS, shipped_conf
+from harness.helm import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
+from harness.instances import Pack, nested_counts, verify_pack
 
 STAGE_MINUTES = {"open": 300, "closed": 600}
 TRACK_GPU_GIB = {"4090": 24, "A100": 40}
@@ -46,7 +47,8 @@ class RunOptions:
     deadline_s: float | None = None  # default: the stage's limit
     health: HealthSchedule = field(default_factory=HealthSchedule)
     allow_network: bool = False
-    gpus: bool | None = None  # None: when the engine has an NVIDIA runtime
+    # GPU indexes, one per entry at a time (harness/gpus.py); None: every GPU the engine exposes.
+    gpus: tuple[int, ...] | None = None
     mem_limit: str | None = None
     max_sequence_length: int = 4096
     process_timeout_s: float = 600.0
@@ -59,11 +61,33 @@ class RunOptions:
     # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
     # names the scenarios and their metrics): `harness reproduce` replays the original run's.
     helm_conf: Path | None = None
+    # The coarse-to-fine tier (1-based) this run is (harness/tiers.py): its HELM runs go to a
+    # suite of their own, so a tier reads only its own runs while sharing HELM's request cache.
+    tier: int | None = None
+    # An instance pack (harness/instances.py): HELM evaluates its instances (the first ones of
+    # each run spec under `budget`) and nothing else, offline; its entries are the conf.
+    instances: Path | None = None
 
     @property
     def helm_offline(self) -> bool:
-        """HELM may download data sets only for the competition's confs, which need them."""
-        return (self.run_specs or self.stage) not in ("open", "closed")
+        """HELM may download data sets only for the competition's confs without a pack."""
+        return self.instances is not None or (self.run_specs or self.stage) not in (
+            "open",
+            "closed",
+        )
+
+    def pack(self) -> Pack | None:
+        """The instance pack, verified: an edited or incomplete one is a PackError (exit 2)."""
+        if self.instances is None:
+            return None
+        pack = verify_pack(self.instances)
+        nested_counts(pack, self.budget)  # a budget larger than the pack's is refused here
+        return pack
+
+    def run_spec_conf(self) -> RunSpecConf:
+        """The run specs scored: the pack's, else the conf of `run_specs` or the stage."""
+        pack = self.pack()
+        return pack.run_spec_conf() if pack else load_conf(self.conf_path())
 
     def __post_init__(self) -> None:
         if self.track not in TRACK_GPU_GIB:

@@ -12,10 +12,12 @@ reason.
 
 from __future__ import annotations
 
+import errno
+import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,16 +25,26 @@ from typing import Any, NamedTuple, Protocol
 
 from harness import docker as engine
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
-from harness.errors import EntryError
+from harness.errors import EntryError, InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway, GatewayStats
+from harness.gpus import GpuPool, resolve_gpus
 from harness.health import wait_healthy
-from harness.helm import HelmEndpoint, HelmRun, load_conf, run_helm, write_helm_conf, write_prod_env
+from harness.helm import (
+    SUITE,
+    HelmEndpoint,
+    HelmRun,
+    run_helm,
+    write_helm_conf,
+    write_prod_env,
+)
+from harness.instances import install_pack
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
 
 EVAL_NETWORK = "harness-eval"
+_VANISHED = "the container disappeared (removed from outside the harness)"
 
 
 class Ending(NamedTuple):
@@ -67,6 +79,12 @@ class EntryJob:
     @property
     def image(self) -> str:
         return f"harness-entry/{entry_slug(self.name)}:{self.stage}"
+
+    @property
+    def container(self) -> str:
+        """Deterministic: a retry (another attempt, a Ray task re-run after its node died)
+        replaces what an earlier one left on the same engine instead of running beside it."""
+        return f"harness-{self.run_id}-{entry_slug(self.name)}-{self.stage}"
 
 
 # -- what the pipeline tells as it goes ---------------------------------------------------------
@@ -168,16 +186,34 @@ class Machine:
     """The worker side: one Docker engine, its evaluation network and GPUs, and what runs on it.
 
     `stop()` (an interrupt) makes every pipeline on this machine end fast: health waits give up and
-    the containers are removed, so whatever waits on them fails at once.
+    the containers are removed, so whatever waits on them fails at once. An engine that goes away
+    (`engine_lost`) does the same, and the pipelines then raise InfrastructureError instead of
+    ending their entries: the entries did nothing wrong, a rerun evaluates them.
     """
 
-    def __init__(self, sdk: Any, *, allow_network: bool, gpus: bool | None) -> None:
+    def __init__(
+        self,
+        sdk: Any,
+        *,
+        allow_network: bool,
+        gpus: tuple[int, ...] | None,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
         self.sdk = sdk
+        self.labels = dict(labels or {})  # put on every container (the Ray executor: its node)
         self.network = None if allow_network else self._eval_network()
-        self.gpus = ("nvidia" in sdk.info().get("Runtimes", {})) if gpus is None else gpus
+        self.gpus = GpuPool(resolve_gpus(sdk, gpus))
         self.stopping = threading.Event()
+        self._watch = engine.EngineWatch()
+        self.engine_lost = self._watch.lost
         self._containers: dict[str, engine.RunningContainer] = {}
         self._lock = threading.Lock()
+
+    def should_stop(self) -> bool:
+        return self.stopping.is_set() or self.engine_lost.is_set()
+
+    def close(self) -> None:
+        self._watch.close()
 
     def _eval_network(self) -> str:
         """An internal network: entries are reachable from here but reach nothing outside."""
@@ -193,6 +229,10 @@ class Machine:
         for container in stale:
             with suppress(Exception):
                 container.remove(force=True)
+
+    def remove_container(self, name: str) -> None:
+        with suppress(Exception):  # none by that name: nothing to do
+            self.sdk.containers.get(name).remove(force=True)
 
     def hold(self, key: str, served: engine.RunningContainer) -> None:
         with self._lock:
@@ -238,15 +278,27 @@ def _summary(report: EntryReport) -> str:
 
 
 def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
-    """Check, build, serve and score one entry on `machine`; see the module docstring."""
-    job.logs.mkdir(parents=True, exist_ok=True)
+    """Check, build, serve and score one entry on `machine`; see the module docstring.
+
+    Raises InfrastructureError when the engine went away meanwhile, whatever the steps saw.
+    """
     try:
+        job.logs.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
             ending = _Pipeline(job, recorder, machine).run(Path(tmp))
     except _Ended as ended:
         ending = ended.ending
     except EntryError as exc:
         ending = Ending(Status.EVAL_FAILED, str(exc))
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        ending = Ending(Status.EVAL_FAILED, f"no space left to write {exc.filename or 'a log'}")
+    if machine.engine_lost.is_set():
+        raise InfrastructureError(
+            "the Docker engine went away (stopped or restarted) during the batch; finished "
+            "entries are stored: run the same command again to evaluate the rest"
+        )
     return Ending(ending.status, redact(ending.reason))
 
 
@@ -262,11 +314,13 @@ class _Pipeline:
         dockerfile = self._check()
         root = self._context(tmp)
         image = self._build(root, dockerfile)
-        served = self._serve(image)
-        try:
-            return self._evaluate(served)
-        finally:
-            self._release(served)
+        # The GPU is held while the entry is served only: other entries build meanwhile.
+        with self.machine.gpus.lease(self.machine.stopping) as gpu:
+            served = self._serve(image, gpu)
+            try:
+                return self._evaluate(served, gpu)
+            finally:
+                self._release(served)
 
     @contextmanager
     def _step(self, step: Step, log: Path | None = None) -> Iterator[list[str]]:
@@ -291,10 +345,12 @@ class _Pipeline:
 
     def _release(self, served: engine.RunningContainer) -> str:
         """Keep the container's log (redacted) and remove it; returns the log as it was."""
-        text = served.logs(tail=5000)
-        (self.job.logs / "container.log").write_text(redact(text))
         self.machine.release(self.job.name)
-        served.remove()
+        try:
+            text = served.logs(tail=5000)
+            (self.job.logs / "container.log").write_text(redact(text))
+        finally:
+            served.remove()
         return text
 
     def _context(self, tmp: Path) -> Path:
@@ -329,6 +385,8 @@ class _Pipeline:
             with suppress(Exception):
                 self.machine.sdk.images.get(tag)
                 return tag
+        # HELM's request cache holds the answers of the image it is about to replace.
+        shutil.rmtree(self.job.helm_dir / "prod_env" / "cache", ignore_errors=True)
         with self._step(Step.BUILD, log) as detail:
             result = engine.build(
                 (root / dockerfile).parent,
@@ -355,26 +413,30 @@ class _Pipeline:
                 raise _Ended(Status.BUILD_FAILED, f"{failure.cause.value}: {failure.reason}")
             return tag
 
-    def _serve(self, image: str) -> engine.RunningContainer:
+    def _serve(self, image: str, gpu: int | None) -> engine.RunningContainer:
         with self._step(Step.SERVE, self.job.logs / "container.log") as detail:
+            self.machine.remove_container(self.job.container)
             served = engine.start_container(
                 self.machine.sdk,
                 image,
-                labels={RUN_LABEL: self.job.run_id},
+                name=self.job.container,
+                labels={RUN_LABEL: self.job.run_id, **self.machine.labels},
                 network=self.machine.network,
-                gpus=self.machine.gpus,
+                gpu=gpu,
                 mem_limit=self.options.mem_limit,
             )
             self.machine.hold(self.job.name, served)
             health = wait_healthy(
                 served.url,
                 schedule=self.options.health,
-                alive=lambda: served.alive() and not self.machine.stopping.is_set(),
+                alive=lambda: served.alive() and not self.machine.should_stop(),
             )
             detail.append(f"{health.reason} after {health.seconds:.0f} s")
             if not health.healthy:
                 state = served.state()
                 logs_text = self._release(served)
+                if state.get("Status") == engine.REMOVED:
+                    raise _Ended(Status.CRASHED, _VANISHED)
                 if state.get("Status") in ("exited", "dead"):
                     failure = classify_container(
                         state.get("ExitCode"), bool(state.get("OOMKilled")), logs_text
@@ -383,13 +445,15 @@ class _Pipeline:
                 raise _Ended(Status.UNHEALTHY, health.reason)
             return served
 
-    def _evaluate(self, served: engine.RunningContainer) -> Ending:
+    def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
         run_dir = self.job.helm_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        conf_spec = load_conf(self.options.conf_path())
+        pack = self.options.pack()
+        conf_spec = self.options.run_spec_conf()
         deadline = time.monotonic() + self.options.stage_limit_s
-        gpus = self.machine.gpus
-        sampler, sampling = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")
+        sampler, sampling = (
+            GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
+        )
         request_log = self.job.logs / "requests.jsonl"
         with (
             self._step(Step.EVALUATE, run_dir / "helm-run.log") as detail,
@@ -403,11 +467,18 @@ class _Pipeline:
         ):
             detail.append(sampling)
             endpoint = HelmEndpoint(
-                self.job.name, gateway.url, max_sequence_length=self.options.max_sequence_length
+                self.job.name,
+                gateway.url,
+                max_sequence_length=self.options.max_sequence_length,
+                cache_requests=pack is not None,
             )
             write_prod_env(run_dir / "prod_env", [endpoint])
             conf = run_dir / "run_specs.conf"
-            if self.options.helm_conf is not None:
+            if pack is not None:
+                conf = install_pack(
+                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
+                )
+            elif self.options.helm_conf is not None:
                 conf.write_bytes(self.options.helm_conf.read_bytes())
             else:
                 write_helm_conf(
@@ -427,6 +498,12 @@ class _Pipeline:
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
                     metrics=conf_spec.metrics(),
                     offline=self.options.helm_offline,
+                    # Nobody answers HELM any more: its retries would take minutes per request.
+                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
+                    suite=SUITE
+                    if self.options.tier is None
+                    else f"{SUITE}-tier{self.options.tier}",
+                    cache_instances=pack is not None,
                 )
             finally:
                 if sampler:
@@ -446,6 +523,8 @@ class _Pipeline:
         sampler: GpuMemorySampler | None,
     ) -> Ending:
         state = served.state()
+        if state.get("Status") == engine.REMOVED:
+            return Ending(Status.CRASHED, f"during evaluation: {_VANISHED}")
         if state.get("Status") in ("exited", "dead"):
             failure = classify_container(
                 state.get("ExitCode"), bool(state.get("OOMKilled")), served.logs()
@@ -455,6 +534,12 @@ class _Pipeline:
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]
+        if helm.killed or helm.stopped:
+            # Only runs HELM finished count, but a run it never reached must not go unnoticed.
+            return Ending(
+                Status.EVAL_FAILED,
+                f"{helm.error}; {len(scored)} of {len(helm.runs)} run(s) had finished",
+            )
         if helm.timed_out:
             return Ending(
                 Status.EVAL_TIMEOUT,

@@ -61,8 +61,11 @@ from harness import docker as engine
 from harness.checks import MANIFEST, Limits, clean_relative, extract_zip
 from harness.errors import ConfigError, InfrastructureError
 from harness.failures import GIB, GpuMemorySampler, classify_build_log
+from harness.gpus import device_request, gpu_environment, resolve_gpus
 from harness.health import HealthSchedule
 from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.instances import verify_pack
+from harness.lock import command_line, hold_results_lock
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import mask, redact
@@ -109,7 +112,8 @@ class ReproduceOptions:
     base_image: str | None = None
     # Host folder -> container path, read-only in the training container (e.g. a model cache).
     mounts: Mapping[Path, str] = field(default_factory=dict)
-    gpus: bool | None = None  # None: when the engine has an NVIDIA runtime
+    # `harness run --gpus`: the reproduction uses the first; None: the engine's first GPU, if any.
+    gpus: tuple[int, ...] | None = None
     environment: Mapping[str, str] | None = None  # where secrets are read; default os.environ
     build_timeout_s: float = 2 * 3600
     health: HealthSchedule = field(default_factory=HealthSchedule)
@@ -118,6 +122,8 @@ class ReproduceOptions:
     stats_interval_s: float = 1.0
     # Extra labels on the images, containers and volume made here (tests mark theirs).
     labels: Mapping[str, str] = field(default_factory=dict)
+    # The instance pack the original run was scored on (required when it used one).
+    instances: Path | None = None
 
     def __post_init__(self) -> None:
         RunOptions(track=self.track, stage=self.stage, out=self.results)  # validates both
@@ -257,6 +263,7 @@ class _Original:
     max_eval_instances: int
     max_sequence_length: int
     metrics: dict[str, list[Metric]]  # the whole field's, entry -> metrics
+    instances: Path | None  # the original's instance pack, checked against its recorded hash
 
 
 def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
@@ -269,6 +276,19 @@ def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
         )
     with Store(options.results, create=False) as store:
         metrics = store.metrics(options.stage)
+        pack_sha256 = store.instances_sha256(name, options.stage)
+    if pack_sha256 is not None:
+        if options.instances is None:
+            raise ConfigError(
+                f"{name!r} was scored on an instance pack (sha256 {pack_sha256}); "
+                "give that pack with --instances"
+            )
+        given = verify_pack(options.instances).sha256
+        if given != pack_sha256:
+            raise ConfigError(
+                f"{options.instances} is not the pack {name!r} was scored on "
+                f"(sha256 {given}, recorded {pack_sha256})"
+            )
     if not metrics.get(name):
         raise ConfigError(f"{name!r} has no {options.stage} metrics in {options.results}")
     entries = json.loads(helm_conf.read_text())["entries"]
@@ -279,6 +299,7 @@ def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
         max_eval_instances=max(limits),
         max_sequence_length=_sequence_length(run_dir / "prod_env" / "model_deployments.yaml"),
         metrics=metrics,
+        instances=options.instances if pack_sha256 is not None else None,
     )
 
 
@@ -299,7 +320,11 @@ def _harness_conf(entries: list[dict[str, Any]], metrics: list[Metric], dest: Pa
     """
     wanted = {(_without_limit(item["description"]), item["groups"][0]) for item in entries}
     for name in SHIPPED_CONFS:
-        shipped = {(e.description, e.scenario) for e in load_conf(shipped_conf(name)).entries}
+        try:
+            entries_of = load_conf(shipped_conf(name)).entries
+        except ConfigError:  # closed.conf's task files are the organizers' to put beside it
+            continue
+        shipped = {(e.description, e.scenario) for e in entries_of}
         if wanted <= shipped:
             return name
     metric_of = {m.scenario: m.metric for m in metrics if m.metric}
@@ -450,15 +475,16 @@ def _train(
     slug: str,
     options: ReproduceOptions,
     out: Path,
-    gpus: bool,
+    gpu: int | None,
 ) -> tuple[Training, str | None]:
     """Run the training container to its end or the time limit; the weights of a finished run
     land in out/weights. Returns how it went, and why no weights were collected if none were."""
     import docker.errors
-    from docker.types import DeviceRequest
 
     secrets = _secret_env(manifest, options)
-    sampler, gpu_note = GpuMemorySampler.from_nvml() if gpus else (None, "no GPU in use")
+    sampler, gpu_note = (
+        GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
+    )
     memory = _MemoryPeaks(sampler, gpu_note)
     labels = {engine.LABEL: "true", REPRODUCE_LABEL: slug, **options.labels}
     with _volume(sdk, labels) as volume:
@@ -472,8 +498,9 @@ def _train(
             "environment": secrets,
             "volumes": {volume: {"bind": manifest.volume_path, "mode": "rw"}, **mounts},
         }
-        if gpus:
-            run["device_requests"] = [DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        if gpu is not None:
+            run["device_requests"] = [device_request(gpu)]
+            run["environment"] = {**secrets, **gpu_environment(gpu)}
         try:
             container = sdk.containers.run(image, **run)
         except docker.errors.DockerException as exc:
@@ -593,6 +620,11 @@ def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
             shutil.copy2(source, dest)
 
     shutil.copytree(weights, target, copy_function=link_or_copy)
+    # The training container's user may have written them private, and `COPY` keeps the mode:
+    # the inference image's non-root server must read them.
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
 def compare(
@@ -657,7 +689,7 @@ def _score_copy(
     original: _Original,
     options: ReproduceOptions,
     manifest: Manifest,
-    gpus: bool,
+    gpu: int | None,
 ) -> tuple[Verdict | None, str, list[Metric], str]:
     """Run the copy (alone in its folder) through `harness run`'s pipeline with `out` as its
     results folder: a verdict when it failed, a note, its metrics and a log tail."""
@@ -670,13 +702,14 @@ def _score_copy(
             max_eval_instances=original.max_eval_instances,
             run_specs=original.harness_conf,
             helm_conf=original.helm_conf,
+            instances=original.instances,
             base_image=options.base_image,
             force=True,
             evaluate_flagged=True,  # its checks were the original run's business
             build_timeout_s=options.build_timeout_s,
             deadline_s=options.eval_deadline_s,
             health=options.health,
-            gpus=gpus,
+            gpus=() if gpu is None else (gpu,),
             mem_limit=options.mem_limit,
             max_sequence_length=original.max_sequence_length,
             build_args=manifest.build_args,
@@ -712,9 +745,22 @@ def reproduce_entry(
     *,
     on_progress: Callable[[str], None] = lambda step: None,
 ) -> Reproduction:
-    """Reproduce `entry` (a folder or .zip) against its run in `options.results`."""
+    """Reproduce `entry` (a folder or .zip) against its run in `options.results`, holding that
+    folder's lock (no `harness run` or other reproduction writes it meanwhile)."""
     if not entry.exists():
         raise ConfigError(f"no entry at {entry}")
+    if not options.results.is_dir():
+        raise ConfigError(
+            f"no {options.stage} run in {options.results} (no such folder); reproduce compares "
+            "with an earlier `harness run --out RESULTS_DIR`"
+        )
+    with hold_results_lock(options.results, command_line()):
+        return _reproduce(entry, options, on_progress)
+
+
+def _reproduce(
+    entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
+) -> Reproduction:
     name = entry.name
     slug = entry_slug(name)
     out = options.results / "reproduce" / slug
@@ -726,7 +772,8 @@ def reproduce_entry(
     _copy_entry(entry, copy)
     manifest = load_manifest(copy)
     sdk = engine.client()
-    gpus = options.gpus if options.gpus is not None else "nvidia" in sdk.info().get("Runtimes", {})
+    gpus = resolve_gpus(sdk, options.gpus)
+    gpu = gpus[0] if gpus else None
 
     training: Training | None = None
     weights: dict[str, dict[str, Any]] = {}
@@ -737,7 +784,7 @@ def reproduce_entry(
         image = _build_training_image(copy, manifest, slug, options, out)
         on_progress("training")
         try:
-            training, missing = _train(sdk, image, manifest, slug, options, out, gpus)
+            training, missing = _train(sdk, image, manifest, slug, options, out, gpu)
         finally:
             with suppress(Exception):
                 sdk.images.remove(image, force=True)
@@ -756,7 +803,7 @@ def reproduce_entry(
         weights = hash_files(out / "weights")
         _place_weights(out / "weights", copy, manifest.model_dir)
         on_progress("building, serving and scoring the reproduced entry")
-        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpus)
+        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpu)
         if failed is not None:
             raise _Stop(failed, note, log_tail)
         comparison = compare(name, original.metrics, metrics)

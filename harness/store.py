@@ -5,12 +5,14 @@ loses nothing already recorded and never leaves half a write behind. History is 
 steps); current facts (status, findings, metrics, gateway stats) are replaced per entry and stage.
 
     entries         name, path
-    attempts        one per `harness run` invocation, entry and stage
+    attempts        one per `harness run` invocation, entry and stage, with the status it ended
+                    with and its instance pack
     steps           check / build / serve / evaluate of an attempt: status, times, detail, log
     results         the entry's status and reason per stage
     findings        the static checks' findings per entry and stage
     metrics         the main metric of every run spec per entry and stage
     gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
+    tiers           the coarse-to-fine tier an entry reached per stage, and its budget
 
 Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
 means not asking.
@@ -33,7 +35,7 @@ from harness.errors import ConfigError
 from harness.gateway import GatewayStats
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
 
 
 class Status(StrEnum):
@@ -66,6 +68,13 @@ class StepStatus(StrEnum):
     INTERRUPTED = "interrupted"
 
 
+# NULL while running, and for an attempt that ended without a result (its harness died).
+_ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s in Status)}))"
+# Statements that bring a store of version N (the key) to N + 1; new stores get _SCHEMA at once.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}",),
+    2: ("ALTER TABLE attempts ADD COLUMN instances_sha256 TEXT",),
+}
 _SCHEMA = f"""
 CREATE TABLE entries (
     name TEXT PRIMARY KEY,
@@ -77,7 +86,9 @@ CREATE TABLE attempts (
     entry TEXT NOT NULL REFERENCES entries(name),
     stage TEXT NOT NULL,
     started_at REAL NOT NULL,
-    finished_at REAL
+    finished_at REAL,
+    {_ATTEMPT_STATUS},
+    instances_sha256 TEXT
 );
 CREATE TABLE steps (
     id INTEGER PRIMARY KEY,
@@ -131,6 +142,16 @@ CREATE TABLE gateway_stats (
     PRIMARY KEY (entry, stage)
 );
 PRAGMA user_version = {SCHEMA_VERSION};
+"""
+# Added after schema 1 without changing it: stores written before it gain the table on open.
+_TIERS = """
+CREATE TABLE IF NOT EXISTS tiers (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    tier INTEGER NOT NULL,
+    budget INTEGER NOT NULL,
+    PRIMARY KEY (entry, stage)
+)
 """
 
 
@@ -238,11 +259,17 @@ class Store:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         db.execute(statement)
+            elif version in _MIGRATIONS:
+                for from_version in range(version, SCHEMA_VERSION):
+                    for statement in _MIGRATIONS[from_version]:
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             elif version != SCHEMA_VERSION:
                 raise ConfigError(
                     f"{self.path} has schema version {version}; this harness reads "
                     f"{SCHEMA_VERSION}. Use a new RESULTS_DIR."
                 )
+            db.execute(_TIERS)
 
     def close(self) -> None:
         with self._lock:
@@ -290,11 +317,15 @@ class Store:
                 (name, os.fspath(path), time.time()),
             )
 
-    def start_attempt(self, entry: str, stage: str) -> Attempt:
+    def start_attempt(
+        self, entry: str, stage: str, *, instances_sha256: str | None = None
+    ) -> Attempt:
+        """A new attempt; `instances_sha256` names the instance pack it is scored on, if any."""
         with self._write() as db:
             cursor = db.execute(
-                "INSERT INTO attempts (entry, stage, started_at) VALUES (?, ?, ?)",
-                (entry, stage, time.time()),
+                "INSERT INTO attempts (entry, stage, started_at, instances_sha256) "
+                "VALUES (?, ?, ?, ?)",
+                (entry, stage, time.time(), instances_sha256),
             )
         assert cursor.lastrowid is not None
         return Attempt(cursor.lastrowid, entry, stage)
@@ -361,11 +392,22 @@ class Store:
         return closed
 
     def record_status(self, attempt: Attempt, status: Status, reason: str) -> None:
+        """Record the entry's result and end the attempt, in one transaction: an attempt records
+        one result, and none once it was ended (by `mark_interrupted` for a harness presumed
+        dead, say): that raises ValueError."""
+        now = time.time()
         with self._write() as db:
+            ended = db.execute(
+                "UPDATE attempts SET finished_at = ?, status = ? "
+                "WHERE id = ? AND finished_at IS NULL AND status IS NULL",
+                (now, status.value, attempt.id),
+            ).rowcount
+            if ended != 1:
+                raise ValueError(f"attempt {attempt.id} has ended: its result is not recorded")
             db.execute(
                 "INSERT OR REPLACE INTO results (entry, stage, attempt_id, status, reason, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (attempt.entry, attempt.stage, attempt.id, status.value, reason, time.time()),
+                (attempt.entry, attempt.stage, attempt.id, status.value, reason, now),
             )
 
     def record_findings(self, attempt: Attempt, findings: Iterable[FindingLike]) -> None:
@@ -375,6 +417,16 @@ class Store:
     def record_metrics(self, attempt: Attempt, metrics: Iterable[Metric]) -> None:
         """Replace the entry's metrics for this stage with `metrics` (one per run spec)."""
         self._replace("metrics", attempt, [_metric_values(m) for m in metrics])
+
+    def record_tier(self, entry: str, stage: str, tier: int, budget: int) -> None:
+        """`entry` was evaluated on tier `tier` (1-based) of a coarse-to-fine run, on `budget`."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO tiers (entry, stage, tier, budget) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (entry, stage) DO UPDATE SET tier = excluded.tier, "
+                "budget = excluded.budget",
+                (entry, stage, tier, budget),
+            )
 
     def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
         """Replace an entry's rows of `table` for this stage, in one transaction."""
@@ -450,6 +502,16 @@ class Store:
         """The stages that have at least one attempt."""
         return [row[0] for row in self._read("SELECT DISTINCT stage FROM attempts ORDER BY stage")]
 
+    def instances_sha256(self, entry: str, stage: str) -> str | None:
+        """The instance pack of the entry's latest attempt at the stage (None: no pack)."""
+        rows = self._read(
+            "SELECT instances_sha256 FROM attempts WHERE entry = ? AND stage = ? "
+            "ORDER BY id DESC LIMIT 1",
+            entry,
+            stage,
+        )
+        return rows[0][0] if rows else None
+
     def results(self, stage: str) -> dict[str, EntryResult]:
         rows = self._read(
             "SELECT entry, stage, status, reason, updated_at FROM results WHERE stage = ?", stage
@@ -482,6 +544,11 @@ class Store:
             values["lower_is_better"] = bool(values["lower_is_better"])
             by_entry.setdefault(entry, []).append(Metric(**values))
         return by_entry
+
+    def tiers(self, stage: str) -> dict[str, tuple[int, int]]:
+        """entry -> (tier reached, its budget) in this stage, for entries of a tiered run."""
+        rows = self._read("SELECT entry, tier, budget FROM tiers WHERE stage = ?", stage)
+        return {row["entry"]: (row["tier"], row["budget"]) for row in rows}
 
     def gateway_stats(self, entry: str, stage: str) -> tuple[GatewayStats, str | None] | None:
         """The gateway's counts for this entry and stage, with its request log's path."""

@@ -85,6 +85,10 @@ def write_tiny_model(out_dir: Path | str, *, arch: str = "llama", seed: int = 0)
         model = MistralForCausalLM(MistralConfig(sliding_window=None, **shape))
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # safetensors writes 0600: a container's non-root user (a reproduced training run mounting
+    # this folder) could not read the weights.
+    for path in [out, *out.rglob("*")]:
+        path.chmod(path.stat().st_mode | (0o755 if path.is_dir() else 0o644))
     return out
 
 

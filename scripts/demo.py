@@ -2,28 +2,43 @@
 
     .venv/bin/python scripts/demo.py [--work build/demo]
 
-1. Render two submissions for track 4090. Train one for a few QLoRA steps (4-bit, on the CPU) on a
-   tiny local dataset and merge it; give the other the untrained tiny model.
+1. Render two submissions for track 4090. QLoRA-train one (4-bit, on the CPU, ~20 s) on a local
+   task's questions, "Is 4 even?" -> "yes", worded the way HELM will ask them, and merge it; give
+   the other the untrained tiny model.
 2. Add a third, broken entry: an unpinned `pip install` and a (fake) leaked Hugging Face token.
 3. `harness run` the folder: static checks, real Docker builds on the local base image, each
-   container served behind the gateway and scored by real HELM on the offline run specs.
-4. Print the leaderboard (also written as leaderboard.md/.json/.html in the results folder).
+   container served behind the gateway and scored by real HELM on the demo's run specs
+   (harness/runspecs/demo.conf: that task and a few offline HELM scenarios).
+4. Print the leaderboard (also written as leaderboard.md/.json/.html, with a page per entry and
+   the figures, in the results folder) and the reviewer's next command: `harness reproduce`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
+from harness.helm import RUNSPECS_DIR
 from harness.store import Store
 from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_dataset, write_tiny_model
+from harness.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "harness-base:bookworm"
+RUN_SPECS = RUNSPECS_DIR / "demo.conf"
+TASK = RUNSPECS_DIR / "tasks" / "parity.jsonl"
+# HELM's generation prompt for a local task (harness/helm_plugins/local_tasks.py: its instructions,
+# input and output nouns, no in-context examples); the trained entry learns to complete it.
+HELM_PROMPT = "Answer the following questions briefly.\n\nQuestion: {}\nAnswer:"
+# Enough optimizer steps for the tiny model to answer all ten questions (~20 s on two cores).
+TRAINING = {"max_steps": 120, "learning_rate": 0.006, "micro_batch_size": 10, "save_steps": 1000}
 FAKE_TOKEN = "hf_" + "DemoOnlyNotARealTokenAbCdEfGh1234"  # shaped like one, valid nowhere
 
 
@@ -31,11 +46,30 @@ def step(message: str) -> None:
     print(f"\n==> {message}", flush=True)
 
 
+def write_task_dataset(path: Path) -> None:
+    """The task's questions and answers as prompt-completion pairs, in HELM's own wording."""
+    rows = [json.loads(line) for line in TASK.read_text().splitlines() if line.strip()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pairs = [
+        {"prompt": HELM_PROMPT.format(row["input"]), "completion": " " + row["answer"]}
+        for row in rows
+    ]
+    path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
+
+
 def train_entry(entries: Path, base_model: Path) -> None:
     """A submission trained the way a competitor does it: train.py, then merge.py, then model/."""
     submission = render_submission("4090", "qlora-trained", entries / "qlora-trained").path
-    write_tiny_dataset(submission / "data" / "train.jsonl")
-    smoke_config(submission / "config.yaml", base_model=str(base_model), dataset="data/train.jsonl")
+    write_task_dataset(submission / "data" / "train.jsonl")
+    config_path = submission / "config.yaml"
+    smoke_config(config_path, base_model=str(base_model), dataset="data/train.jsonl")
+    config = yaml.safe_load(config_path.read_text())
+    config.update(TRAINING, neftune_noise_alpha=None, prompt_template="{prompt}")
+    config["datasets"] = [{"source": "data/train.jsonl", "format": "prompt-completion"}]
+    config["lora"].update(r=32, alpha=64)
+    # The ten prompts differ in one word: near-duplicate removal would keep only a few of them.
+    config["curation"]["near_dup_threshold"] = None
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     for script in ("train.py", "merge.py"):
         subprocess.run(
             [sys.executable, script, "--config", "config.yaml"], cwd=submission, check=True
@@ -77,12 +111,12 @@ def main() -> None:
     step("entry 3: a broken entry (unpinned install, leaked token)")
     broken_entry(entries)
 
-    step("harness run: check, build, serve and score every entry with HELM (offline run specs)")
+    step("harness run: check, build, serve and score every entry with HELM (demo run specs)")
     command = [
         str(Path(sys.executable).parent / "harness"),
         "run", str(entries),
         "--track", "4090", "--stage", "open", "--out", str(work / "results"),
-        "--run-specs", "offline", "--max-eval-instances", str(args.max_eval_instances),
+        "--run-specs", str(RUN_SPECS), "--max-eval-instances", str(args.max_eval_instances),
         "--base-image", BASE_IMAGE, "--deadline-minutes", "20",
         "--health-tries", "60", "--health-interval", "5", "--max-sequence-length", "256",
     ]  # fmt: skip
@@ -90,10 +124,32 @@ def main() -> None:
     # The broken entry makes `harness run` exit 1; the demo fails if anything else went wrong.
     with Store(work / "results") as store:
         statuses = {name: r.status.value for name, r in store.results("open").items()}
+        parity = {
+            entry: metric.value
+            for entry, metrics in store.metrics("open").items()
+            for metric in metrics
+            if metric.scenario == "parity"
+        }
     expected = {"broken": "flagged", "qlora-trained": "scored", "untrained": "scored"}
     if code != 1 or statuses != expected:
         sys.exit(f"demo failed: harness run exited {code} with statuses {statuses}")
-    step(f"done: open {work / 'results' / 'leaderboard.html'} for the sortable leaderboard")
+    print(
+        "parity (is a digit even?), quasi-exact match: "
+        + ", ".join(f"{entry} {value or 0:.2f}" for entry, value in sorted(parity.items()))
+        + ": the trained entry learned the task's answers, the untrained one did not."
+    )
+    step(f"done: open {work / 'results' / 'leaderboard.html'} for the leaderboard")
+    reproduce = [
+        str(Path(sys.executable).parent / "harness"), "reproduce", str(entries / "qlora-trained"),
+        "--track", "4090",
+        "--results", str(work / "results"), "--time-limit", "10m", "--base-image", BASE_IMAGE,
+        "--mount", f"{base_model}:{base_model}",
+    ]  # fmt: skip
+    print(
+        "A reviewer's next step: re-run the trained entry's training in its own image (the tiny "
+        "base model mounted where its config.yaml points), rebuild, re-score and compare:\n"
+        f"    {shlex.join(reproduce)}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,26 +1,30 @@
-"""Shared fixtures: a tiny model, the Docker engine and the HELM environment.
+"""Shared fixtures: a tiny model, the Docker engine, the HELM environment and a real browser.
 
 Tests marked `docker` run whenever an engine is reachable and are skipped with the reason
-otherwise; under CI (CI=true) an unreachable engine fails them instead. Every image and container
-a test makes carries the label in `TEST_LABEL` and is removed at the end of the session.
+otherwise; under CI (CI=true) an unreachable engine fails them instead. The same goes for
+`browser` (headless Debian Chromium through Selenium; scripts/chromium.sh installs it). Every image
+and container a test makes carries the label in `TEST_LABEL` (or, when `harness run` made it, the
+run label of a results folder under the session's temporary folder) and is removed at the end of
+the session; a container, network or volume still there by then fails the session: tests must not
+leak them.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import os
 import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.health import HealthSchedule, wait_healthy
+from harness.options import RUN_LABEL, results_id
+from harness.store import STORE_FILENAME
 from harness.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +34,9 @@ BASE_IMAGE = os.environ.get("HARNESS_BASE_IMAGE", "harness-base:bookworm")
 TEST_LABEL = f"org.harness.managed=test-{os.getpid()}"
 TEST_LABELS = dict([TEST_LABEL.split("=")])
 IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's packages: scripts/chromium.sh installs both
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+BROWSER_WINDOW = (1400, 1000)  # CSS pixels: fixed, so layout and screenshots do not vary
 
 
 def _unavailable(reason: str) -> None:
@@ -45,13 +52,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
-def _created(stamp: str) -> float:
-    """Docker's RFC 3339 creation time (nanoseconds, Z) as a Unix time."""
-    return datetime.datetime.fromisoformat(stamp[:26].rstrip("Z") + "+00:00").timestamp()
+def _session_run_ids(basetemp: Path) -> set[str]:
+    """The RUN_LABEL values of the results folders this session's tests wrote (in or out of
+    process): what the harness built or started for them carries one of these."""
+    return {results_id(store.parent) for store in basetemp.rglob(STORE_FILENAME)}
+
+
+def _leftovers(client: Any, filters: list[dict[str, str]]) -> dict[str, list[Any]]:
+    found: dict[str, list[Any]] = {"containers": [], "networks": [], "volumes": [], "images": []}
+    for label in filters:
+        found["containers"] += client.containers.list(all=True, filters=label)
+        found["networks"] += client.networks.list(filters=label)
+        found["volumes"] += client.volumes.list(filters=label)
+        found["images"] += client.images.list(filters=label)
+    return found
 
 
 @pytest.fixture(scope="session")
-def docker_client() -> Iterator[Any]:
+def docker_client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     import docker
 
     try:
@@ -59,21 +77,28 @@ def docker_client() -> Iterator[Any]:
         client.ping()
     except Exception as exc:  # docker raises several unrelated types when no engine answers
         _unavailable(f"no Docker engine is reachable ({type(exc).__name__}); run `make engine`")
-    started = time.time()
     yield client
-    for container in client.containers.list(all=True, filters={"label": TEST_LABEL}):
+    # Only this session's things: other sessions may share the engine.
+    ids = _session_run_ids(tmp_path_factory.getbasetemp())
+    filters = [{"label": TEST_LABEL}, *({"label": f"{RUN_LABEL}={i}"} for i in sorted(ids))]
+    left = _leftovers(client, filters)
+    # Images are kept for reuse until the session ends; anything else still here is a leak.
+    leaked = {kind: [t.name for t in things] for kind, things in left.items() if kind != "images"}
+    for container in left["containers"]:
         container.remove(force=True)
-    # The tests' own images, and those the harness built for entries during this session.
-    built_here = [
-        image
-        for image in client.images.list(filters={"label": "org.harness.run"})
-        if image.attrs["Created"] and _created(image.attrs["Created"]) >= started - 5
-    ]
-    for image in [*client.images.list(filters={"label": TEST_LABEL}), *built_here]:
+    for volume in left["volumes"]:
+        volume.remove(force=True)
+    for network in left["networks"]:
+        network.remove()
+    for image in left["images"]:
         with contextlib.suppress(Exception):  # already gone with a sibling tag
             client.images.remove(image.id, force=True, noprune=False)
     client.images.prune(filters={"dangling": True})
+    after = _leftovers(client, filters)
+    remaining = {kind: [t.id for t in things] for kind, things in after.items()}
     client.close()
+    assert not any(leaked.values()), f"tests left these behind (now removed): {leaked}"
+    assert not any(remaining.values()), f"the session's Docker objects remain: {remaining}"
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +152,54 @@ def tiny_server_url(
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A headless Chromium driven by Selenium (`selenium.webdriver.Chrome`), one per session.
+
+    Open pages with `browser.get("file://...")` or an http URL on 127.0.0.1; it has a fresh
+    profile, no network services of its own (no sync, updates or background fetches) and a
+    fixed window of BROWSER_WINDOW. Save what it shows with the `screenshot` fixture."""
+    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+        _unavailable(f"no {CHROMIUM} and {CHROMEDRIVER}: run scripts/chromium.sh (as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # as root, and in containers, Chromium's sandbox cannot start
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
+        "--window-size={},{}".format(*BROWSER_WINDOW),
+    ):
+        options.add_argument(argument)
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def screenshot(browser: Any, tmp_path: Path) -> Callable[[str], Path]:
+    """`screenshot("name")` saves what the browser shows as TMP_PATH/screenshots/name.png."""
+
+    def save(name: str) -> Path:
+        path = tmp_path / "screenshots" / f"{name}.png"
+        path.parent.mkdir(exist_ok=True)
+        if not browser.save_screenshot(str(path)):
+            raise AssertionError(f"the browser could not save a screenshot to {path}")
+        return path
+
+    return save
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -131,6 +131,9 @@ def extract_zip(archive: Path, into: Path, limits: Limits, findings: list[Findin
                 # ZipExtFile stops at the declared size, so `total` bounds what is written.
                 with zf.open(info) as src, target.open("wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
+                # Whatever the umask: `COPY` keeps the mode, and entries' servers run as non-root.
+                executable = (info.external_attr >> 16) & 0o111
+                target.chmod(0o755 if executable else 0o644)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
             EOFError, ValueError) as exc:  # fmt: skip
         # RuntimeError: encrypted members; NotImplementedError: unknown compression.

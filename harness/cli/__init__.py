@@ -10,6 +10,8 @@ import typer
 
 from harness.cli import (
     check,
+    instances,
+    plan,
     report,
     reproduce,
     run,
@@ -17,6 +19,7 @@ from harness.cli import (
     status,
     submission,
     submit,
+    tasks,
     teams,
     tiny_model,
 )
@@ -40,7 +43,10 @@ app.command("check", epilog=check.EPILOG)(check.main)
 app.command("run", epilog=run.EPILOG)(run.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
+app.command("plan", epilog=plan.EPILOG)(plan.main)
 app.add_typer(submission.app, name="submission")
+app.add_typer(instances.app, name="instances")
+app.add_typer(tasks.app, name="tasks")
 app.command("serve", epilog=serve.EPILOG)(serve.main)
 app.add_typer(teams.app, name="teams")
 app.command("submit", epilog=submit.EPILOG)(submit.main)

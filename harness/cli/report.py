@@ -8,12 +8,14 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.report import build_leaderboard, to_rich, write_leaderboard
+from harness.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
 from harness.store import Store
 
 EPILOG = """**Examples**
 
     harness report results/open
+
+    harness report results/open --track A100 --price A100=1.2
 
     harness report /srv/competition/results && python -m http.server -d /srv/competition/results
 """
@@ -21,12 +23,20 @@ EPILOG = """**Examples**
 
 def main(
     results_dir: Path = typer.Argument(..., help="The --out folder of `harness run`."),
+    track: str | None = typer.Option(
+        None, help="The track the entries ran on (4090, A100), to price their GPU-hours."
+    ),
+    price: list[str] = typer.Option(
+        [], help="TRACK=USD per GPU-hour, over the defaults 4090=0.35 and A100=1 (repeatable)."
+    ),
 ) -> None:
-    """Write leaderboard.md, leaderboard.json and leaderboard.html into RESULTS_DIR; print it."""
+    """Write leaderboard.md, .json, .html (with a page per entry and the figures) into
+    RESULTS_DIR; print it."""
     console = Console()
     try:
+        prices = parse_prices(price)
         with Store(results_dir, create=False) as store:
-            board = build_leaderboard(store)
+            board = build_leaderboard(store, track=track, prices=prices)
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc

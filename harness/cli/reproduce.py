@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import ConfigError, HarnessError
+from harness.gpus import parse_gpus
 from harness.reproduce import (
     DEFAULT_TOLERANCE,
     ReproduceOptions,
@@ -51,9 +52,15 @@ def main(
         [], help="HOST_DIR:/path mounted read-only into training (e.g. a model cache)."
     ),
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
+    gpus: str | None = typer.Option(
+        None, help="GPU indexes (the first is used), or none [default: the engine's first]."
+    ),
+    instances: Path | None = typer.Option(
+        None, help="The instance pack the original run used (`harness run --instances`)."
+    ),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
-    original scores; writes reproduction.md and .json to RESULTS/reproduce/<entry>/."""
+    original scores; writes reproduction.md and .json to RESULTS/reproduce/ENTRY/."""
     console = Console()
     try:
         options = ReproduceOptions(
@@ -65,6 +72,8 @@ def main(
             base_image=base_image,
             mounts=_mounts(mount),
             build_timeout_s=build_timeout_minutes * 60,
+            gpus=None if gpus is None else parse_gpus(gpus),
+            instances=instances,
         )
         with console.status("reproducing") as status:
             result = reproduce_entry(

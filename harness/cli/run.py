@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -10,10 +11,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from harness.errors import ConfigError, HarnessError
+from harness.executor import Executor, LocalExecutor
+from harness.gpus import detect_gpus, parse_gpus
 from harness.health import HealthSchedule
 from harness.report import build_leaderboard, to_rich, write_leaderboard
 from harness.run import RunOptions, exit_code, run_entries
 from harness.store import Store
+from harness.tiers import Tiers, run_tiers
 
 EPILOG = """**Examples**
 
@@ -21,8 +25,15 @@ EPILOG = """**Examples**
 
     harness run entries/ --track A100 --stage closed --out results/ --jobs 2 --budget 600
 
+    harness run entries/ --track 4090 --stage open --out results/ --instances packs/open-600
+
     harness run entries/ --track 4090 --stage open --out results/ --run-specs offline \\
         --max-eval-instances 5 --base-image harness-base:bookworm --deadline-minutes 10
+
+    harness run entries/ --track 4090 --stage open --out results/ --gpus 0,1,2,3
+
+    harness run entries/ --track 4090 --stage open --out /shared/results/ --executor ray \\
+        --ray-address auto --tiers 100,600 --keep-top 20
 """
 
 
@@ -36,12 +47,34 @@ def _secrets(values: list[str]) -> dict[str, Path]:
     return secrets
 
 
+def _executor(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
+    if name == "local":
+        return lambda: LocalExecutor(jobs)
+    if name == "ray":
+        from harness.ray_executor import RayExecutor  # Ray is imported only when asked for
+
+        return lambda: RayExecutor(ray_address)
+    raise ConfigError(f"--executor takes local or ray, got {name!r}")
+
+
 def main(
     entries_dir: Path = typer.Argument(..., help="One entry per subfolder or .zip file."),
     track: str = typer.Option(..., help="4090 (24 GB) or A100 (40 GB)."),
     stage: str = typer.Option(..., help="open (300 min) or closed (600 min)."),
     out: Path = typer.Option(..., help="Results folder (SQLite store, logs, leaderboard)."),
-    jobs: int = typer.Option(1, help="Entries built and evaluated at once."),
+    jobs: int | None = typer.Option(
+        None, help="Entries built and evaluated at once [default: one per GPU, else 1]."
+    ),
+    gpus: str | None = typer.Option(
+        None, help="GPU indexes, one per entry at a time: 0,1,2,3 or none [default: all]."
+    ),
+    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
+    ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
+    tiers: str | None = typer.Option(
+        None, help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer."
+    ),
+    keep: float | None = typer.Option(None, help="With --tiers: the top fraction kept [0.3]."),
+    keep_top: int | None = typer.Option(None, help="With --tiers: the top N kept instead."),
     max_eval_instances: int = typer.Option(100, help="Instances per run spec, at most."),
     budget: int | None = typer.Option(None, help="Instances per stage, spread over scenarios."),
     run_specs: str | None = typer.Option(
@@ -59,6 +92,11 @@ def main(
     allow_network: bool = typer.Option(False, help="Let entries reach the network while served."),
     mem_limit: str | None = typer.Option(None, help="Container memory limit, e.g. 64g."),
     max_sequence_length: int = typer.Option(4096, help="Context HELM fits prompts into."),
+    instances: Path | None = typer.Option(
+        None,
+        help="An instance pack (`harness instances build`): score exactly its instances, "
+        "offline; --budget takes the first of them, --max-eval-instances is not applied.",
+    ),
     build_secret: list[str] = typer.Option(
         [], help="ID=FILE: a BuildKit secret for entries' builds (e.g. hf_token=~/.hf_token)."
     ),
@@ -66,11 +104,21 @@ def main(
     """Build, serve and score every entry with HELM under the stage's time limit."""
     console = Console()
     try:
+        gpu_list = None if gpus is None else parse_gpus(gpus)
+        if jobs is None:
+            jobs = max(1, len(detect_gpus() if gpu_list is None else gpu_list))
+        plan = None if tiers is None else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
+        if plan is None and (keep is not None or keep_top is not None):
+            raise ConfigError("--keep and --keep-top go with --tiers")
+        if plan is not None and budget is not None:
+            raise ConfigError("--tiers sets the budgets: leave out --budget")
+        make_executor = _executor(executor, ray_address, jobs)
         options = RunOptions(
             track=track,
             stage=stage,
             out=out,
             jobs=jobs,
+            gpus=gpu_list,
             max_eval_instances=max_eval_instances,
             budget=budget,
             run_specs=run_specs,
@@ -84,6 +132,7 @@ def main(
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
             build_secrets=_secrets(build_secret),
+            instances=instances,
         )
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -95,7 +144,14 @@ def main(
                     tasks[entry] = progress.add_task(entry)
                 progress.update(tasks[entry], description=f"{entry}: {step}")
 
-            outcomes = run_entries(entries_dir, options, on_progress=on_progress)
+            if plan is None:
+                outcomes = run_entries(
+                    entries_dir, options, executor=make_executor(), on_progress=on_progress
+                )
+            else:
+                outcomes = run_tiers(
+                    entries_dir, options, plan, executor=make_executor, on_progress=on_progress
+                )
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc
@@ -104,7 +160,7 @@ def main(
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
         os._exit(130)
     with Store(out) as store:
-        board = build_leaderboard(store)
+        board = build_leaderboard(store, track=track)
     paths = write_leaderboard(board, out)
     console.print(to_rich(board))
     skipped = sum(o.skipped for o in outcomes)

@@ -3,9 +3,9 @@
 Loaded by helm-run with `--plugins PATH/TO/local_tasks.py`; it runs inside `.venv-helm`, where the
 `harness` package is not installed, so it imports only HELM and the standard library.
 
-Run entry: `local_task:path=/abs/tasks.jsonl[,name=NAME][,num_train_instances=N][,max_tokens=N]`
-(the harness resolves a relative `path` against the folder of the conf that names it). Each line of
-the file is one instance, all of one kind:
+Run entry: `local_task:path=/abs/tasks.jsonl[,name=NAME][,num_train_instances=N][,max_tokens=N]
+[,scoring=exact|rouge|math]` (the harness resolves a relative `path` against the folder of the conf
+that names it). Each line of the file is one instance, all of one kind:
 
     {"question": "2 + 2 = ?", "choices": ["3", "4", "5"], "answer": 1}     multiple choice
     {"input": "Capital of France?", "answer": "Paris"}                    generation
@@ -14,11 +14,19 @@ the file is one instance, all of one kind:
 `answer` is the index of the correct choice (multiple choice) or the accepted outputs (generation).
 An optional `"split": "train"` makes a line an in-context example instead of a test instance.
 Both kinds report HELM's `quasi_exact_match` (exact match after normalising case, whitespace and
-punctuation), the harness's main metric for local tasks.
+punctuation), the harness's main metric for local tasks. Generation tasks may be scored otherwise
+(`SCORINGS`): `rouge` reports HELM's `rouge_2` and `rouge_l` (summaries: SAMSum), `math` HELM
+MATH's `math_equiv_chain_of_thought` (the last `\\boxed{...}` of the output and of the reference
+solution, compared after MATH's own normalisation).
+
+It also registers `summarization_cnndm_rouge`: HELM's CNN/DailyMail run spec (its scenario,
+prompt and sampling) with ROUGE alone, because HELM's summarization metric loads BERTScore,
+SummaC and spaCy models and downloads human-evaluation files, none of which the ranking reads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, ClassVar
@@ -29,10 +37,12 @@ from helm.benchmark.adaptation.common_adapter_specs import (
     get_multiple_choice_adapter_spec,
 )
 from helm.benchmark.metrics.common_metric_specs import (
+    get_basic_metric_specs,
     get_exact_match_metric_specs,
     get_f1_metric_specs,
 )
 from helm.benchmark.run_spec import RunSpec, run_spec_function
+from helm.benchmark.run_specs.classic_run_specs import get_cnndm_summarization_spec
 from helm.benchmark.scenarios.scenario import (
     CORRECT_TAG,
     TEST_SPLIT,
@@ -47,6 +57,20 @@ from helm.benchmark.scenarios.scenario import (
 )
 
 SPLITS = (TRAIN_SPLIT, VALID_SPLIT, TEST_SPLIT)
+ROUGE = ["rouge_1", "rouge_2", "rouge_l"]
+# Generation scorings: instructions, input and output nouns, stop sequences, metric names (none:
+# HELM's exact-match family). Summaries and worked solutions span lines: they stop at a blank one.
+SCORINGS: dict[str, tuple[str, str, str, list[str] | None, list[str]]] = {
+    "exact": ("Answer the following questions briefly.", "Question", "Answer", None, []),
+    "rouge": ("Summarize the following text briefly.", "Text", "Summary", ["\n\n"], ROUGE),
+    "math": (
+        "Solve the problem step by step. Put the final answer in \\boxed{}.",
+        "Problem",
+        "Solution",
+        ["\n\n"],
+        ["math_equiv_chain_of_thought"],
+    ),
+}
 
 
 def read_task(path: str) -> tuple[bool, list[dict[str, Any]]]:
@@ -108,9 +132,17 @@ class LocalTaskScenario(Scenario):  # type: ignore[misc]  # HELM ships no type i
 
 @run_spec_function("local_task")  # type: ignore[untyped-decorator]
 def get_local_task_spec(
-    path: str, name: str = "", num_train_instances: int = 0, max_tokens: int = 20
+    path: str,
+    name: str = "",
+    num_train_instances: int = 0,
+    max_tokens: int = 20,
+    scoring: str = "exact",
 ) -> RunSpec:
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring={scoring}: choose one of {', '.join(SCORINGS)}")
     multiple_choice, _ = read_task(path)
+    if multiple_choice and scoring != "exact":
+        raise ValueError(f"{path}: scoring={scoring} is for generation tasks, not multiple choice")
     task = name or os.path.splitext(os.path.basename(path))[0]
     if multiple_choice:
         adapter_spec = get_multiple_choice_adapter_spec(
@@ -122,14 +154,16 @@ def get_local_task_spec(
         )
         metric_specs = get_exact_match_metric_specs()
     else:
+        instructions, input_noun, output_noun, stop, metrics = SCORINGS[scoring]
         adapter_spec = get_generation_adapter_spec(
-            instructions="Answer the following questions briefly.",
-            input_noun="Question",
-            output_noun="Answer",
+            instructions=instructions,
+            input_noun=input_noun,
+            output_noun=output_noun,
             max_train_instances=num_train_instances,
             max_tokens=max_tokens,
+            stop_sequences=stop,
         )
-        metric_specs = get_f1_metric_specs()
+        metric_specs = get_basic_metric_specs(metrics) if metrics else get_f1_metric_specs()
     return RunSpec(
         # The path stays out of the name: HELM makes a folder of it, and slashes would nest it.
         name=f"local_task:name={task}",
@@ -137,4 +171,14 @@ def get_local_task_spec(
         adapter_spec=adapter_spec,
         metric_specs=metric_specs,
         groups=[f"local_task_{task}"],
+    )
+
+
+@run_spec_function("summarization_cnndm_rouge")  # type: ignore[untyped-decorator]
+def get_cnndm_rouge_spec(temperature: float = 0.3) -> RunSpec:
+    helm_spec = get_cnndm_summarization_spec(temperature=temperature)
+    return dataclasses.replace(
+        helm_spec,
+        name=f"summarization_cnndm_rouge:temperature={temperature}",
+        metric_specs=get_basic_metric_specs(ROUGE),
     )

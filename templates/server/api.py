@@ -2,9 +2,12 @@
 
 The union of crfm-helm's `HTTPModelClient` / `HTTPModelTokenizer` requests and the competition's
 OpenAPI schema (`ProcessRequest`, `TokenizeRequest`, `DecodeRequest`). Every field but `prompt`
-(or `text`, `tokens`) is optional, unknown fields are ignored, and out-of-range values are refused
-with a 422 that names the field. HELM reads only `text`, `logprob`, `tokens[].text`,
-`tokens[].logprob` and `request_time` of a /process response; the rest is for other clients.
+(or `text`, `tokens`) is optional and unknown fields are ignored. Types are strict (a bool is not
+an int, 0 is not a bool, "3" is not a number), numbers finite and within the ranges below, strings
+valid Unicode: anything else is refused with a 422 that names the field, so nothing a client sends
+reaches the model in a form that could make it fail. HELM reads only `text`, `logprob`,
+`tokens[].text`, `tokens[].logprob` and `request_time` of a /process response; the rest is for
+other clients.
 
 Below the models, the token side of /process, which needs a tokenizer but no model: fitting a
 prompt into the context and assembling an answer from the ids and log-probabilities main.py's
@@ -17,11 +20,35 @@ import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+)
 
 GREEDY_TEMPERATURE = 1e-5  # HELM sends 1e-7 for temperature 0; at or below this we decode greedily
+MAX_TEMPERATURE = 100.0  # flatter than uniform to float precision; keeps logits / T finite
+MAX_TOKENS = 1_000_000  # token counts beyond any context (the context caps them anyway)
 PIECE_CONTEXT = 4  # preceding tokens decoded with each token: see token_texts
 TopList = list[tuple[int, float]]  # (token id, log-probability), best first
+
+
+def _unicode(value: str) -> str:
+    try:  # JSON can carry lone UTF-16 surrogates ("\ud800"); no tokenizer can read them
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"not valid Unicode: {exc.reason} at position {exc.start}") from None
+    return value
+
+
+Text = Annotated[StrictStr, AfterValidator(_unicode)]
+Count = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 
 class _Request(BaseModel):
@@ -29,20 +56,26 @@ class _Request(BaseModel):
 
 
 class ProcessRequest(_Request):
-    prompt: str
-    temperature: float = Field(
-        0.8, ge=0, description=f"<= {GREEDY_TEMPERATURE} means greedy decoding"
+    prompt: Text
+    temperature: StrictFloat = Field(
+        0.8,
+        ge=0,
+        le=MAX_TEMPERATURE,
+        allow_inf_nan=False,
+        description=f"<= {GREEDY_TEMPERATURE} means greedy decoding",
     )
-    num_return_sequences: int | None = Field(None, ge=1, le=64, description="HELM's name")
-    num_samples: int | None = Field(None, ge=1, le=64, description="the competition's name")
-    max_new_tokens: int = Field(50, ge=0)
-    min_new_tokens: int = Field(0, ge=0, description="end-of-sequence is not chosen before this")
-    top_p: float = Field(1.0, gt=0, le=1)
-    top_k: int = Field(200, ge=0, description="0 disables top-k filtering")
-    top_k_per_token: int = Field(1, ge=0, le=100, description="alternatives in top_logprob")
-    echo_prompt: bool = False
-    stop_sequences: list[str] = Field(default_factory=list)
-    seed: int | None = None
+    num_return_sequences: StrictInt | None = Field(None, ge=1, le=64, description="HELM's name")
+    num_samples: StrictInt | None = Field(None, ge=1, le=64, description="the competition's name")
+    max_new_tokens: Count = Field(50, description="capped by the context")
+    min_new_tokens: Count = Field(0, description="end-of-sequence is not chosen before this")
+    top_p: StrictFloat = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    top_k: StrictInt = Field(
+        200, ge=0, le=MAX_TOKENS, description="0 (or more than the vocabulary) disables top-k"
+    )
+    top_k_per_token: StrictInt = Field(1, ge=0, le=100, description="alternatives in top_logprob")
+    echo_prompt: StrictBool = False
+    stop_sequences: list[Text] = Field(default_factory=list, max_length=64)
+    seed: StrictInt | None = Field(None, ge=0, le=2**63 - 1)
 
     @field_validator("echo_prompt", mode="before")
     @classmethod
@@ -96,9 +129,9 @@ class ProcessResponse(BaseModel):
 
 
 class TokenizeRequest(_Request):
-    text: str
-    truncation: bool = False
-    max_length: int | None = Field(None, ge=1)
+    text: Text
+    truncation: StrictBool = False
+    max_length: StrictInt | None = Field(None, ge=1)
 
 
 class TokenizeResponse(BaseModel):
@@ -114,6 +147,10 @@ class DecodeRequest(_Request):
 class DecodeResponse(BaseModel):
     text: str
     request_time: float
+
+
+class ErrorResponse(BaseModel):
+    detail: str
 
 
 class HealthResponse(BaseModel):

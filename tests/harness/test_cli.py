@@ -53,6 +53,8 @@ def test_tiny_model_command_writes_a_loadable_model(tmp_path: Path) -> None:
     assert model.config.vocab_size == len(tokenizer)
     ids = tokenizer("The capital of France is").input_ids
     assert tokenizer.decode(ids) == "The capital of France is"
+    # A container's non-root user (a reproduced training run) must be able to read every file.
+    assert all(path.stat().st_mode & 0o004 for path in (tmp_path / "m").rglob("*"))
 
 
 def test_tiny_model_rejects_an_unknown_architecture(tmp_path: Path) -> None:

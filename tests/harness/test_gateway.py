@@ -34,9 +34,11 @@ def _fake_entry() -> FastAPI:
             raise HTTPException(500, "the model crashed")
         await asyncio.sleep(SLOW_S if prompt == "slow" else ENTRY_DELAY_S)
         text = f"echo {prompt[:10]}"
+        # One token per word, the prompt's first when echoed (as the template server does).
+        words = (prompt.split() if body.get("echo_prompt") else []) + text.split()
         return {
             "text": text,
-            "tokens": [{"text": text, "logprob": -0.5, "top_logprob": {}}],
+            "tokens": [{"text": word, "logprob": -0.5, "top_logprob": {}} for word in words],
             "logprob": -0.5,
             "request_time": 0.0,
         }
@@ -185,6 +187,22 @@ def test_the_request_log_is_written_with_secrets_redacted(
     ]
     assert all(len(line["excerpt"]) <= 60 for line in lines)
     assert lines[0]["latency_s"] >= ENTRY_DELAY_S
+
+
+def test_the_request_log_counts_prompt_and_completion_tokens(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=60) as gateway:
+        client.post(f"{gateway.url}/tokenize", json={"text": "one two three"})  # as HELM does
+        client.post(f"{gateway.url}/process", json={"prompt": "one two three"})
+        client.post(f"{gateway.url}/process", json={"prompt": "never tokenized"})
+        client.post(f"{gateway.url}/process", json={"prompt": "one two three", "echo_prompt": True})
+        client.post(f"{gateway.url}/process", json={"prompt": "unknown", "echo_prompt": True})
+        client.post(f"{gateway.url}/process", content=b"not json")
+    lines = [json.loads(line) for line in gateway.request_log.read_text().splitlines()]
+    counts = [(line.get("prompt_tokens"), line.get("completion_tokens")) for line in lines]
+    # "echo one two three" is 4 words; an echoed prompt of unknown length leaves both unknown.
+    assert counts == [(None, None), (3, 4), (None, 3), (3, 4), (None, None), (None, None)]
 
 
 def test_stop_closes_the_port(entry_url: str, tmp_path: Path, client: httpx.Client) -> None:

@@ -7,9 +7,13 @@ from such a run (a random model scores 0, so value tests edit a copy of the reco
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import subprocess
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +23,7 @@ import yaml
 from harness.errors import ConfigError, InfrastructureError
 from harness.helm import (
     PLUGIN,
+    RUN_OUTPUTS,
     HelmEndpoint,
     RunResult,
     check_helm,
@@ -32,6 +37,8 @@ from harness.helm import (
     write_helm_conf,
     write_prod_env,
 )
+from harness.tasks import import_task
+from tests.harness.raw_tasks import write_closed_sources
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data" / "helm"
@@ -100,8 +107,19 @@ def test_write_prod_env_refuses_two_entries_with_one_model_name(tmp_path: Path) 
 
 
 @pytest.mark.parametrize("name", ["open", "closed", "offline"])
-def test_shipped_confs_load_with_a_metric_for_every_fixed_scenario(name: str) -> None:
-    conf = load_conf(shipped_conf(name))
+def test_shipped_confs_load_with_a_metric_for_every_fixed_scenario(
+    name: str, tmp_path: Path
+) -> None:
+    path = shipped_conf(name)
+    if name == "closed":
+        # Its task files are the organizers' to convert and put beside it.
+        with pytest.raises(ConfigError, match=r"local task file .*samsum.jsonl does not exist"):
+            load_conf(path)
+        for kind, source in write_closed_sources(tmp_path / "sources").items():
+            import_task(kind, source, tmp_path / f"{kind}.jsonl")
+        path = tmp_path / "closed.conf"
+        path.write_text(shipped_conf(name).read_text())
+    conf = load_conf(path)
     assert conf.entries
     metrics = conf.metrics()
     # Only BIG-bench scenarios pick their metric per task (FALLBACK_METRICS).
@@ -236,6 +254,8 @@ def recorded_runs(output: Path, edit: dict[str, float] | None = None) -> Path:
                 key = f"{stat['name']['name']}/{stat['name'].get('split')}"
                 if edit and key in edit and "synthetic" in sample:
                     stat["mean"] = edit[key] if "perturbation" not in stat["name"] else 0.5
+            for name in RUN_OUTPUTS:  # what HELM writes at the end of a run it finished
+                (folder / name).write_text("{}")
             (folder / "stats.json").write_text(json.dumps(stats))
     (output / "runs" / "harness" / "eval_cache").mkdir()
     return output
@@ -300,6 +320,22 @@ def test_read_metrics_says_why_a_run_has_no_value(tmp_path: Path) -> None:
     assert local.error == "stats.json has no rouge_2 on ('test', 'valid')" and not local.ok
     assert mmlu.error == "stopped by the time limit"
     assert read_metrics(tmp_path / "elsewhere") == []
+
+
+def test_read_metrics_trusts_only_runs_helm_finished(tmp_path: Path) -> None:
+    output = recorded_runs(tmp_path)
+    runs = sorted((output / "runs" / "harness").glob("*groups=*"))
+    local, _, synthetic = runs
+    # Killed between its writes: stats.json is whole, per_instance_stats.json never came.
+    (local / "per_instance_stats.json").unlink()
+    # Killed while writing stats.json, then (as HELM checks only that the files exist) kept.
+    text = (synthetic / "stats.json").read_text()
+    (synthetic / "stats.json").write_text(text[: len(text) // 2])
+    results = read_metrics(output)
+    assert [(r.ok, r.error) for r in (results[0], results[2])] == [
+        (False, "HELM did not finish this run"),
+        (False, "HELM's stats.json of this run is unreadable"),
+    ]
 
 
 def test_missing_helm_is_an_infrastructure_error(tmp_path: Path) -> None:
@@ -473,6 +509,39 @@ def test_helm_run_stops_at_its_time_limit(helm_bin: Path, tmp_path: Path) -> Non
     assert time.monotonic() - started < 15
     assert run.timed_out and run.error == "helm-run ran past its 1 s limit and was stopped"
     assert all(not result.ok for result in run.runs)
+
+
+@pytest.mark.helm
+def test_helm_run_stopped_by_the_caller_or_killed_says_so(helm_bin: Path, tmp_path: Path) -> None:
+    endpoint = HelmEndpoint("x", "http://127.0.0.1:9")  # nothing answers: HELM retries for long
+    write_prod_env(tmp_path / "prod_env", [endpoint])
+    conf = write_helm_conf(load_conf(shipped_conf("offline")), tmp_path / "c.conf",
+                           max_eval_instances=1)  # fmt: skip
+    started = time.monotonic()
+    run = run_helm(tmp_path, conf, [endpoint.model], max_eval_instances=1, timeout_s=120,
+                   bin_dir=helm_bin,
+                   should_stop=lambda: time.monotonic() - started > 2)  # fmt: skip
+    assert time.monotonic() - started < 20
+    assert run.stopped and not run.killed and run.error == "helm-run was stopped by the harness"
+
+    def kill_helm_run() -> None:
+        # As an operator's `kill -9` would: the harness did not send it.
+        marker = str(conf.resolve()).encode()
+        while True:
+            for proc in Path("/proc").iterdir():
+                with contextlib.suppress(OSError):
+                    if proc.name.isdigit() and marker in (proc / "cmdline").read_bytes():
+                        os.kill(int(proc.name), signal.SIGKILL)
+                        return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_helm_run, daemon=True)
+    killer.start()
+    run = run_helm(tmp_path, conf, [endpoint.model], max_eval_instances=1, timeout_s=120,
+                   bin_dir=helm_bin)  # fmt: skip
+    killer.join(timeout=5)
+    assert run.killed and run.error == "helm-run was killed by SIGKILL before it finished"
+    assert not any(result.ok for result in run.runs)
 
 
 @pytest.mark.helm

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
 from harness.gateway import GatewayStats
+from harness.pages import to_html
 from harness.report import build_leaderboard, to_markdown
 from harness.store import Metric, Status, Step, Store
 
@@ -56,6 +59,16 @@ def _fill(results_dir: Path, stages: tuple[str, ...] = ("open", "closed")) -> No
                 store.record_status(attempt, status, "3 unanswered" if unanswered else "")
 
 
+def _assert_svg_size(svg: str) -> None:
+    root = ET.fromstring(svg)
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    assert (root.get("width"), root.get("height")) == (
+        f"{FIGURE_WIDTH_PT}pt",
+        f"{FIGURE_HEIGHT_PT}pt",
+    )
+    assert 'href="http' not in svg  # nothing fetched
+
+
 class _Links(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -91,11 +104,24 @@ def test_report_command_writes_all_three_and_prints_the_table(tmp_path: Path) ->
     assert rows[0]["final"] == pytest.approx((0.0625 ** (1 / 3) + 2) / 3)
     assert rows[1]["final"] == pytest.approx(1 / 3)
     assert rows[2]["final"] == pytest.approx(0.25 ** (1 / 3) / 3)
-    assert rows[2]["stages"]["open"]["scenario_win_rates"] == {"gsm8k": 1.0, "lm": 0.5, "mmlu": 0.5}
+    # Per scenario: the win rate and the main metric's mean over the scenario's run specs.
+    assert rows[2]["stages"]["open"]["scenarios"] == {
+        "gsm8k": {"win_rate": 1.0, "value": 0.2, "metric": "m"},
+        "lm": {"win_rate": 0.5, "value": 10.0, "metric": "m"},
+        "mmlu": {"win_rate": 0.5, "value": pytest.approx(0.45), "metric": "m"},
+    }
+    assert rows[2]["scenarios"]["closed/x"] == {
+        "win_rate": 0.0,
+        "value": 0.2,
+        "metric": "exact_match",
+    }
+    assert rows[1]["scenarios"]["open/gsm8k"] == {"win_rate": 0.0, "value": None, "metric": "m"}
+    assert board["columns"] == ["open/gsm8k", "open/lm", "open/mmlu", "closed/x"]
     assert rows[1]["status"] == "open: eval-timeout; closed: eval-timeout"
     assert rows[1]["unanswered"] == 6
     assert rows[3]["status"] == "open: build-failed; closed: build-failed"
     assert rows[3]["final"] is None
+    assert rows[3]["scenarios"] == {}
     # Open ranks A > C > B, closed C > B > A: only (B, C) is concordant; d = (2, -1, -1).
     assert board["agreement"]["kendall_tau_b"] == pytest.approx(-1 / 3)
     assert board["agreement"]["spearman"] == pytest.approx(1 - 6 * 6 / (3 * 8))
@@ -109,11 +135,20 @@ def test_report_command_writes_all_three_and_prints_the_table(tmp_path: Path) ->
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     links = _Links()
     links.feed(html)
-    assert links.srcs == []  # no external assets: the sorting script is inline
-    assert len(links.hrefs) == 3 * 2 * 2 + 2  # build + requests logs of A-C, build logs of D
+    assert links.srcs == []  # no external assets: the script, style and figures are inline
+    assert html.count("<svg") == len(FIGURES)
+    assert len(links.hrefs) == 4  # each entry's name links its page
     for href in links.hrefs:
         assert not Path(href).is_absolute()
         assert (tmp_path / href).is_file()
+    page = (tmp_path / links.hrefs[-1]).read_text()  # D's: its failed build and its log
+    assert "&lt;script&gt;" in page and "<script>" not in page
+    page_links = _Links()
+    page_links.feed(page)
+    for href in page_links.hrefs:
+        assert (tmp_path / "leaderboard" / href).resolve().is_file()
+    assert "../open/D/build.log" in page_links.hrefs
+    assert "../leaderboard.html" in page_links.hrefs
 
 
 def test_a_single_stage_has_no_stage_columns_nor_agreement(tmp_path: Path) -> None:
@@ -130,7 +165,13 @@ def test_a_single_stage_has_no_stage_columns_nor_agreement(tmp_path: Path) -> No
     ]
     assert board.rows[-1].status == "build-failed"
     header = to_markdown(board).splitlines()[4]
-    assert header == "| Rank | Entry | Score | Status | Reason | Unanswered | Logs |"
+    assert header == (
+        "| Rank | Entry | Score | gsm8k | lm | mmlu | Status | Reason | Cost (USD) | Logs |"
+    )
+    figures = {name: draw(board) for name, draw in FIGURES.items()}
+    assert "Needs both stages" in figures["stages"]  # said in the figure, not an empty frame
+    for svg in figures.values():
+        _assert_svg_size(svg)
 
 
 def test_entries_without_a_result_and_an_empty_store(tmp_path: Path) -> None:
@@ -149,3 +190,153 @@ def test_a_folder_without_results_is_a_usage_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "no results store" in result.output
     assert not (tmp_path / "nothing").exists()
+
+
+def _one_entry(results_dir: Path, entry: str, *, failed: bool) -> None:
+    """One entry in the open stage: scored on one run spec, or failed at its build."""
+    with Store(results_dir) as store:
+        store.add_entry(entry, results_dir / "entries" / entry)
+        attempt = store.start_attempt(entry, "open")
+        store.finish_step(store.start_step(attempt, Step.BUILD), ok=not failed)
+        if failed:
+            store.record_status(attempt, Status.BUILD_FAILED, "pip failed")
+            return
+        for step in (Step.SERVE, Step.EVALUATE):
+            store.finish_step(store.start_step(attempt, step), ok=True)
+        store.record_metrics(attempt, [Metric("parity", "parity", "quasi_exact_match", 1.0)])
+        store.record_status(attempt, Status.SCORED, "")
+
+
+def _render_everything(results_dir: Path) -> dict[str, object]:
+    result = CliRunner().invoke(app, ["report", str(results_dir)])
+    assert result.exit_code == 0, result.output
+    html = (results_dir / "leaderboard.html").read_text()
+    assert html.count("<svg") == len(FIGURES)
+    board: dict[str, object] = json.loads((results_dir / "leaderboard.json").read_text())
+    return board
+
+
+def test_one_entry_only(tmp_path: Path) -> None:
+    _one_entry(tmp_path, "solo", failed=False)
+    board = _render_everything(tmp_path)
+    rows = board["rows"]
+    assert isinstance(rows, list)
+    assert rows[0]["rank"] == 1
+    assert rows[0]["scenarios"] == {
+        "parity": {"win_rate": 1.0, "value": 1.0, "metric": "quasi_exact_match"}
+    }
+    assert (tmp_path / "leaderboard" / rows[0]["entry"]).parent.is_dir()
+
+
+def test_only_failed_entries(tmp_path: Path) -> None:
+    _one_entry(tmp_path, "x", failed=True)
+    _one_entry(tmp_path, "y", failed=True)
+    with Store(tmp_path, create=False) as store:
+        board = build_leaderboard(store)
+    assert [(row.entry, row.rank, row.status) for row in board.rows] == [
+        ("x", None, "build-failed"),
+        ("y", None, "build-failed"),
+    ]
+    assert board.columns == []
+    svgs = {name: draw(board) for name, draw in FIGURES.items()}
+    assert "No scored entry" in svgs["scenarios"]
+    assert "build-failed" in svgs["status"]
+    for svg in svgs.values():
+        _assert_svg_size(svg)
+    _render_everything(tmp_path)
+
+
+def test_a_subset_of_entries_is_ranked_among_itself(tmp_path: Path) -> None:
+    _fill(tmp_path, stages=("open",))
+    with Store(tmp_path, create=False) as store:
+        board = build_leaderboard(store, entries=["B", "C", "D", "not-an-entry"])
+    # Without A, B wins mmlu and C wins gsm8k and lm: each has a 0 win rate, so both score 0 and
+    # tie (with A they are 2nd and 3rd of the open stage).
+    assert [(row.entry, row.rank, row.final) for row in board.rows] == [
+        ("B", 1, 0.0),
+        ("C", 1, 0.0),
+        ("D", None, None),
+    ]
+
+
+def test_efficiency_comes_from_the_steps_and_the_request_log(tmp_path: Path) -> None:
+    _one_entry(tmp_path, "e", failed=False)
+    log = tmp_path / "logs" / "requests.jsonl"
+    log.parent.mkdir()
+    lines = [
+        {"endpoint": "/tokenize", "prompt_tokens": 1000},  # not a completion: not counted
+        {"endpoint": "/process", "prompt_tokens": 40, "completion_tokens": 2},
+        {"endpoint": "/process", "prompt_tokens": None, "completion_tokens": 3},
+        {"endpoint": "/process"},  # a log written before tokens were counted
+    ]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines) + '{"endpoint": "/pro')
+    with Store(tmp_path) as store:
+        attempt = store.start_attempt("e", "open")
+        store.record_gateway_stats(attempt, GatewayStats(5, 3, 1, 0, 0.1, 0.2, 0.3, 0.4), log)
+        board = build_leaderboard(store, track="A100")
+    row = board.rows[0]
+    efficiency = row.stages["open"].efficiency
+    assert (efficiency.answered, efficiency.unanswered) == (3, 1)
+    assert (efficiency.prompt_tokens, efficiency.completion_tokens) == (40, 5)
+    assert efficiency.eval_s is not None and efficiency.eval_s >= 0
+    assert efficiency.eval_limit_s == 300 * 60
+    assert [step.step for step in row.stages["open"].steps] == ["build", "serve", "evaluate"]
+    assert row.cost.track == "A100" and row.cost.price_per_gpu_hour == 1.0
+    assert row.cost.usd == pytest.approx(efficiency.gpu_hours)
+    assert row.stages["open"].logs == {"requests": "logs/requests.jsonl"}
+
+
+def test_cost_counts_reproduced_training_at_the_given_price(tmp_path: Path) -> None:
+    _one_entry(tmp_path, "e", failed=False)
+    folder = tmp_path / "reproduce" / "e-1234"
+    folder.mkdir(parents=True)
+    training = {"wall_time_s": 7200.0, "finished": True}
+    (folder / "reproduction.json").write_text(
+        json.dumps({"entry": "e", "track": "4090", "training": training})
+    )
+    (tmp_path / "reproduce" / "half-written").mkdir()
+    (tmp_path / "reproduce" / "half-written" / "reproduction.json").write_text('{"entry": ')
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--price", "4090=0.5"])
+    assert result.exit_code == 0, result.output
+    cost = json.loads((tmp_path / "leaderboard.json").read_text())["rows"][0]["cost"]
+    assert cost["track"] == "4090"  # from the reproduction, as no --track was given
+    assert cost["train_gpu_hours"] == 2.0
+    assert cost["usd"] == pytest.approx((2.0 + cost["eval_gpu_hours"]) * 0.5)
+    page = next((tmp_path / "leaderboard").glob("e-*.html")).read_text()
+    assert "2.0000 of training at USD 0.5/h, track 4090" in page
+
+
+@pytest.mark.parametrize("price", ["4090", "4090=cheap", "=1", "A100=-1"])
+def test_a_bad_price_is_a_usage_error(tmp_path: Path, price: str) -> None:
+    _one_entry(tmp_path, "e", failed=False)
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--price", price])
+    assert result.exit_code == 2
+    assert "--price takes TRACK=USD_PER_GPU_HOUR" in result.output
+    assert not (tmp_path / "leaderboard.json").exists()
+
+
+def test_the_body_embeds_with_links_where_the_caller_says(tmp_path: Path) -> None:
+    _fill(tmp_path, stages=("open",))
+    with Store(tmp_path, create=False) as store:
+        board = build_leaderboard(store)
+    body = to_html(board, standalone=False, entry_link=lambda entry: f"/entries/{entry}")
+    assert "<html" not in body and "<body" not in body
+    assert body.startswith('<div class="leaderboard">')
+    links = _Links()
+    links.feed(body)
+    assert links.hrefs == ["/entries/A", "/entries/C", "/entries/B", "/entries/D"]
+    assert 'title="m: 0.4500"' in body  # the raw main metric on hover
+
+
+def test_the_terminal_leaves_many_scenario_columns_to_the_files(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("e", "e")
+        attempt = store.start_attempt("e", "open")
+        names = [f"scenario{i}" for i in range(9)]
+        store.record_metrics(attempt, [Metric(name, name, "exact_match", 0.5) for name in names])
+        store.record_status(attempt, Status.SCORED, "")
+    result = CliRunner().invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "9 scenario columns: see leaderboard.html" in result.output
+    assert "scenario8" not in result.output
+    assert "scenario8" in (tmp_path / "leaderboard.md").read_text()

@@ -196,9 +196,10 @@ def test_a_foreign_entry_reproduces_with_its_manifest_and_secret(
     tmp_path: Path, base_image: str, helm_bin: Path, cleanup: list[str]
 ) -> None:
     # The "training" proves it got the token, and prints it: the logs must not keep it.
+    # umask 077: weights private to the training's user, which the inference server is not.
     script = (
-        'test -n "$HF_TOKEN" && echo "login with $HF_TOKEN" && mkdir -p /work/weights '
-        "&& printf trained > /work/weights/model.bin && echo done"
+        'test -n "$HF_TOKEN" && echo "login with $HF_TOKEN" && umask 077 && mkdir -p '
+        "/work/weights && printf trained > /work/weights/model.bin && echo done"
     )
     entry = _foreign_entry(tmp_path / "entries", "foreign", script)
     results = tmp_path / "results"
@@ -228,6 +229,7 @@ def test_a_foreign_entry_reproduces_with_its_manifest_and_secret(
     # The inference image was built on the reproduced weights, not on the submitted ones.
     copy = folder / "work" / "foreign-reproduced"
     assert (copy / "weights" / "model.bin").read_bytes() == b"trained"
+    assert (copy / "weights" / "model.bin").stat().st_mode & 0o004  # `COPY` keeps the mode
     train_log = (folder / "train.log").read_text()
     assert "login with hf_" in train_log and "done" in train_log
     assert TOKEN not in _everything(results)

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ import pytest
 
 from harness.health import HealthSchedule
 from harness.report import build_leaderboard
-from harness.run import RUN_LABEL, RunOptions, exit_code, results_id, run_entries
+from harness.run import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
 from harness.store import Status, Store
 from harness.submission import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
@@ -248,3 +249,45 @@ def test_a_malformed_zip_is_flagged_with_its_findings_recorded(
     with Store(tmp_path / "results") as store:
         rules = {f.rule for f in store.findings("escape.zip", "open")}
     assert "malformed-entry" in rules
+
+
+def test_a_vanished_container_or_a_full_disk_ends_only_that_entry(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "good", "answer-a")
+    make_entry(entries, "vanishing", "slow")
+    make_entry(entries, "full-disk", "answer-a")
+    out = tmp_path / "results"
+    # Writes to /dev/full fail with ENOSPC, as on a full disk.
+    full_logs = out / "logs" / entry_slug("full-disk") / "open"
+    full_logs.mkdir(parents=True)
+    (full_logs / "container.log").symlink_to("/dev/full")
+
+    def remove_when_evaluating() -> None:
+        image = f"harness-entry/{entry_slug('vanishing')}:open"
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            if (out / "results.sqlite").exists() and _evaluating(out, "vanishing"):
+                for container in labelled_containers(docker_client, out):
+                    if image in container.image.tags:
+                        container.remove(force=True)  # as someone's `docker rm -f`
+                        return
+            time.sleep(0.5)
+
+    remover = threading.Thread(target=remove_when_evaluating, daemon=True)
+    remover.start()
+    run = options(
+        tmp_path, base_image, run_specs=str(write_conf(tmp_path, 8)), max_eval_instances=8
+    )
+    outcomes = {o.entry: o for o in run_entries(entries, run)}
+    remover.join(timeout=5)
+
+    assert outcomes["good"].status is Status.SCORED
+    assert outcomes["vanishing"].status is Status.CRASHED
+    assert outcomes["vanishing"].reason == (
+        "during evaluation: the container disappeared (removed from outside the harness)"
+    )
+    assert outcomes["full-disk"].status is Status.EVAL_FAILED
+    assert outcomes["full-disk"].reason.startswith("no space left to write")
+    assert labelled_containers(docker_client, out) == []

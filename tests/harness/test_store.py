@@ -234,3 +234,53 @@ def test_threads_share_a_store(tmp_path: Path) -> None:
             list(pool.map(run, [f"e{i}" for i in range(20)]))
         assert len(store.results("closed")) == 20
         assert all(store.is_finished(f"e{i}", "closed", Step.EVALUATE) for i in range(20))
+
+
+def test_a_result_is_recorded_once_per_attempt(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        attempt = store.start_attempt("alpha", "open")
+        store.record_status(attempt, Status.SCORED, "1 run(s) scored")
+        with pytest.raises(ValueError, match="has ended"):
+            store.record_status(attempt, Status.EVAL_FAILED, "again")
+        # A harness presumed dead (its attempt closed by the next start) records nothing later.
+        zombie = store.start_attempt("alpha", "open")
+        store.mark_interrupted()
+        with pytest.raises(ValueError, match="has ended"):
+            store.record_status(zombie, Status.CRASHED, "late")
+        assert store.results("open")["alpha"].reason == "1 run(s) scored"
+        with closing(sqlite3.connect(store.path)) as db:
+            rows = db.execute("SELECT id, status FROM attempts ORDER BY id").fetchall()
+        assert rows == [(attempt.id, "scored"), (zombie.id, None)]
+
+
+def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.executescript(
+            "CREATE TABLE attempts (id INTEGER PRIMARY KEY, entry TEXT NOT NULL, "
+            "stage TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL);"
+            "INSERT INTO attempts VALUES (1, 'alpha', 'open', 0, 1); PRAGMA user_version = 1;"
+        )
+    with Store(tmp_path) as store, closing(sqlite3.connect(store.path)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("SELECT status, instances_sha256 FROM attempts").fetchall() == [
+            (None, None)
+        ]
+
+
+def test_a_version_2_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        store.start_attempt("alpha", "open")
+    # Back to what a version-2 store looked like: no instances_sha256 column.
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.execute("ALTER TABLE attempts DROP COLUMN instances_sha256")
+        db.execute("PRAGMA user_version = 2")
+        db.commit()
+    with Store(tmp_path) as store:
+        assert store.instances_sha256("alpha", "open") is None  # kept, with no pack
+        store.start_attempt("alpha", "open", instances_sha256="ab" * 32)
+        assert store.instances_sha256("alpha", "open") == "ab" * 32
+        assert store.instances_sha256("alpha", "closed") is None
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 3

@@ -38,6 +38,8 @@ def test_renders_every_file_a_submission_needs(rendered: Path) -> None:
         "requirements-train.txt",
         "config.yaml",
         "main.py",
+        "engine.py",
+        "prefix_cache.py",
         "api.py",
         "train.py",
         "merge.py",

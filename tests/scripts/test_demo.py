@@ -27,7 +27,20 @@ def test_demo_trains_builds_serves_scores_and_ranks(
     board = json.loads((work / "results" / "leaderboard.json").read_text())
     statuses = {row["entry"]: row["status"] for row in board["rows"]}
     assert statuses == {"qlora-trained": "scored", "untrained": "scored", "broken": "flagged"}
-    assert (work / "results" / "leaderboard.html").is_file()
+    # The trained entry was fine-tuned on the parity task's questions: it answers them, the
+    # untrained model does not, and the leaderboard ranks it first there and overall.
+    rows = {row["entry"]: row for row in board["rows"]}
+    trained, untrained = rows["qlora-trained"]["scenarios"], rows["untrained"]["scenarios"]
+    assert trained["parity"]["value"] > (untrained["parity"]["value"] or 0)
+    assert trained["parity"]["win_rate"] == 1.0
+    assert board["rows"][0]["entry"] == "qlora-trained"
+    html = (work / "results" / "leaderboard.html").read_text()
+    assert html.count("<svg") == 4
+    assert len(list((work / "results" / "leaderboard").glob("*.html"))) == 3
+    # The reviewer's next command, with the mount the training image needs for the base model.
+    base = work / "tiny-base"
+    assert f"reproduce {work / 'entries' / 'qlora-trained'} --track 4090" in result.stdout
+    assert f"--mount {base}:{base}" in result.stdout
     stored = "".join(
         p.read_text(errors="replace") for p in (work / "results").rglob("*") if p.is_file()
     )

@@ -276,6 +276,21 @@ def test_tokenize_truncates_and_decode_round_trips(client: TestClient, reference
         ("/decode", {"tokens": [1.5]}, "tokens"),
         ("/decode", {"tokens": [-1]}, "tokens"),
         ("/decode", {}, "tokens"),
+        # Strict types: a bool is not an int, 0 is not a bool, a string is not a number.
+        ("/process", {"prompt": "x", "seed": False}, "seed"),
+        ("/process", {"prompt": "x", "max_new_tokens": True}, "max_new_tokens"),
+        ("/process", {"prompt": "x", "max_new_tokens": 2.0}, "max_new_tokens"),
+        ("/process", {"prompt": "x", "echo_prompt": 0}, "echo_prompt"),
+        ("/process", {"prompt": "x", "temperature": "0.5"}, "temperature"),
+        ("/process", {"prompt": 3}, "prompt"),
+        ("/tokenize", {"text": "x", "truncation": 0}, "truncation"),
+        ("/tokenize", {"text": "x", "max_length": False}, "max_length"),
+        # Finite numbers in documented ranges: 1e308 overflowed float32 and sampling made NaN.
+        ("/process", {"prompt": "x", "temperature": 1e308}, "temperature"),
+        ("/process", {"prompt": "x", "top_k": 10**30}, "top_k"),
+        ("/process", {"prompt": "x", "seed": -1}, "seed"),
+        ("/process", {"prompt": "x", "top_k_per_token": 101}, "top_k_per_token"),
+        ("/process", {"prompt": "x", "stop_sequences": ["a"] * 65}, "stop_sequences"),
     ],
 )
 def test_invalid_requests_get_a_422_naming_the_field(
@@ -286,10 +301,45 @@ def test_invalid_requests_get_a_422_naming_the_field(
     assert field in response.text
 
 
+@pytest.mark.parametrize("number", ["Infinity", "-Infinity", "NaN"])
+@pytest.mark.parametrize("field", ["temperature", "top_p"])
+def test_non_finite_numbers_get_a_422(client: TestClient, field: str, number: str) -> None:
+    # Python's JSON reader accepts these; FastAPI's own error handler then failed to echo them.
+    body = f'{{"prompt": "x", "{field}": {number}}}'
+    response = client.post("/process", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize(("path", "field"), [("/process", "prompt"), ("/tokenize", "text")])
+def test_a_lone_surrogate_gets_a_422(client: TestClient, path: str, field: str) -> None:
+    # Valid JSON, but no tokenizer can read half a UTF-16 pair.
+    body = f'{{"{field}": "a\\ud800b"}}'
+    response = client.post(path, content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+
+
+@pytest.mark.parametrize("body", [b"{not json", b'{"prompt": "x"', b"\xff\xfe"])
+def test_a_body_that_is_not_json_gets_a_400(client: TestClient, body: bytes) -> None:
+    response = client.post("/process", content=body, headers={"content-type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["detail"].startswith("invalid JSON")
+
+
+def test_extreme_sampling_settings_still_answer(client: TestClient) -> None:
+    for temperature in (1.1e-5, 100.0):
+        body = {"prompt": FRANCE, "temperature": temperature, "top_k": 10**6, "seed": 2**63 - 1}
+        result = process(client, **body, max_new_tokens=4, min_new_tokens=4, top_p=1e-9)
+        assert len(result["tokens"]) == 4
+        assert all(t["logprob"] <= 0 for t in result["tokens"])
+
+
 def test_token_ids_outside_the_vocabulary_get_a_422(client: TestClient) -> None:
     response = client.post("/decode", json={"tokens": [1, 10**6]})
     assert response.status_code == 422
-    assert "outside the vocabulary" in response.json()["detail"]
+    (error,) = response.json()["detail"]
+    assert error["loc"] == ["body", "tokens", 1] and "outside the vocabulary" in error["msg"]
 
 
 def _mixed_requests() -> list[dict[str, Any]]:

@@ -359,3 +359,23 @@ def test_zip_with_a_wrapping_folder_keeps_paths_relative_to_the_zip(tmp_path: Pa
     report = check_entry(tmp_path / "team.zip")
     assert report.dockerfile == "team/Dockerfile"
     assert report.status == "ok"
+
+
+def test_extracted_files_are_readable_by_a_container_user_whatever_the_umask(
+    tmp_path: Path,
+) -> None:
+    from harness.checks import extract_zip
+
+    archive = tmp_path / "entry.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, mode in [("model/weights.bin", 0o600), ("start.sh", 0o700)]:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFREG | mode) << 16
+            zf.writestr(info, b"x")
+    previous = os.umask(0o077)
+    try:
+        assert extract_zip(archive, tmp_path / "out", Limits(), [])
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*.*")}
+    assert modes == {"weights.bin": 0o644, "start.sh": 0o755}

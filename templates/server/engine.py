@@ -1,0 +1,526 @@
+"""The submission server's engine: one thread owns the model and runs a continuous batch.
+
+main.py (the HTTP side) hands it jobs; it answers them through futures. New requests (the oldest
+first, then those needing similar work, within MAX_BATCH_SIZE / MAX_BATCH_TOKENS) join the running
+batch between decoding steps, left-padded with attention masks so a batched answer equals the
+unbatched one; finished requests are answered and leave at once. The KV cache is kept across
+steps; only the logits a response needs are computed, and only the chosen and top_k_per_token
+log-probabilities leave the device.
+
+A prompt starts from the longest prefix of its token ids whose key/value states a recent prompt
+left in the prefix cache (prefix_cache.py), so shared few-shot examples are read once.
+
+Robust: when a batch raises (CUDA out of memory, say), memory is freed (the prefix cache too) and
+its requests are rerun one by one, so only a request that fails on its own gets an error; the
+worker goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import queue
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from api import Generated, ProcessRequest, Sequence, TopList, fit_prompt, start_ids
+from prefix_cache import Entry, PrefixCache
+
+log = logging.getLogger("server")
+
+LOGPROB_CHUNK = 512  # prompt positions whose full-vocabulary logits are materialised at once
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_path: str
+    device: str = "auto"
+    dtype: str = "auto"
+    load_in_4bit: bool = False
+    max_batch_size: int = 32
+    max_batch_tokens: int = 8192
+    batch_window_ms: float = 5.0
+    max_context: int | None = None
+    prefix_cache_mb: float = 1024.0
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        env = os.environ
+        if not env.get("MODEL_PATH"):
+            raise ValueError("MODEL_PATH is not set: point it at the merged model's folder")
+        settings = cls(
+            model_path=env["MODEL_PATH"],
+            device=env.get("DEVICE", "auto"),
+            dtype=env.get("DTYPE", "auto"),
+            load_in_4bit=env.get("LOAD_IN_4BIT", "0").lower() in ("1", "true", "yes"),
+            max_batch_size=int(env.get("MAX_BATCH_SIZE", "32")),
+            max_batch_tokens=int(env.get("MAX_BATCH_TOKENS", "8192")),
+            batch_window_ms=float(env.get("BATCH_WINDOW_MS", "5")),
+            max_context=int(env["MAX_CONTEXT"]) if env.get("MAX_CONTEXT") else None,
+            prefix_cache_mb=float(env.get("PREFIX_CACHE_MB", "1024")),
+        )
+        if settings.dtype not in ("auto", "bfloat16", "float16", "float32"):
+            raise ValueError(f"DTYPE={settings.dtype!r}: use auto, bfloat16, float16 or float32")
+        if settings.max_batch_size < 1 or settings.max_batch_tokens < 1:
+            raise ValueError("MAX_BATCH_SIZE and MAX_BATCH_TOKENS must be positive")
+        if not settings.prefix_cache_mb >= 0:  # NaN too
+            raise ValueError("PREFIX_CACHE_MB must be 0 (no prefix cache) or more")
+        return settings
+
+
+class GenerationError(RuntimeError):
+    """A request failed inside the model; carries only the message (no tensors via traceback)."""
+
+
+@dataclass(eq=False)  # jobs are told apart by identity: two requests may be alike
+class Job:
+    """One /process request as the worker sees it."""
+
+    request: ProcessRequest
+    ids: list[int]  # what the model reads: hidden start tokens (e.g. BOS) + the kept prompt
+    hidden: int  # leading ids that are not part of the prompt text
+    max_new: int
+    truncated: bool
+    future: Future[Generated] = field(default_factory=Future)
+    result: Generated = field(default_factory=Generated)  # filled in by the worker
+    pending: int = 0  # rows still decoding
+
+    @property
+    def rows(self) -> int:
+        return self.request.num_sequences
+
+
+@dataclass
+class _Row:
+    """One sequence being decoded; a job with num_sequences=n has n rows."""
+
+    job: Job
+    sequence: Sequence
+    generator: torch.Generator | None
+    done: bool = False
+
+    def finish(self, reason: str) -> None:
+        self.sequence.finish, self.done = reason, True
+        self.job.pending -= 1
+
+
+@dataclass
+class _Batch:
+    """The rows being decoded together; line i of every tensor is rows[i]."""
+
+    rows: list[_Row]
+    cache: Any
+    mask: torch.Tensor
+    logprobs: torch.Tensor  # each row's next-token log-probabilities, from the raw logits
+
+    def jobs(self) -> list[Job]:
+        return list({id(row.job): row.job for row in self.rows}.values())
+
+    def release(self) -> None:
+        self.rows, self.cache = [], None
+        self.mask = self.logprobs = torch.empty(0)
+
+
+class Engine:
+    def __init__(self, model: Any, tokenizer: Any, settings: Settings) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.device = next(model.parameters()).device
+        self.decoder = model.get_decoder()
+        self.lm_head = model.get_output_embeddings()
+        self.context = settings.max_context or int(model.config.max_position_embeddings)
+        eos = model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            eos_ids.add(tokenizer.eos_token_id)
+        self.eos_ids = sorted(eos_ids)
+        self.start_ids = start_ids(tokenizer)
+        self.empty_start = [
+            next(i for i in (tokenizer.bos_token_id, *self.eos_ids, 0) if i is not None)
+        ]
+        self.pad_id = next(
+            i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None
+        )
+        self.joinable = self._plain_cache(model.config, self.context)
+        # Reused prefixes are spliced into one growing tensor per layer: plain caches only.
+        self.prefix = None
+        if self.joinable and settings.prefix_cache_mb > 0:
+            self.prefix = PrefixCache(int(settings.prefix_cache_mb * 2**20))
+        self._queue: queue.Queue[Job | None] = queue.Queue()  # None asks the worker to stop
+        self._backlog: list[Job] = []
+
+    @staticmethod
+    def _plain_cache(config: Any, context: int) -> bool:
+        """Whether each layer caches one growing tensor (batches can then merge); if not, a
+        batch runs to its end before the next starts (short sliding windows, hybrid models)."""
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+        kinds = {type(layer) for layer in DynamicCache(config=config).layers}
+        if kinds <= {DynamicLayer}:
+            return True
+        # A window no sequence can outgrow (Mistral-7B's 4096 on a 4096 context) is full attention.
+        window = getattr(config, "sliding_window", None) or 0
+        return kinds <= {DynamicLayer, DynamicSlidingWindowLayer} and window >= context
+
+    # ---- the request side (event loop) ----
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def prepare(self, request: ProcessRequest) -> Job:
+        prompt = self.encode(request.prompt)
+        fitted = fit_prompt(
+            prompt, self.start_ids, self.empty_start, request.max_new_tokens, self.context
+        )
+        return Job(request, *fitted)
+
+    def submit(self, job: Job) -> Future[Generated]:
+        self._queue.put(job)
+        return job.future
+
+    # ---- the worker side (one thread owns the model) ----
+
+    def stop(self) -> None:
+        self._queue.put(None)
+
+    def serve_forever(self) -> None:
+        """Continuous batching: new requests join the running batch between decoding steps."""
+        batch: _Batch | None = None
+        while True:
+            jobs = self._take(batch) if batch is None or self.joinable else []
+            if jobs is None:
+                stranded = self._backlog + (batch.jobs() if batch else [])
+                for job in stranded:
+                    _fail(job, "the server is shutting down")
+                return
+            if jobs and (joining := self._guarded(jobs, partial(self._prefill, jobs))):
+                batch = joining if batch is None else self._merge(batch, joining)
+            if batch is not None:
+                advanced = self._guarded(batch.jobs(), partial(self._advance, batch), batch)
+                batch = advanced if advanced and advanced.rows else None
+
+    def _take(self, batch: _Batch | None) -> list[Job] | None:
+        """Waiting jobs that fit beside the running batch; None once asked to stop."""
+        incoming: list[Job | None] = []
+        if batch is None and not self._backlog:
+            incoming.append(self._queue.get())
+            deadline = time.monotonic() + self.settings.batch_window_ms / 1000
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    incoming.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
+        while True:
+            try:
+                incoming.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        self._backlog += [job for job in incoming if job is not None]
+        if None in incoming:
+            return None
+        if not self._backlog:
+            return []
+        rows, width, most_new = 0, 0, 0
+        if batch is not None:
+            rows, width = len(batch.rows), batch.mask.shape[1]
+            most_new = max(r.job.max_new - len(r.sequence.ids) for r in batch.rows)
+        # The oldest job goes first (nothing starves); jobs with as many tokens left to read
+        # join it: rows of one prefill all read that many (see _prefill).
+        anchor = self._backlog[0]
+        to_read = len(anchor.ids) - self._reusable(anchor)[0]
+        others = sorted(
+            self._backlog[1:], key=lambda job: abs(len(job.ids) - self._reusable(job)[0] - to_read)
+        )
+        chosen = []
+        for job in [anchor, *others]:
+            new_rows, new_width = rows + job.rows, max(width, len(job.ids))
+            new_most = max(most_new, job.max_new)
+            fits = new_rows <= self.settings.max_batch_size and (
+                new_rows * (new_width + new_most) <= self.settings.max_batch_tokens
+            )
+            if not fits and job is anchor and batch is not None:
+                return []  # wait for room rather than let younger jobs overtake
+            if fits or job is anchor:  # a lone job over the budget still has to run
+                chosen.append(job)
+                rows, width, most_new = new_rows, new_width, new_most
+        self._backlog = [job for job in self._backlog if job not in chosen]
+        return chosen
+
+    def _guarded(
+        self, jobs: list[Job], work: Callable[[], _Batch], batch: _Batch | None = None
+    ) -> _Batch | None:
+        """Run `work`; if it raises, free memory and run each unanswered job on its own."""
+        try:
+            return work()
+        except Exception:  # any failure of the model: OOM, a bad kernel, a bug
+            log.exception(
+                "generation failed for %d request(s); retrying them one by one", len(jobs)
+            )
+        # The traceback (and the tensors its frames hold) is gone once the except block ends;
+        # the failed batch's cache must go too before the retries need the memory.
+        if batch is not None:
+            batch.release()
+        if self.prefix is not None:
+            self.prefix.clear()
+        self._free_memory()
+        for job in jobs:
+            if not job.future.done():
+                self._solo(job)
+        return None
+
+    def _solo(self, job: Job) -> None:
+        message = None
+        try:
+            batch = self._prefill([job])
+            while batch.rows:
+                self._advance(batch)
+        except Exception as exc:
+            log.exception("generation failed for one request")
+            message = f"{type(exc).__name__}: {exc}"
+        if message is not None:
+            self._free_memory()
+            _fail(job, message)
+
+    def _free_memory(self) -> None:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _new_cache(self) -> Any:
+        from transformers import DynamicCache
+
+        return DynamicCache() if self.joinable else DynamicCache(config=self.model.config)
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        out = self.decoder(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        return out.last_hidden_state  # type: ignore[no-any-return]
+
+    def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
+
+    @torch.inference_mode()
+    def _prefill(self, jobs: list[Job]) -> _Batch:
+        """Read the prompts (left-padded to one width), score echoed ones, start the rows."""
+        rows: list[_Row] = []
+        first_line = {}
+        for job in jobs:
+            first_line[id(job)] = len(rows)
+            job.result, job.pending = Generated(), job.rows
+            generator = None
+            if job.request.seed is not None and not job.request.greedy:
+                generator = torch.Generator(device=self.device).manual_seed(job.request.seed)
+            for _ in range(job.rows):
+                job.result.sequences.append(Sequence())
+                rows.append(_Row(job, job.result.sequences[-1], generator))
+        # Every row reads the same number of trailing tokens, so a reused prefix sits right
+        # before the tokens read now and no padding splits a sequence. Reading fewer tokens
+        # than a row could would not save work: the padded batch is that wide anyway.
+        hits = {id(job): self._reusable(job) for job in jobs}
+        fresh = max(len(job.ids) - hits[id(job)][0] for job in jobs)
+        reused = {id(job): max(0, len(job.ids) - fresh) for job in jobs}
+        width = max(reused.values())
+        ids = torch.full((len(rows), fresh), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width + fresh), dtype=torch.long)
+        for line, row in enumerate(rows):
+            tokens = row.job.ids[reused[id(row.job)] :]
+            ids[line, fresh - len(tokens) :] = torch.tensor(tokens)
+            mask[line, width + fresh - len(row.job.ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = self._new_cache()
+        if width:
+            self._seed_cache(
+                cache,
+                [hits[id(row.job)][1] for row in rows],
+                [reused[id(row.job)] for row in rows],
+                width,
+            )
+            if self.prefix is not None:
+                self.prefix.reused_tokens += sum(reused[id(job)] for job in jobs)
+        hidden = self._forward(ids, mask, cache)
+        if self.prefix is not None:
+            for job in jobs:
+                line, n = first_line[id(job)], len(job.ids)
+                states = [
+                    (layer.keys[line, :, -n:].clone(), layer.values[line, :, -n:].clone())
+                    for layer in cache.layers
+                ]
+                self.prefix.put(job.ids, states)
+        for job in jobs:
+            if job.request.echo_prompt:
+                self._score_prompt(job, hidden[first_line[id(job)]])
+        batch = _Batch(rows, cache, mask, self._logprobs(hidden[:, -1]))
+        for row in rows:
+            if row.job.max_new == 0:
+                row.finish("length")
+        self._deliver(jobs)
+        return batch
+
+    def _reusable(self, job: Job) -> tuple[int, Entry | None]:
+        """How many leading ids of the job the prefix cache holds, and where."""
+        if self.prefix is None or job.request.echo_prompt:  # echo scores every prompt position
+            return 0, None
+        # The last id is always read: its logits choose the first new token.
+        return self.prefix.longest(job.ids[:-1])
+
+    @staticmethod
+    def _seed_cache(
+        cache: Any, entries: list[Entry | None], lengths: list[int], width: int
+    ) -> None:
+        """Fill a fresh batch cache with each row's reused prefix, right-aligned to `width`.
+        The padding is zeros that the mask hides; the entries are copied, never shared."""
+        first = next(entry for entry in entries if entry is not None)
+        for layer, (some_keys, some_values) in enumerate(first.layers):
+            shape = (len(entries), some_keys.shape[0], width, some_keys.shape[-1])
+            keys, values = some_keys.new_zeros(shape), some_values.new_zeros(shape)
+            for line, (entry, length) in enumerate(zip(entries, lengths, strict=True)):
+                if entry is not None and length:
+                    cached_keys, cached_values = entry.layers[layer]
+                    keys[line, :, width - length :] = cached_keys[:, :length]
+                    values[line, :, width - length :] = cached_values[:, :length]
+            cache.update(keys, values, layer)
+
+    def _score_prompt(self, job: Job, hidden: torch.Tensor) -> None:
+        """Log-probabilities of the prompt's tokens, a chunk of positions at a time."""
+        n, k = len(job.ids), job.request.top_k_per_token
+        states = hidden[hidden.shape[0] - n : -1]
+        targets = torch.tensor(job.ids[1:], device=self.device)
+        for start in range(0, n - 1, LOGPROB_CHUNK):
+            logprobs = self._logprobs(states[start : start + LOGPROB_CHUNK])
+            part = targets[start : start + LOGPROB_CHUNK]
+            job.result.prompt_logprobs += logprobs.gather(1, part[:, None])[:, 0].tolist()
+            job.result.prompt_top += _top(logprobs, [k] * len(part))
+
+    def _merge(self, batch: _Batch, joining: _Batch) -> _Batch:
+        """Stack two batches, left-padding the shorter cache (masked out, so it is never read)."""
+        width = max(batch.mask.shape[1], joining.mask.shape[1])
+
+        def pad(tensor: torch.Tensor, dim: int) -> torch.Tensor:
+            missing = width - tensor.shape[dim]
+            return F.pad(tensor, (0, 0) * (-1 - dim) + (missing, 0)) if missing else tensor
+
+        for mine, theirs in zip(batch.cache.layers, joining.cache.layers, strict=True):
+            mine.keys = torch.cat([pad(mine.keys, -2), pad(theirs.keys, -2)])
+            mine.values = torch.cat([pad(mine.values, -2), pad(theirs.values, -2)])
+        batch.mask = torch.cat([pad(batch.mask, -1), pad(joining.mask, -1)])
+        batch.logprobs = torch.cat([batch.logprobs, joining.logprobs])
+        batch.rows += joining.rows
+        return batch
+
+    @torch.inference_mode()
+    def _advance(self, batch: _Batch) -> _Batch:
+        """Choose every row's next token, answer finished jobs, run the model one step."""
+        self._step(batch.rows, batch.logprobs)
+        for row in batch.rows:
+            if not row.done and row.job.future.cancelled():  # the client went away
+                row.finish("cancelled")
+        self._deliver(batch.jobs())
+        keep = [line for line, row in enumerate(batch.rows) if not row.done]
+        if len(keep) < len(batch.rows):
+            batch.rows = [batch.rows[line] for line in keep]
+            if not keep:
+                return batch
+            index = torch.tensor(keep, device=self.device)
+            batch.cache.batch_select_indices(index)
+            batch.mask = batch.mask[index]
+            if self.joinable:  # drop the padding columns no remaining row needs
+                first = int(batch.mask.any(dim=0).int().argmax())
+                batch.mask = batch.mask[:, first:]
+                for layer in batch.cache.layers:
+                    layer.keys, layer.values = (
+                        layer.keys[..., first:, :],
+                        layer.values[..., first:, :],
+                    )
+        last = torch.tensor([[row.sequence.ids[-1]] for row in batch.rows], device=self.device)
+        batch.mask = torch.cat([batch.mask, batch.mask.new_ones((len(batch.rows), 1))], dim=1)
+        batch.logprobs = self._logprobs(self._forward(last, batch.mask, batch.cache)[:, -1])
+        return batch
+
+    @staticmethod
+    def _deliver(jobs: list[Job]) -> None:
+        for job in jobs:
+            if job.pending == 0 and not job.future.done():
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    job.future.set_result(job.result)
+
+    def _step(self, rows: list[_Row], logprobs: torch.Tensor) -> None:
+        """Choose the next token of every unfinished row from its raw-logit log-probabilities."""
+        scores = logprobs
+        held = [
+            i
+            for i, row in enumerate(rows)
+            if len(row.sequence.ids) < row.job.request.min_new_tokens
+        ]
+        if held and self.eos_ids:  # min_new_tokens: the end may not be chosen yet
+            scores = logprobs.clone()
+            scores[torch.tensor(held)[:, None], torch.tensor(self.eos_ids)] = -torch.inf
+        choice = scores.argmax(dim=-1)
+        sampled = [line for line, row in enumerate(rows) if not row.job.request.greedy]
+        if sampled:
+            choice[sampled] = self._sample([rows[line] for line in sampled], scores[sampled])
+        chosen = logprobs.gather(1, choice[:, None])[:, 0].tolist()
+        top = _top(logprobs, [row.job.request.top_k_per_token for row in rows])
+        for line, (row, token) in enumerate(zip(rows, choice.tolist(), strict=True)):
+            if row.done:
+                continue
+            if token in self.eos_ids:
+                row.finish("eos")
+                continue
+            row.sequence.ids.append(token)
+            row.sequence.logprobs.append(chosen[line])
+            row.sequence.top.append(top[line])
+            if len(row.sequence.ids) >= row.job.max_new:
+                row.finish("length")
+            elif row.job.request.stop_sequences:
+                text = self.tokenizer.decode(row.sequence.ids, skip_special_tokens=True)
+                if any(stop in text for stop in row.job.request.stop_sequences):
+                    row.finish("stop")
+
+    def _sample(self, rows: list[_Row], scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k and top-p per row, then one draw per row from its own generator."""
+        requests = [row.job.request for row in rows]
+        temperature = torch.tensor([r.temperature for r in requests], device=scores.device)
+        ordered, order = torch.sort(scores / temperature[:, None], dim=-1, descending=True)
+        vocab = ordered.shape[-1]
+        rank = torch.arange(vocab, device=scores.device)[None, :]
+        top_k = torch.tensor([r.top_k or vocab for r in requests], device=scores.device)
+        ordered = ordered.masked_fill(rank >= top_k[:, None], -torch.inf)
+        probs = torch.softmax(ordered, dim=-1)
+        top_p = torch.tensor([r.top_p for r in requests], device=scores.device)
+        # A token stays if the tokens ranked above it hold less than top_p of the mass.
+        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p[:, None], 0.0)
+        picks = [
+            torch.multinomial(probs[i], 1, generator=row.generator) for i, row in enumerate(rows)
+        ]
+        return order.gather(1, torch.stack(picks))[:, 0]
+
+
+def _fail(job: Job, message: str) -> None:
+    with contextlib.suppress(InvalidStateError):  # answered or cancelled meanwhile
+        job.future.set_exception(GenerationError(message))
+
+
+def _top(logprobs: torch.Tensor, ks: list[int]) -> list[TopList]:
+    """The k best (token, log-probability) pairs of each line; one transfer for the batch."""
+    k = max(ks, default=0)
+    if k == 0:
+        return [[] for _ in ks]
+    values, indices = logprobs.topk(k, dim=-1)
+    pairs = zip(indices.tolist(), values.tolist(), strict=True)
+    return [list(zip(i[:n], v[:n], strict=True)) for (i, v), n in zip(pairs, ks, strict=True)]

@@ -1,0 +1,106 @@
+"""One harness per results folder, and no process left behind by one that was killed outright.
+
+Real processes throughout: a holder is a separate Python process killed with SIGKILL, as an
+operator's `kill -9` or the OOM killer would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.errors import InfrastructureError
+from harness.lock import CHILD_MARKER, hold_results_lock
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Takes the lock, starts `sleep` children (one that dies with it, one that escapes: a grandchild
+# would), prints their pids and waits to be killed.
+HOLDER = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    from pathlib import Path
+    from harness.lock import die_with_parent, hold_results_lock
+
+    with hold_results_lock(Path(sys.argv[1]), "harness run entries/ --out results/"):
+        bound = subprocess.Popen(["sleep", "300"], preexec_fn=die_with_parent)
+        escaped = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        print(bound.pid, escaped.pid, flush=True)
+        time.sleep(300)
+    """
+)
+
+
+def alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie, dead but not yet reaped by its parent, is not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_dead(pid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not alive(pid)
+
+
+def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path: Path) -> None:
+    with hold_results_lock(tmp_path, "harness run entries/ --out results/") as holder:
+        assert holder.pid == os.getpid()
+        assert os.environ[CHILD_MARKER] == str(tmp_path.resolve())
+        with (
+            pytest.raises(InfrastructureError) as refused,
+            hold_results_lock(tmp_path, "harness serve results/"),
+        ):
+            pass
+        assert refused.value.exit_code == 3
+        message = str(refused.value)
+        assert f"pid {os.getpid()}" in message
+        assert "`harness run entries/ --out results/`" in message
+    assert CHILD_MARKER not in os.environ
+    with hold_results_lock(tmp_path, "harness reproduce"):  # free again once released
+        pass
+
+
+def test_a_killed_holder_leaves_no_stuck_lock_and_no_process(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert holder.stdout is not None
+        bound, escaped = (int(pid) for pid in holder.stdout.readline().split())
+        with (
+            pytest.raises(InfrastructureError, match=f"pid {holder.pid}"),
+            hold_results_lock(tmp_path, "harness run"),
+        ):
+            pass
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        assert wait_dead(bound), "the child started with die_with_parent outlived the harness"
+        assert alive(escaped)  # reparented: only the next harness on the folder can find it
+        with hold_results_lock(tmp_path, "harness run"):
+            assert wait_dead(escaped), "the next harness did not kill the leftover"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_file_is_not_a_pid_file(tmp_path: Path) -> None:
+    # A lock file left behind with a live-looking holder's name does not block anyone.
+    (tmp_path / ".harness.lock").write_text(
+        '{"pid": 1, "command": "harness run", "started_at": 0}\n'
+    )
+    with hold_results_lock(tmp_path, "harness run") as holder:
+        assert holder.command == "harness run"
