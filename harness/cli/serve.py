@@ -9,10 +9,10 @@ import typer
 import uvicorn
 from rich.console import Console
 
+from harness.cli.run import executor_factory
 from harness.errors import ConfigError, HarnessError
-from harness.executor import Executor, LocalExecutor
 from harness.health import HealthSchedule
-from harness.helm import load_conf
+from harness.lock import command_line, hold_results_lock
 from harness.options import RunOptions
 from harness.service.api import create_app
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
@@ -31,14 +31,6 @@ EPILOG = """**Examples**
         --quota 5 --port 8080
 """
 
-EXECUTORS = ("local",)
-
-
-def _executor(name: str, jobs: int) -> Executor | None:
-    if name not in EXECUTORS:
-        raise ConfigError(f"unknown --executor {name!r}; choose one of {', '.join(EXECUTORS)}")
-    return LocalExecutor(jobs) if jobs else None
-
 
 def main(
     data: Path = typer.Option(..., help="Data folder: database, uploads, results store, logs."),
@@ -46,7 +38,8 @@ def main(
     port: int = typer.Option(8000, help="Port to listen on."),
     stage: str = typer.Option("open", help="The stage entries are scored in: open or closed."),
     jobs: int = typer.Option(1, help="Entries evaluated at once (0: queue only, run none)."),
-    executor: str = typer.Option("local", help="Where entries run: local (this machine)."),
+    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
+    ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
     quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and UTC day."),
     max_upload_mb: float = typer.Option(
         DEFAULT_MAX_UPLOAD_BYTES / 1024**2, help="Largest upload accepted, in MiB."
@@ -55,6 +48,9 @@ def main(
     budget: int | None = typer.Option(None, help="Instances per stage, spread over scenarios."),
     run_specs: str | None = typer.Option(
         None, help="open | closed | offline, or a HELM conf file [default: the stage's]."
+    ),
+    instances: Path | None = typer.Option(
+        None, help="An instance pack (`harness instances build`): score exactly its instances."
     ),
     base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for entries."),
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
@@ -92,24 +88,30 @@ def main(
             health=HealthSchedule(tries=health_tries, interval_s=health_interval),
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
+            instances=instances,
         )
-        load_conf(options.conf_path())  # a bad conf is a usage error before anything starts
-        db = ServiceDB(data)
-        store = Store(config.results)
-        queue = Queue(db, store, options, _executor(executor, jobs), config.zip_path)
-        service = Service(config, db, store, queue)
-        # TODO(merge): hold_results_lock(config.results, "harness serve") around the service.
-        queue.start()
+        options.run_spec_conf()  # a bad conf or pack is a usage error before anything starts
+        make_executor = executor_factory(executor, ray_address, max(jobs, 1))
+        with (
+            hold_results_lock(config.results, command_line()),
+            ServiceDB(data) as db,
+            Store(config.results) as store,
+        ):
+            queue = Queue(db, store, options, make_executor() if jobs else None, config.zip_path)
+            queue.start()
+            console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
+            try:
+                uvicorn.run(
+                    create_app(Service(config, db, store, queue)),
+                    host=host,
+                    port=port,
+                    log_level="warning",
+                )
+            finally:
+                stopped = queue.close()
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc
-    console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
-    try:
-        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
-    finally:
-        stopped = queue.close()
-        store.close()
-        db.close()
     if not stopped:
         # Interrupted evaluations are re-queued on the next start; their threads may still wait
         # on a subprocess, and the interpreter would join them at exit.

@@ -76,8 +76,8 @@ class LeaderboardRow(BaseModel):
 
 class LeaderboardOut(BaseModel):
     track: str
-    stage: str | None
-    scenarios: list[str]
+    stages: list[str]
+    scenarios: list[str]  # `stage/scenario` when both stages are scored
     rows: list[LeaderboardRow]
 
 

@@ -214,7 +214,8 @@ class Service:
     # -- the leaderboard --------------------------------------------------------------------------
 
     def leaderboard(self, track: str) -> Leaderboard:
-        """Published results of `track`, each team's best, ranked by the harness's own scoring.
+        """Published results of `track`, each team's best, ranked among themselves by the
+        harness's own scoring (the same Leaderboard as `harness report`).
 
         Entries are the submission ids in the store; rows are relabelled with the team's name
         and lose their log links (logs are private to the team).
@@ -226,49 +227,45 @@ class Service:
             for sub in self.db.submissions(states=(State.FINISHED,))
             if sub.track == track and sub.visibility == "published"
         }
-        board = self._board(set(published))
         best: dict[str, str] = {}
-        for row in board.rows:  # ranked first, best first
-            if row.rank is not None:
+        for row in build_leaderboard(self.store, entries=published, track=track).rows:
+            if row.rank is not None:  # ranked rows come first, best first
                 best.setdefault(published[row.entry].team, row.entry)
-        board = self._board(set(best.values()))
+        board = build_leaderboard(self.store, entries=best.values(), track=track)
         rows = [
             replace(
                 row,
                 entry=published[row.entry].team,
-                stages={s: replace(r, logs={}) for s, r in row.stages.items()},
+                stages={
+                    stage: replace(
+                        stage_row, logs={}, steps=[replace(s, log=None) for s in stage_row.steps]
+                    )
+                    for stage, stage_row in row.stages.items()
+                },
             )
             for row in board.rows
+            if row.rank is not None
         ]
         return replace(board, rows=rows)
-
-    def _board(self, entries: set[str]) -> Leaderboard:
-        board = build_leaderboard(self.store)
-        # TODO(merge): build_leaderboard(store, entries=...) once it lands on main.
-        return replace(board, rows=[row for row in board.rows if row.entry in entries])
 
 
 def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
     """The JSON API's view of a Leaderboard: one row per team, per-scenario win-rate columns."""
-    stage = board.stages[0] if board.stages else None
-    scenarios = board.scenarios.get(stage, []) if stage else []
     return {
         "track": track,
-        "stage": stage,
-        "scenarios": scenarios,
+        "stages": board.stages,
+        "scenarios": board.columns,
         "rows": [
             {
                 "rank": row.rank,
                 "team": row.entry,
                 "score": row.final,
                 "scenarios": {
-                    name: row.stages[stage].scenario_win_rates.get(name) for name in scenarios
-                }
-                if stage
-                else {},
+                    name: result.win_rate if (result := row.scenarios.get(name)) else None
+                    for name in board.columns
+                },
             }
             for row in board.rows
-            if row.rank is not None
         ],
     }
 

@@ -50,6 +50,8 @@ class Queue:
         self.jobs = options.jobs if executor is not None else 0
         self.zip_path = zip_path
         self.run_id = results_id(options.out)
+        pack = options.pack()
+        self.instances_sha256 = pack.sha256 if pack else None
         self._running: dict[str, Future[Ending]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -148,7 +150,9 @@ class Queue:
         assert self.executor is not None
         path = self.zip_path(sub.id)
         self.store.add_entry(sub.id, path)
-        attempt = self.store.start_attempt(sub.id, self.options.stage)
+        attempt = self.store.start_attempt(
+            sub.id, self.options.stage, instances_sha256=self.instances_sha256
+        )
         job = EntryJob(
             name=sub.id,
             path=path,
@@ -173,7 +177,6 @@ class Queue:
         reason = redact(reason)
         # The store first: a service killed between the two writes finds the result on restart.
         self.store.record_status(attempt, status, reason)
-        self.store.finish_attempt(attempt)
         self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
         with self._lock:
             self._running.pop(sub_id, None)

@@ -13,12 +13,14 @@ import secrets
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from fastapi import FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from markupsafe import Markup
 
-from harness.report import to_html
+from harness.pages import to_html
 from harness.service.core import Service
 from harness.service.db import ACTIVE, TRACKS, Team
 
@@ -28,6 +30,12 @@ CSRF_COOKIE = "harness_csrf"
 REFRESH_S = 3
 
 templates = Jinja2Templates(directory=HERE / "templates")
+# The leaderboard body's own styles, from the templates `harness report` renders with.
+_BOARD_CSS = (
+    jinja2.Environment(loader=jinja2.PackageLoader("harness", "html_templates"))
+    .get_template("style.css.j2")
+    .render()
+)
 
 
 def _csrf(request: Request) -> str:
@@ -88,9 +96,15 @@ def register(app: FastAPI, service: Service) -> None:
         return RedirectResponse(f"/leaderboard/{TRACKS[0]}", status_code=303)
 
     @app.get("/leaderboard/{track}", include_in_schema=False)
-    def leaderboard(track: str) -> HTMLResponse:
-        # TODO(merge): the embeddable body of harness.report inside the site's layout.
-        return HTMLResponse(to_html(service.leaderboard(track)))
+    def leaderboard(request: Request, track: str) -> HTMLResponse:
+        board = service.leaderboard(track)
+        # `harness report`'s own rendering, embedded: entries link nowhere (logs are private).
+        body = to_html(board, standalone=False, entry_link=lambda entry: None)
+        return page(request, "leaderboard.html", track=track, board=Markup(body))
+
+    @app.get("/static/board.css", include_in_schema=False)
+    def board_css() -> Response:
+        return Response(_BOARD_CSS, media_type="text/css")
 
     @app.get("/signin", include_in_schema=False)
     def signin_form(request: Request) -> HTMLResponse:

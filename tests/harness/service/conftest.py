@@ -135,23 +135,3 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
                 served.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 served.kill()
-
-
-# TODO(merge): the session fixture `browser` from tests/conftest.py replaces this one.
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
-    """Headless Debian Chromium driven by Selenium through Debian's chromium-driver."""
-    from selenium import webdriver
-
-    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage"):
-        options.add_argument(argument)
-    options.add_argument("--window-size=1400,1000")
-    driver = webdriver.Chrome(
-        options=options, service=webdriver.ChromeService("/usr/bin/chromedriver")
-    )
-    yield driver
-    driver.quit()

@@ -283,16 +283,16 @@ def test_admins_see_the_queue_and_every_team_and_teams_do_not(serve: Serve, tmp_
     token, admin = served.add_team("team-a"), served.add_team("organizers", admin=True)
     sub_id = served.submit(token, stand_in_zip(tmp_path, "a")).json()["id"]
 
-    def signed_in(secret: str) -> httpx.Client:
-        browser = httpx.Client(base_url=served.url)
+    def sign_in(browser: httpx.Client, secret: str) -> None:
         csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
         assert csrf is not None
         browser.post("/signin", data={"token": secret, "csrf": csrf.group(1)})
-        return browser
 
-    with signed_in(token) as team:
+    with httpx.Client(base_url=served.url) as team:
+        sign_in(team, token)
         assert team.get("/admin").status_code == 404
-    with signed_in(admin) as organizer:
+    with httpx.Client(base_url=served.url) as organizer:
+        sign_in(organizer, admin)
         page = organizer.get("/admin")
         assert page.status_code == 200
         assert sub_id in page.text and "team-a" in page.text

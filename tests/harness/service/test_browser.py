@@ -5,6 +5,7 @@ the public leaderboard; another team cannot open its page. Screenshots go to the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,12 @@ def status_text(browser: Any) -> str:
 
 
 def test_sign_in_submit_watch_publish_and_rank_in_a_real_browser(
-    serve: Serve, tmp_path: Path, base_image: str, browser: Any, helm_bin: Path
+    serve: Serve,
+    tmp_path: Path,
+    base_image: str,
+    browser: Any,
+    screenshot: Callable[[str], Path],
+    helm_bin: Path,
 ) -> None:
     served = serve(*evaluating([], base_image, tmp_path))
     alice, bob = served.add_team("alice"), served.add_team("bob")
@@ -62,17 +68,17 @@ def test_sign_in_submit_watch_publish_and_rank_in_a_real_browser(
     assert seen == ["queued", "running", "scored"]
     browser.get(page)  # a finished page no longer refreshes itself
     assert browser.find_element(By.ID, "score").text == "1.000"
-    browser.save_screenshot(str(tmp_path / "submission.png"))
+    screenshot("submission")
 
     browser.find_element(By.ID, "publish").click()
     WebDriverWait(browser, 30).until(lambda b: "published" in b.page_source)
     browser.get(f"{served.url}/leaderboard/4090")
-    assert "alice" in browser.find_element(By.ID, "leaderboard").text
-    browser.save_screenshot(str(tmp_path / "leaderboard.png"))
+    assert "alice" in browser.find_element(By.ID, "scores").text
+    screenshot("leaderboard")
 
     browser.delete_all_cookies()
     sign_in(browser, served, bob)
     browser.get(page)
     assert "no such submission" in browser.page_source
     assert alice not in browser.page_source
-    assert (tmp_path / "submission.png").stat().st_size > 0
+    assert (tmp_path / "screenshots" / "submission.png").stat().st_size > 0
