@@ -302,3 +302,15 @@ def test_admins_see_the_queue_and_every_team_and_teams_do_not(serve: Serve, tmp_
         organizer.post(f"/submissions/{sub_id}/rerun", data={"csrf": csrf})
     with served.client(token) as client:
         assert client.get(f"/api/v1/submissions/{sub_id}").json()["status"] == "queued"
+
+
+def test_a_second_service_on_the_same_data_folder_is_refused(serve: Serve) -> None:
+    served = serve()
+    second = subprocess.run(
+        [str(HARNESS), "serve", "--data", str(served.data), "--jobs", "0", "--port", "1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 3
+    assert "in use by" in second.stderr and "harness serve" in second.stderr
