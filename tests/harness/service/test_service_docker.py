@@ -152,7 +152,8 @@ def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
 ) -> None:
     """`harness submit --wait` on a real rendered submission serving the tiny model (slow: the
     image installs torch from PyPI unless the engine's cache has it)."""
-    served = serve(*evaluating(["--health-tries", "60"], base_image, tmp_path))
+    # torch needs more than the stand-ins: the later --mem-limit wins.
+    served = serve(*evaluating(["--health-tries", "60", "--mem-limit", "4g"], base_image, tmp_path))
     token = served.add_team("team-a")
     entry = render_submission("4090", "tiny", tmp_path / "tiny", model_dir=tiny_model_dir).path
     submitted = subprocess.run(
