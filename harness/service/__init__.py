@@ -7,4 +7,6 @@
     api.py       the JSON API under /api/v1 (Bearer tokens, OpenAPI)
     web.py       server-rendered pages (templates/, static/), session cookie and CSRF
     client.py    the competitor's side (`harness submit`, `harness status`)
+
+The commands are in harness/cli/: serve.py, teams.py, submit.py, status.py.
 """
