@@ -485,7 +485,8 @@ class _Pipeline:
                 self.job.name,
                 gateway.url,
                 max_sequence_length=self.options.max_sequence_length,
-                cache_requests=pack is not None,
+                # Nested samples (a pack's, a later tier's) ask again what was answered before.
+                cache_requests=pack is not None or self.options.tier is not None,
             )
             write_prod_env(run_dir / "prod_env", [endpoint])
             conf = run_dir / "run_specs.conf"

@@ -15,8 +15,12 @@ from harness.cli import (
     report,
     reproduce,
     run,
+    serve,
+    status,
     submission,
+    submit,
     tasks,
+    teams,
     tiny_model,
 )
 
@@ -43,3 +47,7 @@ app.command("plan", epilog=plan.EPILOG)(plan.main)
 app.add_typer(submission.app, name="submission")
 app.add_typer(instances.app, name="instances")
 app.add_typer(tasks.app, name="tasks")
+app.command("serve", epilog=serve.EPILOG)(serve.main)
+app.add_typer(teams.app, name="teams")
+app.command("submit", epilog=submit.EPILOG)(submit.main)
+app.command("status", epilog=status.EPILOG)(status.main)

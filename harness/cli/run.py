@@ -47,7 +47,8 @@ def _secrets(values: list[str]) -> dict[str, Path]:
     return secrets
 
 
-def _executor(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
+def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
+    """What `--executor` names (shared by `harness run` and `harness serve`)."""
     if name == "local":
         return lambda: LocalExecutor(jobs)
     if name == "ray":
@@ -112,7 +113,7 @@ def main(
             raise ConfigError("--keep and --keep-top go with --tiers")
         if plan is not None and budget is not None:
             raise ConfigError("--tiers sets the budgets: leave out --budget")
-        make_executor = _executor(executor, ray_address, jobs)
+        make_executor = executor_factory(executor, ray_address, jobs)
         options = RunOptions(
             track=track,
             stage=stage,

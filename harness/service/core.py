@@ -1,0 +1,281 @@
+"""What the API and the web pages both do: submit, look up, publish, cancel, logs, leaderboard.
+
+    DATA_DIR/service.sqlite     teams, sessions, submissions (db.py)
+    DATA_DIR/uploads/ID.zip     the entries as received
+    DATA_DIR/results/           the harness results store, logs and HELM runs, as `harness run`
+                                writes them; an entry there is named by its submission id
+
+Every lookup is scoped to the asking team: another team's submission does not exist for it (404),
+whatever its visibility. Admins see every submission.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import math
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException, Request
+
+from harness.report import Leaderboard, build_leaderboard
+from harness.secrets import redact
+from harness.service.db import TRACKS, QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.queue import Queue
+from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES, receive, static_findings
+from harness.store import Store
+
+DEFAULT_QUOTA = 3
+# Without history, an evaluation is guessed to take this long (the ETA improves as runs finish).
+DEFAULT_RUN_S = 600.0
+LOG_TAIL_BYTES = 256 * 1024
+VISIBILITIES = ("hidden", "published")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    data_dir: Path
+    stage: str = "open"
+    quota: int = DEFAULT_QUOTA  # per team, per track, per UTC day
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+
+    @property
+    def uploads(self) -> Path:
+        return self.data_dir / "uploads"
+
+    @property
+    def results(self) -> Path:
+        return self.data_dir / "results"
+
+    def zip_path(self, sub_id: str) -> Path:
+        return self.uploads / f"{sub_id}.zip"
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, db: ServiceDB, store: Store, queue: Queue) -> None:
+        self.config = config
+        self.db = db
+        self.store = store
+        self.queue = queue
+        config.uploads.mkdir(parents=True, exist_ok=True)
+
+    # -- submitting -------------------------------------------------------------------------------
+
+    async def submit(
+        self, team: Team, request: Request, *, fields_check: Any = None
+    ) -> tuple[Submission, dict[str, str]]:
+        """Receive, check and queue an upload. Raises HTTPException: 413, 422, 429.
+
+        `fields_check(fields)` runs on the form fields before anything is kept (the web form's
+        CSRF token); a flagged entry is recorded (state flagged) and answered with a 422.
+        """
+        partial = self.config.uploads / f".partial-{secrets.token_hex(8)}.zip"
+        try:
+            upload = await receive(request, partial, self.config.max_upload_bytes)
+            if fields_check is not None:
+                fields_check(upload.fields)
+            track = upload.fields.get("track", "")
+            if track not in TRACKS:
+                raise HTTPException(422, f"track must be one of {', '.join(TRACKS)}")
+            visibility = upload.fields.get("visibility") or "hidden"
+            if visibility not in VISIBILITIES:
+                raise HTTPException(422, f"visibility must be one of {', '.join(VISIBILITIES)}")
+            self.db.check_quota(team, track, self.config.quota)
+            findings = static_findings(partial) or None
+            reason = _flag_reason(findings) if findings else ""
+            sub = self.db.add_submission(
+                team,
+                track=track,
+                visibility=visibility,
+                filename=upload.filename,
+                size=upload.size,
+                quota=self.config.quota,
+                findings=findings,
+                reason=reason,
+            )
+            if sub.state is State.QUEUED:
+                partial.replace(self.config.zip_path(sub.id))
+                self.queue.wake()
+            return sub, upload.fields
+        except QuotaExceeded as exc:
+            raise HTTPException(
+                429,
+                {"message": str(exc), "next_slot_at": _iso(exc.next_slot)},
+                headers={"Retry-After": str(max(1, math.ceil(exc.next_slot - time.time())))},
+            ) from exc
+        finally:
+            partial.unlink(missing_ok=True)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def owned(self, team: Team, sub_id: str) -> Submission:
+        """The team's own submission (any for an admin), or 404: others' do not exist for it."""
+        sub = self.db.submission(sub_id)
+        if sub is None or (sub.team != team.name and not team.admin):
+            raise HTTPException(404, "no such submission")
+        return sub
+
+    def eta_seconds(self, position: int | None) -> float | None:
+        if position is None:
+            return None
+        durations = self.db.recent_durations()
+        typical = statistics.median(durations) if durations else DEFAULT_RUN_S
+        return typical * math.ceil(position / max(1, self.queue.jobs))
+
+    def describe(self, sub: Submission, *, details: bool = True) -> dict[str, Any]:
+        """A submission as the API returns it; `status` is the state until a result exists."""
+        position = self.db.position(sub)
+        data: dict[str, Any] = {
+            "id": sub.id,
+            "team": sub.team,
+            "track": sub.track,
+            "visibility": sub.visibility,
+            "status": sub.status if sub.state is State.FINISHED else sub.state.value,
+            "finished": sub.state not in (State.QUEUED, State.RUNNING),
+            "position": position,
+            "eta_seconds": self.eta_seconds(position),
+            "reason": sub.reason,
+            "filename": sub.filename,
+            "created_at": _iso(sub.created_at),
+            "started_at": _iso(sub.started_at),
+            "finished_at": _iso(sub.finished_at),
+        }
+        steps = self.store.latest_steps(sub.id, self.config.stage) if sub.runs else {}
+        running = [s.step.value for s in steps.values() if s.status.value == "running"]
+        data["step"] = running[-1] if running and sub.state is State.RUNNING else None
+        if not details:
+            return data
+        data["findings"] = sub.findings
+        data["steps"] = [
+            {
+                "step": record.step.value,
+                "status": record.status.value,
+                "started_at": _iso(record.started_at),
+                "finished_at": _iso(record.finished_at),
+                "detail": record.detail,
+            }
+            for record in steps.values()
+        ]
+        metrics = self.store.metrics(self.config.stage).get(sub.id, []) if sub.runs else []
+        data["metrics"] = [
+            {"run_spec": m.run_spec, "scenario": m.scenario, "metric": m.metric, "value": m.value}
+            for m in metrics
+        ]
+        by_scenario: dict[str, list[float]] = {}
+        for m in metrics:
+            by_scenario.setdefault(m.scenario, []).append(m.value or 0.0)
+        data["scenarios"] = {name: statistics.fmean(v) for name, v in by_scenario.items()}
+        data["score"] = statistics.fmean(data["scenarios"].values()) if by_scenario else None
+        return data
+
+    def logs(self, sub: Submission) -> dict[str, str]:
+        """The latest attempt's build, container and evaluation logs (tails, redacted)."""
+        if not sub.runs:
+            return {}
+        logs: dict[str, str] = {}
+        for step, record in self.store.latest_steps(sub.id, self.config.stage).items():
+            if not record.log_path:
+                continue
+            path = self.config.results / record.log_path
+            with contextlib.suppress(OSError), path.open("rb") as log:
+                log.seek(max(0, path.stat().st_size - LOG_TAIL_BYTES))
+                # Logs are redacted when kept; a log still being written is redacted here.
+                logs[step.value] = redact(log.read().decode(errors="replace"))
+        return logs
+
+    # -- changing ---------------------------------------------------------------------------------
+
+    def publish(self, team: Team, sub_id: str) -> Submission:
+        sub = self.owned(team, sub_id)
+        self.db.publish(sub.id)
+        return self.owned(team, sub_id)
+
+    def cancel(self, team: Team, sub_id: str) -> Submission:
+        sub = self.owned(team, sub_id)
+        was = self.db.cancel(sub.id)
+        if was is None:
+            raise HTTPException(409, f"the submission is {sub.state.value}: nothing to cancel")
+        if was is State.RUNNING:
+            self.queue.stop(sub.id)
+        return self.owned(team, sub_id)
+
+    def rerun(self, sub_id: str) -> None:
+        if not self.config.zip_path(sub_id).exists() or not self.db.requeue(
+            sub_id, keep_place=False
+        ):
+            raise HTTPException(409, "only a finished or cancelled submission can run again")
+        self.queue.wake()
+
+    # -- the leaderboard --------------------------------------------------------------------------
+
+    def leaderboard(self, track: str) -> Leaderboard:
+        """Published results of `track`, each team's best, ranked among themselves by the
+        harness's own scoring (the same Leaderboard as `harness report`).
+
+        Entries are the submission ids in the store; rows are relabelled with the team's name
+        and lose their log links (logs are private to the team).
+        """
+        if track not in TRACKS:
+            raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACKS)}")
+        published = {
+            sub.id: sub
+            for sub in self.db.submissions(states=(State.FINISHED,))
+            if sub.track == track and sub.visibility == "published"
+        }
+        best: dict[str, str] = {}
+        for row in build_leaderboard(self.store, entries=published, track=track).rows:
+            if row.rank is not None:  # ranked rows come first, best first
+                best.setdefault(published[row.entry].team, row.entry)
+        board = build_leaderboard(self.store, entries=best.values(), track=track)
+        rows = [
+            replace(
+                row,
+                entry=published[row.entry].team,
+                stages={
+                    stage: replace(
+                        stage_row, logs={}, steps=[replace(s, log=None) for s in stage_row.steps]
+                    )
+                    for stage, stage_row in row.stages.items()
+                },
+            )
+            for row in board.rows
+            if row.rank is not None
+        ]
+        return replace(board, rows=rows)
+
+
+def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
+    """The JSON API's view of a Leaderboard: one row per team, per-scenario win-rate columns."""
+    return {
+        "track": track,
+        "stages": board.stages,
+        "scenarios": board.columns,
+        "rows": [
+            {
+                "rank": row.rank,
+                "team": row.entry,
+                "score": row.final,
+                "scenarios": {
+                    name: result.win_rate if (result := row.scenarios.get(name)) else None
+                    for name in board.columns
+                },
+            }
+            for row in board.rows
+        ],
+    }
+
+
+def _flag_reason(findings: list[dict[str, Any]]) -> str:
+    rules = sorted({f["rule"] for f in findings})
+    return f"{len(findings)} error finding(s): {', '.join(rules)}; fix them and submit again"
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(stamp, datetime.UTC).isoformat(timespec="seconds")

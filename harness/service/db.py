@@ -1,0 +1,478 @@
+"""The service's own database: teams, sessions and submissions, in DATA_DIR/service.sqlite.
+
+Evaluation results live in the harness results store beside it (DATA_DIR/results, the same format
+as `harness run`); this file only says who submitted what, where it is in the queue and how it
+ended. Every state change is its own transaction (WAL, synchronous=FULL): a killed service loses
+nothing it had answered.
+
+    teams        name, email, sha256 of the token, admin flag, revoked time
+    sessions     sha256 of a web session id -> team, expiry
+    submissions  id, team, track, visibility, state, result status and reason, times, quota flag
+
+A submission's `state` is where it is in the service (queued -> running -> finished, or cancelled,
+or flagged at upload and never queued); `status` and `reason` are the harness's result when it
+finished. Tokens and session ids are random 32-byte secrets, so a fast hash is right: only their
+sha256 is stored, and a lookup by hash is followed by a constant-time comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from harness.errors import ConfigError
+
+DB_FILENAME = "service.sqlite"
+SCHEMA_VERSION = 1
+TOKEN_PREFIX = "hst_"
+SESSION_S = 7 * 24 * 3600
+TRACKS = ("4090", "A100")
+
+
+class State(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    FINISHED = "finished"
+    CANCELLED = "cancelled"
+    FLAGGED = "flagged"  # refused at upload by the static checks: never queued
+
+
+ACTIVE = (State.QUEUED, State.RUNNING)
+
+_SCHEMA = f"""
+CREATE TABLE teams (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    email TEXT,
+    token_hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY,
+    team_id INTEGER NOT NULL REFERENCES teams(id),
+    expires_at REAL NOT NULL
+);
+CREATE TABLE submissions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    team_id INTEGER NOT NULL REFERENCES teams(id),
+    track TEXT NOT NULL CHECK (track IN ({", ".join(repr(t) for t in TRACKS)})),
+    visibility TEXT NOT NULL CHECK (visibility IN ('hidden', 'published')),
+    state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in State)})),
+    status TEXT,
+    reason TEXT NOT NULL DEFAULT '',
+    findings TEXT NOT NULL DEFAULT '[]',
+    filename TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    counts INTEGER NOT NULL,
+    runs INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    queued_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX submissions_by_queue ON submissions (state, queued_at, seq);
+CREATE INDEX submissions_by_team ON submissions (team_id, track, created_at);
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+
+def hash_secret(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def day_start(now: float) -> float:
+    """Midnight UTC of the day `now` falls in: quotas count per UTC day."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day.timestamp()
+
+
+def next_day(now: float) -> float:
+    return (datetime.fromtimestamp(day_start(now), UTC) + timedelta(days=1)).timestamp()
+
+
+@dataclass(frozen=True)
+class Team:
+    id: int
+    name: str
+    email: str | None
+    admin: bool
+    created_at: float
+    revoked_at: float | None
+
+
+@dataclass(frozen=True)
+class Submission:
+    seq: int
+    id: str
+    team: str
+    track: str
+    visibility: str
+    state: State
+    status: str | None
+    reason: str
+    findings: list[dict[str, Any]]
+    filename: str
+    size: int
+    counts: bool
+    runs: int
+    created_at: float
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+
+
+class QuotaExceeded(Exception):
+    """The team used its daily submissions on this track; `next_slot` is when one frees up."""
+
+    def __init__(self, used: int, quota: int, next_slot: float) -> None:
+        super().__init__(f"{used} of {quota} submissions used today on this track")
+        self.next_slot = next_slot
+
+
+_SUBMISSION_COLUMNS = (
+    "s.seq, s.id, t.name AS team, s.track, s.visibility, s.state, s.status, s.reason, "
+    "s.findings, s.filename, s.size, s.counts, s.runs, s.created_at, s.queued_at, "
+    "s.started_at, s.finished_at"
+)
+
+
+def _submission(row: sqlite3.Row) -> Submission:
+    values = dict(row)
+    values["state"] = State(values["state"])
+    values["findings"] = json.loads(values["findings"])
+    values["counts"] = bool(values["counts"])
+    return Submission(**values)
+
+
+class ServiceDB:
+    """The service's database; safe to share between threads of one process (one lock)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.path = data_dir / DB_FILENAME
+        # Autocommit: each write opens its own IMMEDIATE transaction in `_write`.
+        self._db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.execute("PRAGMA synchronous = FULL")
+        self._db.execute("PRAGMA foreign_keys = ON")
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+            elif version != SCHEMA_VERSION:
+                raise ConfigError(f"{self.path} has schema {version}; expected {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            # IMMEDIATE takes the write lock first, so a quota count and the insert it allows
+            # cannot interleave with another writer's, in this process or another.
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, *params: Any) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    # -- teams and sessions -----------------------------------------------------------------------
+
+    def add_team(self, name: str, email: str | None = None, *, admin: bool = False) -> str:
+        """Create a team; returns its token, which is stored only as a hash."""
+        if not name.strip() or len(name) > 100:
+            raise ConfigError("a team name must be 1 to 100 characters")
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO teams (name, email, token_hash, admin, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, email, hash_secret(token), int(admin), time.time()),
+                )
+        except sqlite3.IntegrityError as exc:
+            raise ConfigError(f"a team named {name!r} exists already") from exc
+        return token
+
+    def teams(self) -> list[Team]:
+        rows = self._read(
+            "SELECT id, name, email, admin, created_at, revoked_at FROM teams ORDER BY name"
+        )
+        return [Team(**{**dict(row), "admin": bool(row["admin"])}) for row in rows]
+
+    def revoke_team(self, name: str) -> None:
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE teams SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                (time.time(), name),
+            ).rowcount
+            if changed:
+                db.execute(
+                    "DELETE FROM sessions WHERE team_id = (SELECT id FROM teams WHERE name = ?)",
+                    (name,),
+                )
+        if not changed:
+            raise ConfigError(f"no active team named {name!r}")
+
+    def _team_by_hash(self, table: str, column: str, digest: str, extra: str = "") -> Team | None:
+        rows = self._read(
+            f"SELECT t.id, t.name, t.email, t.admin, t.created_at, t.revoked_at, x.{column} AS h "
+            f"FROM {table} x JOIN teams t ON t.id = x.{'team_id' if table != 'teams' else 'id'} "
+            f"WHERE x.{column} = ? AND t.revoked_at IS NULL {extra}",
+            digest,
+        )
+        if not rows or not hmac.compare_digest(rows[0]["h"], digest):
+            return None
+        values = dict(rows[0])
+        values.pop("h")
+        return Team(**{**values, "admin": bool(values["admin"])})
+
+    def team_for_token(self, token: str) -> Team | None:
+        """The active team holding `token`, or None (unknown or revoked)."""
+        return self._team_by_hash("teams", "token_hash", hash_secret(token))
+
+    def start_session(self, team: Team) -> str:
+        session = secrets.token_urlsafe(32)
+        now = time.time()
+        with self._write() as db:
+            db.execute("DELETE FROM sessions WHERE expires_at < ?", (now,))
+            db.execute(
+                "INSERT INTO sessions (id_hash, team_id, expires_at) VALUES (?, ?, ?)",
+                (hash_secret(session), team.id, now + SESSION_S),
+            )
+        return session
+
+    def team_for_session(self, session: str) -> Team | None:
+        return self._team_by_hash(
+            "sessions", "id_hash", hash_secret(session), f"AND x.expires_at > {time.time()!r}"
+        )
+
+    def end_session(self, session: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM sessions WHERE id_hash = ?", (hash_secret(session),))
+
+    # -- submissions ------------------------------------------------------------------------------
+
+    def add_submission(
+        self,
+        team: Team,
+        *,
+        track: str,
+        visibility: str,
+        filename: str,
+        size: int,
+        quota: int,
+        findings: list[dict[str, Any]] | None = None,
+        reason: str = "",
+    ) -> Submission:
+        """Queue a submission, or record one flagged at upload when `findings` is given.
+
+        The quota count and the insert are one transaction: concurrent uploads of one team cannot
+        both take its last slot. Flagged entries take no slot (they never reach a GPU).
+        """
+        now = time.time()
+        sub_id = "sub-" + secrets.token_hex(6)
+        flagged = findings is not None
+        with self._write() as db:
+            if not flagged:
+                self._check_quota(db, team, track, quota, now)
+            db.execute(
+                "INSERT INTO submissions (id, team_id, track, visibility, state, status, reason, "
+                "findings, filename, size, counts, created_at, queued_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    sub_id,
+                    team.id,
+                    track,
+                    visibility,
+                    State.FLAGGED if flagged else State.QUEUED,
+                    "flagged" if flagged else None,
+                    reason,
+                    json.dumps(findings or []),
+                    filename,
+                    size,
+                    int(not flagged),
+                    now,
+                    now,
+                ),
+            )
+        found = self.submission(sub_id)
+        assert found is not None
+        return found
+
+    def _check_quota(
+        self, db: sqlite3.Connection, team: Team, track: str, quota: int, now: float
+    ) -> None:
+        used = db.execute(
+            "SELECT COUNT(*) FROM submissions WHERE team_id = ? AND track = ? AND counts = 1 "
+            "AND created_at >= ?",
+            (team.id, track, day_start(now)),
+        ).fetchone()[0]
+        if used >= quota:
+            raise QuotaExceeded(used, quota, next_day(now))
+
+    def check_quota(self, team: Team, track: str, quota: int) -> None:
+        """Raise QuotaExceeded now, before an upload is read (the insert checks again)."""
+        with self._lock:
+            self._check_quota(self._db, team, track, quota, time.time())
+
+    def submission(self, sub_id: str) -> Submission | None:
+        rows = self._read(
+            f"SELECT {_SUBMISSION_COLUMNS} FROM submissions s JOIN teams t ON t.id = s.team_id "
+            "WHERE s.id = ?",
+            sub_id,
+        )
+        return _submission(rows[0]) if rows else None
+
+    def submissions(
+        self, *, team: Team | None = None, states: tuple[State, ...] = ()
+    ) -> list[Submission]:
+        """A team's submissions, newest first (every team's when `team` is None)."""
+        where: list[str] = ["1"]
+        params: list[Any] = []
+        if team is not None:
+            where.append("s.team_id = ?")
+            params.append(team.id)
+        if states:
+            where.append(f"s.state IN ({', '.join('?' * len(states))})")
+            params += [s.value for s in states]
+        rows = self._read(
+            f"SELECT {_SUBMISSION_COLUMNS} FROM submissions s JOIN teams t ON t.id = s.team_id "
+            f"WHERE {' AND '.join(where)} ORDER BY s.seq DESC",
+            *params,
+        )
+        return [_submission(row) for row in rows]
+
+    def queue(self) -> list[Submission]:
+        """Queued submissions in the order they will run."""
+        rows = self._read(
+            f"SELECT {_SUBMISSION_COLUMNS} FROM submissions s JOIN teams t ON t.id = s.team_id "
+            "WHERE s.state = ? ORDER BY s.queued_at, s.seq",
+            State.QUEUED.value,
+        )
+        return [_submission(row) for row in rows]
+
+    def position(self, sub: Submission) -> int | None:
+        """1 = next to run; None when not queued."""
+        if sub.state is not State.QUEUED:
+            return None
+        rows = self._read(
+            "SELECT COUNT(*) FROM submissions WHERE state = ? AND (queued_at < ? OR "
+            "(queued_at = ? AND seq < ?))",
+            State.QUEUED.value,
+            sub.queued_at,
+            sub.queued_at,
+            sub.seq,
+        )
+        return int(rows[0][0]) + 1
+
+    def recent_durations(self, limit: int = 20) -> list[float]:
+        rows = self._read(
+            "SELECT finished_at - started_at FROM submissions WHERE state = ? AND "
+            "started_at IS NOT NULL ORDER BY finished_at DESC LIMIT ?",
+            State.FINISHED.value,
+            limit,
+        )
+        return [float(row[0]) for row in rows]
+
+    def claim_next(self) -> Submission | None:
+        """Move the first queued submission to running; None when the queue is empty."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT id FROM submissions WHERE state = ? ORDER BY queued_at, seq LIMIT 1",
+                (State.QUEUED.value,),
+            ).fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE submissions SET state = ?, started_at = ?, runs = runs + 1 WHERE id = ?",
+                (State.RUNNING.value, time.time(), row["id"]),
+            )
+        return self.submission(row["id"])
+
+    def finish(self, sub_id: str, status: str, reason: str) -> bool:
+        """Record a running submission's result; False when it was no longer running."""
+        with self._write() as db:
+            changed = db.execute(
+                "UPDATE submissions SET state = ?, status = ?, reason = ?, finished_at = ? "
+                "WHERE id = ? AND state = ?",
+                (State.FINISHED.value, status, reason, time.time(), sub_id, State.RUNNING.value),
+            ).rowcount
+        return bool(changed)
+
+    def cancel(self, sub_id: str) -> State | None:
+        """Cancel a queued or running submission; returns the state it was in, None if neither.
+
+        A cancel before the start gives the quota slot back; a running one keeps it used.
+        """
+        with self._write() as db:
+            row = db.execute("SELECT state FROM submissions WHERE id = ?", (sub_id,)).fetchone()
+            if row is None or row["state"] not in ACTIVE:
+                return None
+            was = State(row["state"])
+            db.execute(
+                "UPDATE submissions SET state = ?, reason = ?, finished_at = ?, counts = ? "
+                "WHERE id = ?",
+                (
+                    State.CANCELLED.value,
+                    f"cancelled while {was.value}",
+                    time.time(),
+                    int(was is State.RUNNING),
+                    sub_id,
+                ),
+            )
+        return was
+
+    def requeue(self, sub_id: str, *, keep_place: bool) -> bool:
+        """Queue a submission again: a running one interrupted by a restart keeps its place; an
+        admin's re-run of a finished or cancelled one goes to the end. False when not allowed."""
+        fields = "state = ?, status = NULL, reason = '', started_at = NULL, finished_at = NULL"
+        params: list[Any] = [State.QUEUED.value]
+        if not keep_place:
+            fields += ", queued_at = ?"
+            params.append(time.time())
+        allowed = (State.RUNNING,) if keep_place else (State.FINISHED, State.CANCELLED)
+        with self._write() as db:
+            changed = db.execute(
+                f"UPDATE submissions SET {fields} WHERE id = ? AND state IN (?, ?)",
+                (*params, sub_id, allowed[0].value, allowed[-1].value),
+            ).rowcount
+        return bool(changed)
+
+    def publish(self, sub_id: str) -> None:
+        with self._write() as db:
+            db.execute("UPDATE submissions SET visibility = 'published' WHERE id = ?", (sub_id,))

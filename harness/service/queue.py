@@ -1,0 +1,183 @@
+"""The worker loop: queued submissions run in order through the shared per-entry pipeline.
+
+One thread takes the first queued submission whenever a worker slot is free, records an attempt in
+the results store and hands the entry to the executor (the same seam as `harness run`: local
+threads by default, a fleet elsewhere). When the executor's future ends, the result is written to
+the results store first and to the service database second.
+
+On start, submissions left running by a service that died are put back in the queue at their
+place, unless the results store already holds their result (the service died between the two
+writes): then that result is kept, so nothing runs twice to completion. Containers of the dead
+service carry its run label and are removed before anything runs again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+
+from harness import docker as engine
+from harness.executor import Executor
+from harness.options import RUN_LABEL, RunOptions, results_id
+from harness.pipeline import Ending, EntryJob, StoreRecorder
+from harness.secrets import redact
+from harness.service.db import ServiceDB, State, Submission
+from harness.store import Attempt, Status, Store
+
+log = logging.getLogger("harness.service")
+POLL_S = 1.0
+
+
+class Queue:
+    def __init__(
+        self,
+        db: ServiceDB,
+        store: Store,
+        options: RunOptions,
+        executor: Executor | None,
+        zip_path: Callable[[str], Path],
+    ) -> None:
+        """`options` are the evaluation's, for every track (the track is the submission's);
+        `executor` None (`--jobs 0`) accepts submissions and runs none."""
+        self.db = db
+        self.store = store
+        self.options = options
+        self.executor = executor
+        self.jobs = options.jobs if executor is not None else 0
+        self.zip_path = zip_path
+        self.run_id = results_id(options.out)
+        pack = options.pack()
+        self.instances_sha256 = pack.sha256 if pack else None
+        self._running: dict[str, Future[Ending]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="queue", daemon=True)
+
+    def start(self) -> None:
+        if self.executor is not None:
+            # Removes the containers a killed service left behind (they carry its run label).
+            self.executor.start(self.options, self.run_id)
+        self.recover()
+        self._thread.start()
+
+    def recover(self) -> None:
+        """Settle what a dead service left running: its result if stored, else the queue."""
+        self.store.mark_interrupted()
+        results = self.store.results(self.options.stage)
+        for sub in self.db.submissions(states=(State.RUNNING,)):
+            stored = results.get(sub.id)
+            if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
+                self.db.finish(sub.id, stored.status.value, stored.reason)
+            else:
+                self.db.requeue(sub.id, keep_place=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def workers(self) -> list[tuple[int, str | None]]:
+        """(slot, submission id or None) for each worker slot, for the admin page."""
+        with self._lock:
+            running: list[str | None] = list(self._running)
+        return list(enumerate(running + [None] * (self.jobs - len(running)), start=1))
+
+    def stop(self, sub_id: str) -> None:
+        """A running submission was cancelled: remove its container, so that its health wait or
+        HELM run fails fast; its ending is then not recorded as the submission's result.
+
+        The executor seam stops everything at once only; one entry's container is found on this
+        machine's engine by its run label and image (a build under way runs to its end).
+        """
+        with self._lock:
+            if sub_id not in self._running:
+                return
+        image = EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id).image
+        try:
+            sdk = engine.client()
+            for container in sdk.containers.list(
+                all=True, filters={"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image}
+            ):
+                container.remove(force=True)
+            sdk.close()
+        except Exception:  # already gone, or on another machine: the result is discarded anyway
+            log.warning("could not remove the container of cancelled %s", sub_id)
+
+    def close(self) -> bool:
+        """Stop taking submissions and stop what runs (it is re-queued on the next start).
+
+        Returns False when evaluations were still in flight: their worker threads may wait on a
+        build or a HELM subprocess for minutes, so the caller should not wait for them.
+        """
+        self._closing.set()
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        if self.executor is None:
+            return True
+        with self._lock:
+            idle = not self._running
+        self.executor.interrupt()
+        if idle:
+            self.executor.close()
+        return idle
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._closing.is_set():
+            try:
+                self._fill()
+            except Exception:  # a failing database or engine must not end the service's queue
+                log.exception("the queue loop failed; retrying")
+            self._wake.wait(POLL_S)
+            self._wake.clear()
+
+    def _fill(self) -> None:
+        while self.executor is not None and not self._closing.is_set():
+            with self._lock:
+                if len(self._running) >= self.jobs:
+                    return
+            sub = self.db.claim_next()
+            if sub is None:
+                return
+            self._launch(sub)
+
+    def _launch(self, sub: Submission) -> None:
+        assert self.executor is not None
+        path = self.zip_path(sub.id)
+        self.store.add_entry(sub.id, path)
+        attempt = self.store.start_attempt(
+            sub.id, self.options.stage, instances_sha256=self.instances_sha256
+        )
+        job = EntryJob(
+            name=sub.id,
+            path=path,
+            options=replace(self.options, track=sub.track),
+            run_id=self.run_id,
+            reuse_build=False,
+        )
+        future = self.executor.submit(job, StoreRecorder(self.store, attempt))
+        with self._lock:
+            self._running[sub.id] = future
+        future.add_done_callback(lambda done: self._finished(sub.id, attempt, done))
+
+    def _finished(self, sub_id: str, attempt: Attempt, future: Future[Ending]) -> None:
+        if self._closing.is_set():
+            # Stopped by the service's own shutdown: not the entry's result. It stays running in
+            # the database and is queued again at its place on the next start.
+            return
+        try:
+            status, reason = future.result()
+        except Exception as exc:  # an engine gone away: a result, so the queue goes on
+            status, reason = Status.EVAL_FAILED, f"{type(exc).__name__}: {exc}"
+        reason = redact(reason)
+        # The store first: a service killed between the two writes finds the result on restart.
+        self.store.record_status(attempt, status, reason)
+        self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        with self._lock:
+            self._running.pop(sub_id, None)
+        self._wake.set()

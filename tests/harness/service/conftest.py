@@ -1,0 +1,137 @@
+"""A real `harness serve` process per test, on a free local port, and stand-in entries as zips."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import pytest
+
+from harness.service.db import ServiceDB
+from tests.conftest import REPO
+from tests.harness.test_run import make_entry
+
+HARNESS = Path(sys.executable).parent / "harness"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def zip_folder(folder: Path) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                archive.write(path, path.relative_to(folder).as_posix())
+    return buffer.getvalue()
+
+
+def stand_in_zip(tmp: Path, name: str, behaviour: str = "answer-a", **kwargs: Any) -> bytes:
+    """A zipped stand-in entry (tests/harness/data/entries/server.py): it builds in seconds."""
+    return zip_folder(make_entry(tmp / "entries", name, behaviour, **kwargs))
+
+
+@dataclass
+class Served:
+    """One `harness serve` process and its data folder."""
+
+    url: str
+    data: Path
+    process: subprocess.Popen[bytes]
+    log: Path
+    args: list[str] = field(default_factory=list)
+
+    def add_team(self, name: str, *, admin: bool = False) -> str:
+        with ServiceDB(self.data) as db:
+            return db.add_team(name, admin=admin)
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+    def submit(
+        self, token: str, body: bytes, *, track: str = "4090", visibility: str = "hidden"
+    ) -> httpx.Response:
+        with self.client(token) as client:
+            return client.post(
+                "/api/v1/submissions",
+                files={"file": ("entry.zip", body, "application/zip")},
+                data={"track": track, "visibility": visibility},
+            )
+
+    def wait_for(self, token: str, sub_id: str, done: Any, timeout_s: float = 300) -> Any:
+        """Poll a submission until `done(answer)`; returns the answer."""
+        deadline = time.monotonic() + timeout_s
+        with self.client(token) as client:
+            while True:
+                answer = client.get(f"/api/v1/submissions/{sub_id}").json()
+                if done(answer):
+                    return answer
+                assert self.process.poll() is None, self.log.read_text()[-3000:]
+                assert time.monotonic() < deadline, f"timed out; last: {answer}"
+                time.sleep(0.5)
+
+    def kill(self) -> None:
+        """kill -9, the whole process group (no clean-up of any kind)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+
+class Serve(Protocol):
+    def __call__(self, *args: str, data: Path | None = None) -> Served: ...
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """Start `harness serve --data DIR ARGS...` (default: --jobs 0, no evaluation) and wait."""
+    started: list[Served] = []
+
+    def start(*args: str, data: Path | None = None) -> Served:
+        data = data or tmp_path / "data"
+        port = free_port()
+        log = tmp_path / f"serve-{len(started)}.log"
+        extra = list(args) or ["--jobs", "0"]
+        with log.open("w") as out:
+            process = subprocess.Popen(
+                [str(HARNESS), "serve", "--data", str(data), "--port", str(port), *extra],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        served = Served(f"http://127.0.0.1:{port}", data, process, log, extra)
+        started.append(served)
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                if httpx.get(f"{served.url}/api/v1/health", timeout=2).status_code == 200:
+                    return served
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+
+    yield start
+    for served in started:
+        if served.process.poll() is None:
+            os.killpg(served.process.pid, signal.SIGTERM)
+            try:
+                served.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                served.kill()

@@ -1,0 +1,176 @@
+"""The service evaluating entries for real: a `harness serve` process, the real Docker engine and
+real HELM, on stand-in entries that build in seconds (tests/harness/data/entries/server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.options import RUN_LABEL, results_id
+from harness.submission import render_submission
+from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
+from tests.harness.test_run import write_conf
+
+pytestmark = [pytest.mark.docker, pytest.mark.helm]
+
+
+def evaluating(args: list[str], base_image: str, tmp_path: Path, jobs: int = 1) -> list[str]:
+    """`harness serve` options for quick evaluations of stand-in entries."""
+    conf = write_conf(tmp_path, 3)
+    return [
+        "--jobs", str(jobs), "--run-specs", str(conf), "--max-eval-instances", "3",
+        "--base-image", base_image, "--health-tries", "3", "--health-interval", "2",
+        "--max-sequence-length", "256", "--mem-limit", "256m", "--deadline-minutes", "5",
+        *args,
+    ]  # fmt: skip
+
+
+def finished(answer: dict[str, Any]) -> bool:
+    return bool(answer["finished"])
+
+
+def containers(docker_client: Any, served: Served) -> list[Any]:
+    label = f"{RUN_LABEL}={results_id(served.data / 'results')}"
+    return list(docker_client.containers.list(all=True, filters={"label": label}))
+
+
+def test_entries_are_scored_logged_published_and_ranked(
+    serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    served = serve(*evaluating([], base_image, tmp_path))
+    alice, bob = served.add_team("alice"), served.add_team("bob")
+    first = served.submit(alice, stand_in_zip(tmp_path, "good"), visibility="published").json()
+    second = served.submit(bob, stand_in_zip(tmp_path, "wrong", "answer-c")).json()
+    # Pinned, so it passes the checks at upload; the build cannot resolve it, and it counts.
+    no_such = "RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0\n"
+    broken = served.submit(bob, stand_in_zip(tmp_path, "broken", dockerfile_extra=no_such)).json()
+    # The first may already run (position None in a later answer); the others wait behind it.
+    assert first["position"] == 1 and broken["position"] == second["position"] + 1
+
+    good = served.wait_for(alice, first["id"], finished)
+    assert good["status"] == "scored", good
+    assert [s["step"] for s in good["steps"]] == ["check", "build", "serve", "evaluate"]
+    assert good["score"] == 1.0 and good["metrics"][0]["value"] == 1.0
+    assert served.wait_for(bob, second["id"], finished)["status"] == "scored"
+    failed = served.wait_for(bob, broken["id"], finished)
+    assert failed["status"] == "build-failed"
+    assert failed["reason"].startswith("dependency-resolution")
+
+    with served.client(alice) as client:
+        logs = client.get(f"/api/v1/submissions/{first['id']}/logs").json()
+        assert {"build", "evaluate"} <= set(logs) and logs["build"] and logs["evaluate"]
+        board = client.get("/api/v1/leaderboard/4090").json()
+    # Only published results: bob's is hidden until he publishes it.
+    assert [row["team"] for row in board["rows"]] == ["alice"]
+    with served.client(bob) as client:
+        client.post(f"/api/v1/submissions/{second['id']}/publish")
+        board = client.get("/api/v1/leaderboard/4090").json()
+    assert [(row["rank"], row["team"]) for row in board["rows"]] == [(1, "alice"), (2, "bob")]
+    assert board["rows"][0]["scenarios"]
+    assert containers(docker_client, served) == []
+    # The failed build used one of bob's three slots.
+    for name in ("x", "y"):
+        served.submit(bob, stand_in_zip(tmp_path, name, "never-healthy"))
+    assert served.submit(bob, stand_in_zip(tmp_path, "z")).status_code == 429
+
+
+def test_cancelling_a_running_entry_removes_its_container(
+    serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    served = serve(*evaluating(["--health-tries", "30"], base_image, tmp_path))
+    token = served.add_team("team-a")
+    sub = served.submit(token, stand_in_zip(tmp_path, "hangs", "never-healthy")).json()
+    served.wait_for(token, sub["id"], lambda a: a["step"] == "serve")
+    deadline = time.monotonic() + 60
+    while not containers(docker_client, served):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    with served.client(token) as client:
+        assert client.post(f"/api/v1/submissions/{sub['id']}/cancel").json()["status"] == (
+            "cancelled"
+        )
+    assert containers(docker_client, served) == []
+    time.sleep(3)  # the pipeline notices, ends, and its ending is not taken as the result
+    with served.client(token) as client:
+        assert client.get(f"/api/v1/submissions/{sub['id']}").json()["status"] == "cancelled"
+
+
+def test_kill_9_requeues_the_running_entry_and_each_finishes_once(
+    serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    served = serve(*evaluating([], base_image, tmp_path))
+    token = served.add_team("team-a")
+    ids = [
+        served.submit(token, stand_in_zip(tmp_path, name, behaviour)).json()["id"]
+        for name, behaviour in [("slow", "slow"), ("b", "answer-a"), ("c", "answer-c")]
+    ]
+    served.wait_for(token, ids[0], lambda a: a["step"] == "evaluate")
+    assert containers(docker_client, served)
+    served.kill()
+
+    restarted = serve(*served.args, data=served.data)
+    with restarted.client(token) as client:
+        positions = [client.get(f"/api/v1/submissions/{i}").json() for i in ids]
+    # The interrupted one kept its place at the head of the queue (or already runs again).
+    assert positions[0]["status"] in ("queued", "running")
+    assert [p["position"] for p in positions[1:]] == (
+        [2, 3] if positions[0]["status"] == "queued" else [1, 2]
+    )
+    results = [restarted.wait_for(token, i, finished) for i in ids]
+    assert [r["status"] for r in results] == ["scored"] * 3
+    assert containers(docker_client, restarted) == []
+
+    with sqlite3.connect(served.data / "service.sqlite") as db:
+        runs = dict(db.execute("SELECT id, runs FROM submissions").fetchall())
+    with sqlite3.connect(served.data / "results" / "results.sqlite") as db:
+        attempts = dict(db.execute("SELECT entry, COUNT(*) FROM attempts GROUP BY entry"))
+        finished_evaluations = dict(
+            db.execute(
+                "SELECT a.entry, COUNT(*) FROM steps s JOIN attempts a ON a.id = s.attempt_id "
+                "WHERE s.step = 'evaluate' AND s.status = 'ok' GROUP BY a.entry"
+            )
+        )
+    assert runs == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
+    assert attempts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
+    assert finished_evaluations == {i: 1 for i in ids}
+
+
+def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
+    serve: Serve,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+) -> None:
+    """`harness submit --wait` on a real rendered submission serving the tiny model (slow: the
+    image installs torch from PyPI unless the engine's cache has it)."""
+    # torch needs more than the stand-ins: the later --mem-limit wins.
+    served = serve(*evaluating(["--health-tries", "60", "--mem-limit", "4g"], base_image, tmp_path))
+    token = served.add_team("team-a")
+    entry = render_submission("4090", "tiny", tmp_path / "tiny", model_dir=tiny_model_dir).path
+    submitted = subprocess.run(
+        [str(HARNESS), "submit", str(entry), "--server", served.url, "--track", "4090",
+         "--publish", "--wait"],
+        capture_output=True, text=True, env={**os.environ, "HARNESS_TOKEN": token}, timeout=1800,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr + served.log.read_text()[-3000:]
+    sub_id = submitted.stdout.splitlines()[-1]
+    assert "scored" in submitted.stderr and token not in submitted.stderr + submitted.stdout
+    status = subprocess.run(
+        [str(HARNESS), "status", sub_id, "--server", served.url, "--json"],
+        capture_output=True, text=True, env={**os.environ, "HARNESS_TOKEN": token},
+    )  # fmt: skip
+    answer = json.loads(status.stdout)
+    assert answer["status"] == "scored" and answer["metrics"], answer
+    with served.client() as client:
+        board = client.get("/api/v1/leaderboard/4090").json()
+    assert [row["team"] for row in board["rows"]] == ["team-a"]
+    assert containers(docker_client, served) == []
