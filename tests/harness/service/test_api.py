@@ -314,3 +314,18 @@ def test_a_second_service_on_the_same_data_folder_is_refused(serve: Serve) -> No
     )
     assert second.returncode == 3
     assert "in use by" in second.stderr and "harness serve" in second.stderr
+
+
+def test_every_page_asset_is_served_by_the_service_itself(serve: Serve) -> None:
+    served = serve()
+    with httpx.Client(base_url=served.url, follow_redirects=True) as browser:
+        for path in ("/", "/leaderboard/A100", "/signin"):
+            page = browser.get(path)
+            assert page.status_code == 200
+            assets = re.findall(r'<(?:link|script|img)[^>]+(?:href|src)="([^"]+)"', page.text)
+            assert assets and all(asset.startswith("/") for asset in assets), assets
+            for asset in assets:
+                fetched = browser.get(asset)
+                assert fetched.status_code == 200, asset
+                assert fetched.headers["content-type"].startswith("text/css")
+        assert browser.get("/leaderboard/H100").status_code == 404
