@@ -150,7 +150,7 @@ def register(app: FastAPI, service: Service) -> None:
     async def upload(request: Request) -> Response:
         team = require(request)
         try:
-            sub, _ = await service.submit(
+            sub = await service.submit(
                 team, request, fields_check=lambda fields: _check_csrf(request, fields.get("csrf"))
             )
         except HTTPException as exc:
