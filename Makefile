@@ -16,7 +16,7 @@ PIP_COMPILE := $(VENV)/bin/pip-compile -q --generate-hashes --strip-extras --no-
 PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/null
 
 .PHONY: help setup lock ray engine base-image browser submission demo test check bench bench-serve \
-	bench-train bench-check bench-sparse bench-serve-api clean
+	bench-train bench-check bench-sparse bench-chaos bench-serve-api gpu-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -75,9 +75,9 @@ check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
 	$(VENV)/bin/ruff format --check harness templates tests scripts benchmarks
 	$(VENV)/bin/mypy
 
-bench: bench-serve bench-train bench-check bench-sparse bench-serve-api  ## every benchmark
+bench: bench-serve bench-train bench-check bench-sparse bench-chaos bench-serve-api  ## every benchmark
 
-bench-serve: setup  ## server throughput against a naive baseline
+bench-serve: $(VENV)/.stamp  ## HELM-like serving: naive vs ours without and with the prefix cache
 	$(VENV)/bin/python benchmarks/bench_serve.py
 
 bench-train: $(VENV)/.stamp  ## QLoRA training tokens/s and peak memory
@@ -91,6 +91,12 @@ bench-check: $(VENV)/.stamp  ## harness check on 225 generated entries against d
 
 bench-sparse: $(VENV)/.stamp  ## coarse-to-fine tiers against the full budget, simulated competitions
 	$(VENV)/bin/python benchmarks/bench_sparse.py
+
+gpu-check: $(VENV)/.stamp  ## on a CUDA GPU (8 min): serving, decode, 4-bit, QLoRA memory, merge
+	$(VENV)/bin/python benchmarks/gpu_check.py --out results/gpu_check.json
+
+bench-chaos: setup base-image  ## harness run under 100 faults (kill -9, rm -f, second harness, engine restart)
+	$(VENV)/bin/python benchmarks/bench_chaos.py
 
 clean:  ## remove the venvs and caches (not submissions/)
 	rm -rf $(VENV) $(HELM_VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -140,8 +140,9 @@ def engine_unreachable(exc: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _engine_calls(what: str) -> Iterator[None]:
-    """Translate an engine that stopped answering into InfrastructureError."""
+def engine_calls(what: str) -> Iterator[None]:
+    """Translate an engine that stopped answering (the SDK raises requests' ConnectionError, an
+    OSError) into InfrastructureError."""
     try:
         yield
     except Exception as exc:
@@ -168,7 +169,7 @@ class RunningContainer:
     def state(self) -> dict[str, Any]:
         import docker.errors
 
-        with _engine_calls("reading a container's state"):
+        with engine_calls("reading a container's state"):
             try:
                 self.container.reload()
             except docker.errors.NotFound:
@@ -178,7 +179,7 @@ class RunningContainer:
     def logs(self, tail: int = 2000) -> str:
         import docker.errors
 
-        with _engine_calls("reading a container's logs"):
+        with engine_calls("reading a container's logs"):
             try:
                 return bytes(self.container.logs(tail=tail)).decode(errors="replace")
             except docker.errors.NotFound:
@@ -210,7 +211,7 @@ class EngineWatch:
         self._closing = threading.Event()
         # Its own client without a read timeout: the stream may see no event for hours.
         self._sdk = docker.from_env(timeout=7 * 24 * 3600)
-        with _engine_calls("following its events"):
+        with engine_calls("following its events"):
             self._stream = self._sdk.events(decode=True)
         self._thread = threading.Thread(target=self._follow, name="engine-watch", daemon=True)
         self._thread.start()
@@ -264,7 +265,8 @@ def start_container(
     else:
         options["ports"] = {"80/tcp": ("127.0.0.1", None)}
     try:
-        container = sdk.containers.run(image, **options)
+        with engine_calls(f"starting a container of {image}"):
+            container = sdk.containers.run(image, **options)
         container.reload()
     except docker.errors.DockerException as exc:
         raise InfrastructureError(f"could not start a container of {image}: {exc}") from exc

@@ -40,10 +40,11 @@ class LocalExecutor:
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="entry")
 
     def start(self, options: RunOptions, run_id: str) -> None:
-        self.machine = Machine(
-            engine.client(), allow_network=options.allow_network, gpus=options.gpus
-        )
-        self.machine.remove_stale_containers(run_id)
+        with engine.engine_calls("preparing this machine"):
+            self.machine = Machine(
+                engine.client(), allow_network=options.allow_network, gpus=options.gpus
+            )
+            self.machine.remove_stale_containers(run_id)
 
     def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]:
         if self.machine is None:

@@ -167,6 +167,9 @@ class Gateway:
         self._records: list[_Record] = []
         self._lock = threading.Lock()
         self._log: IO[str] | None = None
+        # The request log's first failed write (a full disk): the requests are still served, the
+        # log stops there, and the caller reports it.
+        self.log_error: OSError | None = None
         self._client: httpx.AsyncClient | None = None
         # HELM tokenizes each prompt (to fit the context window) just before it asks for a
         # completion; the entry's answer then gives the prompt's length in its own tokens.
@@ -201,8 +204,15 @@ class Gateway:
     def stop(self) -> None:
         self._server.stop()
         if self._log is not None:
-            self._log.close()
+            try:
+                self._log.close()
+            except OSError as exc:  # what was left to flush could not be written
+                self._log_failed(exc)
             self._log = None
+
+    def _log_failed(self, exc: OSError) -> None:
+        if self.log_error is None:
+            self.log_error = OSError(exc.errno, exc.strerror, str(self.request_log))
 
     def __enter__(self) -> Self:
         return self.start()
@@ -308,8 +318,11 @@ class Gateway:
             "excerpt": self._excerpt(body),
             **(tokens or {}),
         }
-        if self._log is not None:
-            self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+        if self._log is not None and self.log_error is None:
+            try:
+                self._log.write(json.dumps(line, ensure_ascii=False) + "\n")
+            except OSError as exc:
+                self._log_failed(exc)
 
     def _count_tokens(
         self, endpoint: str, body: bytes, answer: bytes

@@ -147,9 +147,16 @@ def build_pack(
         ]
         if errors:
             raise ConfigError("HELM could not load every run spec's data:\n" + "\n".join(errors))
-        return _write_pack(
-            out, conf, entries, result, staging / "tasks", data_dir, budget=budget, seed=seed
+        # Written aside and moved into place whole: a failed build leaves no half pack behind.
+        built = staging / "pack"
+        _write_pack(
+            built, conf, entries, result, staging / "tasks", data_dir, budget=budget, seed=seed
         )
+        if out.exists():
+            out.rmdir()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(built, out)
+    return verify_pack(out)
 
 
 def _stage_local_tasks(entries: Sequence[RunEntry], tasks: Path) -> list[RunEntry]:
@@ -184,18 +191,19 @@ def _write_pack(
     *,
     budget: int,
     seed: int,
-) -> Pack:
-    out.mkdir(parents=True, exist_ok=True)
+) -> None:
+    out.mkdir(parents=True)
     keys: dict[str, str] = {}
     pack_entries = []
     for entry, sampled in zip(entries, result["entries"], strict=True):
         if not sampled["available"]:
             raise ConfigError(f"{entry.description}: the data has no evaluation instances")
-        if keys.setdefault(sampled["key"], entry.description) != entry.description:
+        if sampled["key"] in keys:
             raise ConfigError(
                 f"{keys[sampled['key']]!r} and {entry.description!r} read the same instances "
                 f"({sampled['key']}); a pack needs one sample per scenario instance set"
             )
+        keys[sampled["key"]] = entry.description
         _write_json(out / INSTANCES_DIR / sampled["key"] / INSTANCES_FILE, sampled["instances"])
         train = sampled["train"]
         pack_entries.append(
@@ -230,7 +238,6 @@ def _write_pack(
         "files": files,
     }
     _write_json(out / MANIFEST, manifest, indent=1)
-    return verify_pack(out)
 
 
 def _copy_big_bench_task(key: str, data_dir: Path, scenarios: Path) -> None:
@@ -288,7 +295,12 @@ def verify_pack(path: Path) -> Pack:
     present = {
         p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file() or p.is_symlink()
     } - {MANIFEST}
-    problems = [f"missing: {name}" for name in sorted(set(files) - present)]
+    owners = {f"{INSTANCES_DIR}/{entry.key}/{INSTANCES_FILE}": entry for entry in entries}
+    problems = [
+        f"missing: {name}"
+        + (f" (the instances of {owners[name].description})" if name in owners else "")
+        for name in sorted(set(files) - present)
+    ]
     problems += [f"not in the manifest: {name}" for name in sorted(present - set(files))]
     problems += [
         f"changed since the build: {name}"

@@ -283,9 +283,10 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
     Raises InfrastructureError when the engine went away meanwhile, whatever the steps saw.
     """
     try:
-        job.logs.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
-            ending = _Pipeline(job, recorder, machine).run(Path(tmp))
+        with engine.engine_calls("while an entry was evaluated"):
+            job.logs.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="harness-entry-") as tmp:
+                ending = _Pipeline(job, recorder, machine).run(Path(tmp))
     except _Ended as ended:
         ending = ended.ending
     except EntryError as exc:
@@ -294,6 +295,10 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         ending = Ending(Status.EVAL_FAILED, f"no space left to write {exc.filename or 'a log'}")
+    except InfrastructureError:
+        # An engine going away is seen by whoever calls it first: give the watch a moment.
+        if not machine.engine_lost.wait(timeout=2.0):
+            raise
     if machine.engine_lost.is_set():
         raise InfrastructureError(
             "the Docker engine went away (stopped or restarted) during the batch; finished "
@@ -470,7 +475,8 @@ class _Pipeline:
                 self.job.name,
                 gateway.url,
                 max_sequence_length=self.options.max_sequence_length,
-                cache_requests=pack is not None,
+                # Nested samples (a pack's, a later tier's) ask again what was answered before.
+                cache_requests=pack is not None or self.options.tier is not None,
             )
             write_prod_env(run_dir / "prod_env", [endpoint])
             conf = run_dir / "run_specs.conf"
@@ -509,6 +515,8 @@ class _Pipeline:
                 if sampler:
                     sampler.stop()
             stats = gateway.stats()
+        if gateway.log_error is not None:
+            raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
             [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]

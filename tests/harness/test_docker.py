@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import random
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -104,3 +110,41 @@ def test_build_secret_reaches_the_build_but_not_the_image(
     image = docker_client.images.get(result.image)
     everything = str(image.attrs) + str(image.history()) + result.log_path.read_text()
     assert token not in everything
+
+
+def test_a_harness_killed_mid_build_leaves_no_build_running(
+    tmp_path: Path, base_image: str
+) -> None:
+    # The build's RUN step is a process of the engine's, found by its unique command line.
+    marker = f"sleep {random.randrange(10**6, 10**7)}"
+    (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\nRUN {marker}\n")
+    script = (
+        "import sys; from pathlib import Path; from harness.docker import build; "
+        f"build(Path(sys.argv[1]), tag='harness-test/killed-build', log_path=Path(sys.argv[1]) "
+        f"/ 'build.log', labels={LABELS!r}, timeout=300)"
+    )
+    harness = subprocess.Popen(
+        [sys.executable, "-c", script, str(tmp_path)], env={**os.environ, "PYTHONPATH": str(REPO)}
+    )
+
+    def running() -> bool:
+        return any(
+            marker.encode() in proc.read_bytes().replace(b"\0", b" ")
+            for proc in Path("/proc").glob("[0-9]*/cmdline")
+            if proc.exists()
+        )
+
+    try:
+        deadline = time.monotonic() + 120
+        while not running():
+            assert harness.poll() is None and time.monotonic() < deadline, "the build never ran"
+            time.sleep(0.2)
+        harness.send_signal(signal.SIGKILL)  # the harness alone, not the docker CLI it started
+        harness.wait()
+        deadline = time.monotonic() + 30
+        while running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not running(), "the build went on after the harness was killed"
+    finally:
+        harness.kill()
+        harness.wait()

@@ -4,6 +4,7 @@ container (a real server, driven by prompts that make it slow, hang or fail)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import secrets
 import string
@@ -217,3 +218,18 @@ def test_percentile_nearest_rank() -> None:
     values = [float(v) for v in range(1, 11)]
     assert (percentile(values, 50), percentile(values, 90), percentile(values, 99)) == (5, 9, 10)
     assert percentile([], 50) is None
+
+
+def test_a_full_disk_stops_the_request_log_not_the_requests(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    log = tmp_path / "gateway" / "requests.jsonl"
+    log.parent.mkdir()
+    log.symlink_to("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    with _gateway(entry_url, tmp_path, deadline_in_s=60) as gateway:
+        first = client.post(f"{gateway.url}/process", json={"prompt": "a"})
+        second = client.post(f"{gateway.url}/tokenize", json={"text": "a b"})
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert (gateway.stats().requests, gateway.stats().answered) == (2, 1)  # /process only
+    assert gateway.log_error is not None and gateway.log_error.errno == errno.ENOSPC
+    assert gateway.log_error.filename == str(log)

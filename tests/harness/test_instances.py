@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import textwrap
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -18,6 +19,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.errors import ConfigError
 from harness.gateway import Gateway
+from harness.health import HealthSchedule
 from harness.helm import (
     HelmEndpoint,
     RunSpecConf,
@@ -36,6 +38,11 @@ from harness.instances import (
     nested_counts,
     verify_pack,
 )
+from harness.options import entry_slug
+from harness.report import build_leaderboard
+from harness.run import RunOptions, run_entries
+from harness.store import Metric, Status, Store
+from harness.submission import render_submission
 from harness.tasks import import_task
 from tests.harness.raw_tasks import write_closed_sources, write_open_data
 
@@ -173,14 +180,24 @@ def test_an_edited_pack_fails_verify_and_says_what_differs(open_pack: Pack, tmp_
     gsm = edited / INSTANCES_DIR / "gsm" / INSTANCES_FILE
     gsm.write_text(gsm.read_text().replace("apples", "pears"))
     (edited / "extra.txt").write_text("not built")
+    (edited / INSTANCES_DIR / "bbq:subject=all" / INSTANCES_FILE).unlink()
     (edited / "tasks").mkdir(exist_ok=True)
     result = runner.invoke(app, ["instances", "verify", str(edited)])
     assert result.exit_code == 1
     assert "changed since the build: scenario_instances/gsm/input_instances.json" in result.output
     assert "not in the manifest: extra.txt" in result.output
+    assert "input_instances.json (the instances of bbq:subject=all)" in result.output
     with pytest.raises(PackError):
         install_pack(verify_pack(edited), tmp_path / "run")
     assert runner.invoke(app, ["instances", "verify", str(tmp_path)]).exit_code == 1
+    # harness run refuses it before building or serving anything: a usage error.
+    (tmp_path / "entries" / "team").mkdir(parents=True)
+    run = ["run", str(tmp_path / "entries"), "--track", "4090", "--stage", "open",
+           "--out", str(tmp_path / "results")]  # fmt: skip
+    result = runner.invoke(app, [*run, "--instances", str(edited)])
+    assert result.exit_code == 2 and "changed since the build" in result.output
+    result = runner.invoke(app, [*run, "--instances", str(open_pack.path), "--budget", "500"])
+    assert result.exit_code == 2 and "larger than the pack's budget 120" in result.output
 
 
 def test_build_refuses_bad_requests_with_a_reason(open_data: Path, tmp_path: Path) -> None:
@@ -193,6 +210,23 @@ def test_build_refuses_bad_requests_with_a_reason(open_data: Path, tmp_path: Pat
         build_pack(conf, budget=0, data_dir=open_data, out=tmp_path / "zero")
     with pytest.raises(ConfigError, match="is not a folder"):
         build_pack(conf, budget=10, data_dir=tmp_path / "nowhere", out=tmp_path / "p")
+    # Two entries over one scenario instance set would need two samples in one file.
+    anatomy = next(e for e in conf.entries if e.description == "mmlu:subject=anatomy")
+    twice = RunSpecConf(conf.path, (anatomy, replace(anatomy, scenario="again")))
+    with pytest.raises(ConfigError, match=r"read the same instances \(mmlu:subject=anatomy\)"):
+        build_pack(twice, budget=10, data_dir=open_data, out=tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()  # no half-written pack
+
+
+def _guard_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Load NETWORK_GUARD into every Python started from now on; returns its log."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(NETWORK_GUARD)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    monkeypatch.setenv("NETWORK_GUARD_LOG", str(tmp_path / "network.log"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    return tmp_path / "network.log"
 
 
 def _score(
@@ -224,13 +258,7 @@ def test_every_scenario_of_both_stages_scores_from_packs_offline_and_reuses_requ
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(textwrap.dedent(NETWORK_GUARD))
-    guard_log = tmp_path / "network.log"
-    monkeypatch.setenv("PYTHONPATH", str(site))
-    monkeypatch.setenv("NETWORK_GUARD_LOG", str(guard_log))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    guard_log = _guard_network(tmp_path, monkeypatch)
     # The guard is live in HELM's Python: a lookup of a public name is refused and recorded.
     probe = "import socket; socket.getaddrinfo('example.org', 443)"
     probed = subprocess.run([str(helm_bin / "python"), "-c", probe], capture_output=True, text=True)
@@ -263,3 +291,73 @@ def test_every_scenario_of_both_stages_scores_from_packs_offline_and_reuses_requ
     assert set(closed) == {"samsum", "corr2cause", "ethics", "math"}
     assert all(value is not None and 0.0 <= value <= 1.0 for value in closed.values())
     assert asked == sum(entry.instances for entry in closed_pack.entries) == 12
+
+
+@pytest.mark.docker
+def test_a_rendered_submission_is_scored_on_every_scenario_of_both_stages_from_packs(
+    open_data: Path,
+    closed_conf: RunSpecConf,
+    tiny_model_dir: Path,
+    base_image: str,
+    docker_client: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The acceptance run: the whole open.conf (88 run specs) and closed.conf, each from a pack,
+    scored by `harness run` on a tiny-model submission built and served in Docker."""
+    guard_log = _guard_network(tmp_path, monkeypatch)
+    packs = {
+        "open": build_pack(load_conf(shipped_conf("open")), budget=6, data_dir=open_data,
+                           out=tmp_path / "open-pack"),
+        "closed": build_pack(closed_conf, budget=8, data_dir=open_data,
+                             out=tmp_path / "closed-pack"),
+    }  # fmt: skip
+    render_submission("4090", "tiny", tmp_path / "entries" / "tiny", model_dir=tiny_model_dir)
+    out = tmp_path / "results"
+    for stage, pack in packs.items():
+        options = RunOptions(
+            track="4090", stage=stage, out=out, instances=pack.path, base_image=base_image,
+            health=HealthSchedule(tries=1, interval_s=600, poll_s=1), build_timeout_s=1800,
+            deadline_s=1800,
+        )  # fmt: skip
+        [outcome] = run_entries(tmp_path / "entries", options)
+        assert outcome.status is Status.SCORED, outcome.reason
+    assert not guard_log.exists(), guard_log.read_text()
+
+    with Store(out) as store:
+        board = build_leaderboard(store)
+        for stage, pack in packs.items():
+            assert store.instances_sha256("tiny", stage) == pack.sha256
+            metrics = store.metrics(stage)["tiny"]
+            assert len(metrics) == len(pack.entries)
+            assert all(m.value is not None and 0.0 <= m.value <= 1.0 for m in metrics)
+    for stage, pack in packs.items():
+        scenarios = sorted({entry.scenario for entry in pack.entries})
+        assert board.scenarios[stage] == scenarios
+        [row] = board.rows
+        assert row.stages[stage].score is not None
+        assert sorted(row.stages[stage].scenarios) == scenarios
+        assert all(s.value is not None for s in row.stages[stage].scenarios.values())
+        assert len(row.stages[stage].run_specs) == len(pack.entries)
+
+
+def test_reproduce_needs_the_pack_the_original_was_scored_on(
+    open_pack: Pack, open_data: Path, tmp_path: Path
+) -> None:
+    results, entry = tmp_path / "results", tmp_path / "entries" / "team"
+    entry.mkdir(parents=True)
+    install_pack(open_pack, results / "helm" / entry_slug("team") / "open", budget=60)
+    with Store(results) as store:
+        store.add_entry("team", entry)
+        attempt = store.start_attempt("team", "open", instances_sha256=open_pack.sha256)
+        store.record_metrics(attempt, [Metric("gsm", "gsm", "final_number_exact_match", 0.0)])
+    other = build_pack(
+        RunSpecConf(open_pack.path, (load_conf(shipped_conf("open")).entries[-2],)),
+        budget=2, data_dir=open_data, out=tmp_path / "other",
+    )  # fmt: skip
+    runner = CliRunner(env={"COLUMNS": "250"})
+    common = ["reproduce", str(entry), "--track", "4090", "--results", str(results)]
+    result = runner.invoke(app, common)
+    assert result.exit_code == 2 and "give that pack with --instances" in result.output
+    result = runner.invoke(app, [*common, "--instances", str(other.path)])
+    assert result.exit_code == 2 and "is not the pack 'team' was scored on" in result.output
