@@ -180,6 +180,8 @@ def test_a_leaked_token_is_answered_at_once_redacted_and_never_queued(
         shown = client.get(f"/api/v1/submissions/{detail['id']}").json()
     assert shown["status"] == "flagged" and shown["position"] is None
     assert not (served.data / "uploads" / f"{detail['id']}.zip").exists()
+    kept = b"".join(p.read_bytes() for p in served.data.rglob("*") if p.is_file())
+    assert LEAKED.encode() not in kept and token.encode() not in kept
     # A flagged entry takes no quota slot (it never reaches a GPU).
     for i in range(3):
         assert served.submit(token, stand_in_zip(tmp_path, f"ok{i}")).status_code == 201
