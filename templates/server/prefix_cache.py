@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 
 import torch
@@ -31,13 +31,15 @@ class Entry:
     key: int
 
 
-@dataclass(eq=False)
 class _Node:
     """A token-trie node: the entries whose ids pass through it, and the one that ends here."""
 
-    children: dict[int, _Node] = field(default_factory=dict)
-    entries: dict[int, Entry] = field(default_factory=dict)
-    end: Entry | None = None
+    __slots__ = ("children", "end", "entries")  # one per cached token: kept small and quick
+
+    def __init__(self) -> None:
+        self.children: dict[int, _Node] = {}
+        self.entries: dict[int, Entry] = {}
+        self.end: Entry | None = None
 
 
 class PrefixCache:
@@ -80,7 +82,10 @@ class PrefixCache:
         node = self._root
         node.entries[entry.key] = entry
         for token in ids:
-            node = node.children.setdefault(token, _Node())
+            child = node.children.get(token)
+            if child is None:
+                child = node.children[token] = _Node()
+            node = child
             node.entries[entry.key] = entry
         node.end = entry
         self._lru[entry.key] = entry
