@@ -4,7 +4,8 @@
     paths = write_leaderboard(board, results_dir)
 
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
-steps' times and the gateway's request log (what the harness measured, not what servers claim);
+steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
+harness measured, not what servers claim);
 cost from those times, training hours from `harness reproduce` (RESULTS_DIR/reproduce/*/
 reproduction.json) and a per-track hourly GPU price. An entry is ranked in a stage when it has
 metrics there (scored, eval-timeout, or flagged but evaluated); every other entry is listed below

@@ -231,7 +231,8 @@ def test_one_entry_only(tmp_path: Path) -> None:
     assert (efficiency["image_bytes"], efficiency["gpu_peak_bytes"]) == (None, None)
     markdown = (tmp_path / "leaderboard.md").read_text()
     header, _, row = markdown.split("## Efficiency")[1].strip().splitlines()
-    shown = dict(zip(*([c.strip() for c in line.split("|")[1:-1]] for line in (header, row))))
+    names, values = ([cell.strip() for cell in line.split("|")[1:-1]] for line in (header, row))
+    shown = dict(zip(names, values, strict=True))
     assert shown["Entry"] == "solo" and shown["Build time (s)"] != ""
     assert (shown["Image (GiB)"], shown["Peak GPU (GiB)"]) == ("", "")
 
