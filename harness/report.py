@@ -5,12 +5,12 @@
 
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
 steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
-harness measured, not what servers claim);
-cost from those times, training hours from `harness reproduce` (RESULTS_DIR/reproduce/*/
-reproduction.json) and a per-track hourly GPU price. An entry is ranked in a stage when it has
-metrics there (scored, eval-timeout, or flagged but evaluated); every other entry is listed below
-the ranked ones with its status and reason. Links to logs are relative to RESULTS_DIR, so the
-folder can be copied or served as it is. The HTML (pages, figures) is rendered by harness/pages.py.
+harness measured, not what servers claim); cost from those times, training hours from `harness
+reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price. An entry
+is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
+every other entry is listed below the ranked ones with its status and reason. Links to logs are
+relative to RESULTS_DIR, so the folder can be copied or served as it is. The HTML (pages, figures)
+is rendered by harness/pages.py.
 """
 
 from __future__ import annotations
