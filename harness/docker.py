@@ -155,9 +155,9 @@ def engine_calls(what: str) -> Iterator[None]:
 class RunningContainer:
     """A detached container serving HTTP on its port 80, and the URL the harness reaches it at.
 
-    A container removed behind the harness's back is not an error here: it is not alive, its
-    state's Status is `REMOVED`, its logs are empty. An engine that stops answering raises
-    InfrastructureError, except from `remove` (there is nothing left to remove then).
+    A container removed behind the harness's back (or while being removed) is not an error here:
+    it is not alive, its state's Status is `REMOVED`, its logs are empty. An engine that stops
+    answering raises InfrastructureError, except from `remove` (nothing is left to remove then).
     """
 
     container: Any
@@ -174,7 +174,8 @@ class RunningContainer:
                 self.container.reload()
             except docker.errors.NotFound:
                 return {"Status": REMOVED}
-        return dict(self.container.attrs.get("State", {}))
+        state = dict(self.container.attrs.get("State", {}))
+        return {"Status": REMOVED} if state.get("Status") == "removing" else state
 
     def logs(self, tail: int = 2000) -> str:
         import docker.errors
@@ -182,19 +183,39 @@ class RunningContainer:
         with engine_calls("reading a container's logs"):
             try:
                 return bytes(self.container.logs(tail=tail)).decode(errors="replace")
-            except docker.errors.NotFound:
-                return ""
+            except docker.errors.APIError as exc:
+                if _going(exc):
+                    return ""
+                raise
 
-    def remove(self) -> None:
+    def remove(self, wait_s: float = 30.0) -> None:
+        """Remove it; when someone else is removing it, wait (up to `wait_s`) until it is gone,
+        and remove it again if their removal failed half-way (a `dead` container)."""
         import docker.errors
 
-        try:
-            self.container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        except Exception as exc:
-            if not engine_unreachable(exc):
-                raise
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.container.remove(force=True)
+                return
+            except docker.errors.NotFound:
+                return
+            except docker.errors.APIError as exc:
+                if not _going(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    return  # still there: the next start removes it (it carries the run label)
+            except Exception as exc:
+                if not engine_unreachable(exc):
+                    raise
+                return
+            time.sleep(0.5)
+
+
+def _going(exc: Any) -> bool:
+    """The container is gone (404), or being removed by someone else (409: "dead or marked for
+    removal", "removal already in progress")."""
+    return exc.status_code in (404, 409)
 
 
 class EngineWatch:

@@ -47,7 +47,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from harness.errors import InfrastructureError
 from harness.secrets import redact
@@ -85,12 +85,26 @@ def percentile(sorted_values: list[float], p: float) -> float | None:
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
+def _quiet_when_cancelled(app: ASGIApp) -> ASGIApp:
+    """Requests still in flight when the server stops (past its grace period) are cancelled: an
+    expected end (their client is gone), not an error for uvicorn to print a traceback of."""
+
+    async def quiet(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except asyncio.CancelledError:
+            if scope["type"] != "http":
+                raise
+
+    return quiet
+
+
 class ThreadedServer:
     """Serves an ASGI app on 127.0.0.1 (a free port) from a background thread with its own loop."""
 
     def __init__(self, app: ASGIApp, *, graceful_shutdown_s: int = 5) -> None:
         self._config = uvicorn.Config(
-            app,
+            _quiet_when_cancelled(app),
             log_level="warning",
             access_log=False,
             lifespan="on",

@@ -228,6 +228,16 @@ class Machine:
         self._containers: dict[str, engine.RunningContainer] = {}
         self._lock = threading.Lock()
 
+    def engine_gone(self) -> bool:
+        """Whether the engine went away: its event stream broke, or it does not answer now (a
+        stopping dockerd closes its socket at once, its event streams only when it exits)."""
+        if not self.engine_lost.is_set():
+            try:
+                self.sdk.ping()
+            except Exception:  # whatever the reason, an engine that cannot answer a ping
+                self.engine_lost.set()
+        return self.engine_lost.is_set()
+
     def should_stop(self) -> bool:
         return self.stopping.is_set() or self.engine_lost.is_set()
 
@@ -318,7 +328,7 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
         # An engine going away is seen by whoever calls it first: give the watch a moment.
         if not machine.engine_lost.wait(timeout=2.0):
             raise
-    if machine.engine_lost.is_set():
+    if machine.engine_gone():
         raise InfrastructureError(
             "the Docker engine went away (stopped or restarted) during the batch; finished "
             "entries are stored: run the same command again to evaluate the rest"

@@ -314,7 +314,11 @@ class Chaos:
             self._finish_folder(out)
             folder += 1
         self.report.orphans = len(self._orphans())
-        self.report.leftover_containers = len(self.engine.containers(all_states=True))
+        leftovers = self.engine.containers(all_states=True)
+        self.report.leftover_containers = len(leftovers)
+        if leftovers:
+            listing = self.engine.docker("ps", "-a", "--format", "{{.Image}} {{.Status}}")
+            self.report.problems.append(f"leftover containers: {listing.stdout.strip()}")
         self.report.tracebacks = sum(
             "Traceback (most recent call last)" in log.read_text(errors="replace")
             for log in self.logs.iterdir()

@@ -4,10 +4,12 @@ container (a real server, driven by prompts that make it slow, hang or fail)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import secrets
 import string
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +235,23 @@ def test_a_full_disk_stops_the_request_log_not_the_requests(
     assert (gateway.stats().requests, gateway.stats().answered) == (2, 1)  # /process only
     assert gateway.log_error is not None and gateway.log_error.errno == errno.ENOSPC
     assert gateway.log_error.filename == str(log)
+
+
+def test_a_request_in_flight_when_the_gateway_stops_ends_quietly(
+    entry_url: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # HELM was stopped (its entry's container vanished, say) while /tokenize hung on the entry.
+    gateway = _gateway(entry_url, tmp_path, deadline_in_s=60, tokenizer_timeout_s=SLOW_S)
+    gateway.start()
+
+    def hang() -> None:
+        with contextlib.suppress(httpx.HTTPError):  # the gateway hangs up on it
+            httpx.post(f"{gateway.url}/tokenize", json={"text": "hang"}, timeout=30)
+
+    pending = threading.Thread(target=hang, daemon=True)
+    pending.start()
+    time.sleep(0.5)
+    gateway.stop()  # past the grace period the request is cancelled
+    pending.join(timeout=10)
+    # uvicorn's own logger writes to the process's stderr, past the logging capture.
+    assert "Traceback" not in capfd.readouterr().err
