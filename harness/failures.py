@@ -208,7 +208,7 @@ class GpuMemorySampler:
     ) -> tuple[Self | None, str]:
         """A sampler of one GPU through NVML, or None and why not (no pynvml, no GPU, no driver)."""
         try:
-            import pynvml  # optional (nvidia-ml-py): only GPU machines have it
+            import pynvml  # nvidia-ml-py; it loads anywhere, NVML answers only where a driver is
         except ImportError:
             return None, "GPU memory is not sampled: the pynvml module (nvidia-ml-py) is missing"
         try:

@@ -41,7 +41,7 @@ def parse_gpus(text: str) -> tuple[int, ...]:
 def detect_gpus() -> tuple[int, ...]:
     """The GPUs of this machine, by NVML or else nvidia-smi; () when there are none."""
     try:
-        import pynvml  # optional (nvidia-ml-py): only GPU machines have it
+        import pynvml  # nvidia-ml-py; it loads anywhere, NVML answers only where a driver is
 
         pynvml.nvmlInit()
         return tuple(range(int(pynvml.nvmlDeviceGetCount())))

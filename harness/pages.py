@@ -21,12 +21,13 @@ from markupsafe import Markup
 
 from harness.figures import figures
 from harness.report import (
+    EFFICIENCY_COLUMNS,
     Leaderboard,
     Row,
-    StageRow,
     agreement_line,
     cells,
     columns,
+    efficiency_cells,
     generated,
     number,
 )
@@ -51,10 +52,6 @@ def _cell(text: str, *, title: str = "", href: str | None = None) -> dict[str, A
     return {"text": text, "title": title, "href": href, "numeric": numeric}
 
 
-def _seconds(value: float | None) -> str:
-    return "" if value is None else f"{value:.1f}"
-
-
 def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[str, Any]]:
     texts = cells(board, row)
     found = row.scenarios
@@ -69,34 +66,6 @@ def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[st
         _cell(text, title=title, href=entry_link(row.entry) if index == 1 else None)
         for index, (text, title) in enumerate(zip(texts, titles, strict=True))
     ]
-
-
-EFFICIENCY_COLUMNS = [
-    "Entry", "Stage", "Answered", "Unanswered", "Prompt tok/s", "Completion tok/s",
-    "p50 latency (s)", "p99 latency (s)", "Eval time (s)", "Of limit", "Build time (s)",
-    "GPU-hours", "Cost (USD)",
-]  # fmt: skip
-
-
-def _efficiency_cells(row: Row, stage: str, stage_row: StageRow) -> list[dict[str, Any]]:
-    e = stage_row.efficiency
-    share = f"{e.eval_s / e.eval_limit_s:.1%}" if e.eval_s is not None and e.eval_limit_s else ""
-    texts = [
-        row.entry,
-        stage,
-        "" if e.answered is None else str(e.answered),
-        "" if e.unanswered is None else str(e.unanswered),
-        number(e.prompt_tokens_per_s, 1),
-        number(e.completion_tokens_per_s, 1),
-        number(e.latency_p50_s),
-        number(e.latency_p99_s),
-        _seconds(e.eval_s),
-        share,
-        _seconds(e.build_s),
-        number(e.gpu_hours, 4),
-        number(row.cost.usd, 4),
-    ]
-    return [_cell(text) for text in texts]
 
 
 def to_html(
@@ -132,9 +101,9 @@ def to_html(
         total_usd=number(board.total_usd, 4),
         efficiency_columns=EFFICIENCY_COLUMNS,
         efficiency_rows=[
-            {"entry": row.entry, "cells": _efficiency_cells(row, stage, stage_row)}
+            {"entry": row.entry, "cells": [_cell(text) for text in efficiency_cells(row, stage)]}
             for row in board.rows
-            for stage, stage_row in row.stages.items()
+            for stage in row.stages
         ],
         figures={name: Markup(svg) for name, svg in figures(board).items()},
     )
@@ -164,7 +133,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
                 {
                     "step": s.step,
                     "status": s.status,
-                    "time": _seconds(s.duration_s),
+                    "time": number(s.duration_s, 1),
                     "detail": s.detail,
                     "href": log_link(s.log) if s.log else None,
                 }

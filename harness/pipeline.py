@@ -105,6 +105,10 @@ class Recorder(Protocol):
 
     def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None: ...
 
+    def record_resources(
+        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+    ) -> None: ...
+
 
 class StoreRecorder:
     """Writes one attempt's records straight into the results store."""
@@ -137,6 +141,16 @@ class StoreRecorder:
     def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
         self.store.record_gateway_stats(self.attempt, stats, log_path)
 
+    def record_resources(
+        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+    ) -> None:
+        self.store.record_resources(
+            self.attempt.entry,
+            self.attempt.stage,
+            image_bytes=image_bytes,
+            gpu_peak_bytes=gpu_peak_bytes,
+        )
+
 
 @dataclass
 class BufferedRecorder:
@@ -167,6 +181,11 @@ class BufferedRecorder:
 
     def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
         self._keep("record_gateway_stats", stats, log_path)
+
+    def record_resources(
+        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+    ) -> None:
+        self._keep("record_resources", image_bytes=image_bytes, gpu_peak_bytes=gpu_peak_bytes)
 
     def replay(self, recorder: Recorder) -> None:
         step_ids: dict[int, int] = {}
@@ -398,7 +417,7 @@ class _Pipeline:
         log = self.job.logs / "build.log"
         if self.job.reuse_build:
             with suppress(Exception):
-                self.machine.sdk.images.get(tag)
+                self._record_image_size(self.machine.sdk.images.get(tag))
                 return tag
         # HELM's request cache holds the answers of the image it is about to replace.
         shutil.rmtree(self.job.helm_dir / "prod_env" / "cache", ignore_errors=True)
@@ -426,7 +445,11 @@ class _Pipeline:
             if not result.ok:
                 failure = classify_build_log(log.read_text(errors="replace"))
                 raise _Ended(Status.BUILD_FAILED, f"{failure.cause.value}: {failure.reason}")
+            self._record_image_size(self.machine.sdk.images.get(tag))
             return tag
+
+    def _record_image_size(self, image: Any) -> None:
+        self.recorder.record_resources(image_bytes=image.attrs.get("Size"))
 
     def _serve(self, image: str, gpu: int | None) -> engine.RunningContainer:
         with self._step(Step.SERVE, self.job.logs / "container.log") as detail:
@@ -524,6 +547,8 @@ class _Pipeline:
             finally:
                 if sampler:
                     sampler.stop()
+                    # Kept whatever HELM did: the peak matters most when the entry ran out.
+                    self.recorder.record_resources(gpu_peak_bytes=sampler.peak_bytes)
             stats = gateway.stats()
         if gateway.log_error is not None:
             raise gateway.log_error

@@ -4,12 +4,13 @@
     paths = write_leaderboard(board, results_dir)
 
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
-steps' times and the gateway's request log (what the harness measured, not what servers claim);
-cost from those times, training hours from `harness reproduce` (RESULTS_DIR/reproduce/*/
-reproduction.json) and a per-track hourly GPU price. An entry is ranked in a stage when it has
-metrics there (scored, eval-timeout, or flagged but evaluated); every other entry is listed below
-the ranked ones with its status and reason. Links to logs are relative to RESULTS_DIR, so the
-folder can be copied or served as it is. The HTML (pages, figures) is rendered by harness/pages.py.
+steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
+harness measured, not what servers claim); cost from those times, training hours from `harness
+reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price. An entry
+is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
+every other entry is listed below the ranked ones with its status and reason. Links to logs are
+relative to RESULTS_DIR, so the folder can be copied or served as it is. The HTML (pages, figures)
+is rendered by harness/pages.py.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ class Efficiency:
     eval_s: float | None
     eval_limit_s: float  # the stage's limit in the competition
     build_s: float | None
+    image_bytes: int | None  # the entry's image as Docker reports its size
+    gpu_peak_bytes: int | None  # the GPU memory sampler's peak (None: no GPU, or not sampled)
     gpu_hours: float  # serve + evaluate: the time the entry held its GPU
 
 
@@ -223,6 +226,7 @@ def _efficiency(
     stage: str,
     steps: Mapping[Step, StepRecord],
     gateway: tuple[GatewayStats, str | None] | None,
+    resources: tuple[int | None, int | None],
 ) -> Efficiency:
     stats: GatewayStats | None = gateway[0] if gateway else None
     prompt, completion = (
@@ -247,6 +251,8 @@ def _efficiency(
         eval_s=eval_s,
         eval_limit_s=STAGE_MINUTES.get(stage, 0) * 60.0,
         build_s=build.duration_s if build else None,
+        image_bytes=resources[0],
+        gpu_peak_bytes=resources[1],
         gpu_hours=sum(steps[s].duration_s or 0.0 for s in GPU_STEPS if s in steps) / 3600,
     )
 
@@ -369,7 +375,9 @@ def build_leaderboard(
                     m.run_spec: RunSpecResult(m.scenario, m.metric, m.value, m.lower_is_better)
                     for m in metrics
                 },
-                efficiency=_efficiency(store.results_dir, stage, steps, gateway),
+                efficiency=_efficiency(
+                    store.results_dir, stage, steps, gateway, store.resources(entry, stage)
+                ),
                 steps=[
                     StepTime(s.step.value, s.status.value, s.duration_s, s.detail, s.log_path)
                     for s in steps.values()
@@ -412,6 +420,10 @@ def number(value: float | None, digits: int = 3) -> str:
     return "" if value is None else f"{value:.{digits}f}"
 
 
+def gib(value: int | None) -> str:
+    return "" if value is None else f"{value / 1024**3:.1f}"
+
+
 def _tiered(board: Leaderboard) -> bool:
     return any(stage.tier for row in board.rows for stage in row.stages.values())
 
@@ -440,6 +452,35 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
     ]  # fmt: skip
 
 
+EFFICIENCY_COLUMNS = [
+    "Entry", "Stage", "Answered", "Unanswered", "Prompt tok/s", "Completion tok/s",
+    "p50 latency (s)", "p99 latency (s)", "Eval time (s)", "Of limit", "Build time (s)",
+    "Image (GiB)", "Peak GPU (GiB)", "GPU-hours", "Cost (USD)",
+]  # fmt: skip
+
+
+def efficiency_cells(row: Row, stage: str) -> list[str]:
+    e = row.stages[stage].efficiency
+    share = f"{e.eval_s / e.eval_limit_s:.1%}" if e.eval_s is not None and e.eval_limit_s else ""
+    return [
+        row.entry,
+        stage,
+        "" if e.answered is None else str(e.answered),
+        "" if e.unanswered is None else str(e.unanswered),
+        number(e.prompt_tokens_per_s, 1),
+        number(e.completion_tokens_per_s, 1),
+        number(e.latency_p50_s),
+        number(e.latency_p99_s),
+        number(e.eval_s, 1),
+        share,
+        number(e.build_s, 1),
+        gib(e.image_bytes),
+        gib(e.gpu_peak_bytes),
+        number(e.gpu_hours, 4),
+        number(row.cost.usd, 4),
+    ]
+
+
 def agreement_line(board: Leaderboard) -> str:
     agreement = board.agreement
     if agreement is None:
@@ -462,24 +503,38 @@ def to_markdown(board: Leaderboard) -> str:
     def escape(cell: str) -> str:
         return cell.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
-    header = [*columns(board), "Cost (USD)", "Logs"]
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        return [
+            "| " + " | ".join(escape(c) for c in header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows),
+        ]
+
     lines = [
         "# Leaderboard",
         "",
         f"Stages: {', '.join(board.stages) or 'none'}. Generated {generated(board)}. "
         "Scenario columns: mean win rate.",
         "",
-        "| " + " | ".join(escape(c) for c in header) + " |",
-        "|" + "|".join("---" for _ in header) + "|",
+        *table(
+            [*columns(board), "Cost (USD)", "Logs"],
+            [
+                [
+                    *cells(board, row),
+                    number(row.cost.usd, 4),
+                    ", ".join(f"[{label}]({path})" for label, path in row.logs.items()),
+                ]
+                for row in board.rows
+            ],
+        ),
     ]
-    for row in board.rows:
-        links = ", ".join(f"[{label}]({path})" for label, path in row.logs.items())
-        cost = number(row.cost.usd, 4)
-        lines.append("| " + " | ".join(escape(c) for c in [*cells(board, row), cost, links]) + " |")
     if board.total_usd is not None:
         lines += ["", f"Total cost: USD {board.total_usd:.4f} of GPU time."]
     if board.agreement:
         lines += ["", agreement_line(board)]
+    efficiency = [efficiency_cells(row, stage) for row in board.rows for stage in row.stages]
+    if efficiency:
+        lines += ["", "## Efficiency", "", *table(EFFICIENCY_COLUMNS, efficiency)]
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@ steps); current facts (status, findings, metrics, gateway stats) are replaced pe
     metrics         the main metric of every run spec per entry and stage
     gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
     tiers           the coarse-to-fine tier an entry reached per stage, and its budget
+    resources       the entry's image size and peak GPU memory per stage (None: not measured)
 
 Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
 means not asking.
@@ -143,13 +144,22 @@ CREATE TABLE gateway_stats (
 );
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-# Added after schema 1 without changing it: stores written before it gain the table on open.
+# Added after schema 1 without changing it: stores written before them gain the tables on open.
 _TIERS = """
 CREATE TABLE IF NOT EXISTS tiers (
     entry TEXT NOT NULL REFERENCES entries(name),
     stage TEXT NOT NULL,
     tier INTEGER NOT NULL,
     budget INTEGER NOT NULL,
+    PRIMARY KEY (entry, stage)
+)
+"""
+_RESOURCES = """
+CREATE TABLE IF NOT EXISTS resources (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    image_bytes INTEGER,
+    gpu_peak_bytes INTEGER,
     PRIMARY KEY (entry, stage)
 )
 """
@@ -270,6 +280,7 @@ class Store:
                     f"{SCHEMA_VERSION}. Use a new RESULTS_DIR."
                 )
             db.execute(_TIERS)
+            db.execute(_RESOURCES)
 
     def close(self) -> None:
         with self._lock:
@@ -428,6 +439,24 @@ class Store:
                 (entry, stage, tier, budget),
             )
 
+    def record_resources(
+        self,
+        entry: str,
+        stage: str,
+        *,
+        image_bytes: int | None = None,
+        gpu_peak_bytes: int | None = None,
+    ) -> None:
+        """What the entry's image and evaluation took; None leaves the stored value as it was."""
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO resources (entry, stage, image_bytes, gpu_peak_bytes) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (entry, stage) DO UPDATE SET "
+                "image_bytes = COALESCE(excluded.image_bytes, image_bytes), "
+                "gpu_peak_bytes = COALESCE(excluded.gpu_peak_bytes, gpu_peak_bytes)",
+                (entry, stage, image_bytes, gpu_peak_bytes),
+            )
+
     def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
         """Replace an entry's rows of `table` for this stage, in one transaction."""
         rows = [(attempt.entry, attempt.stage, attempt.id, *row) for row in values]
@@ -549,6 +578,15 @@ class Store:
         """entry -> (tier reached, its budget) in this stage, for entries of a tiered run."""
         rows = self._read("SELECT entry, tier, budget FROM tiers WHERE stage = ?", stage)
         return {row["entry"]: (row["tier"], row["budget"]) for row in rows}
+
+    def resources(self, entry: str, stage: str) -> tuple[int | None, int | None]:
+        """(image bytes, peak GPU memory bytes) of this entry and stage; None: not measured."""
+        rows = self._read(
+            "SELECT image_bytes, gpu_peak_bytes FROM resources WHERE entry = ? AND stage = ?",
+            entry,
+            stage,
+        )
+        return (rows[0]["image_bytes"], rows[0]["gpu_peak_bytes"]) if rows else (None, None)
 
     def gateway_stats(self, entry: str, stage: str) -> tuple[GatewayStats, str | None] | None:
         """The gateway's counts for this entry and stage, with its request log's path."""

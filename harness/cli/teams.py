@@ -23,7 +23,9 @@ EPILOG = """**Examples**
     harness teams revoke team-a --data /srv/harness
 """
 
-app = typer.Typer(help="Add, list and revoke the service's teams.", no_args_is_help=True)
+app = typer.Typer(
+    help="Add, list and revoke the service's teams.", epilog=EPILOG, no_args_is_help=True
+)
 DATA = typer.Option(..., help="The service's data folder (as given to `harness serve`).")
 
 

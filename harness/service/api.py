@@ -7,7 +7,7 @@ submissions: another team's is a 404.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -124,6 +124,7 @@ def _team(
 
 
 Authed = Annotated[Team, Depends(_team)]
+Track = Literal["4090", "A100"]  # harness.service.db.TRACKS
 
 
 def api_router(service: Service) -> APIRouter:
@@ -147,7 +148,7 @@ def api_router(service: Service) -> APIRouter:
     )
     async def submit(request: Request, team: Authed) -> dict[str, Any]:
         """Upload a zipped entry: it is checked at once and queued; flagged entries are not."""
-        sub, _ = await service.submit(team, request)
+        sub = await service.submit(team, request)
         if sub.findings:
             raise HTTPException(
                 422,
@@ -192,7 +193,7 @@ def api_router(service: Service) -> APIRouter:
         return service.describe(service.cancel(team, sub_id), details=False)
 
     @router.get("/leaderboard/{track}", response_model=LeaderboardOut)
-    def leaderboard(track: str) -> dict[str, Any]:
+    def leaderboard(track: Track) -> dict[str, Any]:
         """Public: published results only, each team's best, per-scenario win rates."""
         return leaderboard_json(service.leaderboard(track), track)
 

@@ -17,6 +17,7 @@ import math
 import secrets
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,12 @@ class Service:
     # -- submitting -------------------------------------------------------------------------------
 
     async def submit(
-        self, team: Team, request: Request, *, fields_check: Any = None
-    ) -> tuple[Submission, dict[str, str]]:
+        self,
+        team: Team,
+        request: Request,
+        *,
+        fields_check: Callable[[dict[str, str]], None] | None = None,
+    ) -> Submission:
         """Receive, check and queue an upload. Raises HTTPException: 413, 422, 429.
 
         `fields_check(fields)` runs on the form fields before anything is kept (the web form's
@@ -101,7 +106,7 @@ class Service:
             if sub.state is State.QUEUED:
                 partial.replace(self.config.zip_path(sub.id))
                 self.queue.wake()
-            return sub, upload.fields
+            return sub
         except QuotaExceeded as exc:
             raise HTTPException(
                 429,

@@ -8,19 +8,23 @@ the results store first and to the service database second.
 On start, submissions left running by a service that died are put back in the queue at their
 place, unless the results store already holds their result (the service died between the two
 writes): then that result is kept, so nothing runs twice to completion. Containers of the dead
-service carry its run label and are removed before anything runs again.
+service carry its run label and are removed before anything runs again. An engine that goes
+away is not the entry's fault: the entry goes back to its place and the queue waits for the
+engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
 from harness import docker as engine
+from harness.errors import InfrastructureError
 from harness.executor import Executor
 from harness.options import RUN_LABEL, RunOptions, results_id
 from harness.pipeline import Ending, EntryJob, StoreRecorder
@@ -30,6 +34,8 @@ from harness.store import Attempt, Status, Store
 
 log = logging.getLogger("harness.service")
 POLL_S = 1.0
+# After the engine went away: how long the queue waits before preparing the executor again.
+ENGINE_RETRY_S = 30.0
 
 
 class Queue:
@@ -53,6 +59,7 @@ class Queue:
         pack = options.pack()
         self.instances_sha256 = pack.sha256 if pack else None
         self._running: dict[str, Future[Ending]] = {}
+        self._retry_at: float | None = None  # set while the engine is away
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -136,8 +143,24 @@ class Queue:
             self._wake.wait(POLL_S)
             self._wake.clear()
 
+    def _engine_ready(self) -> bool:
+        """False while the engine is away; prepares the executor again once it is time to."""
+        assert self.executor is not None
+        if self._retry_at is None:
+            return True
+        if time.monotonic() < self._retry_at:
+            return False
+        try:
+            self.executor.start(self.options, self.run_id)
+        except InfrastructureError as exc:
+            log.warning("the engine is still away (%s); retrying later", exc)
+            self._retry_at = time.monotonic() + ENGINE_RETRY_S
+            return False
+        self._retry_at = None
+        return True
+
     def _fill(self) -> None:
-        while self.executor is not None and not self._closing.is_set():
+        while self.executor is not None and not self._closing.is_set() and self._engine_ready():
             with self._lock:
                 if len(self._running) >= self.jobs:
                     return
@@ -172,12 +195,24 @@ class Queue:
             return
         try:
             status, reason = future.result()
-        except Exception as exc:  # an engine gone away: a result, so the queue goes on
+        except InfrastructureError as exc:
+            # The engine went away, not the entry: it goes back to its place in the queue, and
+            # the queue waits for the engine before it takes anything again.
+            log.warning("%s re-queued: %s", sub_id, exc)
+            self.store.finish_attempt(attempt)
+            self.db.requeue(sub_id, keep_place=True)
+            self._retry_at = time.monotonic() + ENGINE_RETRY_S
+            self._done(sub_id)
+            return
+        except Exception as exc:  # a bug in one evaluation: a result, so the queue goes on
             status, reason = Status.EVAL_FAILED, f"{type(exc).__name__}: {exc}"
         reason = redact(reason)
         # The store first: a service killed between the two writes finds the result on restart.
         self.store.record_status(attempt, status, reason)
         self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        self._done(sub_id)
+
+    def _done(self, sub_id: str) -> None:
         with self._lock:
             self._running.pop(sub_id, None)
         self._wake.set()

@@ -64,8 +64,6 @@ def _cookie(response: Response, request: Request, name: str, value: str, max_age
 
 
 def register(app: FastAPI, service: Service) -> None:
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-
     def signed_in(request: Request) -> Team | None:
         session = request.cookies.get(SESSION_COOKIE)
         return service.db.team_for_session(session) if session else None
@@ -105,6 +103,9 @@ def register(app: FastAPI, service: Service) -> None:
     @app.get("/static/board.css", include_in_schema=False)
     def board_css() -> Response:
         return Response(_BOARD_CSS, media_type="text/css")
+
+    # Mounted after the routes: the mount would otherwise answer /static/board.css too.
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
     @app.get("/signin", include_in_schema=False)
     def signin_form(request: Request) -> HTMLResponse:
@@ -149,7 +150,7 @@ def register(app: FastAPI, service: Service) -> None:
     async def upload(request: Request) -> Response:
         team = require(request)
         try:
-            sub, _ = await service.submit(
+            sub = await service.submit(
                 team, request, fields_check=lambda fields: _check_csrf(request, fields.get("csrf"))
             )
         except HTTPException as exc:

@@ -503,8 +503,10 @@ class Engine:
         ordered = ordered.masked_fill(rank >= top_k[:, None], -torch.inf)
         probs = torch.softmax(ordered, dim=-1)
         top_p = torch.tensor([r.top_p for r in requests], device=scores.device)
-        # A token stays if the tokens ranked above it hold less than top_p of the mass.
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= top_p[:, None], 0.0)
+        # A token stays if the tokens ranked above it hold less than top_p of the mass; the best
+        # always stays (a top_p that rounds to 0 in float32, such as 5e-324, would drop them all).
+        dropped = (probs.cumsum(-1) - probs >= top_p[:, None]) & (rank > 0)
+        probs = probs.masked_fill(dropped, 0.0)
         picks = [
             torch.multinomial(probs[i], 1, generator=row.generator) for i, row in enumerate(rows)
         ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 
 import torch
@@ -31,13 +31,17 @@ class Entry:
     key: int
 
 
-@dataclass(eq=False)
 class _Node:
-    """A token-trie node: the entries whose ids pass through it, and the one that ends here."""
+    """A radix-trie node: the run of tokens on the edge into it, the entries whose ids run through
+    that edge, and the entry whose ids end where it ends."""
 
-    children: dict[int, _Node] = field(default_factory=dict)
-    entries: dict[int, Entry] = field(default_factory=dict)
-    end: Entry | None = None
+    __slots__ = ("children", "edge", "end", "entries")
+
+    def __init__(self, edge: tuple[int, ...]) -> None:
+        self.edge = edge
+        self.children: dict[int, _Node] = {}  # by the first token of their edge
+        self.entries: dict[int, Entry] = {}
+        self.end: Entry | None = None
 
 
 class PrefixCache:
@@ -45,7 +49,7 @@ class PrefixCache:
         self.budget = budget_bytes
         self.used = 0
         self.reused_tokens = 0  # for the tests and the benchmark: tokens not recomputed
-        self._root = _Node()
+        self._root = _Node(())
         self._lru: OrderedDict[int, Entry] = OrderedDict()
         self._keys = count()
 
@@ -55,63 +59,90 @@ class PrefixCache:
     def longest(self, ids: Sequence[int]) -> tuple[int, Entry | None]:
         """How many leading ids a cached entry shares with `ids`, and that entry (now the most
         recently used)."""
-        path = self._path(ids)
-        if not path:
+        path, depth = self._walk(tuple(ids))
+        if not depth:
             return 0, None
-        entry = next(iter(path[-1].entries.values()))
+        entry = next(iter(path[-1][0].entries.values()))
         self._lru.move_to_end(entry.key)
-        return len(path), entry
+        return depth, entry
 
     def put(self, ids: Sequence[int], layers: Layers) -> None:
         """Keep `layers` (copies the caller will not touch again) as the states of `ids`."""
         nbytes = sum(k.nbytes + v.nbytes for k, v in layers)
-        if not ids or nbytes > self.budget:
+        key = tuple(ids)
+        if not key or nbytes > self.budget:
             return
-        path = self._path(ids)
-        if len(path) == len(ids) and path[-1].end is not None:
-            self._lru.move_to_end(path[-1].end.key)  # already cached
+        path, depth = self._walk(key)
+        if depth == len(key) and path[-1][1] == len(path[-1][0].edge) and path[-1][0].end:
+            self._lru.move_to_end(path[-1][0].end.key)  # already cached
             return
-        for node in path:  # cached prompts the new one extends: it answers all they did
-            if node.end is not None:
-                self._drop(node.end)
+        # Cached prompts the new one extends go first: it answers all they did.
+        for old in [node.end for node, matched in path if matched == len(node.edge) and node.end]:
+            self._drop(old)
         while self.used + nbytes > self.budget:
             self._drop(next(iter(self._lru.values())))
-        entry = Entry(tuple(ids), layers, nbytes, next(self._keys))
-        node = self._root
-        node.entries[entry.key] = entry
-        for token in ids:
-            node = node.children.setdefault(token, _Node())
-            node.entries[entry.key] = entry
-        node.end = entry
-        self._lru[entry.key] = entry
+        self._insert(Entry(key, layers, nbytes, next(self._keys)))
         self.used += nbytes
 
     def clear(self) -> None:
-        self._root, self.used = _Node(), 0
+        self._root, self.used = _Node(()), 0
         self._lru.clear()
 
-    def _path(self, ids: Sequence[int]) -> list[_Node]:
-        """The nodes of the longest cached prefix of `ids`, one per token."""
-        path, node = [], self._root
-        for token in ids:
-            child = node.children.get(token)
-            if child is None:
+    def _walk(self, ids: tuple[int, ...]) -> tuple[list[tuple[_Node, int]], int]:
+        """The nodes the longest cached prefix of `ids` runs through, each with how many tokens
+        of its edge it matches (all but maybe the last's), and that prefix's length."""
+        path, node, depth = [], self._root, 0
+        while depth < len(ids) and (child := node.children.get(ids[depth])) is not None:
+            edge = child.edge
+            run = ids[depth : depth + len(edge)]
+            matched = len(edge) if run == edge else _common(edge, run)  # C-speed when it agrees
+            path.append((child, matched))
+            depth += matched
+            if matched < len(edge):
                 break
-            path.append(child)
             node = child
-        return path
+        return path, depth
+
+    def _insert(self, entry: Entry) -> None:
+        path, depth = self._walk(entry.ids)
+        node = self._root
+        node.entries[entry.key] = entry
+        for child, matched in path:
+            if matched < len(child.edge):  # split the edge where the new ids part from it
+                middle = _Node(child.edge[:matched])
+                middle.entries = dict(child.entries)
+                child.edge = child.edge[matched:]
+                middle.children[child.edge[0]] = child
+                node.children[middle.edge[0]] = middle
+                child = middle
+            child.entries[entry.key] = entry
+            node = child
+        if depth < len(entry.ids):
+            leaf = _Node(entry.ids[depth:])
+            node.children[leaf.edge[0]] = leaf
+            leaf.entries[entry.key] = entry
+            node = leaf
+        node.end = entry
+        self._lru[entry.key] = entry
 
     def _drop(self, entry: Entry) -> None:
-        node = self._root
+        node, depth = self._root, 0
         del node.entries[entry.key]
-        for token in entry.ids:
-            child = node.children[token]
+        while depth < len(entry.ids):
+            child = node.children[entry.ids[depth]]
             del child.entries[entry.key]
-            if not child.entries:  # nothing else passes here: the whole branch goes
-                del node.children[token]
+            if not child.entries:  # nothing else runs through here: the whole branch goes
+                del node.children[entry.ids[depth]]
                 break
+            depth += len(child.edge)
             node = child
         else:
             node.end = None
         del self._lru[entry.key]
         self.used -= entry.nbytes
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+    """The length of the common prefix of two token runs."""
+    pairs = enumerate(zip(a, b, strict=False))
+    return next((i for i, (x, y) in pairs if x != y), min(len(a), len(b)))

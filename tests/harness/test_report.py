@@ -14,7 +14,7 @@ from harness.cli import app
 from harness.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
 from harness.gateway import GatewayStats
 from harness.pages import to_html
-from harness.report import build_leaderboard, to_markdown
+from harness.report import build_leaderboard, to_json, to_markdown
 from harness.store import Metric, Status, Step, Store
 
 OPEN = {  # the worked example of test_scoring.py: scores A 0.630, B 0, C 0.397
@@ -226,6 +226,15 @@ def test_one_entry_only(tmp_path: Path) -> None:
         "parity": {"win_rate": 1.0, "value": 1.0, "metric": "quasi_exact_match"}
     }
     assert (tmp_path / "leaderboard" / rows[0]["entry"]).parent.is_dir()
+    # Nothing measured its image or GPU: unknown, so null in the JSON and blank in the tables.
+    efficiency = rows[0]["stages"]["open"]["efficiency"]
+    assert (efficiency["image_bytes"], efficiency["gpu_peak_bytes"]) == (None, None)
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    header, _, row = markdown.split("## Efficiency")[1].strip().splitlines()
+    names, values = ([cell.strip() for cell in line.split("|")[1:-1]] for line in (header, row))
+    shown = dict(zip(names, values, strict=True))
+    assert shown["Entry"] == "solo" and shown["Build time (s)"] != ""
+    assert (shown["Image (GiB)"], shown["Peak GPU (GiB)"]) == ("", "")
 
 
 def test_only_failed_entries(tmp_path: Path) -> None:
@@ -273,6 +282,8 @@ def test_efficiency_comes_from_the_steps_and_the_request_log(tmp_path: Path) -> 
     with Store(tmp_path) as store:
         attempt = store.start_attempt("e", "open")
         store.record_gateway_stats(attempt, GatewayStats(5, 3, 1, 0, 0.1, 0.2, 0.3, 0.4), log)
+        store.record_resources("e", "open", image_bytes=int(5.46 * 2**30))
+        store.record_resources("e", "open", gpu_peak_bytes=int(17.26 * 2**30))
         board = build_leaderboard(store, track="A100")
     row = board.rows[0]
     efficiency = row.stages["open"].efficiency
@@ -284,6 +295,23 @@ def test_efficiency_comes_from_the_steps_and_the_request_log(tmp_path: Path) -> 
     assert row.cost.track == "A100" and row.cost.price_per_gpu_hour == 1.0
     assert row.cost.usd == pytest.approx(efficiency.gpu_hours)
     assert row.stages["open"].logs == {"requests": "logs/requests.jsonl"}
+    assert (efficiency.image_bytes, efficiency.gpu_peak_bytes) == (
+        int(5.46 * 2**30),
+        int(17.26 * 2**30),
+    )
+    # Shown in GiB with one decimal, in the page, the Markdown and the JSON.
+    page = to_html(board)
+    efficiency_table = page[page.index('<table id="efficiency"') :]
+    efficiency_table = efficiency_table[: efficiency_table.index("</table>")]
+    assert "<th>Image (GiB)</th><th>Peak GPU (GiB)</th>" in efficiency_table
+    assert '<td class="num">5.5</td><td class="num">17.3</td>' in efficiency_table
+    markdown = to_markdown(board)
+    assert "## Efficiency" in markdown and "| 5.5 | 17.3 |" in markdown
+    stage = json.loads(to_json(board))["rows"][0]["stages"]["open"]["efficiency"]
+    assert (stage["image_bytes"], stage["gpu_peak_bytes"]) == (
+        int(5.46 * 2**30),
+        int(17.26 * 2**30),
+    )
 
 
 def test_cost_counts_reproduced_training_at_the_given_price(tmp_path: Path) -> None:

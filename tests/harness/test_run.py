@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import pytest
 from harness.health import HealthSchedule
 from harness.report import build_leaderboard
 from harness.run import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
-from harness.store import Status, Store
+from harness.store import STORE_FILENAME, Status, Store
 from harness.submission import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
 
@@ -125,10 +127,18 @@ def test_every_entry_ends_with_a_status_and_a_reason(
     with Store(tmp_path / "results") as store:
         board = build_leaderboard(store)
         metrics = store.metrics("open")
+        good_resources = store.resources("good", "open")
+        unresolvable_resources = store.resources("unresolvable", "open")
     ranked = [row.entry for row in board.rows]
     assert ranked[:2] == ["good", "wrong"]
     assert [m.value for m in metrics["good"]] == [1.0]
     assert [m.value for m in metrics["wrong"]] == [0.0]
+    # The image Docker built is measured; no GPU here, so no peak; a failed build has no image.
+    image_bytes, gpu_peak_bytes = good_resources
+    assert image_bytes is not None and image_bytes > 0 and gpu_peak_bytes is None
+    assert unresolvable_resources == (None, None)
+    shown = next(row for row in board.rows if row.entry == "good").stages["open"].efficiency
+    assert shown.image_bytes == image_bytes
     everything = "".join(
         p.read_text(errors="replace") for p in (tmp_path / "results").rglob("*") if p.is_file()
     )
@@ -195,10 +205,16 @@ def test_a_killed_harness_leaves_no_container_and_resumes(
     assert labelled_containers(docker_client, out) == []
     with Store(out) as store:
         assert set(store.results("open")) == {"a-fast"}
+        assert (store.resources("b-slow", "open")[0] or 0) > 0  # measured once its build ended
+    with closing(sqlite3.connect(out / STORE_FILENAME)) as db:
+        db.execute("DELETE FROM resources")  # so the rerun must measure the image it reuses
+        db.commit()
 
     outcomes = {o.entry: o for o in run_entries(entries, options(tmp_path, base_image, out=out))}
     assert outcomes["a-fast"].skipped and outcomes["a-fast"].status is Status.SCORED
     assert not outcomes["b-slow"].skipped and outcomes["b-slow"].status is Status.SCORED
+    with Store(out) as store:
+        assert (store.resources("b-slow", "open")[0] or 0) > 0
 
 
 def _evaluating(out: Path, entry: str) -> bool:

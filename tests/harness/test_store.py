@@ -284,3 +284,26 @@ def test_a_version_2_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> No
         assert store.instances_sha256("alpha", "closed") is None
     with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+
+
+def test_resources_update_only_what_each_call_gives_and_old_stores_gain_the_table(
+    tmp_path: Path,
+) -> None:
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        assert store.resources("alpha", "open") == (None, None)
+        store.record_resources("alpha", "open", image_bytes=5 * 2**30)
+        store.record_resources("alpha", "open", gpu_peak_bytes=3 * 2**30)
+        store.record_resources("alpha", "open", image_bytes=None)  # nothing new: nothing lost
+        assert store.resources("alpha", "open") == (5 * 2**30, 3 * 2**30)
+        assert store.resources("alpha", "closed") == (None, None)
+        with pytest.raises(sqlite3.IntegrityError):  # an unknown entry is refused
+            store.record_resources("nobody", "open", image_bytes=1)
+    # A store written before the table existed opens as it is and gains it.
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.execute("DROP TABLE resources")
+        db.commit()
+    with Store(tmp_path) as store:
+        assert store.resources("alpha", "open") == (None, None)
+        store.record_resources("alpha", "open", image_bytes=7)
+        assert store.resources("alpha", "open") == (7, None)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -175,6 +175,34 @@ def test_longest_prefix_and_lru_under_the_budget(server: ModuleType) -> None:
     assert cache.longest([0, 1])[0] == 0
     cache.clear()
     assert cache.used == 0 and len(cache) == 0 and cache.longest([1])[0] == 0
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    length = 0
+    while length < min(len(a), len(b)) and a[length] == b[length]:
+        length += 1
+    return length
+
+
+def test_random_operations_match_a_brute_force_search(server: ModuleType) -> None:
+    # Short ids over a 3-token alphabet: edges split, merge into prefixes and branches go often.
+    from prefix_cache import PrefixCache
+
+    rng = random.Random(0)
+    per_token = 2 * 2 * 4 * 4
+    for _ in range(100):
+        cache = PrefixCache(budget_bytes=per_token * rng.randint(4, 40))
+        for _ in range(60):
+            ids = [rng.randint(0, 2) for _ in range(rng.randint(0, 10))]
+            if rng.random() < 0.5:
+                cache.put(ids, _states(len(ids)))
+            live = [entry.ids for entry in cache._lru.values()]
+            shared = [_shared(e, ids) for e in live]
+            depth, entry = cache.longest(ids)
+            assert depth == max(shared, default=0)
+            assert entry is None if depth == 0 else list(entry.ids[:depth]) == ids[:depth]
+            assert cache.used == per_token * sum(map(len, live)) <= cache.budget
+            assert len(set(live)) == len(live)
 
 
 def test_a_zero_budget_disables_the_cache_and_a_negative_one_is_refused(

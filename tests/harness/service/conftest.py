@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
+from harness.options import RUN_LABEL, results_id
 from harness.service.db import ServiceDB
 from tests.conftest import REPO
 from tests.harness.test_run import make_entry
@@ -135,3 +136,19 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
                 served.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 served.kill()
+    evaluated = {s.data for s in started if s.args[:2] != ["--jobs", "0"]}
+    if evaluated:
+        _remove_containers(evaluated)
+
+
+def _remove_containers(data_dirs: set[Path]) -> None:
+    """Containers a service of this test left (killed with -9 and not restarted, say): they
+    carry the service's run label, not the test session's."""
+    from harness.docker import client
+
+    sdk = client()
+    for data in data_dirs:
+        label = f"{RUN_LABEL}={results_id(data / 'results')}"
+        for container in sdk.containers.list(all=True, filters={"label": label}):
+            container.remove(force=True)
+    sdk.close()

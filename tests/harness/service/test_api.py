@@ -180,6 +180,8 @@ def test_a_leaked_token_is_answered_at_once_redacted_and_never_queued(
         shown = client.get(f"/api/v1/submissions/{detail['id']}").json()
     assert shown["status"] == "flagged" and shown["position"] is None
     assert not (served.data / "uploads" / f"{detail['id']}.zip").exists()
+    kept = b"".join(p.read_bytes() for p in served.data.rglob("*") if p.is_file())
+    assert LEAKED.encode() not in kept and token.encode() not in kept
     # A flagged entry takes no quota slot (it never reaches a GPU).
     for i in range(3):
         assert served.submit(token, stand_in_zip(tmp_path, f"ok{i}")).status_code == 201
@@ -314,3 +316,18 @@ def test_a_second_service_on_the_same_data_folder_is_refused(serve: Serve) -> No
     )
     assert second.returncode == 3
     assert "in use by" in second.stderr and "harness serve" in second.stderr
+
+
+def test_every_page_asset_is_served_by_the_service_itself(serve: Serve) -> None:
+    served = serve()
+    with httpx.Client(base_url=served.url, follow_redirects=True) as browser:
+        for path in ("/", "/leaderboard/A100", "/signin"):
+            page = browser.get(path)
+            assert page.status_code == 200
+            assets = re.findall(r'<(?:link|script|img)[^>]+(?:href|src)="([^"]+)"', page.text)
+            assert assets and all(asset.startswith("/") for asset in assets), assets
+            for asset in assets:
+                fetched = browser.get(asset)
+                assert fetched.status_code == 200, asset
+                assert fetched.headers["content-type"].startswith("text/css")
+        assert browser.get("/leaderboard/H100").status_code == 404

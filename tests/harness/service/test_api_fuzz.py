@@ -1,0 +1,43 @@
+"""Schema-driven fuzzing of the service's API (Schemathesis, from its own OpenAPI schema) against
+a real `harness serve`: no generated request, valid or not, may get a server error, and every
+status must be one the schema documents."""
+
+from __future__ import annotations
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error, status_code_conformance
+
+from tests.harness.service.conftest import Serve
+
+CHECKS = [not_a_server_error, status_code_conformance]
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_generated_request_gets_a_server_error(serve: Serve, mode: GenerationMode) -> None:
+    served = serve("--jobs", "0", "--quota", "1000")
+    token = served.add_team("team-a")
+    schema = schemathesis.openapi.from_url(f"{served.url}/api/v1/openapi.json")
+    statuses: list[int] = []
+    for operation in schema.get_all_operations():
+        case_strategy = operation.ok().as_strategy(generation_mode=mode)
+
+        @settings(
+            max_examples=15,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+        @given(case=case_strategy)
+        def probe(case: schemathesis.Case) -> None:
+            response = case.call(
+                base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+            statuses.append(response.status_code)
+            case.validate_response(response, checks=CHECKS)
+
+        probe()
+    assert statuses and 500 not in statuses
