@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.lock import CHILD_MARKER
+from harness.lock import CHILD_MARKER, die_with_parent
 from harness.options import entry_slug
 from tests.harness.test_run import make_entry, write_conf
 
@@ -61,6 +61,11 @@ class PrivateEngine:
         self.inside = ["nsenter", f"--net=/run/netns/{self.netns}"]
 
     def _make_netns(self) -> None:
+        # Those of runs that were killed (named after their dead process, empty) go first.
+        for stale in Path("/run/netns").glob("harness-chaos-*"):
+            in_use = subprocess.run(["ip", "netns", "pids", stale.name], capture_output=True)
+            if not Path(f"/proc/{stale.name.rsplit('-', 1)[1]}").exists() and not in_use.stdout:
+                subprocess.run(["ip", "netns", "delete", stale.name], capture_output=True)
         if not Path(f"/run/netns/{self.netns}").exists():
             subprocess.run(["ip", "netns", "add", self.netns], check=True, capture_output=True)
             subprocess.run([*self.inside, "ip", "link", "set", "lo", "up"], check=True)
@@ -75,6 +80,7 @@ class PrivateEngine:
                  "--exec-root", str(self.root / "exec"),
                  "--pidfile", str(self.root / "docker.pid")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=die_with_parent,  # a killed test or benchmark leaves no dockerd
             )  # fmt: skip
         for _ in range(60):
             if self.docker("info", check=False).returncode == 0:
