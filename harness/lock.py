@@ -51,6 +51,11 @@ class Holder:
         return f"`{self.command}` (pid {self.pid}, since {since})"
 
 
+# Folders this process holds (resolved path -> holder): a nested hold (`harness run --tiers` runs
+# one `harness run` a tier under one lock) is the same hold, never a moment without it.
+_HELD: dict[str, Holder] = {}
+
+
 def _read_holder(path: Path) -> Holder | None:
     try:
         raw = json.loads(path.read_text())
@@ -65,6 +70,9 @@ def hold_results_lock(folder: Path, command: str) -> Iterator[Holder]:
     the process that holds it. Leftover processes of a dead harness on `folder` are killed first.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    if (held := _HELD.get(_marker(folder))) is not None:
+        yield held
+        return
     path = folder / LOCK_FILENAME
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
@@ -85,9 +93,11 @@ def hold_results_lock(folder: Path, command: str) -> Iterator[Holder]:
         os.pwrite(fd, json.dumps(holder.__dict__).encode() + b"\n", 0)
         previous = os.environ.get(CHILD_MARKER)
         os.environ[CHILD_MARKER] = _marker(folder)
+        _HELD[_marker(folder)] = holder
         try:
             yield holder
         finally:
+            del _HELD[_marker(folder)]
             if previous is None:
                 os.environ.pop(CHILD_MARKER, None)
             else:

@@ -201,30 +201,35 @@ def run_tiers(
     The store is the ledger here too: the tier each entry reached is recorded as it ends, so a
     restarted run skips what a tier already did and re-evaluates only what it had not.
     """
+    from harness.lock import command_line, hold_results_lock
     from harness.run import run_entries
 
-    outcomes: dict[str, EntryOutcome] = {}
-    only: list[str] | None = None
-    again: set[str] = set()
-    for tier, budget in enumerate(tiers.budgets, start=1):
-        if tier > 1:
-            with Store(options.out) as store:
-                reached = store.tiers(options.stage)
-                behind = {
-                    e: ms
-                    for e, ms in store.metrics(options.stage).items()
-                    if reached.get(e, (0, 0))[0] >= tier - 1
-                }
-            only = in_contention(_estimates(behind), tiers)
-            again = {entry for entry in only if reached.get(entry, (0, 0))[0] < tier}
-        tier_options = replace(options, budget=budget, tier=tier, force=options.force and tier == 1)
-        for outcome in run_entries(
-            entries_dir,
-            tier_options,
-            executor=executor(),
-            on_progress=on_progress,
-            only=only,
-            again=again,
-        ):
-            outcomes[outcome.entry] = outcome
+    # One lock over every tier: no other harness slips in between two of them.
+    with hold_results_lock(options.out, command_line()):
+        outcomes: dict[str, EntryOutcome] = {}
+        only: list[str] | None = None
+        again: set[str] = set()
+        for tier, budget in enumerate(tiers.budgets, start=1):
+            if tier > 1:
+                with Store(options.out) as store:
+                    reached = store.tiers(options.stage)
+                    behind = {
+                        e: ms
+                        for e, ms in store.metrics(options.stage).items()
+                        if reached.get(e, (0, 0))[0] >= tier - 1
+                    }
+                only = in_contention(_estimates(behind), tiers)
+                again = {entry for entry in only if reached.get(entry, (0, 0))[0] < tier}
+            tier_options = replace(
+                options, budget=budget, tier=tier, force=options.force and tier == 1
+            )
+            for outcome in run_entries(
+                entries_dir,
+                tier_options,
+                executor=executor(),
+                on_progress=on_progress,
+                only=only,
+                again=again,
+            ):
+                outcomes[outcome.entry] = outcome
     return list(outcomes.values())

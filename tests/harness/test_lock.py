@@ -38,6 +38,36 @@ HOLDER = textwrap.dedent(
 )
 
 
+# Another harness process trying the folder: prints the exit code and message it was refused with.
+CONTENDER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from harness.errors import InfrastructureError
+    from harness.lock import hold_results_lock
+
+    try:
+        with hold_results_lock(Path(sys.argv[1]), "harness serve results/"):
+            print("held")
+    except InfrastructureError as exc:
+        print(exc.exit_code, exc)
+    """
+)
+
+
+def _second_process_is_refused(folder: Path) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", CONTENDER, str(folder)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    code, _, message = result.stdout.partition(" ")
+    assert code == "3", result.stdout + result.stderr
+    return message
+
+
 def alive(pid: int) -> bool:
     """True while `pid` runs (a zombie, dead but not yet reaped by its parent, is not alive)."""
     try:
@@ -57,13 +87,7 @@ def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path: Path) -> 
     with hold_results_lock(tmp_path, "harness run entries/ --out results/") as holder:
         assert holder.pid == os.getpid()
         assert os.environ[CHILD_MARKER] == str(tmp_path.resolve())
-        with (
-            pytest.raises(InfrastructureError) as refused,
-            hold_results_lock(tmp_path, "harness serve results/"),
-        ):
-            pass
-        assert refused.value.exit_code == 3
-        message = str(refused.value)
+        message = _second_process_is_refused(tmp_path)
         assert f"pid {os.getpid()}" in message
         assert "`harness run entries/ --out results/`" in message
     assert CHILD_MARKER not in os.environ
@@ -104,3 +128,11 @@ def test_the_lock_file_is_not_a_pid_file(tmp_path: Path) -> None:
     )
     with hold_results_lock(tmp_path, "harness run") as holder:
         assert holder.command == "harness run"
+
+
+def test_a_nested_hold_in_the_same_process_is_the_same_hold(tmp_path: Path) -> None:
+    # `harness run --tiers` holds the folder across tiers while each tier's run takes it again.
+    with hold_results_lock(tmp_path, "harness run --tiers 10,20") as outer:
+        with hold_results_lock(tmp_path, "harness run") as inner:
+            assert inner == outer
+        _second_process_is_refused(tmp_path)  # still held after the inner block
