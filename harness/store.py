@@ -22,18 +22,16 @@ means not asking.
 from __future__ import annotations
 
 import os
-import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from harness.errors import ConfigError
 from harness.gateway import GatewayStats
+from harness.sqlite import SQLiteFile
 
 STORE_FILENAME = "results.sqlite"
 SCHEMA_VERSION = 3
@@ -238,7 +236,7 @@ def _metric_values(m: Metric) -> tuple[Any, ...]:
     return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better))
 
 
-class Store:
+class Store(SQLiteFile):
     """The results store of one RESULTS_DIR; safe to share between threads of one process.
 
     Several processes may open the same file: SQLite serializes their writes.
@@ -250,63 +248,11 @@ class Store:
         if not create and not self.path.exists():
             raise ConfigError(f"no results store in {self.results_dir} (expected {self.path})")
         self.results_dir.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are opened explicitly in `_write`, one per write.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode = WAL")
-        # FULL makes each commit durable across power loss too, not just across a killed process.
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            elif version in _MIGRATIONS:
-                for from_version in range(version, SCHEMA_VERSION):
-                    for statement in _MIGRATIONS[from_version]:
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            elif version != SCHEMA_VERSION:
-                raise ConfigError(
-                    f"{self.path} has schema version {version}; this harness reads "
-                    f"{SCHEMA_VERSION}. Use a new RESULTS_DIR."
-                )
+        super().__init__(self.path)
+        self._create_or_migrate(_SCHEMA, SCHEMA_VERSION, _MIGRATIONS, what="RESULTS_DIR")
+        with self._write() as db:  # tables added since without a version (stores open as they are)
             db.execute(_TIERS)
             db.execute(_RESOURCES)
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            # IMMEDIATE takes the write lock up front: concurrent writers wait instead of failing.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _read(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
 
     def _relative(self, path: Path | str | None) -> str | None:
         """Log paths inside RESULTS_DIR are kept relative, so the folder can be moved or served."""

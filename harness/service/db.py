@@ -22,17 +22,15 @@ import hmac
 import json
 import secrets
 import sqlite3
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from harness.errors import ConfigError
+from harness.sqlite import SQLiteFile
 
 DB_FILENAME = "service.sqlite"
 SCHEMA_VERSION = 1
@@ -159,56 +157,13 @@ def _submission(row: sqlite3.Row) -> Submission:
     return Submission(**values)
 
 
-class ServiceDB:
+class ServiceDB(SQLiteFile):
     """The service's database; safe to share between threads of one process (one lock)."""
 
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.path = data_dir / DB_FILENAME
-        # Autocommit: each write opens its own IMMEDIATE transaction in `_write`.
-        self._db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=30.0
-        )
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        with self._write() as db:
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-            elif version != SCHEMA_VERSION:
-                raise ConfigError(f"{self.path} has schema {version}; expected {SCHEMA_VERSION}")
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            # IMMEDIATE takes the write lock first, so a quota count and the insert it allows
-            # cannot interleave with another writer's, in this process or another.
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _read(self, sql: str, *params: Any) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, params).fetchall()
+        super().__init__(data_dir / DB_FILENAME)
+        self._create_or_migrate(_SCHEMA, SCHEMA_VERSION, what="data folder")
 
     # -- teams and sessions -----------------------------------------------------------------------
 
