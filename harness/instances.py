@@ -30,15 +30,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from harness.confs import RunEntry, RunSpecConf, split_budget, write_helm_conf
 from harness.errors import ConfigError, InfrastructureError
-from harness.helm import (
-    PLUGIN,
-    RunEntry,
-    RunSpecConf,
-    check_helm,
-    split_budget,
-    write_helm_conf,
-)
+from harness.helm import PLUGIN, check_helm
 
 MANIFEST = "manifest.json"
 FORMAT = 1

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
-from harness.helm import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
 from harness.instances import Pack, nested_counts, verify_pack
 
 STAGE_MINUTES = {"open": 300, "closed": 600}

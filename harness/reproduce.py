@@ -59,11 +59,11 @@ import yaml
 
 from harness import docker as engine
 from harness.checks import MANIFEST, Limits, clean_relative, extract_zip
+from harness.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.errors import ConfigError, InfrastructureError
 from harness.failures import GIB, GpuMemorySampler, classify_build_log
 from harness.gpus import device_request, gpu_environment, resolve_gpus
 from harness.health import HealthSchedule
-from harness.helm import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.instances import verify_pack
 from harness.lock import command_line, hold_results_lock
 from harness.run import RunOptions, entry_slug, run_entries

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from harness.helm import RUNSPECS_DIR
+from harness.confs import RUNSPECS_DIR
 from harness.store import Store
 from harness.submission import render_submission, smoke_config, use_weights
 from harness.tiny_model import write_tiny_model

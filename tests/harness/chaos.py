@@ -28,6 +28,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from contextlib import closing, suppress
@@ -53,7 +54,10 @@ class PrivateEngine:
     def __init__(self, root: Path, base_image: str) -> None:
         self.root = root
         self.base_image = base_image
-        self.socket = root / "docker.sock"
+        # Sockets live in a short folder of their own: containerd refuses a unix socket path over
+        # 104 bytes, which a test's temporary folder can exceed.
+        self.sockets = Path(tempfile.mkdtemp(prefix="hchaos-", dir="/run"))
+        self.socket = self.sockets / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.socket}"}
         self.process: subprocess.Popen[bytes] | None = None
         self.netns = f"harness-chaos-{os.getpid()}"
@@ -77,7 +81,7 @@ class PrivateEngine:
             self.process = subprocess.Popen(
                 [*self.inside, "dockerd", "--storage-driver", "overlay2",
                  "-H", f"unix://{self.socket}", "--data-root", str(self.root / "data"),
-                 "--exec-root", str(self.root / "exec"),
+                 "--exec-root", str(self.sockets / "exec"),
                  "--pidfile", str(self.root / "docker.pid")],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=die_with_parent,  # a killed test or benchmark leaves no dockerd
@@ -125,6 +129,7 @@ class PrivateEngine:
         self.stop()
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+        shutil.rmtree(self.sockets, ignore_errors=True)
 
     def containers(self, all_states: bool = False) -> list[str]:
         return self.docker("ps", "-q", *(["-a"] if all_states else [])).stdout.split()
@@ -346,8 +351,8 @@ def run_chaos(
     """The whole chaos run in `work` on a private engine, which is destroyed at the end.
     `cover`: the first faults are one of each kind."""
     engine = PrivateEngine(work / "engine", base_image)
-    engine.start()
     try:
+        engine.start()
         engine.load_base_image()
         chaos = Chaos(work, engine, entries=entries, seed=seed)
         report = chaos.run(faults, restarts=restarts, cover=cover)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.confs import load_conf, shipped_conf, split_budget, write_helm_conf
 from harness.errors import ConfigError, InfrastructureError
 from harness.helm import (
     PLUGIN,
@@ -27,14 +28,10 @@ from harness.helm import (
     HelmEndpoint,
     RunResult,
     check_helm,
-    load_conf,
     model_name,
     read_metrics,
     run_helm,
-    shipped_conf,
-    split_budget,
     summarize_helm,
-    write_helm_conf,
     write_prod_env,
 )
 from harness.tasks import import_task
@@ -384,7 +381,7 @@ def test_helm_accepts_the_prod_env(helm_bin: Path, tmp_path: Path) -> None:
 
 @pytest.mark.helm
 def test_shipped_confs_parse_as_helm_parses_them(helm_bin: Path) -> None:
-    from harness.helm import _parse_hocon
+    from harness.confs import parse_hocon
 
     paths = [str(shipped_conf(name)) for name in ("open", "closed", "offline")]
     out = helm_python(
@@ -399,7 +396,7 @@ def test_shipped_confs_parse_as_helm_parses_them(helm_bin: Path) -> None:
     ours = [
         [entry["description"], entry["priority"]]
         for path in paths
-        for entry in _parse_hocon(Path(path).read_text())["entries"]
+        for entry in parse_hocon(Path(path).read_text())["entries"]
     ]
     assert json.loads(out.splitlines()[-1]) == ours
 

@@ -17,17 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.confs import RunSpecConf, load_conf, shipped_conf
 from harness.errors import ConfigError
 from harness.gateway import Gateway
 from harness.health import HealthSchedule
-from harness.helm import (
-    HelmEndpoint,
-    RunSpecConf,
-    load_conf,
-    run_helm,
-    shipped_conf,
-    write_prod_env,
-)
+from harness.helm import HelmEndpoint, run_helm, write_prod_env
 from harness.instances import (
     INSTANCES_DIR,
     INSTANCES_FILE,

@@ -17,10 +17,10 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.confs import load_conf, write_helm_conf
 from harness.docker import build
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
-from harness.helm import load_conf, write_helm_conf
 from harness.reproduce import (
     REPRODUCE_LABEL,
     Manifest,
