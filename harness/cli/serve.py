@@ -11,6 +11,7 @@ from rich.console import Console
 
 from harness.cli.run import executor_factory
 from harness.errors import ConfigError, HarnessError
+from harness.gpus import parse_gpus
 from harness.health import HealthSchedule
 from harness.lock import command_line, hold_results_lock
 from harness.options import RunOptions
@@ -38,6 +39,9 @@ def main(
     port: int = typer.Option(8000, help="Port to listen on."),
     stage: str = typer.Option("open", help="The stage entries are scored in: open or closed."),
     jobs: int = typer.Option(1, help="Entries evaluated at once (0: queue only, run none)."),
+    gpus: str | None = typer.Option(
+        None, help="GPU indexes, one per entry at a time: 0,1,2,3 or none [default: all]."
+    ),
     executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
     ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
     quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and UTC day."),
@@ -79,6 +83,7 @@ def main(
             stage=stage,
             out=config.results,
             jobs=max(jobs, 1),
+            gpus=None if gpus is None else parse_gpus(gpus),
             max_eval_instances=max_eval_instances,
             budget=budget,
             run_specs=run_specs,

@@ -39,3 +39,12 @@ def test_the_default_path_does_not_import_ray() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"), [(["--gpus", "0,0"], "--gpus"), (["--executor", "slurm"], "--executor")]
+)
+def test_serve_takes_the_same_fleet_options(tmp_path: Path, extra: list[str], message: str) -> None:
+    result = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "data"), *extra])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split())
