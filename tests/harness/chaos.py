@@ -128,6 +128,8 @@ class PrivateEngine:
                 self.docker("rm", "-f", *ids, check=False)
         self.stop()
         subprocess.run(["ip", "netns", "delete", self.netns], capture_output=True)
+        # A dockerd that died before cleaning up leaves its data root mounted on itself.
+        subprocess.run(["umount", "-R", str(self.root / "data")], capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
         shutil.rmtree(self.sockets, ignore_errors=True)
 
