@@ -12,7 +12,7 @@ from harness.confs import load_conf
 from harness.errors import HarnessError
 from harness.options import STAGE_MINUTES, RunOptions
 from harness.plan import default_costs, make_plan, measured_costs
-from harness.reproduce import parse_duration
+from harness.reproduction import parse_duration
 from harness.tiers import Tiers
 
 EPILOG = """**Examples**

@@ -9,12 +9,8 @@ from rich.console import Console
 
 from harness.errors import ConfigError, HarnessError
 from harness.gpus import parse_gpus
-from harness.reproduce import (
-    DEFAULT_TOLERANCE,
-    ReproduceOptions,
-    parse_duration,
-    reproduce_entry,
-)
+from harness.reproduce import reproduce_entry
+from harness.reproduction import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
 
 EPILOG = """**Examples**
 

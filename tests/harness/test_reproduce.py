@@ -21,22 +21,20 @@ from harness.confs import load_conf, write_helm_conf
 from harness.docker import build
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
-from harness.reproduce import (
+from harness.reproduce import compare, judge, reproduce_entry
+from harness.reproduction import (
     REPRODUCE_LABEL,
     Manifest,
     ReproduceOptions,
     Verdict,
-    compare,
-    hash_files,
-    judge,
     load_manifest,
     parse_duration,
-    reproduce_entry,
 )
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.store import Metric, Status, Store
 from harness.submission import render_submission, smoke_config, use_weights
 from harness.tiny_model import write_tiny_dataset
+from harness.training import hash_files
 from tests.conftest import TEST_LABEL
 from tests.harness.test_run import QUICK_HEALTH, SERVER, write_conf
 
