@@ -84,10 +84,11 @@ class RunOptions:
         nested_counts(pack, self.budget)  # a budget larger than the pack's is refused here
         return pack
 
-    def run_spec_conf(self) -> RunSpecConf:
-        """The run specs scored: the pack's, else the conf of `run_specs` or the stage."""
+    def scored_run_specs(self) -> tuple[Pack | None, RunSpecConf]:
+        """The verified pack (None without one) and the run specs scored: the pack's, else the
+        conf of `run_specs` or the stage. A pack is verified once per call: hashing it is I/O."""
         pack = self.pack()
-        return pack.run_spec_conf() if pack else load_conf(self.conf_path())
+        return pack, pack.run_spec_conf() if pack else load_conf(self.conf_path())
 
     def __post_init__(self) -> None:
         if self.track not in TRACK_GPU_GIB:

@@ -480,8 +480,7 @@ class _Pipeline:
     def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
         run_dir = self.job.helm_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        pack = self.options.pack()
-        conf_spec = self.options.run_spec_conf()
+        pack, conf_spec = self.options.scored_run_specs()
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")

@@ -84,8 +84,8 @@ class Runner:
         self.entries = [p for p in discover(entries_dir) if only is None or p.name in only]
         self.again = set(again)
         self.options = options
-        options.run_spec_conf()  # a bad conf or pack is a usage error before anything starts
-        pack = options.pack()
+        # A bad conf or pack is a usage error before anything starts.
+        pack, _ = options.scored_run_specs()
         self.instances_sha256 = pack.sha256 if pack else None
         self.store = Store(options.out)
         self.executor = executor or LocalExecutor(options.jobs)

@@ -95,7 +95,7 @@ def main(
             max_sequence_length=max_sequence_length,
             instances=instances,
         )
-        options.run_spec_conf()  # a bad conf or pack is a usage error before anything starts
+        options.scored_run_specs()  # a bad conf or pack is a usage error before anything starts
         make_executor = executor_factory(executor, ray_address, max(jobs, 1))
         with (
             hold_results_lock(config.results, command_line()),
