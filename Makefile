@@ -21,24 +21,26 @@ PYPI_ONLY := env -u PIP_FIND_LINKS -u PIP_EXTRA_INDEX_URL PIP_CONFIG_FILE=/dev/n
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.stamp: lockfiles/dev.txt pyproject.toml
-	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	# torch first: the lock leaves it out (see lockfiles/dev.in); pip then accepts the installed build.
-	$(VENV)/bin/pip install -q "torch==2.13.0"
-	$(VENV)/bin/pip install -q --require-hashes -r lockfiles/dev.txt
+# Every environment is installed by scripts/install-lock.sh: the lock's own pip, then the lock with
+# --require-hashes --no-deps (nothing resolved against the index), then `pip check`.
+INSTALL_LOCK := PYTHON=$(PYTHON) scripts/install-lock.sh
+
+$(VENV)/.stamp: lockfiles/dev.txt pyproject.toml scripts/install-lock.sh
+	# torch first, by name: the lock leaves it out (see lockfiles/dev.in), the machine's build is used.
+	$(INSTALL_LOCK) --first "torch==2.13.0" $(VENV) lockfiles/dev.txt
 	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
 	touch $@
 
-$(HELM_VENV)/.stamp: lockfiles/helm.txt lockfiles/helm-core.txt
-	test -x $(HELM_VENV)/bin/python || $(PYTHON) -m venv $(HELM_VENV)
-	$(HELM_VENV)/bin/pip install -q --require-hashes -r lockfiles/helm.txt
-	$(HELM_VENV)/bin/pip install -q --require-hashes --no-deps -r lockfiles/helm-core.txt
+$(HELM_VENV)/.stamp: lockfiles/helm.txt lockfiles/helm-core.txt scripts/install-lock.sh
+	# crfm-helm declares torch, torchvision and transformers; its HTTP client never imports them.
+	$(INSTALL_LOCK) --allow-missing torch --allow-missing torchvision --allow-missing transformers \
+		$(HELM_VENV) lockfiles/helm.txt lockfiles/helm-core.txt
 	touch $@
 
 setup: $(VENV)/.stamp $(HELM_VENV)/.stamp  ## create or refresh .venv and .venv-helm from the locks
 
 $(VENV)/.ray-stamp: $(VENV)/.stamp lockfiles/ray.txt
-	$(VENV)/bin/pip install -q --require-hashes -r lockfiles/ray.txt
+	$(INSTALL_LOCK) $(VENV) lockfiles/ray.txt
 	touch $@
 
 ray: $(VENV)/.ray-stamp  ## add Ray (the fleet executor, --executor ray) to .venv from its lock
@@ -67,7 +69,11 @@ submission: $(VENV)/.stamp  ## render a submission: make submission TRACK=4090 N
 demo: setup base-image  ## the main job, end to end on CPU
 	$(VENV)/bin/python scripts/demo.py
 
-test: setup ray  ## the test suite (docker tests run when an engine is reachable)
+test: setup ray  ## the test suite; sets up the Docker engine, base image and Chromium it uses (as root)
+	# Exit 3 is "cannot be had here" (not root): the tests that need it then skip, saying why.
+	scripts/docker-engine.sh || [[ $$? == 3 ]]
+	scripts/base-image.sh $(BASE_IMAGE) || [[ $$? == 3 ]]
+	scripts/chromium.sh || [[ $$? == 3 ]]
 	$(VENV)/bin/pytest
 
 check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
