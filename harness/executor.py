@@ -16,7 +16,7 @@ from __future__ import annotations
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
-from harness import docker as engine
+from harness.infra import docker as engine
 from harness.options import RunOptions
 from harness.pipeline import Ending, EntryJob, Machine, Recorder, evaluate_entry
 

@@ -34,7 +34,7 @@ import yaml
 
 from harness.confs import MAIN_METRICS
 from harness.errors import ConfigError, InfrastructureError
-from harness.lock import die_with_parent
+from harness.infra.lock import die_with_parent
 
 _PACKAGE = Path(__file__).resolve().parent
 PLUGIN = _PACKAGE / "helm_plugins" / "local_tasks.py"

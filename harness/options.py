@@ -47,7 +47,7 @@ class RunOptions:
     deadline_s: float | None = None  # default: the stage's limit
     health: HealthSchedule = field(default_factory=HealthSchedule)
     allow_network: bool = False
-    # GPU indexes, one per entry at a time (harness/gpus.py); None: every GPU the engine exposes.
+    # GPU indexes, one per entry at a time (infra/gpus.py); None: every GPU the engine exposes.
     gpus: tuple[int, ...] | None = None
     mem_limit: str | None = None
     max_sequence_length: int = 4096

@@ -30,8 +30,8 @@ from concurrent.futures import Future
 from contextlib import suppress
 from typing import Any
 
-from harness import docker as engine
 from harness.errors import ConfigError, InfrastructureError
+from harness.infra import docker as engine
 from harness.options import RUN_LABEL, RunOptions
 from harness.pipeline import (
     BufferedRecorder,

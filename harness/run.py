@@ -12,7 +12,7 @@ resumes (its image is reused when its build had succeeded, HELM skips the runs i
 Each result is recorded as soon as its entry ends, once. Every container carries the run label
 and is removed when its entry ends, when the harness is interrupted (SIGINT, SIGTERM) and, for a
 harness that was killed outright, on the next start. One harness at a time writes a results
-folder (harness/lock.py); an engine that goes away ends the batch with InfrastructureError.
+folder (harness/infra/lock.py); an engine that goes away ends the batch with InfrastructureError.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from types import FrameType
 
 from harness.checks import discover
 from harness.executor import Executor, LocalExecutor
-from harness.lock import command_line, hold_results_lock
+from harness.infra.lock import command_line, hold_results_lock
 from harness.options import (
     RUN_LABEL,
     STAGE_MINUTES,

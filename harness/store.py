@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from harness.errors import ConfigError
 from harness.gateway import GatewayStats
-from harness.sqlite import SQLiteFile
+from harness.infra.sqlite import SQLiteFile
 
 STORE_FILENAME = "results.sqlite"
 SCHEMA_VERSION = 3

@@ -201,7 +201,7 @@ def run_tiers(
     The store is the ledger here too: the tier each entry reached is recorded as it ends, so a
     restarted run skips what a tier already did and re-evaluates only what it had not.
     """
-    from harness.lock import command_line, hold_results_lock
+    from harness.infra.lock import command_line, hold_results_lock
     from harness.run import run_entries
 
     # One lock over every tier: no other harness slips in between two of them.

@@ -20,10 +20,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from harness import docker as engine
 from harness.errors import InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log
-from harness.gpus import device_request, gpu_environment
+from harness.infra import docker as engine
+from harness.infra.gpus import device_request, gpu_environment
 from harness.reproduction import (
     REPRODUCE_LABEL,
     Manifest,

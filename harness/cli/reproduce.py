@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import ConfigError, HarnessError
-from harness.gpus import parse_gpus
+from harness.infra.gpus import parse_gpus
 from harness.reproduce import reproduce_entry
 from harness.reproduction import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
 

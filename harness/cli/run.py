@@ -12,8 +12,8 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from harness.errors import ConfigError, HarnessError
 from harness.executor import Executor, LocalExecutor
-from harness.gpus import detect_gpus, parse_gpus
 from harness.health import HealthSchedule
+from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.report import build_leaderboard, to_rich, write_leaderboard
 from harness.run import RunOptions, exit_code, run_entries
 from harness.store import Store

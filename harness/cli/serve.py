@@ -11,9 +11,9 @@ from rich.console import Console
 
 from harness.cli.run import executor_factory
 from harness.errors import ConfigError, HarnessError
-from harness.gpus import parse_gpus
 from harness.health import HealthSchedule
-from harness.lock import command_line, hold_results_lock
+from harness.infra.gpus import parse_gpus
+from harness.infra.lock import command_line, hold_results_lock
 from harness.options import RunOptions
 from harness.service.api import create_app
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig

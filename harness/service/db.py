@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError
-from harness.sqlite import SQLiteFile
+from harness.infra.sqlite import SQLiteFile
 
 DB_FILENAME = "service.sqlite"
 SCHEMA_VERSION = 1

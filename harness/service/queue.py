@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 
-from harness import docker as engine
 from harness.errors import InfrastructureError
 from harness.executor import Executor
+from harness.infra import docker as engine
 from harness.options import RUN_LABEL, RunOptions, results_id
 from harness.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact

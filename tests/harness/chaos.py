@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.lock import CHILD_MARKER, die_with_parent
+from harness.infra.lock import CHILD_MARKER, die_with_parent
 from harness.options import entry_slug
 from tests.harness.test_run import make_entry, write_conf
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.confs import load_conf, write_helm_conf
-from harness.docker import build
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
+from harness.infra.docker import build
 from harness.reproduce import compare, judge, reproduce_entry
 from harness.reproduction import (
     REPRODUCE_LABEL,

@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.docker import RunningContainer, build, start_container
 from harness.health import HealthSchedule, wait_healthy
+from harness.infra.docker import RunningContainer, build, start_container
 from harness.submission import render_submission, smoke_config
 from harness.tiny_model import write_tiny_dataset
 from tests.conftest import TEST_LABEL

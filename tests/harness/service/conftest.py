@@ -144,7 +144,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 def _remove_containers(data_dirs: set[Path]) -> None:
     """Containers a service of this test left (killed with -9 and not restarted, say): they
     carry the service's run label, not the test session's."""
-    from harness.docker import client
+    from harness.infra.docker import client
 
     sdk = client()
     for data in data_dirs:

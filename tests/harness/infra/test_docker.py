@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness.docker import build
+from harness.infra.docker import build
 from tests.conftest import REPO, TEST_LABEL
 
 pytestmark = pytest.mark.docker
@@ -119,7 +119,7 @@ def test_a_harness_killed_mid_build_leaves_no_build_running(
     marker = f"sleep {random.randrange(10**6, 10**7)}"
     (tmp_path / "Dockerfile").write_text(f"FROM {base_image}\nRUN {marker}\n")
     script = (
-        "import sys; from pathlib import Path; from harness.docker import build; "
+        "import sys; from pathlib import Path; from harness.infra.docker import build; "
         f"build(Path(sys.argv[1]), tag='harness-test/killed-build', log_path=Path(sys.argv[1]) "
         f"/ 'build.log', labels={LABELS!r}, timeout=300)"
     )

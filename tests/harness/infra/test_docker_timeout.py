@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from harness.docker import build
+from harness.infra.docker import build
 from tests.conftest import TEST_LABELS
 
 pytestmark = pytest.mark.docker

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import InfrastructureError
-from harness.lock import CHILD_MARKER, hold_results_lock
+from harness.infra.lock import CHILD_MARKER, hold_results_lock
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ HOLDER = textwrap.dedent(
     """
     import subprocess, sys, time
     from pathlib import Path
-    from harness.lock import die_with_parent, hold_results_lock
+    from harness.infra.lock import die_with_parent, hold_results_lock
 
     with hold_results_lock(Path(sys.argv[1]), "harness run entries/ --out results/"):
         bound = subprocess.Popen(["sleep", "300"], preexec_fn=die_with_parent)
@@ -44,7 +44,7 @@ CONTENDER = textwrap.dedent(
     import sys
     from pathlib import Path
     from harness.errors import InfrastructureError
-    from harness.lock import hold_results_lock
+    from harness.infra.lock import hold_results_lock
 
     try:
         with hold_results_lock(Path(sys.argv[1]), "harness serve results/"):

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfrastructureError
-from harness.lock import die_with_parent
+from harness.infra.lock import die_with_parent
 
 LABEL = "org.harness.managed"
 
@@ -268,7 +268,7 @@ def start_container(
     `gpu`: the one GPU it may see."""
     import docker.errors
 
-    from harness.gpus import device_request, gpu_environment
+    from harness.infra.gpus import device_request, gpu_environment
 
     options: dict[str, Any] = {
         "detach": True,

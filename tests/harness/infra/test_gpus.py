@@ -1,4 +1,4 @@
-"""One GPU per entry (harness/gpus.py). No GPU on this machine: the pool is tested through its
+"""One GPU per entry (harness/infra/gpus.py). No GPU on this machine: the pool is tested through its
 logic under concurrency and failures, and through the Docker request it makes (as the engine
 receives it, on a real engine)."""
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness import docker as engine
 from harness.errors import ConfigError
-from harness.gpus import GpuPool, device_request, parse_gpus, resolve_gpus
+from harness.infra import docker as engine
+from harness.infra.gpus import GpuPool, device_request, parse_gpus, resolve_gpus
 from tests.conftest import TEST_LABELS
 
 
