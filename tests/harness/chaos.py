@@ -38,9 +38,9 @@ from typing import Any
 
 from harness.infra.lock import CHILD_MARKER, die_with_parent
 from harness.options import entry_slug
+from tests.conftest import REPO
 from tests.harness.test_run import make_entry, write_conf
 
-REPO = Path(__file__).resolve().parents[2]
 HARNESS = Path(sys.executable).parent / "harness"
 KINDS = ("kill-9", "rm-container", "second-harness", "engine-restart")
 # Entries: most answer slowly (a second a request), so evaluations last long enough to be hit.

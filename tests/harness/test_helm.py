@@ -37,7 +37,6 @@ from harness.helm import (
 from harness.tasks import import_task
 from tests.harness.raw_tasks import write_closed_sources
 
-REPO = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).parent / "data" / "helm"
 # The run folders of the recorded run (data/helm/helm-run.log) whose stats.json were kept.
 RECORDED = {

@@ -18,8 +18,7 @@ import pytest
 
 from harness.errors import InfrastructureError
 from harness.infra.lock import CHILD_MARKER, hold_results_lock
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
 
 # Takes the lock, starts `sleep` children (one that dies with it, one that escapes: a grandchild
 # would), prints their pids and waits to be killed.
