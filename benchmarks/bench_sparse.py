@@ -39,7 +39,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
+from harness.helm.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
 from harness.scoring import RunSpec, kendall_tau_b, score_stage  # noqa: E402
 from harness.tiers import (  # noqa: E402
     Tiers,

@@ -12,10 +12,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
-from harness.instances import Pack, nested_counts, verify_pack
+from harness.helm.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
+from harness.helm.packs import Pack, nested_counts, verify_pack
 
 STAGE_MINUTES = {"open": 300, "closed": 600}
 TRACK_GPU_GIB = {"4090": 24, "A100": 40}
@@ -64,7 +64,7 @@ class RunOptions:
     # The coarse-to-fine tier (1-based) this run is (harness/tiers.py): its HELM runs go to a
     # suite of their own, so a tier reads only its own runs while sharing HELM's request cache.
     tier: int | None = None
-    # An instance pack (harness/instances.py): HELM evaluates its instances (the first ones of
+    # An instance pack (harness/helm/packs.py): HELM evaluates its instances (the first ones of
     # each run spec under `budget`) and nothing else, offline; its entries are the conf.
     instances: Path | None = None
 

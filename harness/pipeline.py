@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
-from harness.confs import write_helm_conf
 from harness.errors import EntryError, InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway, GatewayStats
 from harness.health import wait_healthy
-from harness.helm import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
+from harness.helm.confs import write_helm_conf
+from harness.helm.packs import install_pack
+from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool, resolve_gpus
-from harness.instances import install_pack
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store

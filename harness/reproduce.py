@@ -55,12 +55,12 @@ from typing import Any
 import yaml
 
 from harness.checks import Limits, extract_zip
-from harness.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.errors import ConfigError
+from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.helm.packs import verify_pack
 from harness.infra import docker as engine
 from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
-from harness.instances import verify_pack
 from harness.reproduction import (
     Comparison,
     Manifest,

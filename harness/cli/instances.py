@@ -8,9 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.errors import HarnessError
-from harness.instances import build_pack, describe, verify_pack
+from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.helm.packs import build_pack, describe, verify_pack
 
 EPILOG = """**Examples**
 

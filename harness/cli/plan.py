@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.confs import load_conf
 from harness.errors import HarnessError
+from harness.helm.confs import load_conf
 from harness.options import STAGE_MINUTES, RunOptions
 from harness.plan import default_costs, make_plan, measured_costs
 from harness.reproduction import parse_duration

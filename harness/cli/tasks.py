@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.tasks import CONVERTERS, import_task
+from harness.helm.tasks import CONVERTERS, import_task
 
 EPILOG = """**Examples**
 

@@ -17,9 +17,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.confs import load_conf, write_helm_conf
 from harness.errors import ConfigError
 from harness.health import HealthSchedule
+from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
 from harness.reproduce import compare, judge, reproduce_entry
 from harness.reproduction import (

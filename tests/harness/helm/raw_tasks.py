@@ -14,7 +14,7 @@ import json
 import pickle
 from pathlib import Path
 
-from harness.confs import RunSpecConf
+from harness.helm.confs import RunSpecConf
 
 BBQ_CATEGORIES = (
     "Age", "Disability_status", "Gender_identity", "Nationality", "Physical_appearance",

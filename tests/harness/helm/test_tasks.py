@@ -1,6 +1,6 @@
 """`harness tasks import`: the closed stage's public releases into local task files.
 
-The sources are written by the test in each task's public format (tests/harness/raw_tasks.py);
+The sources are written by the test in each task's public format (tests/harness/helm/raw_tasks.py);
 the converted files are then read by the HELM plugin's own reader (`read_task`), run in
 .venv-helm, so the JSONL is checked by what consumes it.
 """
@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.helm import PLUGIN
-from harness.tasks import CORR2CAUSE_QUESTION, ETHICS_QUESTION, import_task
-from tests.harness.raw_tasks import write_closed_sources
+from harness.helm.runner import PLUGIN
+from harness.helm.tasks import CORR2CAUSE_QUESTION, ETHICS_QUESTION, import_task
+from tests.harness.helm.raw_tasks import write_closed_sources
 
 
 def _rows(path: Path) -> list[dict[str, object]]:
@@ -111,7 +111,7 @@ def test_cli_imports_and_refuses_unknown_tasks(sources: dict[str, Path], tmp_pat
 def test_converted_files_load_in_the_helm_plugin(
     sources: dict[str, Path], tmp_path: Path, helm_bin: Path
 ) -> None:
-    from tests.harness.test_helm import helm_python
+    from tests.harness.helm.test_runner import helm_python
 
     paths = {}
     for kind, source in sources.items():

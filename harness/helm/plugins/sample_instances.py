@@ -1,4 +1,4 @@
-"""Sample an instance pack with HELM's own scenario code (run by harness/instances.py).
+"""Sample an instance pack with HELM's own scenario code (run by harness/helm/packs.py).
 
 Runs inside `.venv-helm`, where the `harness` package is not installed, so it imports only HELM
 and the standard library:

@@ -9,7 +9,7 @@ One HELM run lives in one folder, the working directory of `helm-run`:
     RUN_DIR/helm-run.log                      everything HELM printed, every attempt
     RUN_DIR/benchmark_output/runs/SUITE/RUN/stats.json     read by `read_metrics`
 
-The run-spec confs it runs are harness/confs.py's. Each written entry carries its scenario as a
+The run-spec confs it runs are harness/helm/confs.py's. Each written entry carries its scenario as a
 HELM group; HELM appends `groups=SCENARIO` to the run's name, which is how a run (finished or
 failed) is traced back to its scenario.
 """
@@ -32,12 +32,12 @@ from typing import Any
 
 import yaml
 
-from harness.confs import MAIN_METRICS
 from harness.errors import ConfigError, InfrastructureError
+from harness.helm.confs import MAIN_METRICS
 from harness.infra.lock import die_with_parent
 
-_PACKAGE = Path(__file__).resolve().parent
-PLUGIN = _PACKAGE / "helm_plugins" / "local_tasks.py"
+PLUGIN = Path(__file__).resolve().parent / "plugins" / "local_tasks.py"
+_CHECKOUT = Path(__file__).resolve().parents[2]  # where `make setup` puts .venv-helm
 SUITE = "harness"
 MODEL_ORG = "harness"
 
@@ -72,7 +72,7 @@ RUN_OUTPUTS = (
 
 def helm_bin_dir() -> Path:
     """Where helm-run lives: $HARNESS_HELM_BIN, else the checkout's `.venv-helm/bin`."""
-    return Path(os.environ.get("HARNESS_HELM_BIN", _PACKAGE.parent / ".venv-helm" / "bin"))
+    return Path(os.environ.get("HARNESS_HELM_BIN", _CHECKOUT / ".venv-helm" / "bin"))
 
 
 def check_helm(bin_dir: Path | None = None) -> Path:
@@ -255,7 +255,7 @@ def run_helm(
     `offline` forbids Hugging Face downloads, so a scenario needing data fails at once instead
     of waiting on the network (the open and closed confs need `offline=False` and internet,
     unless `cache_instances`: an instance pack installed in `run_dir` by
-    `harness.instances.install_pack` stands in for every scenario's data). `metrics` is
+    `harness.helm.packs.install_pack` stands in for every scenario's data). `metrics` is
     `RunSpecConf.metrics()`. Finished runs are skipped, so calling this again after a crash
     resumes; the log keeps every attempt. A run that HELM could not finish is a
     RunResult with its error; a helm-run that failed before running anything (a bad conf, say)

@@ -2,7 +2,7 @@
 by hash, nested across budgets, and scored by real helm-run with networking refused.
 
 Every test here runs the real crfm-helm 0.5.16 (.venv-helm). Raw data sets are made at test time
-by tests/harness/raw_tasks.py in the formats HELM downloads; nothing is downloaded.
+by tests/harness/helm/raw_tasks.py in the formats HELM downloads; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.confs import RunSpecConf, load_conf, shipped_conf
 from harness.errors import ConfigError
 from harness.gateway import Gateway
 from harness.health import HealthSchedule
-from harness.helm import HelmEndpoint, run_helm, write_prod_env
-from harness.instances import (
+from harness.helm.confs import RunSpecConf, load_conf, shipped_conf
+from harness.helm.packs import (
     INSTANCES_DIR,
     INSTANCES_FILE,
     Pack,
@@ -32,13 +31,14 @@ from harness.instances import (
     nested_counts,
     verify_pack,
 )
+from harness.helm.runner import HelmEndpoint, run_helm, write_prod_env
+from harness.helm.tasks import import_task
 from harness.options import entry_slug
 from harness.report import build_leaderboard
 from harness.run import RunOptions, run_entries
 from harness.store import Metric, Status, Store
 from harness.submission import render_submission
-from harness.tasks import import_task
-from tests.harness.raw_tasks import write_closed_sources, write_open_data
+from tests.harness.helm.raw_tasks import write_closed_sources, write_open_data
 
 pytestmark = pytest.mark.helm
 

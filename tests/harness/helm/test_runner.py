@@ -1,7 +1,7 @@
 """HELM integration: prod_env, run-spec confs, budgets, stats reading, and real helm-run runs.
 
 Tests marked `helm` run the real crfm-helm 0.5.16 from .venv-helm against the team's inference
-server (templates/server) serving the tiny random model; the recorded samples in data/helm/ come
+server (templates/server) serving the tiny random model; the recorded samples in data/ come
 from such a run (a random model scores 0, so value tests edit a copy of the recorded stats).
 """
 
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.confs import load_conf, shipped_conf, split_budget, write_helm_conf
 from harness.errors import ConfigError, InfrastructureError
-from harness.helm import (
+from harness.helm.confs import load_conf, shipped_conf, split_budget, write_helm_conf
+from harness.helm.runner import (
     PLUGIN,
     RUN_OUTPUTS,
     HelmEndpoint,
@@ -34,11 +34,11 @@ from harness.helm import (
     summarize_helm,
     write_prod_env,
 )
-from harness.tasks import import_task
-from tests.harness.raw_tasks import write_closed_sources
+from harness.helm.tasks import import_task
+from tests.harness.helm.raw_tasks import write_closed_sources
 
-DATA = Path(__file__).parent / "data" / "helm"
-# The run folders of the recorded run (data/helm/helm-run.log) whose stats.json were kept.
+DATA = Path(__file__).parent / "data"
+# The run folders of the recorded run (data/helm-run.log) whose stats.json were kept.
 RECORDED = {
     "synthetic_reasoning:mode=pattern_match,max_eval_instances=4,model=harness_tiny,"
     "groups=synthetic_reasoning": "synthetic_reasoning.stats.json",
@@ -380,7 +380,7 @@ def test_helm_accepts_the_prod_env(helm_bin: Path, tmp_path: Path) -> None:
 
 @pytest.mark.helm
 def test_shipped_confs_parse_as_helm_parses_them(helm_bin: Path) -> None:
-    from harness.confs import parse_hocon
+    from harness.helm.confs import parse_hocon
 
     paths = [str(shipped_conf(name)) for name in ("open", "closed", "offline")]
     out = helm_python(

@@ -30,15 +30,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.confs import RunEntry, RunSpecConf, split_budget, write_helm_conf
 from harness.errors import ConfigError, InfrastructureError
-from harness.helm import PLUGIN, check_helm
+from harness.helm.confs import RunEntry, RunSpecConf, split_budget, write_helm_conf
+from harness.helm.runner import PLUGIN, check_helm
 
 MANIFEST = "manifest.json"
 FORMAT = 1
 INSTANCES_DIR = "scenario_instances"
 INSTANCES_FILE = "input_instances.json"
-SAMPLER = Path(__file__).resolve().parent / "helm_plugins" / "sample_instances.py"
+SAMPLER = Path(__file__).resolve().parent / "plugins" / "sample_instances.py"
 
 
 class PackError(ConfigError):
