@@ -17,8 +17,8 @@ from harness.reproduction import ReproduceOptions, Reproduction
 from harness.run import EntryOutcome, RunOptions, run_entries
 from harness.secrets import find_secrets, redact
 from harness.store import Status, Store
-from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_dataset, write_tiny_model
+from harness.submission.render import render_submission, smoke_config, use_weights
+from harness.submission.tiny_model import write_tiny_dataset, write_tiny_model
 
 __all__ = [
     "ConfigError",

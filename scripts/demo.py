@@ -27,8 +27,8 @@ import yaml
 
 from harness.helm.confs import RUNSPECS_DIR
 from harness.store import Store
-from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_model
+from harness.submission.render import render_submission, smoke_config, use_weights
+from harness.submission.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "harness-base:bookworm"

@@ -25,7 +25,7 @@ import pytest
 from harness.health import HealthSchedule, wait_healthy
 from harness.options import RUN_LABEL, results_id
 from harness.store import STORE_FILENAME
-from harness.tiny_model import write_tiny_model
+from harness.submission.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 HELM_BIN = REPO / ".venv-helm" / "bin"

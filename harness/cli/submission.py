@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.submission import DEFAULT_BASE_IMAGE, TRACKS, render_submission, use_weights
+from harness.submission.render import DEFAULT_BASE_IMAGE, TRACKS, render_submission, use_weights
 
 EPILOG = """**Examples**
 

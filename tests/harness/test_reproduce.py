@@ -32,8 +32,8 @@ from harness.reproduction import (
 )
 from harness.run import RunOptions, entry_slug, run_entries
 from harness.store import Metric, Status, Store
-from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_dataset
+from harness.submission.render import render_submission, smoke_config, use_weights
+from harness.submission.tiny_model import write_tiny_dataset
 from harness.training import hash_files
 from tests.conftest import TEST_LABEL
 from tests.harness.test_run import QUICK_HEALTH, SERVER, write_conf

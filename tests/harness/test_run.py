@@ -26,7 +26,7 @@ from harness.health import HealthSchedule
 from harness.report import build_leaderboard
 from harness.run import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
 from harness.store import STORE_FILENAME, Status, Store
-from harness.submission import DEFAULT_BASE_IMAGE
+from harness.submission.render import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]

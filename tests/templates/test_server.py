@@ -554,7 +554,7 @@ def test_sliding_window_models_batch_correctly(
     server: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
     # A window shorter than the context needs its own cache kind: batches then run to their end.
-    from harness.tiny_model import write_tiny_model
+    from harness.submission.tiny_model import write_tiny_model
 
     model_dir = write_tiny_model(tmp_path / "mistral", arch="mistral")
     config = json.loads((model_dir / "config.json").read_text())

@@ -37,7 +37,7 @@ from harness.options import entry_slug
 from harness.report import build_leaderboard
 from harness.run import RunOptions, run_entries
 from harness.store import Metric, Status, Store
-from harness.submission import render_submission
+from harness.submission.render import render_submission
 from tests.harness.helm.raw_tasks import write_closed_sources, write_open_data
 
 pytestmark = pytest.mark.helm

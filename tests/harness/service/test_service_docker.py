@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from harness.options import RUN_LABEL, results_id
-from harness.submission import render_submission
+from harness.submission.render import render_submission
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
 from tests.harness.test_run import write_conf
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.submission import TEMPLATES, TRACKS, render_submission
+from harness.submission.render import TEMPLATES, TRACKS, render_submission
 
 runner = CliRunner()
 

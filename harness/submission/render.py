@@ -17,7 +17,7 @@ import yaml
 
 from harness.errors import ConfigError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 LOCKFILES = REPO / "lockfiles"
 TRACKS = ("4090", "A100")

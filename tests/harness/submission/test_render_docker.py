@@ -16,8 +16,8 @@ import pytest
 
 from harness.health import HealthSchedule, wait_healthy
 from harness.infra.docker import RunningContainer, build, start_container
-from harness.submission import render_submission, smoke_config
-from harness.tiny_model import write_tiny_dataset
+from harness.submission.render import render_submission, smoke_config
+from harness.submission.tiny_model import write_tiny_dataset
 from tests.conftest import TEST_LABEL
 from tests.templates.test_server_helm import run_helm_clients
 
