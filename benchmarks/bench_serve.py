@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from harness.health import HealthSchedule, wait_healthy
+from harness.run.health import HealthSchedule, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 NAIVE = (REPO / "benchmarks", "naive_server:app", {})

@@ -14,7 +14,7 @@ from harness.errors import ConfigError, EntryError, HarnessError, Infrastructure
 from harness.report import build_leaderboard, write_leaderboard
 from harness.reproduce import reproduce_entry
 from harness.reproduction import ReproduceOptions, Reproduction
-from harness.run import EntryOutcome, RunOptions, run_entries
+from harness.run.driver import EntryOutcome, RunOptions, run_entries
 from harness.secrets import find_secrets, redact
 from harness.store import Status, Store
 from harness.submission.render import render_submission, smoke_config, use_weights

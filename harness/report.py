@@ -26,12 +26,12 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import ConfigError
-from harness.gateway import GatewayStats
-from harness.run import STAGE_MINUTES
+from harness.run.driver import STAGE_MINUTES
+from harness.run.gateway import GatewayStats
+from harness.run.tiers import ranked_by_tier, same_run_spec
 from harness.scoring import RankAgreement, RunSpec, rank_agreement, score_stage, standings
 from harness.secrets import redact
 from harness.store import Step, StepRecord, Store
-from harness.tiers import ranked_by_tier, same_run_spec
 
 STAGE_ORDER = ("open", "closed")
 OUTPUTS = ("leaderboard.md", "leaderboard.json", "leaderboard.html")

@@ -75,7 +75,7 @@ from harness.reproduction import (
     tail,
     write_reports,
 )
-from harness.run import RunOptions, entry_slug, run_entries
+from harness.run.driver import RunOptions, entry_slug, run_entries
 from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import redact
 from harness.store import Metric, Status, Store

@@ -21,9 +21,9 @@ import yaml
 
 from harness.checks import MANIFEST, clean_relative
 from harness.errors import ConfigError
-from harness.failures import GIB
-from harness.health import HealthSchedule
-from harness.run import RunOptions
+from harness.run.driver import RunOptions
+from harness.run.failures import GIB
+from harness.run.health import HealthSchedule
 from harness.secrets import redact
 
 DEFAULT_TIME_LIMIT_S = 24 * 3600

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.errors import ConfigError
-from harness.gateway import GatewayStats
 from harness.infra.sqlite import SQLiteFile
+from harness.run.gateway import GatewayStats
 
 STORE_FILENAME = "results.sqlite"
 SCHEMA_VERSION = 3

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import InfrastructureError
-from harness.failures import GpuMemorySampler, classify_build_log
 from harness.infra import docker as engine
 from harness.infra.gpus import device_request, gpu_environment
 from harness.reproduction import (
@@ -33,6 +32,7 @@ from harness.reproduction import (
     Verdict,
     tail,
 )
+from harness.run.failures import GpuMemorySampler, classify_build_log
 from harness.secrets import mask, redact
 
 

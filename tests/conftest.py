@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from harness.health import HealthSchedule, wait_healthy
-from harness.options import RUN_LABEL, results_id
+from harness.run.health import HealthSchedule, wait_healthy
+from harness.run.options import RUN_LABEL, results_id
 from harness.store import STORE_FILENAME
 from harness.submission.tiny_model import write_tiny_model
 

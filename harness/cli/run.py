@@ -11,13 +11,13 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from harness.errors import ConfigError, HarnessError
-from harness.executor import Executor, LocalExecutor
-from harness.health import HealthSchedule
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.report import build_leaderboard, to_rich, write_leaderboard
-from harness.run import RunOptions, exit_code, run_entries
+from harness.run.driver import RunOptions, exit_code, run_entries
+from harness.run.executor import Executor, LocalExecutor
+from harness.run.health import HealthSchedule
+from harness.run.tiers import Tiers, run_tiers
 from harness.store import Store
-from harness.tiers import Tiers, run_tiers
 
 EPILOG = """**Examples**
 
@@ -52,7 +52,7 @@ def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Exe
     if name == "local":
         return lambda: LocalExecutor(jobs)
     if name == "ray":
-        from harness.ray_executor import RayExecutor  # Ray is imported only when asked for
+        from harness.run.ray_executor import RayExecutor  # Ray is imported only when asked for
 
         return lambda: RayExecutor(ray_address)
     raise ConfigError(f"--executor takes local or ray, got {name!r}")

@@ -11,10 +11,10 @@ from rich.console import Console
 
 from harness.cli.run import executor_factory
 from harness.errors import ConfigError, HarnessError
-from harness.health import HealthSchedule
 from harness.infra.gpus import parse_gpus
 from harness.infra.lock import command_line, hold_results_lock
-from harness.options import RunOptions
+from harness.run.health import HealthSchedule
+from harness.run.options import RunOptions
 from harness.service.api import create_app
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB

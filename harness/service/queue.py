@@ -24,10 +24,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness.errors import InfrastructureError
-from harness.executor import Executor
 from harness.infra import docker as engine
-from harness.options import RUN_LABEL, RunOptions, results_id
-from harness.pipeline import Ending, EntryJob, StoreRecorder
+from harness.run.executor import Executor
+from harness.run.options import RUN_LABEL, RunOptions, results_id
+from harness.run.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact
 from harness.service.db import ServiceDB, State, Submission
 from harness.store import Attempt, Status, Store

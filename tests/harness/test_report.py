@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
-from harness.gateway import GatewayStats
 from harness.pages import to_html
 from harness.report import build_leaderboard, to_json, to_markdown
+from harness.run.gateway import GatewayStats
 from harness.store import Metric, Status, Step, Store
 
 OPEN = {  # the worked example of test_scoring.py: scores A 0.630, B 0, C 0.397

@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.health import HealthSchedule
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
 from harness.reproduce import compare, judge, reproduce_entry
@@ -30,13 +29,14 @@ from harness.reproduction import (
     load_manifest,
     parse_duration,
 )
-from harness.run import RunOptions, entry_slug, run_entries
+from harness.run.driver import RunOptions, entry_slug, run_entries
+from harness.run.health import HealthSchedule
 from harness.store import Metric, Status, Store
 from harness.submission.render import render_submission, smoke_config, use_weights
 from harness.submission.tiny_model import write_tiny_dataset
 from harness.training import hash_files
 from tests.conftest import TEST_LABEL
-from tests.harness.test_run import QUICK_HEALTH, SERVER, write_conf
+from tests.harness.run.test_driver import QUICK_HEALTH, SERVER, write_conf
 
 TOKEN = "hf_" + "Zq4Lm8TnW2xVb7RcK9pDs3FgHj6YeUiAoP"  # made up, shaped like a Hugging Face token
 LABELS = dict([TEST_LABEL.split("=")])

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.gateway import GatewayStats
+from harness.run.gateway import GatewayStats
 from harness.store import STORE_FILENAME, Metric, Status, Step, StepStatus, Store
 
 METRICS = [

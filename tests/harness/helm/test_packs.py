@@ -18,8 +18,6 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.gateway import Gateway
-from harness.health import HealthSchedule
 from harness.helm.confs import RunSpecConf, load_conf, shipped_conf
 from harness.helm.packs import (
     INSTANCES_DIR,
@@ -33,9 +31,11 @@ from harness.helm.packs import (
 )
 from harness.helm.runner import HelmEndpoint, run_helm, write_prod_env
 from harness.helm.tasks import import_task
-from harness.options import entry_slug
 from harness.report import build_leaderboard
-from harness.run import RunOptions, run_entries
+from harness.run.driver import RunOptions, run_entries
+from harness.run.gateway import Gateway
+from harness.run.health import HealthSchedule
+from harness.run.options import entry_slug
 from harness.store import Metric, Status, Store
 from harness.submission.render import render_submission
 from tests.harness.helm.raw_tasks import write_closed_sources, write_open_data

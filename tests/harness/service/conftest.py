@@ -18,10 +18,10 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from harness.options import RUN_LABEL, results_id
+from harness.run.options import RUN_LABEL, results_id
 from harness.service.db import ServiceDB
 from tests.conftest import REPO
-from tests.harness.test_run import make_entry
+from tests.harness.run.test_driver import make_entry
 
 HARNESS = Path(sys.executable).parent / "harness"
 

@@ -2,7 +2,7 @@
 
 Stopping the shared Docker engine is not something a test may do on a shared machine, so the
 executor here is a stand-in that answers as LocalExecutor does when its engine is gone (the
-InfrastructureError of harness.pipeline); the database, the results store and the queue are real.
+InfrastructureError of the run pipeline); the database, the results store and the queue are real.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 
 from harness.errors import InfrastructureError
-from harness.options import RunOptions
-from harness.pipeline import Ending, EntryJob
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
 from harness.service.db import ServiceDB, State
 from harness.service.queue import Queue
 from harness.store import Status, Store
-from tests.harness.test_run import write_conf
+from tests.harness.run.test_driver import write_conf
 
 
 class EngineComesBack:

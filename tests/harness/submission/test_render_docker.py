@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.health import HealthSchedule, wait_healthy
 from harness.infra.docker import RunningContainer, build, start_container
+from harness.run.health import HealthSchedule, wait_healthy
 from harness.submission.render import render_submission, smoke_config
 from harness.submission.tiny_model import write_tiny_dataset
 from tests.conftest import TEST_LABEL

@@ -22,16 +22,16 @@ from typing import Any
 
 import pytest
 
-from harness.health import HealthSchedule
 from harness.report import build_leaderboard
-from harness.run import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
+from harness.run.driver import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
+from harness.run.health import HealthSchedule
 from harness.store import STORE_FILENAME, Status, Store
 from harness.submission.render import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
-SERVER = Path(__file__).parent / "data" / "entries" / "server.py"
+SERVER = Path(__file__).parents[1] / "data" / "entries" / "server.py"
 TOKEN = "hf_" + "k3Vq8ZpL0wXyT7nRb2Mc9DsFgHj4AeUiOo"  # made up, shaped like a Hugging Face token
 QUICK_HEALTH = HealthSchedule(tries=3, interval_s=2, poll_s=0.5)
 

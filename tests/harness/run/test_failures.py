@@ -1,4 +1,4 @@
-"""Failure classification on recorded build and container logs (tests/harness/data/failures)."""
+"""Failure classification on recorded build and container logs (tests/harness/run/data/failures)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.failures import (
+from harness.run.failures import (
     GIB,
     TRACK_GPU_MEMORY_BYTES,
     BuildCause,

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import ConfigError
+from harness.run.tiers import Tiers
 from harness.store import Step, StepStatus, Store
-from harness.tiers import Tiers
 
 # Stated defaults for a 7B model served by the competition's HTTP server; replace them with a
 # measured run (`--from RESULTS_DIR`). Seconds.

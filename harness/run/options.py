@@ -1,7 +1,7 @@
 """What `harness run` takes (`RunOptions`) and the names it gives things on disk and in Docker.
 
-Shared by the driver (harness/run.py), the per-entry pipeline (harness/pipeline.py) that executors
-run anywhere, and `harness reproduce`.
+Shared by the driver (run/driver.py), the per-entry pipeline (run/pipeline.py) that executors run
+anywhere, and `harness reproduce`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.errors import ConfigError
-from harness.health import HealthSchedule
 from harness.helm.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
 from harness.helm.packs import Pack, nested_counts, verify_pack
+from harness.run.health import HealthSchedule
 
 STAGE_MINUTES = {"open": 300, "closed": 600}
 TRACK_GPU_GIB = {"4090": 24, "A100": 40}
@@ -61,7 +61,7 @@ class RunOptions:
     # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
     # names the scenarios and their metrics): `harness reproduce` replays the original run's.
     helm_conf: Path | None = None
-    # The coarse-to-fine tier (1-based) this run is (harness/tiers.py): its HELM runs go to a
+    # The coarse-to-fine tier (1-based) this run is (harness/run/tiers.py): its HELM runs go to a
     # suite of their own, so a tier reads only its own runs while sharing HELM's request cache.
     tier: int | None = None
     # An instance pack (harness/helm/packs.py): HELM evaluates its instances (the first ones of

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import _unavailable
-from tests.harness.chaos import run_chaos
+from tests.harness.run.chaos import run_chaos
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 

@@ -8,9 +8,9 @@ import pickle
 from concurrent.futures import Future
 from pathlib import Path
 
-from harness.options import RunOptions
-from harness.pipeline import BufferedRecorder, Ending, EntryJob, Recorder, StoreRecorder
-from harness.run import run_entries
+from harness.run.driver import run_entries
+from harness.run.options import RunOptions
+from harness.run.pipeline import BufferedRecorder, Ending, EntryJob, Recorder, StoreRecorder
 from harness.store import Finding, Metric, Status, Step, StepStatus, Store
 
 

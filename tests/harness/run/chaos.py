@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.infra.lock import CHILD_MARKER, die_with_parent
-from harness.options import entry_slug
+from harness.run.options import entry_slug
 from tests.conftest import REPO
-from tests.harness.test_run import make_entry, write_conf
+from tests.harness.run.test_driver import make_entry, write_conf
 
 HARNESS = Path(sys.executable).parent / "harness"
 KINDS = ("kill-9", "rm-container", "second-harness", "engine-restart")

@@ -1,4 +1,4 @@
-"""The coarse-to-fine selection rule (harness/tiers.py)."""
+"""The coarse-to-fine selection rule (harness/run/tiers.py)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.options import RunOptions
-from harness.pipeline import Ending, EntryJob, Recorder
 from harness.report import build_leaderboard, to_markdown
-from harness.scoring import RunSpec, score_stage
-from harness.store import Metric, Status, Step, Store
-from harness.tiers import (
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob, Recorder
+from harness.run.tiers import (
     Estimate,
     Tiers,
     compute_used,
@@ -24,6 +22,8 @@ from harness.tiers import (
     run_tiers,
     same_run_spec,
 )
+from harness.scoring import RunSpec, score_stage
+from harness.store import Metric, Status, Step, Store
 
 
 def test_parse_defaults_to_keeping_thirty_percent() -> None:

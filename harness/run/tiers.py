@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness.errors import ConfigError
-from harness.options import RunOptions
+from harness.run.options import RunOptions
 from harness.store import Metric, Store
 
 if TYPE_CHECKING:
-    from harness.executor import Executor
-    from harness.run import EntryOutcome
+    from harness.run.driver import EntryOutcome
+    from harness.run.executor import Executor
 
 # One-sided 95%: an entry is dropped only when it is clearly below the cut.
 DEFAULT_Z = 1.645
@@ -202,7 +202,7 @@ def run_tiers(
     restarted run skips what a tier already did and re-evaluates only what it had not.
     """
     from harness.infra.lock import command_line, hold_results_lock
-    from harness.run import run_entries
+    from harness.run.driver import run_entries
 
     # One lock over every tier: no other harness slips in between two of them.
     with hold_results_lock(options.out, command_line()):

@@ -1,7 +1,7 @@
 """`harness run`: build, serve and score every entry under the stage's time limit.
 
 The driver: it discovers the entries, decides from the results store what is left to do, hands
-each entry to an executor (harness/executor.py; local threads by default) and records how each
+each entry to an executor (harness/run/executor.py; local threads by default) and records how each
 ended. Per entry, each step is recorded as it ends:
 
     check ─> build ─> serve (wait until healthy) ─> evaluate (HELM through the gateway) ─> record
@@ -27,9 +27,9 @@ from pathlib import Path
 from types import FrameType
 
 from harness.checks import discover
-from harness.executor import Executor, LocalExecutor
 from harness.infra.lock import command_line, hold_results_lock
-from harness.options import (
+from harness.run.executor import Executor, LocalExecutor
+from harness.run.options import (
     RUN_LABEL,
     STAGE_MINUTES,
     TRACK_GPU_GIB,
@@ -37,7 +37,7 @@ from harness.options import (
     entry_slug,
     results_id,
 )
-from harness.pipeline import Ending, EntryJob, StoreRecorder
+from harness.run.pipeline import Ending, EntryJob, StoreRecorder
 from harness.store import Attempt, Status, Step, StepStatus, Store
 
 __all__ = [

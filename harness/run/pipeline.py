@@ -25,15 +25,15 @@ from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.errors import EntryError, InfrastructureError
-from harness.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.gateway import Gateway, GatewayStats
-from harness.health import wait_healthy
 from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
 from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool, resolve_gpus
-from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
+from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
+from harness.run.gateway import Gateway, GatewayStats
+from harness.run.health import wait_healthy
+from harness.run.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
 

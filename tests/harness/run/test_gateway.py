@@ -19,7 +19,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 
-from harness.gateway import EMPTY_COMPLETION, Gateway, ThreadedServer, percentile
+from harness.run.gateway import EMPTY_COMPLETION, Gateway, ThreadedServer, percentile
 
 ENTRY_DELAY_S = 0.05  # every /process takes this long, while it claims it took no time
 SLOW_S = 30.0  # how long the entry takes on "slow" prompts, and hangs on "hang" ones

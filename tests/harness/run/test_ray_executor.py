@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from harness.errors import InfrastructureError
-from harness.options import RUN_LABEL, RunOptions, results_id
-from harness.pipeline import Ending, EntryJob, Machine, Recorder
-from harness.run import run_entries
+from harness.run.driver import run_entries
+from harness.run.options import RUN_LABEL, RunOptions, results_id
+from harness.run.pipeline import Ending, EntryJob, Machine, Recorder
 from harness.store import Status, Step, Store
 from tests.conftest import IN_CI, TEST_LABELS
 
@@ -80,7 +80,7 @@ def _entries(root: Path, names: list[str]) -> Path:
 def test_entries_spread_over_nodes_and_one_result_each_when_a_node_dies(
     cluster: Any, tmp_path: Path, docker_client: Any
 ) -> None:
-    from harness.ray_executor import RayExecutor
+    from harness.run.ray_executor import RayExecutor
 
     entries = _entries(tmp_path, ["team-a", "team-b", "team-c"])
     options = RunOptions(track="4090", stage="open", out=tmp_path / "results", run_specs="offline")
@@ -131,7 +131,7 @@ def test_entries_spread_over_nodes_and_one_result_each_when_a_node_dies(
 
 
 def test_a_track_no_node_offers_fails_at_once(cluster: Any, tmp_path: Path) -> None:
-    from harness.ray_executor import RayExecutor
+    from harness.run.ray_executor import RayExecutor
 
     entries = _entries(tmp_path, ["team-a"])
     options = RunOptions(track="A100", stage="open", out=tmp_path / "results", run_specs="offline")

@@ -17,8 +17,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 from harness.infra import docker as engine
-from harness.options import RunOptions
-from harness.pipeline import Ending, EntryJob, Machine, Recorder, evaluate_entry
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob, Machine, Recorder, evaluate_entry
 
 
 class Executor(Protocol):

@@ -32,8 +32,8 @@ from typing import Any
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.infra import docker as engine
-from harness.options import RUN_LABEL, RunOptions
-from harness.pipeline import (
+from harness.run.options import RUN_LABEL, RunOptions
+from harness.run.pipeline import (
     BufferedRecorder,
     Ending,
     EntryJob,
