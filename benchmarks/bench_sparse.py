@@ -15,9 +15,9 @@ fields of abilities, both giving mean accuracies from ~0.2 to ~0.8 as on the 202
 The full budget scores every entry on `--full` instances; each tier configuration scores every
 entry on its first budget and the entries `harness.run.tiers.in_contention` keeps on the next ones
 (nested: the first B instances of the same sample). Both rankings use the leaderboard's arithmetic
-(`harness.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered leaderboard
-lists the entries that reached a later tier first, as `harness report` does. Against the full
-budget's ranking, per configuration and averaged over seeds:
+(`harness.leaderboard.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered
+leaderboard lists the entries that reached a later tier first, as `harness report` does. Against the
+full budget's ranking, per configuration and averaged over seeds:
 
     compute    instances asked, full budget / tiers (higher is better)
     recall@10  share of the full budget's top 10 that the tiers' top 10 holds
@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness.helm.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
+from harness.leaderboard.scoring import RunSpec, kendall_tau_b, score_stage  # noqa: E402
 from harness.run.tiers import (  # noqa: E402
     Tiers,
     compute_used,
@@ -47,7 +48,6 @@ from harness.run.tiers import (  # noqa: E402
     in_contention,
     ranked_by_tier,
 )
-from harness.scoring import RunSpec, kendall_tau_b, score_stage  # noqa: E402
 
 SCENARIOS = ("mmlu", "truthful_qa", "bbq", "gsm", "big_bench", "cnndm")
 CONF = RunSpecConf(Path("simulated.conf"), tuple(RunEntry(s, s) for s in SCENARIOS))

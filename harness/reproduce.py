@@ -61,6 +61,7 @@ from harness.helm.packs import verify_pack
 from harness.infra import docker as engine
 from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
+from harness.leaderboard.scoring import RunSpec, ranks, score_stage
 from harness.reproduction import (
     Comparison,
     Manifest,
@@ -76,7 +77,6 @@ from harness.reproduction import (
     write_reports,
 )
 from harness.run.driver import RunOptions, entry_slug, run_entries
-from harness.scoring import RunSpec, ranks, score_stage
 from harness.secrets import redact
 from harness.store import Metric, Status, Store
 from harness.training import build_training_image, hash_files, train

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
+from harness.leaderboard.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
 from harness.store import Store
 
 EPILOG = """**Examples**

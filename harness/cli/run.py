@@ -12,7 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import detect_gpus, parse_gpus
-from harness.report import build_leaderboard, to_rich, write_leaderboard
+from harness.leaderboard.report import build_leaderboard, to_rich, write_leaderboard
 from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.executor import Executor, LocalExecutor
 from harness.run.health import HealthSchedule

@@ -24,7 +24,7 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from harness.report import Leaderboard, build_leaderboard
+from harness.leaderboard.report import Leaderboard, build_leaderboard
 from harness.secrets import redact
 from harness.service.db import TRACKS, QuotaExceeded, ServiceDB, State, Submission, Team
 from harness.service.queue import Queue

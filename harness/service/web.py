@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from harness.pages import to_html
+from harness.leaderboard.html import to_html
 from harness.service.core import Service
 from harness.service.db import ACTIVE, TRACKS, Team
 
@@ -32,7 +32,7 @@ REFRESH_S = 3
 templates = Jinja2Templates(directory=HERE / "templates")
 # The leaderboard body's own styles, from the templates `harness report` renders with.
 _BOARD_CSS = (
-    jinja2.Environment(loader=jinja2.PackageLoader("harness", "html_templates"))
+    jinja2.Environment(loader=jinja2.PackageLoader("harness.leaderboard", "templates"))
     .get_template("style.css.j2")
     .render()
 )

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.report import build_leaderboard
+from harness.leaderboard.report import build_leaderboard
 from harness.run.driver import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import STORE_FILENAME, Status, Store

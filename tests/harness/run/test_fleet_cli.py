@@ -34,7 +34,8 @@ def test_fleet_usage_errors_exit_2(tmp_path: Path, extra: list[str], message: st
 
 def test_the_default_path_does_not_import_ray() -> None:
     code = (
-        "import sys, harness.cli, harness.run.driver, harness.run.tiers, harness.report; "
+        "import sys, harness.cli, harness.run.driver, harness.run.tiers, "
+        "harness.leaderboard.report; "
         "print('ray' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

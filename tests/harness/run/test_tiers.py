@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.report import build_leaderboard, to_markdown
+from harness.leaderboard.report import build_leaderboard, to_markdown
+from harness.leaderboard.scoring import RunSpec, score_stage
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Recorder
 from harness.run.tiers import (
@@ -22,7 +23,6 @@ from harness.run.tiers import (
     run_tiers,
     same_run_spec,
 )
-from harness.scoring import RunSpec, score_stage
 from harness.store import Metric, Status, Step, Store
 
 

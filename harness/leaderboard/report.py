@@ -10,7 +10,7 @@ reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GP
 is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
 every other entry is listed below the ranked ones with its status and reason. Links to logs are
 relative to RESULTS_DIR, so the folder can be copied or served as it is. The HTML (pages, figures)
-is rendered by harness/pages.py.
+is rendered by harness/leaderboard/html.py.
 """
 
 from __future__ import annotations
@@ -26,10 +26,16 @@ from rich.table import Table
 from rich.text import Text
 
 from harness.errors import ConfigError
+from harness.leaderboard.scoring import (
+    RankAgreement,
+    RunSpec,
+    rank_agreement,
+    score_stage,
+    standings,
+)
 from harness.run.driver import STAGE_MINUTES
 from harness.run.gateway import GatewayStats
 from harness.run.tiers import ranked_by_tier, same_run_spec
-from harness.scoring import RankAgreement, RunSpec, rank_agreement, score_stage, standings
 from harness.secrets import redact
 from harness.store import Step, StepRecord, Store
 
@@ -413,7 +419,7 @@ def build_leaderboard(
     return Leaderboard(stages, rows, scenarios, agreement, sum(costs) if costs else None)
 
 
-# -- rendering (the HTML is harness/pages.py's) ------------------------------------------------
+# -- rendering (the HTML is html.py's) -------------------------------------------------------------
 
 
 def number(value: float | None, digits: int = 3) -> str:
@@ -588,7 +594,10 @@ def to_rich(board: Leaderboard) -> Table:
 def write_leaderboard(board: Leaderboard, results_dir: Path) -> list[Path]:
     """Write leaderboard.md, .json, .html and an HTML page per entry (under leaderboard/) into
     RESULTS_DIR; returns the leaderboard files' paths."""
-    from harness.pages import entry_pages, to_html  # pages.py renders this module's types
+    from harness.leaderboard.html import (  # pages.py renders this module's types
+        entry_pages,
+        to_html,
+    )
 
     outputs = dict(zip(OUTPUTS, (to_markdown(board), to_json(board), to_html(board)), strict=True))
     outputs.update(entry_pages(board))

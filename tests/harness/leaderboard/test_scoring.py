@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from harness.scoring import (
+from harness.leaderboard.scoring import (
     RunSpec,
     geometric_mean,
     kendall_tau_b,

@@ -1,5 +1,5 @@
 """The leaderboard as HTML: one page, a page per entry, the figures inline; no server, nothing
-fetched (the templates are in harness/html_templates/, the figures come from harness/figures.py).
+fetched (the templates are in templates/ beside this module, the figures come from figures.py).
 
     to_html(board)                                  leaderboard.html, a standalone page
     to_html(board, standalone=False,                the same body, for embedding in another page
@@ -19,8 +19,8 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from harness.figures import figures
-from harness.report import (
+from harness.leaderboard.figures import figures
+from harness.leaderboard.report import (
     EFFICIENCY_COLUMNS,
     Leaderboard,
     Row,
@@ -35,7 +35,7 @@ from harness.run.driver import entry_slug
 
 ENTRY_PAGES = "leaderboard"  # the entry pages' folder in RESULTS_DIR, next to leaderboard.html
 _TEMPLATES = jinja2.Environment(
-    loader=jinja2.PackageLoader("harness", "html_templates"),
+    loader=jinja2.PackageLoader("harness.leaderboard", "templates"),
     autoescape=True,
     undefined=jinja2.StrictUndefined,
 )

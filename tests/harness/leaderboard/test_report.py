@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
-from harness.pages import to_html
-from harness.report import build_leaderboard, to_json, to_markdown
+from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
+from harness.leaderboard.html import to_html
+from harness.leaderboard.report import build_leaderboard, to_json, to_markdown
 from harness.run.gateway import GatewayStats
 from harness.store import Metric, Status, Step, Store
 

@@ -13,9 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
+from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
 from tests.conftest import REPO
-from tests.harness.test_report import _fill
+from tests.harness.leaderboard.test_report import _fill
 
 pytestmark = pytest.mark.browser
 

@@ -17,10 +17,10 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.scoring import ranks
+from harness.leaderboard.scoring import ranks
 
 if TYPE_CHECKING:
-    from harness.report import Leaderboard
+    from harness.leaderboard.report import Leaderboard
 
 FIGURE_WIDTH_PT = 432  # 6 x 4 inches at SVG's 72 points per inch: 576 x 384 CSS pixels
 FIGURE_HEIGHT_PT = 288
