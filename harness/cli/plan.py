@@ -10,7 +10,7 @@ from rich.table import Table
 
 from harness.errors import HarnessError
 from harness.helm.confs import load_conf
-from harness.reproduction import parse_duration
+from harness.reproduce.options import parse_duration
 from harness.run.options import STAGE_MINUTES, RunOptions
 from harness.run.plan import default_costs, make_plan, measured_costs
 from harness.run.tiers import Tiers

@@ -9,8 +9,8 @@ from rich.console import Console
 
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
-from harness.reproduce import reproduce_entry
-from harness.reproduction import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
+from harness.reproduce.flow import reproduce_entry
+from harness.reproduce.options import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
 
 EPILOG = """**Examples**
 

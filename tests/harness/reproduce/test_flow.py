@@ -20,8 +20,8 @@ from harness.cli import app
 from harness.errors import ConfigError
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
-from harness.reproduce import compare, judge, reproduce_entry
-from harness.reproduction import (
+from harness.reproduce.flow import compare, judge, reproduce_entry
+from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
     ReproduceOptions,
@@ -29,12 +29,12 @@ from harness.reproduction import (
     load_manifest,
     parse_duration,
 )
+from harness.reproduce.training import hash_files
 from harness.run.driver import RunOptions, entry_slug, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import Metric, Status, Store
 from harness.submission.render import render_submission, smoke_config, use_weights
 from harness.submission.tiny_model import write_tiny_dataset
-from harness.training import hash_files
 from tests.conftest import TEST_LABEL
 from tests.harness.run.test_driver import QUICK_HEALTH, SERVER, write_conf
 

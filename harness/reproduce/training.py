@@ -2,7 +2,7 @@
 time limit with a fresh output volume and the declared secrets (at run time only), sample its
 memory peaks (the container's from the engine, the GPU's through NVML), collect and hash the
 weights it left. What it takes and gives (ReproduceOptions, Manifest, Training) is in
-harness/reproduction.py.
+harness/reproduce/options.py.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 from harness.errors import InfrastructureError
 from harness.infra import docker as engine
 from harness.infra.gpus import device_request, gpu_environment
-from harness.reproduction import (
+from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
     ReproduceOptions,

@@ -1,9 +1,8 @@
 """What `harness reproduce` takes and gives: its options, an entry's training manifest
 (entry.yaml), the verdicts and the result, and the result's reports (reproduction.json, .md).
 
-Shared by the flow (harness/reproduce.py) and the training run (harness/training.py), which
-import these from here and not from each other. The keys and verdicts are described in
-harness/reproduce.py's docstring.
+Shared by the flow (flow.py) and the training run (training.py), which import these from here and
+not from each other. The keys and verdicts are described in flow.py's docstring.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Manifest:
-    """How an entry trains; see harness/reproduce.py's docstring for the entry.yaml keys."""
+    """How an entry trains; see harness/reproduce/flow.py's docstring for the entry.yaml keys."""
 
     train_dockerfile: str = "Dockerfile.train"
     weights_path: str = "/app/out/merged"

@@ -36,8 +36,8 @@ The stage score (the leaderboard's win-rate arithmetic) is recomputed with the r
 in place of the original's against the same field of entries, and reported beside.
 
 This module holds the flow: the original run, scoring the copy and comparing, the whole
-reproduction. The training run is harness/training.py's; the options, manifest, result dataclasses
-and reports are harness/reproduction.py's (shared by both, so neither imports the other).
+reproduction. The training run is training.py's; the options, manifest, result dataclasses and
+reports are options.py's (shared by both, so neither imports the other).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ from harness.infra import docker as engine
 from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
 from harness.leaderboard.scoring import RunSpec, ranks, score_stage
-from harness.reproduction import (
+from harness.reproduce.options import (
     Comparison,
     Manifest,
     ReproduceOptions,
@@ -76,10 +76,10 @@ from harness.reproduction import (
     tail,
     write_reports,
 )
+from harness.reproduce.training import build_training_image, hash_files, train
 from harness.run.driver import RunOptions, entry_slug, run_entries
 from harness.secrets import redact
 from harness.store import Metric, Status, Store
-from harness.training import build_training_image, hash_files, train
 
 # -- the original run ---------------------------------------------------------------------------
 
