@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 
 from harness.run.health import HealthSchedule, wait_healthy
-from harness.run.options import RUN_LABEL, results_id
-from harness.store import STORE_FILENAME
+from harness.store import RUN_LABEL, STORE_FILENAME, results_id
 from harness.submission.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent

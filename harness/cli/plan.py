@@ -8,10 +8,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.competition import STAGE_MINUTES, stages_text, tracks_text
 from harness.errors import HarnessError
 from harness.helm.confs import load_conf
 from harness.reproduce.options import parse_duration
-from harness.run.options import STAGE_MINUTES, RunOptions
+from harness.run.options import RunOptions
 from harness.run.plan import default_costs, make_plan, measured_costs
 from harness.run.tiers import Tiers
 
@@ -27,8 +28,8 @@ EPILOG = """**Examples**
 def main(
     entries: int = typer.Option(..., help="Entries to evaluate."),
     gpus: int = typer.Option(..., help="GPUs in the fleet."),
-    track: str = typer.Option(..., help="4090 or A100."),
-    stage: str = typer.Option(..., help="open (300 min) or closed (600 min)."),
+    track: str = typer.Option(..., help=f"{tracks_text()}."),
+    stage: str = typer.Option(..., help=f"{stages_text()}."),
     from_: Path | None = typer.Option(
         None, "--from", help="A results folder to measure build, start and per-instance times in."
     ),

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.competition import TRACKS
 from harness.errors import HarnessError
 from harness.leaderboard.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
 from harness.store import Store
@@ -21,13 +22,17 @@ EPILOG = """**Examples**
 """
 
 
+_DEFAULT_PRICES = " and ".join(f"{t.name}={t.price_per_hour:g}" for t in TRACKS.values())
+
+
 def main(
     results_dir: Path = typer.Argument(..., help="The --out folder of `harness run`."),
     track: str | None = typer.Option(
-        None, help="The track the entries ran on (4090, A100), to price their GPU-hours."
+        None, help=f"The track the entries ran on ({', '.join(TRACKS)}), to price their GPU-hours."
     ),
     price: list[str] = typer.Option(
-        [], help="TRACK=USD per GPU-hour, over the defaults 4090=0.35 and A100=1 (repeatable)."
+        [],
+        help=f"TRACK=USD per GPU-hour, over the defaults {_DEFAULT_PRICES} (repeatable).",
     ),
 ) -> None:
     """Write leaderboard.md, .json, .html (with a page per entry and the figures) into

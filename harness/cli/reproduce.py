@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
 from harness.reproduce.flow import reproduce_entry
@@ -36,7 +37,7 @@ def _mounts(values: list[str]) -> dict[Path, str]:
 
 def main(
     entry: Path = typer.Argument(..., help="The entry: a folder or .zip file."),
-    track: str = typer.Option(..., help="4090 (24 GB) or A100 (40 GB)."),
+    track: str = typer.Option(..., help=f"{tracks_text()}."),
     results: Path = typer.Option(..., help="The original run's results folder (--out of run)."),
     stage: str = typer.Option("open", help="The stage whose run and scores are reproduced."),
     time_limit: str = typer.Option("24h", help="Training time limit, e.g. 24h, 90m, 30s."),

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from harness.competition import stages_text, tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.leaderboard.report import build_leaderboard, to_rich, write_leaderboard
@@ -60,8 +61,8 @@ def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Exe
 
 def main(
     entries_dir: Path = typer.Argument(..., help="One entry per subfolder or .zip file."),
-    track: str = typer.Option(..., help="4090 (24 GB) or A100 (40 GB)."),
-    stage: str = typer.Option(..., help="open (300 min) or closed (600 min)."),
+    track: str = typer.Option(..., help=f"{tracks_text()}."),
+    stage: str = typer.Option(..., help=f"{stages_text()}."),
     out: Path = typer.Option(..., help="Results folder (SQLite store, logs, leaderboard)."),
     jobs: int | None = typer.Option(
         None, help="Entries built and evaluated at once [default: one per GPU, else 1]."

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.competition import tracks_text
 from harness.errors import HarnessError
-from harness.submission.render import DEFAULT_BASE_IMAGE, TRACKS, render_submission, use_weights
+from harness.submission.render import DEFAULT_BASE_IMAGE, render_submission, use_weights
 
 EPILOG = """**Examples**
 
@@ -24,7 +25,7 @@ app = typer.Typer(help="Create competition submissions.", epilog=EPILOG, no_args
 
 @app.command("new", epilog=EPILOG)
 def new(
-    track: str = typer.Option(..., help=f"Competition track: {', '.join(TRACKS)}."),
+    track: str = typer.Option(..., help=f"Competition track: {tracks_text()}."),
     name: str = typer.Option("my-entry", help="Submission name (also its image tag)."),
     out: Path | None = typer.Option(None, help="Folder to write [default: submissions/NAME]."),
     model_dir: Path | None = typer.Option(

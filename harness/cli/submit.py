@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from harness.competition import tracks_text
 from harness.errors import HarnessError
 from harness.service.client import Refused, ServiceClient
 
@@ -56,7 +57,7 @@ def main(
     entry: Path = typer.Argument(..., help="The entry's folder (zipped here) or a zip file."),
     server: str = SERVER,
     token: str = TOKEN,
-    track: str = typer.Option(..., help="4090 or A100."),
+    track: str = typer.Option(..., help=f"{tracks_text()}."),
     publish: bool = typer.Option(False, help="Show the result on the public leaderboard."),
     wait: bool = typer.Option(False, help="Follow it until it ends; exit 0 only when scored."),
 ) -> None:

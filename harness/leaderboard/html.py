@@ -31,7 +31,7 @@ from harness.leaderboard.report import (
     generated,
     number,
 )
-from harness.run.driver import entry_slug
+from harness.store import entry_slug
 
 ENTRY_PAGES = "leaderboard"  # the entry pages' folder in RESULTS_DIR, next to leaderboard.html
 _TEMPLATES = jinja2.Environment(

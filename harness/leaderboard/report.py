@@ -25,6 +25,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from harness.competition import STAGE_MINUTES, STAGE_NAMES, TRACKS
 from harness.errors import ConfigError
 from harness.leaderboard.scoring import (
     RankAgreement,
@@ -33,17 +34,14 @@ from harness.leaderboard.scoring import (
     score_stage,
     standings,
 )
-from harness.run.driver import STAGE_MINUTES
-from harness.run.gateway import GatewayStats
 from harness.run.tiers import ranked_by_tier, same_run_spec
 from harness.secrets import redact
-from harness.store import Step, StepRecord, Store
+from harness.store import GatewayStats, Step, StepRecord, Store
 
-STAGE_ORDER = ("open", "closed")
 OUTPUTS = ("leaderboard.md", "leaderboard.json", "leaderboard.html")
 SCHEMA_VERSION = 2
-# USD per GPU-hour, the 2023 organizers' figures (a 4090 and an A100 rented by the hour).
-DEFAULT_PRICES: dict[str, float] = {"4090": 0.35, "A100": 1.0}
+# USD per GPU-hour (`--price TRACK=USD` overrides).
+DEFAULT_PRICES: dict[str, float] = {name: track.price_per_hour for name, track in TRACKS.items()}
 # Steps that hold the entry's GPU: its container is up from serve to the end of the evaluation.
 GPU_STEPS = (Step.SERVE, Step.EVALUATE)
 TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
@@ -338,7 +336,7 @@ def build_leaderboard(
 
     `track` prices the GPU-hours (a reproduction's own track is used when it is None)."""
     keep = set(store.entries()) if entries is None else set(entries) & set(store.entries())
-    stages = [stage for stage in STAGE_ORDER if stage in store.stages()]
+    stages = [stage for stage in STAGE_NAMES if stage in store.stages()]
     scores, win_rates, scenarios = _stage_scores(store, stages, keep)
     final = {s.entry: s for s in standings(scores.get("open"), scores.get("closed"))}
     results = {stage: store.results(stage) for stage in stages}

@@ -18,8 +18,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-OPEN_WEIGHT = 1 / 3
-CLOSED_WEIGHT = 2 / 3
+from harness.competition import STAGES
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,8 @@ def standings(
     entries = set(open_scores or {}) | set(closed_scores or {})
     opened, closed = _over(entries, open_scores), _over(entries, closed_scores)
     if opened is not None and closed is not None:
-        finals = {e: OPEN_WEIGHT * opened[e] + CLOSED_WEIGHT * closed[e] for e in entries}
+        open_weight, closed_weight = STAGES["open"].weight, STAGES["closed"].weight
+        finals = {e: open_weight * opened[e] + closed_weight * closed[e] for e in entries}
     else:
         finals = opened or closed or {}
     ranked = ranks(finals)

@@ -77,9 +77,9 @@ from harness.reproduce.options import (
     write_reports,
 )
 from harness.reproduce.training import build_training_image, hash_files, train
-from harness.run.driver import RunOptions, entry_slug, run_entries
+from harness.run.driver import RunOptions, run_entries
 from harness.secrets import redact
-from harness.store import Metric, Status, Store
+from harness.store import Metric, Status, Store, entry_slug
 
 # -- the original run ---------------------------------------------------------------------------
 

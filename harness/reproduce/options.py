@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from harness.checks import MANIFEST, clean_relative
+from harness.competition import GIB
 from harness.errors import ConfigError
 from harness.run.driver import RunOptions
-from harness.run.failures import GIB
 from harness.run.health import HealthSchedule
 from harness.secrets import redact
 

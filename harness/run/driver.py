@@ -29,27 +29,22 @@ from types import FrameType
 from harness.checks import discover
 from harness.infra.lock import command_line, hold_results_lock
 from harness.run.executor import Executor, LocalExecutor
-from harness.run.options import (
-    RUN_LABEL,
-    STAGE_MINUTES,
-    TRACK_GPU_GIB,
-    RunOptions,
-    entry_slug,
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob, StoreRecorder
+from harness.store import (
+    Attempt,
+    Status,
+    Step,
+    StepStatus,
+    Store,
     results_id,
 )
-from harness.run.pipeline import Ending, EntryJob, StoreRecorder
-from harness.store import Attempt, Status, Step, StepStatus, Store
 
 __all__ = [
-    "RUN_LABEL",
-    "STAGE_MINUTES",
-    "TRACK_GPU_GIB",
     "EntryOutcome",
     "RunOptions",
     "Runner",
-    "entry_slug",
     "exit_code",
-    "results_id",
     "run_entries",
 ]
 

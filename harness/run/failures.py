@@ -27,11 +27,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Self
 
+from harness.competition import GIB
 from harness.secrets import redact
 from harness.store import Status
 
-GIB = 2**30
-TRACK_GPU_MEMORY_BYTES = {"4090": 24 * GIB, "A100": 40 * GIB}
 _REASON_CHARS = 200
 
 

@@ -51,6 +51,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from harness.errors import InfrastructureError
 from harness.secrets import redact
+from harness.store import GatewayStats
 
 EMPTY_COMPLETION: dict[str, Any] = {"text": "", "tokens": [], "logprob": 0.0, "request_time": 0.0}
 TOKENIZED_PROMPTS = 256  # /tokenize answers remembered to count the tokens of the next /process
@@ -62,20 +63,6 @@ class Outcome(StrEnum):
     AFTER_DEADLINE = "after-deadline"  # /process after the deadline: answered empty at once
     TIMED_OUT = "timed-out"  # no answer in time: /process answered empty, others 504
     ERROR = "error"  # the entry answered an error status or could not be reached
-
-
-@dataclass(frozen=True)
-class GatewayStats:
-    """What went through the gateway; latencies: real ones, of /process requests answered."""
-
-    requests: int
-    answered: int  # /process requests the entry answered
-    unanswered: int  # /process requests answered empty (deadline passed or timed out)
-    errors: int  # requests on any endpoint that failed or timed out, but /process timeouts
-    latency_p50_s: float | None
-    latency_p90_s: float | None
-    latency_p99_s: float | None
-    latency_max_s: float | None
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:

@@ -6,27 +6,15 @@ anywhere, and `harness reproduce`.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.competition import STAGE_MINUTES, TRACK_GPU_GIB, stages_text, tracks_text
 from harness.errors import ConfigError
 from harness.helm.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
 from harness.helm.packs import Pack, nested_counts, verify_pack
 from harness.run.health import HealthSchedule
-
-STAGE_MINUTES = {"open": 300, "closed": 600}
-TRACK_GPU_GIB = {"4090": 24, "A100": 40}
-# Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
-# the same results folder and leaves alone the containers of other runs on the same engine.
-RUN_LABEL = "org.harness.run"
-
-
-def results_id(out: Path) -> str:
-    """The RUN_LABEL value of the runs writing into the results folder `out`."""
-    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -92,9 +80,9 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         if self.track not in TRACK_GPU_GIB:
-            raise ConfigError(f"unknown track {self.track!r}; choose one of 4090, A100")
+            raise ConfigError(f"unknown track {self.track!r}; choose {tracks_text()}")
         if self.stage not in STAGE_MINUTES:
-            raise ConfigError(f"unknown stage {self.stage!r}; choose one of open, closed")
+            raise ConfigError(f"unknown stage {self.stage!r}; choose {stages_text()}")
         if self.jobs < 1:
             raise ConfigError(f"--jobs must be at least 1, got {self.jobs}")
 
@@ -110,9 +98,3 @@ class RunOptions:
         if not path.is_file():
             raise ConfigError(f"--run-specs {name!r} is neither {SHIPPED_CONFS} nor a file")
         return path
-
-
-def entry_slug(name: str) -> str:
-    """An entry's folder name under RESULTS_DIR/logs and /helm: readable, and unique by a hash."""
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "entry"
-    return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"

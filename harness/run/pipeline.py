@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
+from harness.competition import TRACKS
 from harness.errors import EntryError, InfrastructureError
 from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
@@ -31,11 +32,21 @@ from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_pr
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool, resolve_gpus
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.run.gateway import Gateway, GatewayStats
+from harness.run.gateway import Gateway
 from harness.run.health import wait_healthy
-from harness.run.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
+from harness.run.options import RunOptions
 from harness.secrets import redact
-from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
+from harness.store import (
+    RUN_LABEL,
+    Attempt,
+    FindingLike,
+    GatewayStats,
+    Metric,
+    Status,
+    Step,
+    Store,
+    entry_slug,
+)
 
 EVAL_NETWORK = "harness-eval"
 _VANISHED = "the container disappeared (removed from outside the harness)"
@@ -566,7 +577,7 @@ class _Pipeline:
                 state.get("ExitCode"), bool(state.get("OOMKilled")), served.logs()
             )
             return Ending(failure.status, f"during evaluation: {failure.reason}")
-        budget = TRACK_GPU_GIB[self.options.track] * 1024**3
+        budget = TRACKS[self.options.track].gpu_bytes
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]

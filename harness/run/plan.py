@@ -24,6 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.competition import TRACKS, tracks_text
 from harness.errors import ConfigError
 from harness.run.tiers import Tiers
 from harness.store import Step, StepStatus, Store
@@ -32,7 +33,6 @@ from harness.store import Step, StepStatus, Store
 # measured run (`--from RESULTS_DIR`). Seconds.
 DEFAULT_BUILD_S = 600.0
 DEFAULT_START_S = 120.0
-DEFAULT_INSTANCE_S = {"4090": 2.0, "A100": 1.2}
 # Entries in contention after a tier, over the kept share: the ones whose interval reaches the cut
 # (bench_sparse: 20 kept of 225 let ~35 through at 30 instances per entry).
 CONTENTION = 1.75
@@ -55,9 +55,9 @@ class Plan:
 
 
 def default_costs(track: str) -> Costs:
-    if track not in DEFAULT_INSTANCE_S:
-        raise ConfigError(f"unknown track {track!r}; choose one of 4090, A100")
-    return Costs(DEFAULT_BUILD_S, DEFAULT_START_S, DEFAULT_INSTANCE_S[track], "stated defaults")
+    if track not in TRACKS:
+        raise ConfigError(f"unknown track {track!r}; choose {tracks_text()}")
+    return Costs(DEFAULT_BUILD_S, DEFAULT_START_S, TRACKS[track].instance_s, "stated defaults")
 
 
 def measured_costs(results_dir: Path, stage: str) -> Costs:

@@ -32,7 +32,7 @@ from typing import Any
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.infra import docker as engine
-from harness.run.options import RUN_LABEL, RunOptions
+from harness.run.options import RunOptions
 from harness.run.pipeline import (
     BufferedRecorder,
     Ending,
@@ -41,6 +41,7 @@ from harness.run.pipeline import (
     Recorder,
     evaluate_entry,
 )
+from harness.store import RUN_LABEL
 
 NODE_LABEL = "org.harness.ray-node"
 # Node deaths a task survives; an entry's own failure is an ending, not an exception, so this

@@ -26,11 +26,11 @@ from pathlib import Path
 from harness.errors import InfrastructureError
 from harness.infra import docker as engine
 from harness.run.executor import Executor
-from harness.run.options import RUN_LABEL, RunOptions, results_id
+from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact
 from harness.service.db import ServiceDB, State, Submission
-from harness.store import Attempt, Status, Store
+from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
 log = logging.getLogger("harness.service")
 POLL_S = 1.0

@@ -15,12 +15,12 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "templates"
 LOCKFILES = REPO / "lockfiles"
-TRACKS = ("4090", "A100")
 # python:3.11-slim-bookworm, pinned by digest: a tag can move under a submission, a digest cannot.
 DEFAULT_BASE_IMAGE = (
     "python:3.11-slim-bookworm"
@@ -81,8 +81,8 @@ def render_submission(
     everything else there (model/, data/, out/) is left alone. `model_dir`, a merged model, is
     copied into model/ and becomes the inference image's default weights.
     """
-    if track not in TRACKS:
-        raise ConfigError(f"unknown track {track!r}; choose one of {', '.join(TRACKS)}")
+    if track not in TRACK_NAMES:
+        raise ConfigError(f"unknown track {track!r}; choose one of {', '.join(TRACK_NAMES)}")
     if not _NAME.match(name):
         raise ConfigError(
             f"name {name!r} must be lowercase letters, digits, '.', '_' or '-' (a Docker tag)"

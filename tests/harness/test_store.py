@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.run.gateway import GatewayStats
-from harness.store import STORE_FILENAME, Metric, Status, Step, StepStatus, Store
+from harness.store import STORE_FILENAME, GatewayStats, Metric, Status, Step, StepStatus, Store
 
 METRICS = [
     Metric("mmlu:subject=anatomy", "mmlu", "exact_match", 0.5),

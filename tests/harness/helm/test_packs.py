@@ -35,8 +35,7 @@ from harness.leaderboard.report import build_leaderboard
 from harness.run.driver import RunOptions, run_entries
 from harness.run.gateway import Gateway
 from harness.run.health import HealthSchedule
-from harness.run.options import entry_slug
-from harness.store import Metric, Status, Store
+from harness.store import Metric, Status, Store, entry_slug
 from harness.submission.render import render_submission
 from tests.harness.helm.raw_tasks import write_closed_sources, write_open_data
 

@@ -14,8 +14,7 @@ from harness.cli import app
 from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
 from harness.leaderboard.html import to_html
 from harness.leaderboard.report import build_leaderboard, to_json, to_markdown
-from harness.run.gateway import GatewayStats
-from harness.store import Metric, Status, Step, Store
+from harness.store import GatewayStats, Metric, Status, Step, Store
 
 OPEN = {  # the worked example of test_scoring.py: scores A 0.630, B 0, C 0.397
     "A": {"mmlu:a": 0.5, "mmlu:b": 0.4, "gsm": 0.2, "ppl": 10.0},

@@ -30,9 +30,9 @@ from harness.reproduce.options import (
     parse_duration,
 )
 from harness.reproduce.training import hash_files
-from harness.run.driver import RunOptions, entry_slug, run_entries
+from harness.run.driver import RunOptions, run_entries
 from harness.run.health import HealthSchedule
-from harness.store import Metric, Status, Store
+from harness.store import Metric, Status, Store, entry_slug
 from harness.submission.render import render_submission, smoke_config, use_weights
 from harness.submission.tiny_model import write_tiny_dataset
 from tests.conftest import TEST_LABEL

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.infra.lock import CHILD_MARKER, die_with_parent
-from harness.run.options import entry_slug
+from harness.store import entry_slug
 from tests.conftest import REPO
 from tests.harness.run.test_driver import make_entry, write_conf
 

@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 
 from harness.leaderboard.report import build_leaderboard
-from harness.run.driver import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
+from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.health import HealthSchedule
-from harness.store import STORE_FILENAME, Status, Store
+from harness.store import RUN_LABEL, STORE_FILENAME, Status, Store, entry_slug, results_id
 from harness.submission.render import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
 

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.competition import GIB, TRACKS
 from harness.run.failures import (
-    GIB,
-    TRACK_GPU_MEMORY_BYTES,
     BuildCause,
     GpuMemorySampler,
     classify_build_log,
@@ -115,8 +114,8 @@ def test_gpu_sampler_keeps_the_peak_and_judges_the_budget() -> None:
         assert done.wait(5)
     assert sampler.peak_bytes == 30 * GIB
     assert sampler.samples >= 4
-    assert sampler.over_budget(TRACK_GPU_MEMORY_BYTES["A100"]) is None
-    verdict = sampler.over_budget(TRACK_GPU_MEMORY_BYTES["4090"])
+    assert sampler.over_budget(TRACKS["A100"].gpu_bytes) is None
+    verdict = sampler.over_budget(TRACKS["4090"].gpu_bytes)
     assert verdict is not None and verdict.status is Status.OOM
     assert verdict.reason == "GPU memory peaked at 30.0 GiB, above the track's 24 GiB"
 

@@ -9,10 +9,9 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.run.gateway import GatewayStats
 from harness.run.plan import CONTENTION, Costs, make_plan, measured_costs
 from harness.run.tiers import Tiers
-from harness.store import Step, Store
+from harness.store import GatewayStats, Step, Store
 
 COSTS = Costs(build_s=600, start_s=100, instance_s=2.0, source="test")
 

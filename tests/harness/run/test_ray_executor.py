@@ -20,9 +20,9 @@ import pytest
 
 from harness.errors import InfrastructureError
 from harness.run.driver import run_entries
-from harness.run.options import RUN_LABEL, RunOptions, results_id
+from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine, Recorder
-from harness.store import Status, Step, Store
+from harness.store import RUN_LABEL, Status, Step, Store, results_id
 from tests.conftest import IN_CI, TEST_LABELS
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None

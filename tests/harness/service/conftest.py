@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from harness.run.options import RUN_LABEL, results_id
 from harness.service.db import ServiceDB
+from harness.store import RUN_LABEL, results_id
 from tests.conftest import REPO
 from tests.harness.run.test_driver import make_entry
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from harness.run.options import RUN_LABEL, results_id
+from harness.store import RUN_LABEL, results_id
 from harness.submission.render import render_submission
 from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip

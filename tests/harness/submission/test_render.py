@@ -9,13 +9,14 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError
-from harness.submission.render import TEMPLATES, TRACKS, render_submission
+from harness.submission.render import TEMPLATES, render_submission
 
 runner = CliRunner()
 
 
-@pytest.fixture(params=TRACKS)
+@pytest.fixture(params=TRACK_NAMES)
 def rendered(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return render_submission(request.param, "entry-1", tmp_path / "entry-1").path
 
