@@ -40,14 +40,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from harness.helm.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
-from harness.leaderboard.scoring import RunSpec, kendall_tau_b, score_stage  # noqa: E402
-from harness.run.tiers import (  # noqa: E402
-    Tiers,
-    compute_used,
-    estimate,
-    in_contention,
+from harness.leaderboard.scoring import (  # noqa: E402
+    RunSpec,
+    kendall_tau_b,
     ranked_by_tier,
+    score_stage,
 )
+from harness.run.tiers import Tiers, compute_used, estimate, in_contention  # noqa: E402
 
 SCENARIOS = ("mmlu", "truthful_qa", "bbq", "gsm", "big_bench", "cnndm")
 CONF = RunSpecConf(Path("simulated.conf"), tuple(RunEntry(s, s) for s in SCENARIOS))

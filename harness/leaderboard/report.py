@@ -31,10 +31,11 @@ from harness.leaderboard.scoring import (
     RankAgreement,
     RunSpec,
     rank_agreement,
+    ranked_by_tier,
+    same_run_spec,
     score_stage,
     standings,
 )
-from harness.run.tiers import ranked_by_tier, same_run_spec
 from harness.secrets import redact
 from harness.store import GatewayStats, Step, StepRecord, Store
 

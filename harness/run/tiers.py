@@ -139,40 +139,7 @@ def compute_used(reached: Mapping[str, int], budgets: Sequence[int]) -> int:
     return sum(budgets[tier] for tier in reached.values())
 
 
-def ranked_by_tier(
-    metrics: Mapping[str, Mapping[str, float | None]],
-    reached: Mapping[str, int],
-    lower_is_better: Mapping[str, bool],
-) -> dict[str, dict[str, float | None]]:
-    """`metrics` (entry -> run spec -> value) shifted so that a later tier wins every comparison.
-
-    Win rates are computed over the whole field, and an entry dropped after a cheap tier has a
-    noisier value that may beat a finalist by luck; once shifted, finalists are ordered among
-    themselves exactly as on the full budget and above everyone they left behind. Entries missing
-    from `reached` count as tier 0.
-    """
-    values = [abs(v) for row in metrics.values() for v in row.values() if v is not None]
-    step = 2 * max(values, default=0.0) + 1
-    shifted: dict[str, dict[str, float | None]] = {}
-    for entry, row in metrics.items():
-        tier = reached.get(entry, 0)
-        shifted[entry] = {
-            name: None
-            if value is None
-            else value + (-tier * step if lower_is_better.get(name) else tier * step)
-            for name, value in row.items()
-        }
-    return shifted
-
-
 _INSTANCES = re.compile(r"max_eval_instances=(\d+)")
-_COUNT = re.compile(r"(?<=[:,])max_eval_instances=\d+,?")
-
-
-def same_run_spec(run_spec: str) -> str:
-    """A stored run spec without its instance count: HELM names the runs of each tier apart
-    (`mmlu:subject=anatomy,max_eval_instances=10`), and they are the same run spec to score."""
-    return _COUNT.sub("", run_spec).rstrip(",:")
 
 
 def _estimates(metrics: Mapping[str, Sequence[Metric]]) -> dict[str, Estimate]:

@@ -10,19 +10,10 @@ import pytest
 
 from harness.errors import ConfigError
 from harness.leaderboard.report import build_leaderboard, to_markdown
-from harness.leaderboard.scoring import RunSpec, score_stage
+from harness.leaderboard.scoring import RunSpec, ranked_by_tier, same_run_spec, score_stage
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Recorder
-from harness.run.tiers import (
-    Estimate,
-    Tiers,
-    compute_used,
-    estimate,
-    in_contention,
-    ranked_by_tier,
-    run_tiers,
-    same_run_spec,
-)
+from harness.run.tiers import Estimate, Tiers, compute_used, estimate, in_contention, run_tiers
 from harness.store import Metric, Status, Step, Store
 
 
