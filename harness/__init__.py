@@ -11,7 +11,8 @@ The public API is what `__all__` lists; every other module is an internal detail
 
 from harness.checks import EntryReport, Finding, check_entries, check_entry
 from harness.errors import ConfigError, EntryError, HarnessError, InfrastructureError
-from harness.leaderboard.report import build_leaderboard, write_leaderboard
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard
 from harness.reproduce.flow import reproduce_entry
 from harness.reproduce.options import ReproduceOptions, Reproduction
 from harness.run.driver import EntryOutcome, RunOptions, run_entries

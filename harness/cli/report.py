@@ -9,7 +9,9 @@ from rich.console import Console
 
 from harness.competition import TRACKS
 from harness.errors import HarnessError
-from harness.leaderboard.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard, parse_prices
+from harness.leaderboard.text import to_rich
 from harness.store import Store
 
 EPILOG = """**Examples**

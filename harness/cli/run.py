@@ -13,7 +13,9 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from harness.competition import stages_text, tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import detect_gpus, parse_gpus
-from harness.leaderboard.report import build_leaderboard, to_rich, write_leaderboard
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard
+from harness.leaderboard.text import to_rich
 from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.executor import Executor, LocalExecutor
 from harness.run.health import HealthSchedule

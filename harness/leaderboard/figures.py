@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from typing import TYPE_CHECKING
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.scoring import ranks
-
-if TYPE_CHECKING:
-    from harness.leaderboard.report import Leaderboard
 
 FIGURE_WIDTH_PT = 432  # 6 x 4 inches at SVG's 72 points per inch: 576 x 384 CSS pixels
 FIGURE_HEIGHT_PT = 288

@@ -20,10 +20,9 @@ import jinja2
 from markupsafe import Markup
 
 from harness.leaderboard.figures import figures
-from harness.leaderboard.report import (
+from harness.leaderboard.model import Leaderboard, Row
+from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
-    Leaderboard,
-    Row,
     agreement_line,
     cells,
     columns,

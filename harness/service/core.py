@@ -25,7 +25,8 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from harness.competition import TRACK_NAMES
-from harness.leaderboard.report import Leaderboard, build_leaderboard
+from harness.leaderboard.build import build_leaderboard
+from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
 from harness.service.db import QuotaExceeded, ServiceDB, State, Submission, Team
 from harness.service.queue import Queue

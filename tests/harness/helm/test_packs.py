@@ -31,7 +31,7 @@ from harness.helm.packs import (
 )
 from harness.helm.runner import HelmEndpoint, run_helm, write_prod_env
 from harness.helm.tasks import import_task
-from harness.leaderboard.report import build_leaderboard
+from harness.leaderboard.build import build_leaderboard
 from harness.run.driver import RunOptions, run_entries
 from harness.run.gateway import Gateway
 from harness.run.health import HealthSchedule

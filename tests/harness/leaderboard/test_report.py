@@ -11,9 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
+from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
 from harness.leaderboard.html import to_html
-from harness.leaderboard.report import build_leaderboard, to_json, to_markdown
+from harness.leaderboard.text import to_json, to_markdown
 from harness.store import GatewayStats, Metric, Status, Step, Store
 
 OPEN = {  # the worked example of test_scoring.py: scores A 0.630, B 0, C 0.397

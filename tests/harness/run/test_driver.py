@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from harness.leaderboard.report import build_leaderboard
+from harness.leaderboard.build import build_leaderboard
 from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import RUN_LABEL, STORE_FILENAME, Status, Store, entry_slug, results_id

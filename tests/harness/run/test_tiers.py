@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from harness.errors import ConfigError
-from harness.leaderboard.report import build_leaderboard, to_markdown
+from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.scoring import RunSpec, ranked_by_tier, same_run_spec, score_stage
+from harness.leaderboard.text import to_markdown
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Recorder
 from harness.run.tiers import Estimate, Tiers, compute_used, estimate, in_contention, run_tiers

@@ -1,0 +1,110 @@
+"""The leaderboard as text: Markdown (leaderboard.md), JSON (leaderboard.json) and a rich table
+for the terminal."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from rich.table import Table
+from rich.text import Text
+
+from harness.leaderboard.model import Leaderboard
+from harness.leaderboard.table import (
+    EFFICIENCY_COLUMNS,
+    agreement_line,
+    cells,
+    columns,
+    efficiency_cells,
+    generated,
+    number,
+)
+
+SCHEMA_VERSION = 2
+TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
+
+
+def to_markdown(board: Leaderboard) -> str:
+    def escape(cell: str) -> str:
+        return cell.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+    def table(header: list[str], rows: list[list[str]]) -> list[str]:
+        return [
+            "| " + " | ".join(escape(c) for c in header) + " |",
+            "|" + "|".join("---" for _ in header) + "|",
+            *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows),
+        ]
+
+    lines = [
+        "# Leaderboard",
+        "",
+        f"Stages: {', '.join(board.stages) or 'none'}. Generated {generated(board)}. "
+        "Scenario columns: mean win rate.",
+        "",
+        *table(
+            [*columns(board), "Cost (USD)", "Logs"],
+            [
+                [
+                    *cells(board, row),
+                    number(row.cost.usd, 4),
+                    ", ".join(f"[{label}]({path})" for label, path in row.logs.items()),
+                ]
+                for row in board.rows
+            ],
+        ),
+    ]
+    if board.total_usd is not None:
+        lines += ["", f"Total cost: USD {board.total_usd:.4f} of GPU time."]
+    if board.agreement:
+        lines += ["", agreement_line(board)]
+    efficiency = [efficiency_cells(row, stage) for row in board.rows for stage in row.stages]
+    if efficiency:
+        lines += ["", "## Efficiency", "", *table(EFFICIENCY_COLUMNS, efficiency)]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(board: Leaderboard) -> str:
+    document = {"schema_version": SCHEMA_VERSION, **asdict(board), "columns": board.columns}
+    for row, data in zip(board.rows, document["rows"], strict=True):
+        data.update(
+            status=row.status,
+            reason=row.reason,
+            unanswered=row.unanswered,
+            scenarios={name: asdict(result) for name, result in row.scenarios.items()},
+        )
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def to_rich(board: Leaderboard) -> Table:
+    # A terminal fits a few scenario columns; a real stage's dozen are left to the files.
+    shown = set(board.columns) if len(board.columns) <= TERMINAL_SCENARIOS else set()
+    caption = " ".join(
+        part
+        for part in (
+            "Scenario columns: mean win rate."
+            if shown
+            else f"{len(board.columns)} scenario columns: see leaderboard.html."
+            if board.columns
+            else "",
+            f"Total cost: USD {board.total_usd:.4f}." if board.total_usd is not None else "",
+            agreement_line(board),
+        )
+        if part
+    )
+    table = Table(title="Leaderboard", caption=caption)
+    keep = [
+        index
+        for index, column in enumerate(columns(board))
+        if column in shown or column not in board.columns
+    ]
+    for index in keep:
+        column = columns(board)[index]
+        table.add_column(column, overflow="fold", max_width=50 if column == "Reason" else None)
+    for row in board.rows:
+        texts = cells(board, row)
+        # Text, not markup: a reason quoting a log may contain rich's [brackets].
+        table.add_row(
+            *[Text(texts[index]) for index in keep],
+            style=None if row.rank is not None else "dim",
+        )
+    return table
