@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort
 from harness.competition import TRACKS
 from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboard
@@ -45,8 +46,7 @@ def main(
         with Store(results_dir, create=False) as store:
             board = build_leaderboard(store, track=track, prices=prices)
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     paths = write_leaderboard(board, results_dir)
     console.print(to_rich(board))
     console.print("wrote " + ", ".join(f"[bold]{path}[/]" for path in paths))

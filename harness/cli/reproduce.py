@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort
 from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
@@ -77,8 +78,7 @@ def main(
                 entry, options, on_progress=lambda step: status.update(f"{entry.name}: {step}")
             )
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     color = "green" if result.exit_code == 0 else "red"
     console.print(f"[{color}]{result.verdict.value}[/]: {result.reason}")
     if result.log_tail:

@@ -3,23 +3,46 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from harness.competition import stages_text, tracks_text
+from harness.cli._common import (
+    INTERRUPTED,
+    BaseImage,
+    Budget,
+    BuildTimeoutMinutes,
+    DeadlineMinutes,
+    ExecutorName,
+    Gpus,
+    HealthInterval,
+    HealthTries,
+    Instances,
+    Keep,
+    KeepTop,
+    MaxEvalInstances,
+    MaxSequenceLength,
+    MemLimit,
+    RayAddress,
+    RunSpecs,
+    Stage,
+    TierBudgets,
+    Track,
+    abort,
+    executor_factory,
+    run_options,
+    tiers_option,
+)
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.text import to_rich
-from harness.run.driver import RunOptions, exit_code, run_entries
-from harness.run.executor import Executor, LocalExecutor
-from harness.run.health import HealthSchedule
-from harness.run.tiers import Tiers, run_tiers
+from harness.run.driver import exit_code, run_entries
+from harness.run.tiers import run_tiers
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -50,57 +73,34 @@ def _secrets(values: list[str]) -> dict[str, Path]:
     return secrets
 
 
-def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
-    """What `--executor` names (shared by `harness run` and `harness serve`)."""
-    if name == "local":
-        return lambda: LocalExecutor(jobs)
-    if name == "ray":
-        from harness.run.ray_executor import RayExecutor  # Ray is imported only when asked for
-
-        return lambda: RayExecutor(ray_address)
-    raise ConfigError(f"--executor takes local or ray, got {name!r}")
-
-
 def main(
-    entries_dir: Path = typer.Argument(..., help="One entry per subfolder or .zip file."),
-    track: str = typer.Option(..., help=f"{tracks_text()}."),
-    stage: str = typer.Option(..., help=f"{stages_text()}."),
-    out: Path = typer.Option(..., help="Results folder (SQLite store, logs, leaderboard)."),
+    entries_dir: Annotated[Path, typer.Argument(help="One entry per subfolder or .zip file.")],
+    track: Track,
+    stage: Stage,
+    out: Annotated[Path, typer.Option(help="Results folder (SQLite store, logs, leaderboard).")],
     jobs: int | None = typer.Option(
         None, help="Entries built and evaluated at once [default: one per GPU, else 1]."
     ),
-    gpus: str | None = typer.Option(
-        None, help="GPU indexes, one per entry at a time: 0,1,2,3 or none [default: all]."
-    ),
-    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
-    ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
-    tiers: str | None = typer.Option(
-        None, help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer."
-    ),
-    keep: float | None = typer.Option(None, help="With --tiers: the top fraction kept [0.3]."),
-    keep_top: int | None = typer.Option(None, help="With --tiers: the top N kept instead."),
-    max_eval_instances: int = typer.Option(100, help="Instances per run spec, at most."),
-    budget: int | None = typer.Option(None, help="Instances per stage, spread over scenarios."),
-    run_specs: str | None = typer.Option(
-        None, help="open | closed | offline, or a HELM conf file [default: the stage's]."
-    ),
-    base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for entries."),
+    gpus: Gpus = None,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = "auto",
+    tiers: TierBudgets = None,
+    keep: Keep = None,
+    keep_top: KeepTop = None,
+    max_eval_instances: MaxEvalInstances = 100,
+    budget: Budget = None,
+    run_specs: RunSpecs = None,
+    instances: Instances = None,
+    base_image: BaseImage = None,
     force: bool = typer.Option(False, help="Redo entries and steps that already finished."),
     evaluate_flagged: bool = typer.Option(False, help="Evaluate entries with error findings."),
-    build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
-    deadline_minutes: float | None = typer.Option(
-        None, help="Evaluation time limit [default: the stage's]."
-    ),
-    health_tries: int = typer.Option(10, help="Health checks before an entry is unhealthy."),
-    health_interval: float = typer.Option(120, help="Seconds between health checks."),
+    build_timeout_minutes: BuildTimeoutMinutes = 120,
+    deadline_minutes: DeadlineMinutes = None,
+    health_tries: HealthTries = 10,
+    health_interval: HealthInterval = 120,
     allow_network: bool = typer.Option(False, help="Let entries reach the network while served."),
-    mem_limit: str | None = typer.Option(None, help="Container memory limit, e.g. 64g."),
-    max_sequence_length: int = typer.Option(4096, help="Context HELM fits prompts into."),
-    instances: Path | None = typer.Option(
-        None,
-        help="An instance pack (`harness instances build`): score exactly its instances, "
-        "offline; --budget takes the first of them, --max-eval-instances is not applied.",
-    ),
+    mem_limit: MemLimit = None,
+    max_sequence_length: MaxSequenceLength = 4096,
     build_secret: list[str] = typer.Option(
         [], help="ID=FILE: a BuildKit secret for entries' builds (e.g. hf_token=~/.hf_token)."
     ),
@@ -111,32 +111,31 @@ def main(
         gpu_list = None if gpus is None else parse_gpus(gpus)
         if jobs is None:
             jobs = max(1, len(detect_gpus() if gpu_list is None else gpu_list))
-        plan = None if tiers is None else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
-        if plan is None and (keep is not None or keep_top is not None):
-            raise ConfigError("--keep and --keep-top go with --tiers")
+        plan = tiers_option(tiers, keep, keep_top)
         if plan is not None and budget is not None:
             raise ConfigError("--tiers sets the budgets: leave out --budget")
         make_executor = executor_factory(executor, ray_address, jobs)
-        options = RunOptions(
+        options = run_options(
             track=track,
             stage=stage,
             out=out,
             jobs=jobs,
-            gpus=gpu_list,
+            gpus=gpus,
             max_eval_instances=max_eval_instances,
             budget=budget,
             run_specs=run_specs,
+            instances=instances,
             base_image=base_image,
-            force=force,
-            evaluate_flagged=evaluate_flagged,
-            build_timeout_s=build_timeout_minutes * 60,
-            deadline_s=deadline_minutes * 60 if deadline_minutes is not None else None,
-            health=HealthSchedule(tries=health_tries, interval_s=health_interval),
-            allow_network=allow_network,
+            build_timeout_minutes=build_timeout_minutes,
+            deadline_minutes=deadline_minutes,
+            health_tries=health_tries,
+            health_interval=health_interval,
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
+            force=force,
+            evaluate_flagged=evaluate_flagged,
+            allow_network=allow_network,
             build_secrets=_secrets(build_secret),
-            instances=instances,
         )
         with Progress(
             SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
@@ -157,12 +156,13 @@ def main(
                     entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] containers removed; finished results are stored")
+        Console(stderr=True).print(
+            "[yellow]interrupted:[/] containers removed; finished results are stored"
+        )
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
-        os._exit(130)
+        os._exit(INTERRUPTED)
     with Store(out) as store:
         board = build_leaderboard(store, track=track)
     paths = write_leaderboard(board, out)

@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort
 from harness.competition import tracks_text
 from harness.errors import HarnessError
 from harness.submission.render import DEFAULT_BASE_IMAGE, render_submission, use_weights
@@ -42,8 +43,7 @@ def new(
             track, name, target, force=force, model_dir=model_dir, base_image=base_image
         )
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     console.print(
         f"wrote [bold]{submission.path}[/] ({len(submission.files)} files) for track {track}; "
         f"next: see {submission.path / 'README.md'}"
@@ -60,6 +60,5 @@ def weights(
     try:
         use_weights(submission_dir, model_dir)
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     console.print(f"{submission_dir / 'model'} now holds the served model (WEIGHTS=local)")

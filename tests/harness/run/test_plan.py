@@ -67,7 +67,7 @@ def test_costs_are_measured_from_a_results_folder(tmp_path: Path) -> None:
 
 def test_cli_prints_both_plans_and_refuses_bad_input(tmp_path: Path) -> None:
     runner = CliRunner()
-    args = ["plan", "--entries", "225", "--gpus", "16", "--track", "4090", "--stage", "open"]
+    args = ["plan", "--entries", "225", "--fleet-gpus", "16", "--track", "4090", "--stage", "open"]
     result = runner.invoke(
         app, [*args, "--deadline", "24h", "--tiers", "100,600", "--keep-top", "20"]
     )
