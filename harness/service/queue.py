@@ -8,7 +8,11 @@ the results store first and to the service database second.
 On start, submissions left running by a service that died are put back in the queue at their
 place, unless the results store already holds their result (the service died between the two
 writes): then that result is kept, so nothing runs twice to completion. Containers of the dead
-service carry its run label and are removed before anything runs again. An engine that goes
+service carry its run label (the data folder's) and are removed before anything runs again,
+whatever `--jobs` (0 included: a queue-only restart must not leave a GPU held); another data
+folder's containers carry another label and are left alone. A service that is stopped (`close`:
+SIGTERM, SIGINT) removes the containers of what it was running and puts those submissions back
+at their place, the head of the queue. An engine that goes
 away is not the entry's fault: the entry goes back to its place and the queue waits for the
 engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more.
 """
@@ -19,7 +23,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,6 +41,9 @@ log = logging.getLogger("harness.service")
 POLL_S = 1.0
 # After the engine went away: how long the queue waits before preparing the executor again.
 ENGINE_RETRY_S = 30.0
+# How long a stopping service waits for its interrupted evaluations to end (their containers are
+# removed first, so they end within seconds unless a build or HELM does not notice).
+STOP_WAIT_S = 20.0
 
 
 class Queue:
@@ -66,9 +74,14 @@ class Queue:
         self._thread = threading.Thread(target=self._loop, name="queue", daemon=True)
 
     def start(self) -> None:
+        # The containers a killed service left behind (they carry the data folder's run label).
         if self.executor is not None:
-            # Removes the containers a killed service left behind (they carry its run label).
             self.executor.start(self.options, self.run_id)
+        else:
+            try:
+                _remove_containers({"label": f"{RUN_LABEL}={self.run_id}"})
+            except InfrastructureError as exc:  # a queue-only service may have no engine at all
+                log.warning("no containers of an earlier service removed: %s", exc)
         self.recover()
         self._thread.start()
 
@@ -104,20 +117,17 @@ class Queue:
                 return
         image = EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id).image
         try:
-            sdk = engine.client()
-            for container in sdk.containers.list(
-                all=True, filters={"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image}
-            ):
-                container.remove(force=True)
-            sdk.close()
+            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image})
         except Exception:  # already gone, or on another machine: the result is discarded anyway
             log.warning("could not remove the container of cancelled %s", sub_id)
 
     def close(self) -> bool:
-        """Stop taking submissions and stop what runs (it is re-queued on the next start).
+        """Stop taking submissions and stop what runs: its containers are removed and its
+        submissions queued again at their place (the head of the queue).
 
-        Returns False when evaluations were still in flight: their worker threads may wait on a
-        build or a HELM subprocess for minutes, so the caller should not wait for them.
+        Returns False when evaluations were still in flight after STOP_WAIT_S: their worker
+        threads may wait on a build or a HELM subprocess for minutes, so the caller should not
+        wait for them.
         """
         self._closing.set()
         self._wake.set()
@@ -126,11 +136,17 @@ class Queue:
         if self.executor is None:
             return True
         with self._lock:
-            idle = not self._running
+            running = list(self._running.values())
         self.executor.interrupt()
-        if idle:
+        _, pending = wait(running, timeout=STOP_WAIT_S)
+        # A worker may have started a container while the executor was being stopped.
+        with suppress(InfrastructureError):  # no local engine (a fleet's): the executor's own
+            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}"})
+        # As on a restart: a result stored in the meantime is kept, the rest queued again.
+        self.recover()
+        if not pending:
             self.executor.close()
-        return idle
+        return not pending
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -216,3 +232,15 @@ class Queue:
         with self._lock:
             self._running.pop(sub_id, None)
         self._wake.set()
+
+
+def _remove_containers(filters: dict[str, str]) -> None:
+    """Remove the containers matching `filters` from this machine's engine; InfrastructureError
+    when there is no engine."""
+    sdk = engine.client()
+    try:
+        for container in sdk.containers.list(all=True, filters=filters):
+            with suppress(Exception):  # being removed by someone else already
+                container.remove(force=True)
+    finally:
+        sdk.close()
