@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, disk_full
 from harness.executor import Executor, LocalExecutor
 from harness.gpus import detect_gpus, parse_gpus
 from harness.health import HealthSchedule
@@ -153,6 +153,14 @@ def main(
                 outcomes = run_tiers(
                     entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
+        with Store(out) as store:
+            board = build_leaderboard(store, track=track)
+        paths = write_leaderboard(board, out)
+    except OSError as exc:  # the lock file, the results folder, the leaderboard's files
+        if (full := disk_full(exc, out)) is None:
+            raise
+        console.print(f"[red]error:[/] {full}")
+        raise typer.Exit(full.exit_code) from exc
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc
@@ -160,9 +168,6 @@ def main(
         console.print("[yellow]interrupted:[/] containers removed; finished results are stored")
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
         os._exit(130)
-    with Store(out) as store:
-        board = build_leaderboard(store, track=track)
-    paths = write_leaderboard(board, out)
     console.print(to_rich(board))
     skipped = sum(o.skipped for o in outcomes)
     console.print(
