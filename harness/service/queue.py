@@ -14,7 +14,10 @@ folder's containers carry another label and are left alone. A service that is st
 SIGTERM, SIGINT) removes the containers of what it was running and puts those submissions back
 at their place, the head of the queue. An engine that goes
 away is not the entry's fault: the entry goes back to its place and the queue waits for the
-engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more.
+engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more. Nor is
+a full disk under the data folder: an entry whose start or ending cannot be recorded goes back
+to its place (as soon as the service's database can be written again), and the queue takes
+nothing for DISK_RETRY_S after each write that found no space.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from harness import docker as engine
-from harness.errors import InfrastructureError
+from harness.errors import DiskFullError, InfrastructureError
 from harness.executor import Executor
 from harness.options import RUN_LABEL, RunOptions, results_id
 from harness.pipeline import Ending, EntryJob, StoreRecorder
@@ -41,6 +44,8 @@ log = logging.getLogger("harness.service")
 POLL_S = 1.0
 # After the engine went away: how long the queue waits before preparing the executor again.
 ENGINE_RETRY_S = 30.0
+# After a write found the disk full: how long the queue waits before it takes anything again.
+DISK_RETRY_S = 30.0
 # How long a stopping service waits for its interrupted evaluations to end (their containers are
 # removed first, so they end within seconds unless a build or HELM does not notice).
 STOP_WAIT_S = 20.0
@@ -68,6 +73,9 @@ class Queue:
         self.instances_sha256 = pack.sha256 if pack else None
         self._running: dict[str, Future[Ending]] = {}
         self._retry_at: float | None = None  # set while the engine is away
+        self._disk_retry_at = 0.0  # after a write found the disk full
+        # Running in the database, not here: a full disk kept their ending from being recorded.
+        self._unsettled: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
@@ -88,13 +96,17 @@ class Queue:
     def recover(self) -> None:
         """Settle what a dead service left running: its result if stored, else the queue."""
         self.store.mark_interrupted()
-        results = self.store.results(self.options.stage)
         for sub in self.db.submissions(states=(State.RUNNING,)):
-            stored = results.get(sub.id)
-            if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
-                self.db.finish(sub.id, stored.status.value, stored.reason)
-            else:
-                self.db.requeue(sub.id, keep_place=True)
+            self._settle(sub)
+
+    def _settle(self, sub: Submission) -> None:
+        """A submission the database says runs, and nothing runs: its result if it was stored
+        since it started, else back to its place in the queue."""
+        stored = self.store.results(self.options.stage).get(sub.id)
+        if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
+            self.db.finish(sub.id, stored.status.value, stored.reason)
+        else:
+            self.db.requeue(sub.id, keep_place=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -176,14 +188,37 @@ class Queue:
         return True
 
     def _fill(self) -> None:
-        while self.executor is not None and not self._closing.is_set() and self._engine_ready():
-            with self._lock:
-                if len(self._running) >= self.jobs:
+        if time.monotonic() < self._disk_retry_at:
+            return
+        try:
+            for sub_id in list(self._unsettled):
+                if (sub := self.db.submission(sub_id)) and sub.state is State.RUNNING:
+                    self._settle(sub)
+                self._unsettled.discard(sub_id)
+            while self.executor is not None and not self._closing.is_set() and self._engine_ready():
+                with self._lock:
+                    if len(self._running) >= self.jobs:
+                        return
+                sub = self.db.claim_next()
+                if sub is None:
                     return
-            sub = self.db.claim_next()
-            if sub is None:
-                return
-            self._launch(sub)
+                try:
+                    self._launch(sub)
+                except DiskFullError:
+                    self._unsettled.add(sub.id)
+                    raise
+        except DiskFullError as exc:
+            log.error("the queue waits %.0f s: %s", DISK_RETRY_S, exc)
+            self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+
+    def _disk_full(self, sub_id: str, attempt: Attempt, exc: DiskFullError) -> None:
+        """The ending could not be recorded: the submission goes back to its place once the
+        database can be written, and the queue waits DISK_RETRY_S."""
+        log.error("%s re-queued: %s", sub_id, exc)
+        self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+        with suppress(DiskFullError):  # left open, it is closed on the next start
+            self.store.finish_attempt(attempt)
+        self._unsettled.add(sub_id)
 
     def _launch(self, sub: Submission) -> None:
         assert self.executor is not None
@@ -211,6 +246,10 @@ class Queue:
             return
         try:
             status, reason = future.result()
+        except DiskFullError as exc:
+            self._disk_full(sub_id, attempt, exc)
+            self._done(sub_id)
+            return
         except InfrastructureError as exc:
             # The engine went away, not the entry: it goes back to its place in the queue, and
             # the queue waits for the engine before it takes anything again.
@@ -224,8 +263,18 @@ class Queue:
             status, reason = Status.EVAL_FAILED, f"{type(exc).__name__}: {exc}"
         reason = redact(reason)
         # The store first: a service killed between the two writes finds the result on restart.
-        self.store.record_status(attempt, status, reason)
-        self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        try:
+            self.store.record_status(attempt, status, reason)
+        except DiskFullError as exc:
+            self._disk_full(sub_id, attempt, exc)
+            self._done(sub_id)
+            return
+        try:
+            self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        except DiskFullError as exc:
+            log.error("%s: %s", sub_id, exc)
+            self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+            self._unsettled.add(sub_id)  # finished from the stored result later
         self._done(sub_id)
 
     def _done(self, sub_id: str) -> None:
