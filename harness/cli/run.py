@@ -36,7 +36,7 @@ from harness.cli._common import (
     run_options,
     tiers_option,
 )
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, disk_full
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard
@@ -155,6 +155,13 @@ def main(
                 outcomes = run_tiers(
                     entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
+        with Store(out) as store:
+            board = build_leaderboard(store, track=track)
+        paths = write_leaderboard(board, out)
+    except OSError as exc:  # the lock file, the results folder, the leaderboard's files
+        if (full := disk_full(exc, out)) is None:
+            raise
+        abort(full)
     except HarnessError as exc:
         abort(exc)
     except KeyboardInterrupt:
@@ -163,9 +170,6 @@ def main(
         )
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
         os._exit(INTERRUPTED)
-    with Store(out) as store:
-        board = build_leaderboard(store, track=track)
-    paths = write_leaderboard(board, out)
     console.print(to_rich(board))
     skipped = sum(o.skipped for o in outcomes)
     console.print(

@@ -1,9 +1,17 @@
-"""`harness serve`: the evaluation service teams queue their entries on (API and web pages)."""
+"""`harness serve`: the evaluation service teams queue their entries on (API and web pages).
+
+SIGTERM or SIGINT stops it cleanly: the server shuts down, the containers of the entries being
+evaluated are removed and those entries are queued again at their place; it then exits with 0.
+"""
 
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -49,6 +57,33 @@ EPILOG = """**Examples**
     harness serve --data /srv/harness --run-specs offline --base-image harness-base:bookworm \\
         --quota 5 --port 8080
 """
+
+
+class _Stopped(BaseException):
+    """SIGTERM or SIGINT: stop serving, then stop the evaluations."""
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Raise _Stopped on the first SIGTERM or SIGINT and ignore the next ones, so that nothing
+    interrupts the clean-up.
+
+    uvicorn handles both signals while it serves and, once it has shut down, restores these
+    handlers and raises the signal again: without them, that second SIGTERM would kill the
+    process before the queue is closed, leaving the running entries' containers up.
+    """
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise _Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(
@@ -111,25 +146,32 @@ def main(
         options.scored_run_specs()  # a bad conf or pack is a usage error before anything starts
         make_executor = executor_factory(executor, ray_address, max(jobs, 1))
         with (
+            _stop_on_signals(),
             hold_results_lock(config.results, command_line()),
             ServiceDB(data) as db,
             Store(config.results) as store,
         ):
             queue = Queue(db, store, options, make_executor() if jobs else None, config.zip_path)
-            queue.start()
-            console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
             try:
+                queue.start()
+                console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
                 uvicorn.run(
                     create_app(Service(config, db, store, queue)),
                     host=host,
                     port=port,
                     log_level="warning",
                 )
+            except _Stopped as signalled:
+                console.print(f"[yellow]stopping[/] ({signalled}): removing containers")
             finally:
                 stopped = queue.close()
+            console.print("stopped: containers removed; running entries queued again")
     except HarnessError as exc:
         abort(exc)
+    except _Stopped:  # before the queue was made: nothing runs yet
+        console.print("stopped")
+        raise typer.Exit(0) from None
     if not stopped:
-        # Interrupted evaluations are re-queued on the next start; their threads may still wait
-        # on a subprocess, and the interpreter would join them at exit.
+        # Evaluations that did not end in time are queued again already; their threads may still
+        # wait on a subprocess, and the interpreter would join them at exit.
         os._exit(0)

@@ -12,7 +12,6 @@ reason.
 
 from __future__ import annotations
 
-import errno
 import shutil
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
-from harness.errors import EntryError, InfrastructureError
+from harness.errors import DiskFullError, EntryError, InfrastructureError, disk_full
 from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
 from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
@@ -49,6 +48,9 @@ from harness.store import (
 )
 
 EVAL_NETWORK = "harness-eval"
+# Less free space than this under the results folder when an entry fails: a full disk is to blame
+# (a build log, HELM's output or a container log could not be written), not the entry.
+MIN_FREE_BYTES = 1024**2
 _VANISHED = "the container disappeared (removed from outside the harness)"
 
 
@@ -314,7 +316,9 @@ def _summary(report: EntryReport) -> str:
 def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
     """Check, build, serve and score one entry on `machine`; see the module docstring.
 
-    Raises InfrastructureError when the engine went away meanwhile, whatever the steps saw.
+    Raises InfrastructureError when the engine went away meanwhile, whatever the steps saw, and
+    DiskFullError when the results folder's disk is full (a write failed, or the entry failed
+    with less than MIN_FREE_BYTES left there).
     """
     try:
         with engine.engine_calls("while an entry was evaluated"):
@@ -326,9 +330,11 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
     except EntryError as exc:
         ending = Ending(Status.EVAL_FAILED, str(exc))
     except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if (full := disk_full(exc, job.options.out)) is None:
             raise
-        ending = Ending(Status.EVAL_FAILED, f"no space left to write {exc.filename or 'a log'}")
+        raise full from exc
+    except DiskFullError:
+        raise
     except InfrastructureError:
         # An engine going away is seen by whoever calls it first: give the watch a moment.
         if not machine.engine_lost.wait(timeout=2.0):
@@ -338,6 +344,12 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
             "the Docker engine went away (stopped or restarted) during the batch; finished "
             "entries are stored: run the same command again to evaluate the rest"
         )
+    if ending.status is not Status.SCORED:
+        free = shutil.disk_usage(job.options.out).free
+        if free < MIN_FREE_BYTES:
+            raise DiskFullError.on(
+                job.options.out, f"{free} bytes free when {job.name} ended {ending.status}"
+            )
     return Ending(ending.status, redact(ending.reason))
 
 

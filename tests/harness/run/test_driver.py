@@ -22,12 +22,15 @@ from typing import Any
 
 import pytest
 
+from harness.errors import DiskFullError
 from harness.leaderboard.build import build_leaderboard
 from harness.run.driver import RunOptions, exit_code, run_entries
+from harness.run.executor import LocalExecutor
 from harness.run.health import HealthSchedule
+from harness.run.pipeline import BufferedRecorder, EntryJob
 from harness.store import RUN_LABEL, STORE_FILENAME, Status, Store, entry_slug, results_id
 from harness.submission.render import DEFAULT_BASE_IMAGE
-from tests.conftest import REPO, TEST_LABELS
+from tests.conftest import REPO, TEST_LABELS, fill_disk
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
@@ -267,18 +270,13 @@ def test_a_malformed_zip_is_flagged_with_its_findings_recorded(
     assert "malformed-entry" in rules
 
 
-def test_a_vanished_container_or_a_full_disk_ends_only_that_entry(
+def test_a_vanished_container_ends_only_that_entry(
     tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
 ) -> None:
     entries = tmp_path / "entries"
     make_entry(entries, "good", "answer-a")
     make_entry(entries, "vanishing", "slow")
-    make_entry(entries, "full-disk", "answer-a")
     out = tmp_path / "results"
-    # Writes to /dev/full fail with ENOSPC, as on a full disk.
-    full_logs = out / "logs" / entry_slug("full-disk") / "open"
-    full_logs.mkdir(parents=True)
-    (full_logs / "container.log").symlink_to("/dev/full")
 
     def remove_when_evaluating() -> None:
         image = f"harness-entry/{entry_slug('vanishing')}:open"
@@ -304,6 +302,111 @@ def test_a_vanished_container_or_a_full_disk_ends_only_that_entry(
     assert outcomes["vanishing"].reason == (
         "during evaluation: the container disappeared (removed from outside the harness)"
     )
-    assert outcomes["full-disk"].status is Status.EVAL_FAILED
-    assert outcomes["full-disk"].reason.startswith("no space left to write")
     assert labelled_containers(docker_client, out) == []
+
+
+def test_a_full_disk_ends_the_run_with_exit_code_3_and_a_rerun_finishes_the_rest(
+    small_disk: Path, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    """The results folder on a real filesystem that fills up once the first entry is recorded:
+    the entries then in progress get no result (a failed build log or HELM output is not their
+    fault), the harness says what happened, and a rerun after space is freed does the rest."""
+    entries = tmp_path / "entries"
+    for name in ("a", "b", "c"):
+        make_entry(entries, name, "answer-a")
+    out = small_disk / "results"
+    command = [
+        str(Path(sys.executable).parent / "harness"),
+        "run", str(entries), "--track", "4090", "--stage", "open", "--out", str(out),
+        "--run-specs", str(write_conf(tmp_path, 3)), "--max-eval-instances", "3",
+        "--base-image", base_image, "--jobs", "1", "--health-tries", "3",
+        "--health-interval", "2", "--max-sequence-length", "256",
+    ]  # fmt: skip
+    env = {**os.environ, "COLUMNS": "400"}  # the message on one line, however long the path
+
+    def run() -> tuple[int, str]:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+        return done.returncode, done.stdout + done.stderr
+
+    try:
+        harness = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        deadline = time.monotonic() + 240
+        while not _has_result(out, "a"):
+            assert harness.poll() is None, harness.communicate()[0]
+            assert time.monotonic() < deadline, "the first entry never got its result"
+            time.sleep(0.5)
+        filler = fill_disk(small_disk)
+        output = harness.communicate(timeout=300)[0]
+        assert harness.returncode == 3, output
+        assert f"error: no space left on the disk of {out} (" in output
+        assert "Traceback" not in output
+        assert labelled_containers(docker_client, out) == []
+
+        still_full = run()  # refused at once, and clearly, while nothing can be written
+        assert still_full[0] == 3 and "no space left on the disk of" in still_full[1], still_full
+        assert "Traceback" not in still_full[1]
+
+        filler.unlink()
+        with Store(out) as store:
+            assert set(store.results("open")) == {"a"}
+        rerun = run()
+        assert rerun[0] == 0, rerun[1]
+        with Store(out) as store:
+            results = store.results("open")
+        assert {name: r.status for name, r in results.items()} == dict.fromkeys(
+            "abc", Status.SCORED
+        )
+        with closing(sqlite3.connect(out / STORE_FILENAME)) as db:
+            recorded = dict(
+                db.execute(
+                    "SELECT entry, COUNT(*) FROM attempts WHERE status IS NOT NULL GROUP BY entry"
+                )
+            )
+        assert recorded == {"a": 1, "b": 1, "c": 1}
+        assert labelled_containers(docker_client, out) == []
+    finally:
+        # The session's clean-up finds images by the results folders left under its temporary
+        # folder: this one is unmounted before then.
+        for image in docker_client.images.list(filters={"label": f"{RUN_LABEL}={results_id(out)}"}):
+            docker_client.images.remove(image.id, force=True)
+
+
+@pytest.mark.parametrize("dockerfile", [True, False], ids=["write-fails", "ends-unwritten"])
+def test_an_entry_that_fails_on_a_full_disk_gets_no_result(
+    dockerfile: bool,
+    small_disk: Path,
+    tmp_path: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+) -> None:
+    """Where the store can still write (on another disk, as a fleet's driver's, or into the WAL
+    file SQLite reuses after a checkpoint), an entry on a full disk must not end: the rerun
+    would skip it. One fails writing its HELM files; the other (no Dockerfile) ends at its check
+    without writing anything, but nobody can tell whether the full disk was to blame."""
+    entry = make_entry(tmp_path / "entries", "a", "answer-a")
+    if not dockerfile:
+        (entry / "Dockerfile").unlink()
+    out = small_disk / "results"
+    job = EntryJob("a", entry, options(tmp_path, base_image, out=out), results_id(out))
+    job.logs.mkdir(parents=True)
+    fill_disk(small_disk)
+    executor = LocalExecutor(1)
+    try:
+        executor.start(job.options, job.run_id)
+        with pytest.raises(DiskFullError, match=f"no space left on the disk of {out}"):
+            executor.submit(job, BufferedRecorder()).result(timeout=300)
+        assert labelled_containers(docker_client, out) == []
+    finally:
+        executor.close()
+        for image in docker_client.images.list(filters={"label": f"{RUN_LABEL}={results_id(out)}"}):
+            docker_client.images.remove(image.id, force=True)
+
+
+def _has_result(out: Path, entry: str) -> bool:
+    if not (out / STORE_FILENAME).exists():
+        return False
+    with Store(out) as store:
+        return entry in store.results("open")

@@ -1,14 +1,17 @@
-"""The queue when the Docker engine goes away mid-evaluation.
+"""The queue when the Docker engine goes away or the disk fills up mid-evaluation.
 
 Stopping the shared Docker engine is not something a test may do on a shared machine, so the
 executor here is a stand-in that answers as LocalExecutor does when its engine is gone (the
 InfrastructureError of the run pipeline); the database, the results store and the queue are real.
+So is the full disk: a small filesystem mounted for the test.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from concurrent.futures import Future
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
 from harness.service.db import ServiceDB, State
 from harness.service.queue import Queue
-from harness.store import Status, Store
+from harness.store import STORE_FILENAME, Status, Store
+from tests.conftest import fill_disk
 from tests.harness.run.test_driver import write_conf
 
 
@@ -91,3 +95,74 @@ def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
         assert [s.status for s in db.submissions()] == ["scored", "scored"]
         assert [s.runs for s in db.submissions()] == [1, 2]  # newest first
         assert set(store.results("open")) == {subs[0].id, subs[1].id}
+
+
+class EndsWhenTold:
+    """Keeps each job's future for the test to end, as LocalExecutor's would end."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[EntryJob, Future[Ending]]] = []
+
+    def start(self, options: RunOptions, run_id: str) -> None: ...
+
+    def submit(self, job: EntryJob, recorder: Any) -> Future[Ending]:
+        future: Future[Ending] = Future()
+        self.submitted.append((job, future))
+        return future
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_freed(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data folder on a real filesystem that fills up while an entry is evaluated: its
+    ending cannot be recorded, in the store or the service's database; the queue keeps it and
+    waits, and once space is freed the entry runs again from its place, each recorded once."""
+    monkeypatch.setattr(queue_module, "DISK_RETRY_S", 0.5)
+    options = RunOptions(
+        track="4090",
+        stage="open",
+        out=small_disk / "results",
+        run_specs=str(write_conf(tmp_path, 1)),
+    )
+    executor = EndsWhenTold()
+    with ServiceDB(small_disk) as db, Store(options.out) as store:
+        team = db.team_for_token(db.add_team("team-a"))
+        assert team is not None
+        subs = [
+            db.add_submission(
+                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+            )
+            for _ in range(2)
+        ]
+        queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
+        queue.start()
+        try:
+            wait(lambda: len(executor.submitted) == 1)
+            filler = fill_disk(small_disk)
+            executor.submitted[0][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            assert queue.workers() == [(1, None)]  # the slot is free, nothing was recorded
+            assert store.results("open") == {}
+            assert (db.submission(subs[0].id) or subs[0]).state is State.RUNNING
+
+            filler.unlink()
+            wait(lambda: len(executor.submitted) == 2)
+            assert executor.submitted[1][0].name == subs[0].id  # again, from the head
+            executor.submitted[1][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            wait(lambda: len(executor.submitted) == 3)
+            executor.submitted[2][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            wait(lambda: all(s.state is State.FINISHED for s in db.submissions()))
+        finally:
+            queue.close()
+        assert [(s.status, s.runs) for s in db.submissions()] == [("scored", 1), ("scored", 2)]
+        assert set(store.results("open")) == {subs[0].id, subs[1].id}
+    with closing(sqlite3.connect(options.out / STORE_FILENAME)) as raw:
+        recorded = dict(
+            raw.execute(
+                "SELECT entry, COUNT(*) FROM attempts WHERE status IS NOT NULL GROUP BY entry"
+            )
+        )
+    assert recorded == {subs[0].id: 1, subs[1].id: 1}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import time
@@ -13,8 +14,10 @@ from typing import Any
 
 import pytest
 
-from harness.store import RUN_LABEL, results_id
+from harness.service.db import ServiceDB, State
+from harness.store import RUN_LABEL, Store, results_id
 from harness.submission.render import render_submission
+from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
 
@@ -140,6 +143,75 @@ def test_kill_9_requeues_the_running_entry_and_each_finishes_once(
     assert runs == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert attempts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert finished_evaluations == {i: 1 for i in ids}
+
+
+def wait_until(condition: Any, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda p: os.kill(p.pid, signal.SIGTERM), id="SIGTERM-to-the-service"),
+        pytest.param(lambda p: os.killpg(p.pid, signal.SIGINT), id="SIGINT-to-its-group"),
+    ],
+)
+def test_a_stopped_service_removes_its_containers_and_requeues_at_the_head(
+    stop: Any, serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    """SIGTERM as `kill PID` or systemd sends it, SIGINT as Ctrl-C does (to the whole group)."""
+    served = serve(*evaluating([], base_image, tmp_path))
+    token = served.add_team("team-a")
+    first, second = (
+        served.submit(token, stand_in_zip(tmp_path, name, "slow")).json()["id"]
+        for name in ("first", "second")
+    )
+    served.wait_for(token, first, lambda a: a["step"] == "evaluate")
+    assert containers(docker_client, served)
+
+    stop(served.process)
+    assert served.process.wait(timeout=120) == 0, served.log.read_text()[-3000:]
+    assert containers(docker_client, served) == []
+    assert "containers removed" in served.log.read_text()
+    with ServiceDB(served.data) as db:
+        subs = [db.submission(i) for i in (first, second)]
+        assert [s.state if s else None for s in subs] == [State.QUEUED, State.QUEUED]
+        assert [db.position(s) for s in subs if s] == [1, 2]
+    with Store(served.data / "results") as store:
+        steps = store.latest_steps(first, "open")
+    assert steps and all(record.status.value != "running" for record in steps.values())
+
+
+def test_a_restart_after_kill_9_removes_its_containers_and_no_other_folders(
+    serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    """Even a queue-only restart (`--jobs 0`): a container left running holds its GPU."""
+    other = docker_client.containers.run(
+        base_image,
+        ["sleep", "600"],
+        detach=True,
+        labels={RUN_LABEL: results_id(tmp_path / "other-data" / "results"), **TEST_LABELS},
+    )
+    try:
+        served = serve(*evaluating([], base_image, tmp_path))
+        token = served.add_team("team-a")
+        sub = served.submit(token, stand_in_zip(tmp_path, "slow", "slow")).json()["id"]
+        served.wait_for(token, sub, lambda a: a["step"] == "evaluate")
+        served.kill()
+        assert containers(docker_client, served), "kill -9 left no container: nothing to test"
+
+        restarted = serve("--jobs", "0", data=served.data)
+        wait_until(lambda: not containers(docker_client, restarted), 60, "its containers are gone")
+        other.reload()
+        assert other.status == "running"
+        with restarted.client(token) as client:
+            answer = client.get(f"/api/v1/submissions/{sub}").json()
+        assert (answer["status"], answer["position"]) == ("queued", 1)
+    finally:
+        other.remove(force=True)
 
 
 def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
