@@ -136,7 +136,7 @@ class TrainConfig(Strict):
     packing: bool = False
     gradient_checkpointing: bool = True
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    seed: int = 42
+    seed: int | None = None  # None: drawn from the OS and logged (train.py)
     time_budget: float | None = Field(default=None, description="seconds; YAML takes '21h30m'")
     save_steps: int = Field(default=100, gt=0)
     logging_steps: int = Field(default=10, gt=0)

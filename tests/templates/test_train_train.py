@@ -5,6 +5,7 @@ The helpers here (`write_examples`, `write_config`, `trained_run`) are shared wi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,6 +20,7 @@ TRAIN_DIR = Path(__file__).resolve().parents[2] / "templates" / "train"
 sys.path.insert(0, str(TRAIN_DIR))
 
 import config as train_config  # noqa: E402
+import torch  # noqa: E402
 import train  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
@@ -201,3 +203,46 @@ def test_a_config_that_cannot_fit_is_refused_before_any_weights_load(tmp_path: P
     assert result.returncode == 2
     assert "track 4090 has 24 GiB" in result.stderr and "DOES NOT FIT" in result.stderr
     assert not (tmp_path / "output" / "curated.jsonl").exists()
+
+
+def _curve(output: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_run_leaves_its_record_and_a_replay_with_its_seed_is_bit_identical(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(train.SEED_ENV, raising=False)
+    for name in ("first", "replay", "other"):
+        (tmp_path / name).mkdir()
+    first = trained_run(tmp_path / "first", tiny_model_dir, seed=None)
+    output = Path(first.output_dir)
+    record = json.loads((output / "run_record.json").read_text())
+    assert record["seed_source"] == "os" and 0 <= record["seed"] < 2**31
+    report = (output / "data_report.json").read_bytes()
+    assert record["data_report_sha256"] == hashlib.sha256(report).hexdigest()
+    environment = record["environment"]
+    assert environment["device"] == "cpu" and environment["packages"]["torch"] == torch.__version__
+    assert environment["deterministic_algorithms"] is False
+    curve = _curve(output)
+    assert [row["step"] for row in curve] == [1, 2, 3, 4]
+    assert all(row["loss"] > 0 and row["grad_norm"] is not None for row in curve)
+    assert all(row["learning_rate"] > 0 for row in curve)
+    assert 0 < curve[0]["tokens_seen"] < curve[-1]["tokens_seen"]
+    assert curve[0]["wall_time_s"] <= curve[-1]["wall_time_s"]
+
+    # What `harness reproduce --replay` asks of the container: the logged seed, determinism on.
+    monkeypatch.setenv(train.SEED_ENV, str(record["seed"]))
+    monkeypatch.setenv(train.DETERMINISTIC_ENV, "1")
+    replay = trained_run(tmp_path / "replay", tiny_model_dir, seed=None)
+    replayed = json.loads((Path(replay.output_dir) / "run_record.json").read_text())
+    assert (replayed["seed"], replayed["seed_source"]) == (record["seed"], train.SEED_ENV)
+    assert replayed["environment"]["deterministic_algorithms"] is True
+    assert [r["loss"] for r in _curve(Path(replay.output_dir))] == [r["loss"] for r in curve]
+    adapter = "adapter/adapter_model.safetensors"
+    assert (output / adapter).read_bytes() == (Path(replay.output_dir) / adapter).read_bytes()
+
+    # A fresh seed trains other weights: the equality above is the seed's doing.
+    monkeypatch.setenv(train.SEED_ENV, str(record["seed"] + 1))
+    other = trained_run(tmp_path / "other", tiny_model_dir, seed=None)
+    assert (Path(other.output_dir) / adapter).read_bytes() != (output / adapter).read_bytes()
