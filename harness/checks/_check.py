@@ -28,6 +28,9 @@ from harness.errors import ConfigError
 from harness.secrets import find_secrets, redact
 
 MAX_PER_RULE_AND_FILE = 20
+# What the template's train.py writes beside its checkpoints; a submission ships them here.
+TRAINING_RECORD = ("training/metrics.jsonl", "training/run_record.json")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _SNIFF = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decides it
 
 
@@ -108,10 +111,31 @@ def _history_findings(tree: Tree, git_dir: str, limits: Limits, skip: set[str]) 
     return findings
 
 
+def _record_findings(tree: Tree) -> list[Finding]:
+    """Shipped weights without their training's record: a reviewer can neither replay the run
+    with its seed nor tell where a reproduction parts from it. A warning: 2023 entries have none."""
+    weights = sorted(p for p in tree.files if p.lower().endswith(_WEIGHT_SUFFIXES))
+    missing = [p for p in TRAINING_RECORD if p not in tree.files]
+    if not weights or not missing:
+        return []
+    return [
+        Finding(
+            "no-training-record",
+            "warning",
+            missing[0],
+            None,
+            f"the entry ships weights (`{weights[0]}`) but not {', '.join(missing)}: copy "
+            "metrics.jsonl and run_record.json from train.py's output_dir (`harness "
+            "submission weights` does) so `harness reproduce --replay` can check the run",
+        )
+    ]
+
+
 def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
     findings = report.findings
     tree = walk(root, findings)
     dockerfile = report.dockerfile = choose_dockerfile(tree, findings)
+    findings.extend(_record_findings(tree))
     context_dir = posixpath.dirname(dockerfile) if dockerfile else ""
     prefix = f"{context_dir}/" if context_dir else ""
     ignore_files = (f"{dockerfile}.dockerignore", f"{prefix}.dockerignore")

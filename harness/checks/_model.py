@@ -25,6 +25,10 @@ RULES: dict[str, tuple[Severity, str]] = {
     "local-path": ("error", "an absolute path from the author's machine in code or config"),
     "remote-artifact": ("warning", "a download (wget, curl, ADD, git clone) without a pin"),
     "malformed-entry": ("error", "an unreadable or unsafe zip, a bad entry.yaml, a symlink out"),
+    "no-training-record": (
+        "warning",
+        "weights shipped without the record of the training that made them (training/)",
+    ),
     "skipped-file": ("info", "a text file too large to scan"),
     "internal-error": ("error", "the checker itself failed on this entry (a bug: please report)"),
 }

@@ -7,6 +7,7 @@ Jinja templates with the track's preset.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import shutil
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from harness.checks import TRAINING_RECORD
 from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError
 
@@ -60,10 +62,18 @@ def _preset(track: str) -> dict[str, object]:
     return preset
 
 
-def _copy_model(model_dir: Path, dest: Path) -> None:
+def _copy_model(model_dir: Path, submission_dir: Path) -> None:
+    """The merged model into model/, and the record of the training that made it (train.py's
+    metrics.jsonl and run_record.json, in the shipped config's output_dir beside the merged model:
+    out/train) into training/, where `harness check` and `harness reproduce --replay` read it."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
-    shutil.copytree(model_dir, dest, dirs_exist_ok=True)
+    shutil.copytree(model_dir, submission_dir / "model", dirs_exist_ok=True)
+    for rel in TRAINING_RECORD:
+        source = model_dir.parent / "train" / posixpath.basename(rel)
+        if source.is_file():
+            (submission_dir / rel).parent.mkdir(exist_ok=True)
+            shutil.copyfile(source, submission_dir / rel)
 
 
 def render_submission(
@@ -104,7 +114,7 @@ def render_submission(
         shutil.copyfile(source, out_dir / dest)
 
     if model_dir is not None:
-        _copy_model(model_dir, out_dir / "model")
+        _copy_model(model_dir, out_dir)
     for folder in ("model", "data"):
         (out_dir / folder).mkdir(exist_ok=True)
         readme = TEMPLATES / "docker" / f"{folder}-README.md"
@@ -145,7 +155,7 @@ def use_weights(submission_dir: Path, model_dir: Path) -> None:
     text = dockerfile.read_text() if dockerfile.is_file() else ""
     if not re.search(r"^ARG WEIGHTS=", text, re.MULTILINE):
         raise ConfigError(f"{dockerfile} is not a rendered inference Dockerfile (no ARG WEIGHTS)")
-    _copy_model(model_dir, submission_dir / "model")
+    _copy_model(model_dir, submission_dir)
     dockerfile.write_text(re.sub(r"^ARG WEIGHTS=\S*", "ARG WEIGHTS=local", text, flags=re.M))
 
 

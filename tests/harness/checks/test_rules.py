@@ -379,3 +379,23 @@ def test_extracted_files_are_readable_by_a_container_user_whatever_the_umask(
         os.umask(previous)
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").rglob("*.*")}
     assert modes == {"weights.bin": 0o644, "start.sh": 0o755}
+
+
+def test_weights_without_their_training_record_are_a_warning(entry: Entry) -> None:
+    weights = {"model/model.safetensors": b"\0weights"}
+    report = entry({**GOOD_FILES, **weights}, name="no-record")
+    assert report.status == "ok"
+    [finding] = [f for f in report.findings if f.rule == "no-training-record"]
+    assert (finding.severity, finding.path) == ("warning", "training/metrics.jsonl")
+    assert "model/model.safetensors" in finding.message and "run_record.json" in finding.message
+
+    half = {"training/metrics.jsonl": '{"step": 1, "loss": 2.0}\n'}
+    report = entry({**GOOD_FILES, **weights, **half}, name="half-record")
+    [finding] = [f for f in report.findings if f.rule == "no-training-record"]
+    assert finding.path == "training/run_record.json"
+
+    record = {**half, "training/run_record.json": '{"seed": 7}\n'}
+    full = entry({**GOOD_FILES, **weights, **record}, name="full")
+    # No weights shipped (fetched at build time, or not trained yet): nothing to record.
+    hub = entry(GOOD_FILES, name="hub")
+    assert all(f.rule != "no-training-record" for f in [*full.findings, *hub.findings])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -151,9 +152,10 @@ def test_rendered_submissions_have_no_findings_at_all(tmp_path: Path, tiny_model
     render_submission("4090", "plain", tmp_path / "entries" / "plain")
     render_submission("A100", "served", tmp_path / "entries" / "served", model_dir=tiny_model_dir)
     reports = check_entries(tmp_path / "entries")
-    assert [(r.entry, r.dockerfile, r.findings) for r in reports] == [
+    # A model served without the record of its training (none beside it) is worth a warning.
+    assert [(r.entry, r.dockerfile, [f.rule for f in r.findings]) for r in reports] == [
         ("plain", "Dockerfile", []),
-        ("served", "Dockerfile", []),
+        ("served", "Dockerfile", ["no-training-record"]),
     ]
 
 
@@ -162,9 +164,17 @@ def test_weights_command_makes_the_merged_model_the_default(
 ) -> None:
     out = render_submission("4090", "entry-1", tmp_path / "e").path
     assert "ARG WEIGHTS=hub" in (out / "Dockerfile").read_text()
-    result = runner.invoke(app, ["submission", "weights", str(out), str(tiny_model_dir)])
+    # As train.py and merge.py leave them: out/train holds the record, out/merged the model.
+    merged = shutil.copytree(tiny_model_dir, tmp_path / "out" / "merged")
+    (tmp_path / "out" / "train").mkdir()
+    for name in ("metrics.jsonl", "run_record.json", "data_report.json"):
+        (tmp_path / "out" / "train" / name).write_text(f"{name}\n")
+    result = runner.invoke(app, ["submission", "weights", str(out), str(merged)])
     assert result.exit_code == 0, result.output
     assert "ARG WEIGHTS=local" in (out / "Dockerfile").read_text()
     assert (out / "model" / "model.safetensors").is_file()
+    shipped = sorted(p.name for p in (out / "training").iterdir())
+    assert shipped == ["metrics.jsonl", "run_record.json"]
+    assert (out / "training" / "run_record.json").read_text() == "run_record.json\n"
     result = runner.invoke(app, ["submission", "weights", str(tmp_path), str(tiny_model_dir)])
     assert result.exit_code == 2 and "no ARG WEIGHTS" in result.output
