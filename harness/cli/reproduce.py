@@ -11,6 +11,7 @@ from harness.cli._common import abort
 from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
+from harness.reproduce.curves import DEFAULT_LOSS_TOLERANCE
 from harness.reproduce.flow import reproduce_entry
 from harness.reproduce.options import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
 
@@ -23,6 +24,10 @@ EPILOG = """**Examples**
 
     harness reproduce submissions/tiny --track 4090 --results results/ --time-limit 10m \\
         --base-image harness-base:bookworm --mount /srv/models/tiny:/base
+
+    harness reproduce entries/team-a --track 4090 --results results/ --replay
+
+    harness reproduce entries/team-a --track 4090 --results results/ --runs 5
 """
 
 
@@ -43,7 +48,25 @@ def main(
     stage: str = typer.Option("open", help="The stage whose run and scores are reproduced."),
     time_limit: str = typer.Option("24h", help="Training time limit, e.g. 24h, 90m, 30s."),
     tolerance: float = typer.Option(
-        DEFAULT_TOLERANCE, help="Largest absolute difference of a scenario's mean main metric."
+        DEFAULT_TOLERANCE,
+        help="Largest shortfall of a scenario's mean main metric that counts "
+        "as reproduced (absolute).",
+    ),
+    replay: bool = typer.Option(
+        False,
+        "--replay",
+        help="Re-run the entry's logged seed with determinism on and check "
+        "its loss curve step by step (needs the entry's training/ record).",
+    ),
+    loss_tolerance: float = typer.Option(
+        DEFAULT_LOSS_TOLERANCE,
+        help="Relative difference of a step's loss at which a replay has parted from the original.",
+    ),
+    runs: int | None = typer.Option(
+        None,
+        min=1,
+        help="Train N times with fresh seeds and judge their mean against the "
+        "original with a one-sided Welch test [default: once, with the logged seed].",
     ),
     base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for both images."),
     mount: list[str] = typer.Option(
@@ -72,6 +95,9 @@ def main(
             build_timeout_s=build_timeout_minutes * 60,
             gpus=None if gpus is None else parse_gpus(gpus),
             instances=instances,
+            replay=replay,
+            loss_tolerance=loss_tolerance,
+            runs=runs,
         )
         with console.status("reproducing") as status:
             result = reproduce_entry(

@@ -424,6 +424,36 @@ def read_metrics(
     return results
 
 
+def read_instance_values(
+    output_dir: Path, metrics: Mapping[str, str], suite: str = SUITE
+) -> dict[str, list[float]]:
+    """Per-instance values of each finished run's main metric (`metrics`: run spec -> metric,
+    as stored), from HELM's per_instance_stats.json: what a bootstrap over instances resamples.
+    A run whose file is missing or unreadable is left out."""
+    values: dict[str, list[float]] = {}
+    runs_dir = output_dir / "runs" / suite
+    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
+        run_spec = _describe_run(run_dir.name).run_spec
+        if run_spec not in metrics:
+            continue
+        try:
+            rows = json.loads((run_dir / "per_instance_stats.json").read_text())
+        except (OSError, ValueError):
+            continue
+        found = [
+            float(stat["mean"])
+            for row in rows
+            for stat in row.get("stats", [])
+            if stat["name"]["name"] == metrics[run_spec]
+            and stat["name"].get("split") in SPLITS
+            and "perturbation" not in stat["name"]
+            and stat.get("count")
+        ]
+        if found:
+            values[run_spec] = found
+    return values
+
+
 def _describe_run(run: str) -> RunResult:
     """Split a HELM run name into its model-free run spec, scenario and model."""
     name, _, rest = run.partition(":")

@@ -54,19 +54,30 @@ from typing import Any
 
 import yaml
 
-from harness.checks import Limits, extract_zip
+from harness.checks import TRAINING_RECORD, Limits, extract_zip
 from harness.errors import ConfigError
 from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.helm.packs import verify_pack
+from harness.helm.runner import read_instance_values
 from harness.infra import docker as engine
 from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
 from harness.leaderboard.scoring import RunSpec, ranks, score_stage
+from harness.reproduce.curves import (
+    METRICS_FILE,
+    RECORD_FILE,
+    CurveComparison,
+    compare_curves,
+    describe,
+    read_curve,
+    read_seed,
+)
 from harness.reproduce.options import (
     Comparison,
     Manifest,
     ReproduceOptions,
     Reproduction,
+    RunScores,
     ScenarioComparison,
     Stop,
     Training,
@@ -76,10 +87,23 @@ from harness.reproduce.options import (
     tail,
     write_reports,
 )
+from harness.reproduce.stats import (
+    VERDICT_ORDER,
+    Interval,
+    Judgement,
+    bootstrap_interval,
+    judge_runs,
+    worst,
+)
 from harness.reproduce.training import build_training_image, hash_files, train
 from harness.run.driver import RunOptions, run_entries
 from harness.secrets import redact
 from harness.store import Metric, Status, Store, entry_slug
+
+# The training's environment a reproduction sets (templates/train/train.py reads them).
+SEED_ENV = "TRAIN_SEED"
+DETERMINISTIC_ENV = "TRAIN_DETERMINISTIC"
+STAGE_SCORE = "stage score"
 
 # -- the original run ---------------------------------------------------------------------------
 
@@ -261,19 +285,62 @@ def compare(
     )
 
 
-def judge(comparison: Comparison, tolerance: float) -> tuple[Verdict, str]:
-    missing = [s.scenario for s in comparison.scenarios if s.difference is None]
+def judge(
+    comparisons: Sequence[Comparison],
+    tolerance: float,
+    noise: Mapping[str, Interval] | None = None,
+) -> tuple[Verdict, str, dict[str, Judgement]]:
+    """The verdict of one or more reproduced runs (their comparisons) against the original: per
+    scenario and for the stage score (harness/reproduce/stats.py), the worst one counting.
+    `noise`: the original's bootstrap interval per scenario (none measured: no noise)."""
+    first = comparisons[0]
+    missing = sorted({s.scenario for c in comparisons for s in c.scenarios if s.difference is None})
     if missing:
-        return Verdict.DIFFERS, f"no reproduced value for {', '.join(missing)}"
-    worst = max(comparison.scenarios, key=lambda s: abs(s.difference or 0.0))
-    gap = abs(worst.difference or 0.0)
-    summary = (
-        f"largest difference {gap:.4f} on {worst.scenario} "
-        f"({worst.original:.4f} -> {worst.reproduced:.4f}); tolerance {tolerance:g}"
+        return Verdict.DIFFERS, f"no reproduced value for {', '.join(missing)}", {}
+    judgements: dict[str, Judgement] = {}
+    for i, scenario in enumerate(first.scenarios):
+        assert scenario.original is not None
+        values = [c.scenarios[i].reproduced for c in comparisons]
+        found = (noise or {}).get(scenario.scenario)
+        judgements[scenario.scenario] = judge_runs(
+            scenario.original,
+            [v for v in values if v is not None],
+            found.standard_error if found else 0.0,
+            tolerance,
+        )
+    judgements[STAGE_SCORE] = judge_runs(
+        first.original_score, [c.reproduced_score for c in comparisons], 0.0, tolerance
     )
-    if gap > tolerance:
-        return Verdict.DIFFERS, summary
-    return Verdict.REPRODUCED, f"every scenario within tolerance: {summary}"
+    verdict = Verdict(worst({k: j.verdict for k, j in judgements.items()}))
+    # The scenario behind the verdict: the worst verdict, then the largest shortfall.
+    name, judgement = max(
+        ((k, j) for k, j in judgements.items() if k != STAGE_SCORE),
+        key=lambda item: (VERDICT_ORDER.index(item[1].verdict), -item[1].difference),
+    )
+    runs = "the reproduced run" if len(comparisons) == 1 else f"{len(judgement.kept)} runs' mean"
+    stage = judgements[STAGE_SCORE]
+    summary = (
+        f"largest shortfall {-judgement.difference:.4f} on {name} ({judgement.original:.4f} -> "
+        f"{runs} {judgement.mean:.4f})"
+        + ("" if judgement.p_value is None else f", one-sided p = {judgement.p_value:.3g}")
+        + f", evaluation noise (s.e.) {judgement.noise:.4f}; tolerance {tolerance:g}; "
+        f"stage score {stage.original:.4f} -> {stage.mean:.4f} ({stage.verdict})"
+    )
+    if verdict is Verdict.REPRODUCED:
+        summary = f"every scenario within tolerance or above: {summary}"
+    return verdict, summary, judgements
+
+
+def _noise(name: str, options: ReproduceOptions, original: _Original) -> dict[str, Interval]:
+    """The original's evaluation noise: a bootstrap over its instances, per scenario."""
+    output = options.results / "helm" / entry_slug(name) / options.stage / "benchmark_output"
+    mine = original.metrics[name]
+    values = read_instance_values(output, {m.run_spec: m.metric for m in mine if m.metric})
+    strata: dict[str, list[list[float]]] = {}
+    for metric in mine:
+        if metric.run_spec in values:
+            strata.setdefault(metric.scenario, []).append(values[metric.run_spec])
+    return {scenario: bootstrap_interval(found) for scenario, found in strata.items()}
 
 
 def _read(path: Path) -> str:
@@ -355,6 +422,71 @@ def reproduce_entry(
         return _reproduce(entry, options, on_progress)
 
 
+def _seeds(copy: Path, options: ReproduceOptions) -> list[int | None]:
+    """Every run's seed, fixed before the first one trains (never chosen after the fact): the
+    entry's logged one (a replay, or one run), or fresh ones drawn from the OS (`--runs`)."""
+    logged = copy / TRAINING_RECORD[1]
+    if options.runs is not None:
+        seeds: set[int] = set()
+        while len(seeds) < options.runs:
+            seeds.add(int.from_bytes(os.urandom(4)) >> 1)  # 31 bits, as train.py draws
+        return list(seeds)
+    if options.replay and not all((copy / rel).is_file() for rel in TRAINING_RECORD):
+        raise ConfigError(
+            f"--replay needs the entry's training record ({', '.join(TRAINING_RECORD)}), which "
+            "train.py writes and `harness submission weights` copies; this entry has none"
+        )
+    return [read_seed(logged) if logged.is_file() else None]
+
+
+@dataclass(frozen=True)
+class _Run:
+    training: Training
+    weights: dict[str, dict[str, Any]]
+    metrics: list[Metric]
+    note: str
+    seed_taken: bool | None  # the seed the run's record logged is the one asked for
+
+
+def _train_and_score(
+    sdk: Any,
+    image: str,
+    copy: Path,
+    out: Path,
+    seed: int | None,
+    context: tuple[_Original, ReproduceOptions, Manifest, int | None],
+    on_progress: Callable[[str], None],
+) -> _Run:
+    """One training of the entry, its weights placed in `copy` and scored with `out` as the
+    results folder; Stop when it did not get that far."""
+    original, options, manifest, gpu = context
+    settings = {} if seed is None else {SEED_ENV: str(seed)}
+    if options.replay:
+        settings[DETERMINISTIC_ENV] = "1"
+    on_progress("training" + ("" if seed is None else f" (seed {seed})"))
+    training, missing = train(
+        sdk, image, manifest, entry_slug(copy.name), options, out, gpu, settings
+    )
+    train_log = (out / "train.log").read_text(errors="replace")
+    if training.timed_out:
+        limit = duration_text(options.time_limit_s)
+        why = f"the training was stopped at the {limit} limit"
+        raise Stop(Verdict.TRAIN_TIMEOUT, why, tail(train_log), training)
+    if not training.finished or missing:
+        why = missing or f"the training container exited with status {training.exit_code}"
+        raise Stop(Verdict.TRAIN_FAILED, why, tail(train_log), training)
+    on_progress("hashing the weights")
+    weights = hash_files(out / "weights")
+    record = out / "record" / RECORD_FILE
+    seed_taken = None if seed is None or not record.is_file() else read_seed(record) == seed
+    _place_weights(out / "weights", copy, manifest.model_dir)
+    on_progress("building, serving and scoring the reproduced entry")
+    failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpu)
+    if failed is not None:
+        raise Stop(failed, note, log_tail, training)
+    return _Run(training, weights, metrics, note, seed_taken)
+
+
 def _reproduce(
     entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
 ) -> Reproduction:
@@ -368,47 +500,64 @@ def _reproduce(
     copy = out / "work" / f"{name}-reproduced"
     _copy_entry(entry, copy)
     manifest = load_manifest(copy)
+    seeds = _seeds(copy, options)
+    (out / "seeds.json").write_text(json.dumps(seeds) + "\n")
+    submitted = copy / manifest.model_dir
+    submitted_weights = hash_files(submitted) if options.replay and submitted.is_dir() else None
     sdk = engine.client()
     gpus = resolve_gpus(sdk, options.gpus)
-    gpu = gpus[0] if gpus else None
+    context = (original, options, manifest, gpus[0] if gpus else None)
 
-    training: Training | None = None
-    weights: dict[str, dict[str, Any]] = {}
-    comparison: Comparison | None = None
+    runs: list[_Run] = []
+    comparisons: list[Comparison] = []
+    curve: CurveComparison | None = None
+    judgements: dict[str, Judgement] = {}
+    noise: dict[str, Interval] = {}
     log_tail = ""
+    stopped: Training | None = None
     try:
         on_progress("building the training image")
         image = build_training_image(copy, manifest, slug, options, out)
-        on_progress("training")
         try:
-            training, missing = train(sdk, image, manifest, slug, options, out, gpu)
+            for i, seed in enumerate(seeds):
+                # One run keeps the flat layout; each of --runs gets a folder of its own.
+                run_out = out if options.runs is None else out / "runs" / f"run-{i + 1}"
+                run_copy = run_out / "work" / copy.name
+                if run_out != out:
+                    shutil.copytree(copy, run_copy, symlinks=True)
+                try:
+                    run = _train_and_score(
+                        sdk, image, run_copy, run_out, seed, context, on_progress
+                    )
+                except Stop as stop:
+                    if options.runs is not None:  # say which run, keep the verdict
+                        stop.reason = f"run {i + 1} of {len(seeds)}: {stop.reason}"
+                    raise
+                runs.append(run)
+                comparisons.append(compare(name, original.metrics, run.metrics))
         finally:
             with suppress(Exception):
                 sdk.images.remove(image, force=True)
-        train_log = (out / "train.log").read_text(errors="replace")
-        if training.timed_out:
-            limit = duration_text(options.time_limit_s)
-            raise Stop(
-                Verdict.TRAIN_TIMEOUT,
-                f"the training was stopped at the {limit} limit",
-                tail(train_log),
+        noise = _noise(name, options, original)
+        verdict, reason, judgements = judge(comparisons, options.tolerance, noise)
+        notes = [f"run {i + 1} ended {r.note}" for i, r in enumerate(runs) if r.note]
+        if options.replay:
+            replayed = out / "record" / METRICS_FILE
+            curve = compare_curves(
+                read_curve(copy / TRAINING_RECORD[0]),
+                read_curve(replayed) if replayed.is_file() else (),
+                options.loss_tolerance,
             )
-        if not training.finished or missing:
-            why = missing or f"the training container exited with status {training.exit_code}"
-            raise Stop(Verdict.TRAIN_FAILED, why, tail(train_log))
-        on_progress("hashing the weights")
-        weights = hash_files(out / "weights")
-        _place_weights(out / "weights", copy, manifest.model_dir)
-        on_progress("building, serving and scoring the reproduced entry")
-        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpu)
-        if failed is not None:
-            raise Stop(failed, note, log_tail)
-        comparison = compare(name, original.metrics, metrics)
-        verdict, reason = judge(comparison, options.tolerance)
-        if note:
-            reason = f"{reason}; the reproduced run ended {note}"
+            if not curve.matches:
+                verdict = Verdict.DIFFERS
+            reason = f"{describe(curve)}; {reason}"
+            if runs[0].seed_taken is False:
+                notes.append(f"the training did not take the logged seed {seeds[0]}")
+        reason = "; ".join([reason, *notes])
     except Stop as stop:
-        verdict, reason, log_tail = stop.verdict, stop.reason, stop.log_tail
+        verdict, reason, log_tail, stopped = stop.verdict, stop.reason, stop.log_tail, stop.training
+    first = runs[0] if runs else None
+    weights = first.weights if first else {}
     result = Reproduction(
         entry=name,
         track=options.track,
@@ -417,11 +566,27 @@ def _reproduce(
         reason=redact(reason),
         time_limit_s=options.time_limit_s,
         tolerance=options.tolerance,
-        training=training,
+        training=first.training if first else stopped,
         weights=weights,
-        comparison=comparison,
+        comparison=comparisons[0] if comparisons else None,
         log_tail=log_tail,
         folder=out,
+        seeds=tuple(seeds),
+        curve=curve,
+        weights_identical=None
+        if submitted_weights is None or not weights
+        else submitted_weights == weights,
+        runs=tuple(
+            RunScores(
+                seed=seed,
+                scenarios={s.scenario: s.reproduced for s in c.scenarios},
+                stage_score=c.reproduced_score,
+                wall_time_s=r.training.wall_time_s,
+            )
+            for seed, r, c in zip(seeds, runs, comparisons, strict=False)
+        ),
+        noise=noise,
+        judgements=judgements,
     )
     write_reports(result)
     return result

@@ -21,6 +21,8 @@ import yaml
 from harness.checks import MANIFEST, clean_relative
 from harness.competition import GIB
 from harness.errors import ConfigError
+from harness.reproduce.curves import DEFAULT_LOSS_TOLERANCE, CurveComparison, relative_difference
+from harness.reproduce.stats import CONFIDENCE, TRIM_FROM, Interval, Judgement
 from harness.run.driver import RunOptions
 from harness.run.health import HealthSchedule
 from harness.secrets import redact
@@ -34,6 +36,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 class Verdict(StrEnum):
     REPRODUCED = "reproduced"
+    WITHIN_NOISE = "within-noise"
     DIFFERS = "differs"
     TRAIN_TIMEOUT = "train-timeout"
     TRAIN_FAILED = "train-failed"
@@ -48,6 +51,8 @@ class Manifest:
     weights_path: str = "/app/out/merged"
     output_dir: str | None = None
     model_dir: str = "model"
+    # Where the training leaves metrics.jsonl and run_record.json (train.py's output_dir).
+    record_path: str = "/app/out/train"
     secrets: tuple[str, ...] = ("HF_TOKEN",)
     build_args: dict[str, str] = field(default_factory=lambda: {"WEIGHTS": "local"})
 
@@ -78,6 +83,11 @@ class ReproduceOptions:
     labels: Mapping[str, str] = field(default_factory=dict)
     # The instance pack the original run was scored on (required when it used one).
     instances: Path | None = None
+    # Re-run with the entry's logged seed and determinism on, its loss curve checked step by step.
+    replay: bool = False
+    loss_tolerance: float = DEFAULT_LOSS_TOLERANCE  # relative, per step
+    # Train this many times with fresh seeds; None: once, with the entry's logged seed if any.
+    runs: int | None = None
 
     def __post_init__(self) -> None:
         RunOptions(track=self.track, stage=self.stage, out=self.results)  # validates both
@@ -85,6 +95,12 @@ class ReproduceOptions:
             raise ConfigError(f"the time limit must be positive, got {self.time_limit_s:g} s")
         if not self.tolerance >= 0:
             raise ConfigError(f"--tolerance must be 0 or more, got {self.tolerance}")
+        if not self.loss_tolerance >= 0:
+            raise ConfigError(f"--loss-tolerance must be 0 or more, got {self.loss_tolerance}")
+        if self.runs is not None and self.runs < 1:
+            raise ConfigError(f"--runs must be 1 or more, got {self.runs}")
+        if self.replay and self.runs is not None:
+            raise ConfigError("--replay re-runs the logged seed once; --runs draws fresh seeds")
 
 
 @dataclass(frozen=True)
@@ -125,6 +141,16 @@ class Comparison:
 
 
 @dataclass(frozen=True)
+class RunScores:
+    """One of `--runs`' trainings, scored."""
+
+    seed: int | None  # None: the entry's own config chose
+    scenarios: dict[str, float | None]  # scenario -> mean main metric
+    stage_score: float  # against the original field
+    wall_time_s: float
+
+
+@dataclass(frozen=True)
 class Reproduction:
     entry: str
     track: str
@@ -135,23 +161,36 @@ class Reproduction:
     tolerance: float
     training: Training | None
     weights: dict[str, dict[str, Any]]  # path relative to the weights folder -> sha256, bytes
-    comparison: Comparison | None
+    comparison: Comparison | None  # the first run's
     log_tail: str
     folder: Path
+    seeds: tuple[int | None, ...] = ()  # drawn (or read from the entry) before any training
+    curve: CurveComparison | None = None  # a replay's loss curve against the entry's
+    weights_identical: bool | None = None  # a replay's weights against the submitted ones
+    runs: tuple[RunScores, ...] = ()
+    noise: dict[str, Interval] = field(default_factory=dict)  # the original's, per scenario
+    judgements: dict[str, Judgement] = field(default_factory=dict)  # scenario -> judgement
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.verdict is Verdict.REPRODUCED else 1
+        return 0 if self.verdict in (Verdict.REPRODUCED, Verdict.WITHIN_NOISE) else 1
 
 
 class Stop(Exception):
     """The reproduction reached its verdict before the comparison."""
 
-    def __init__(self, verdict: Verdict, reason: str, log_tail: str = "") -> None:
+    def __init__(
+        self,
+        verdict: Verdict,
+        reason: str,
+        log_tail: str = "",
+        training: Training | None = None,
+    ) -> None:
         super().__init__(reason)
         self.verdict = verdict
         self.reason = reason
         self.log_tail = log_tail
+        self.training = training  # the run that stopped, when it trained
 
 
 def parse_duration(text: str) -> float:
@@ -186,7 +225,7 @@ def load_manifest(entry: Path) -> Manifest:
             if relative is None:
                 raise ConfigError(f"{path}: `{key}` must be a relative path inside the entry")
             values[key] = relative
-    for key in ("weights_path", "output_dir"):
+    for key in ("weights_path", "output_dir", "record_path"):
         if key in raw:
             if not isinstance(raw[key], str) or not posixpath.isabs(raw[key]):
                 raise ConfigError(f"{path}: `{key}` must be an absolute path in the container")
@@ -300,9 +339,75 @@ def to_markdown(result: Reproduction) -> str:
             f"{c.reproduced_score:.4f} (rank {c.reproduced_rank}) reproduced.",
             "",
         ]
+    lines += _judgement_lines(result) + _curve_lines(result)
     if result.log_tail:
         lines += ["## Log tail", "", "```", result.log_tail, "```", ""]
     return "\n".join(lines)
+
+
+def _judgement_lines(result: Reproduction) -> list[str]:
+    """The statistics behind the verdict: each scenario's original with its bootstrap interval,
+    every run, the mean the test used, its difference and one-sided p-value."""
+    if not result.judgements:
+        return []
+    seeds = ", ".join("the entry's config" if s is None else str(s) for s in result.seeds)
+    runs = len(next(iter(result.judgements.values())).runs)
+    lines = [
+        "## Verdict statistics",
+        "",
+        f"{runs} run(s), seeds drawn before training: {seeds}. Original: its score with the "
+        f"{CONFIDENCE:.0%} bootstrap interval over its instances (the evaluation's noise); "
+        f"mean: of the runs the test used (from {TRIM_FROM} runs, the best and the worst "
+        "dropped); p: one-sided Welch test that the runs fall short of the original.",
+        "",
+        "| scenario | original | interval | runs | mean | difference | p | verdict |",
+        "|---|---:|---:|---|---:|---:|---:|---|",
+    ]
+    for name, j in result.judgements.items():
+        interval = result.noise.get(name)
+        span = "n/a" if interval is None else f"[{interval.low:.4f}, {interval.high:.4f}]"
+        values = ", ".join(f"{v:.4f}" for v in j.runs)
+        p_value = "n/a" if j.p_value is None else f"{j.p_value:.3g}"
+        lines.append(
+            f"| {name} | {j.original:.4f} | {span} | {values} | {j.mean:.4f} "
+            f"| {j.difference:+.4f} | {p_value} | {j.verdict} |"
+        )
+    return [*lines, ""]
+
+
+def _curve_lines(result: Reproduction) -> list[str]:
+    curve = result.curve
+    if curve is None:
+        return []
+    identical = {True: "identical to", False: "different from", None: "not compared with"}
+    lines = [
+        "## Loss curve (replay)",
+        "",
+        f"Seed {result.seeds[0]}, deterministic settings on; relative tolerance "
+        f"{curve.tolerance:.2%} per step; {curve.steps} common steps, largest relative "
+        f"difference {curve.largest_relative_difference:.3g}; "
+        + (
+            "the curves agree."
+            if curve.matches
+            else f"first step where they part: {curve.parted_at}."
+            if curve.parted_at is not None
+            else "the replay did not log every step."
+        ),
+        f"The replay's weights are {identical[result.weights_identical]} the submitted ones "
+        "(sha256 of every file).",
+        "",
+        "| step | original loss | replayed loss | relative difference |",
+        "|---:|---:|---:|---:|",
+    ]
+    replayed = {point.step: point.loss for point in curve.replayed}
+    for point in curve.original:
+        theirs = replayed.get(point.step)
+        difference = "n/a" if theirs is None else f"{relative_difference(point.loss, theirs):.3g}"
+        mark = " ⟵ parts" if point.step == curve.parted_at else ""
+        lines.append(
+            f"| {point.step} | {point.loss:.6g} | {_number(theirs, 6)} | {difference}{mark} |"
+        )
+    return [*lines, ""]
 
 
 def write_reports(result: Reproduction) -> list[Path]:

@@ -35,6 +35,7 @@ TRIM_FROM = 5  # runs from which the best and the worst are dropped
 REPRODUCED = "reproduced"
 WITHIN_NOISE = "within-noise"
 DIFFERS = "differs"
+VERDICT_ORDER = (REPRODUCED, WITHIN_NOISE, DIFFERS)  # from best to worst
 
 
 @dataclass(frozen=True)
@@ -131,5 +132,4 @@ def judge_runs(
 
 def worst(verdicts: Mapping[str, str]) -> str:
     """The overall verdict: the worst scenario's."""
-    order = (REPRODUCED, WITHIN_NOISE, DIFFERS)
-    return max(verdicts.values(), key=order.index, default=REPRODUCED)
+    return max(verdicts.values(), key=VERDICT_ORDER.index, default=REPRODUCED)

@@ -23,6 +23,7 @@ from typing import Any
 from harness.errors import InfrastructureError
 from harness.infra import docker as engine
 from harness.infra.gpus import device_request, gpu_environment
+from harness.reproduce.curves import METRICS_FILE, RECORD_FILE
 from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
@@ -34,6 +35,8 @@ from harness.reproduce.options import (
 )
 from harness.run.failures import GpuMemorySampler, classify_build_log
 from harness.secrets import mask, redact
+
+RECORD_FILES = (METRICS_FILE, RECORD_FILE)
 
 
 class _MemoryPeaks:
@@ -145,9 +148,12 @@ def train(
     options: ReproduceOptions,
     out: Path,
     gpu: int | None,
+    settings: Mapping[str, str] | None = None,
 ) -> tuple[Training, str | None]:
     """Run the training container to its end or the time limit; the weights of a finished run
-    land in out/weights. Returns how it went, and why no weights were collected if none were."""
+    land in out/weights, its record (metrics.jsonl, run_record.json) in out/record as far as it
+    wrote one. `settings`: environment for the training (the seed, determinism). Returns how it
+    went, and why no weights were collected if none were."""
     import docker.errors
 
     secrets = _secret_env(manifest, options)
@@ -164,12 +170,12 @@ def train(
         run: dict[str, Any] = {
             "detach": True,
             "labels": labels,
-            "environment": secrets,
+            "environment": {**secrets, **(settings or {})},
             "volumes": {volume: {"bind": manifest.volume_path, "mode": "rw"}, **mounts},
         }
         if gpu is not None:
             run["device_requests"] = [device_request(gpu)]
-            run["environment"] = {**secrets, **gpu_environment(gpu)}
+            run["environment"] = {**run["environment"], **gpu_environment(gpu)}
         try:
             container = sdk.containers.run(image, **run)
         except docker.errors.DockerException as exc:
@@ -200,6 +206,7 @@ def train(
                 secrets_missing=tuple(sorted(set(manifest.secrets) - set(secrets))),
             )
             missing = _collect(container, manifest.weights_path, out / "weights")
+            _collect_record(container, manifest.record_path, out / "record")
             return training, missing if training.finished else None
         finally:
             with suppress(docker.errors.DockerException):
@@ -222,15 +229,10 @@ def _wait(container: Any, deadline: float, memory: _MemoryPeaks, options: Reprod
         time.sleep(min(options.stats_interval_s, max(0.0, deadline - time.monotonic())))
 
 
-def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
-    """Copy the weights out of the stopped container (its volume included) as the host's user;
-    None when done, else why there are none."""
-    import docker.errors
-
-    try:
-        stream, _ = container.get_archive(weights_path)
-    except docker.errors.NotFound:
-        return f"the training ended without writing its weights to {weights_path}"
+def _copy_out(container: Any, path: str, dest: Path) -> None:
+    """Copy `path` (a file or a folder) out of the stopped container, its volume included, to
+    `dest`, as the host's user; docker.errors.NotFound when it is not there."""
+    stream, _ = container.get_archive(path)
     with tempfile.TemporaryDirectory(prefix="harness-weights-", dir=dest.parent) as tmp:
         archive = Path(tmp) / "weights.tar"
         with archive.open("wb") as file:
@@ -239,10 +241,30 @@ def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
         with tarfile.open(archive) as tar:
             tar.extractall(Path(tmp) / "x", filter="data")
         archive.unlink()
-        shutil.move(Path(tmp) / "x" / posixpath.basename(weights_path.rstrip("/")), dest)
+        shutil.move(Path(tmp) / "x" / posixpath.basename(path.rstrip("/")), dest)
+
+
+def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
+    """The weights into `dest`: None when done, else why there are none."""
+    import docker.errors
+
+    try:
+        _copy_out(container, weights_path, dest)
+    except docker.errors.NotFound:
+        return f"the training ended without writing its weights to {weights_path}"
     if not any(path.is_file() for path in dest.rglob("*")):
         return f"the training left {weights_path} empty"
     return None
+
+
+def _collect_record(container: Any, record_path: str, dest: Path) -> None:
+    """Whichever of the record's files the training wrote, into folder `dest`."""
+    import docker.errors
+
+    dest.mkdir(exist_ok=True)
+    for name in RECORD_FILES:
+        with suppress(docker.errors.NotFound):
+            _copy_out(container, posixpath.join(record_path, name), dest / name)
 
 
 def hash_files(folder: Path) -> dict[str, dict[str, Any]]:

@@ -20,6 +20,7 @@ from harness.cli import app
 from harness.errors import ConfigError
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
+from harness.reproduce.curves import Point, compare_curves, describe, read_curve, read_seed
 from harness.reproduce.flow import compare, judge, reproduce_entry
 from harness.reproduce.options import (
     REPRODUCE_LABEL,
@@ -29,6 +30,7 @@ from harness.reproduce.options import (
     load_manifest,
     parse_duration,
 )
+from harness.reproduce.stats import Interval
 from harness.reproduce.training import hash_files
 from harness.run.driver import RunOptions, run_entries
 from harness.run.health import HealthSchedule
@@ -104,19 +106,64 @@ def test_comparison_judges_each_scenario_and_rescores_against_the_field() -> Non
         ("gsm", 0.30, 0.31),
         ("mmlu", 0.5, pytest.approx(0.485)),
     ]
-    verdict, reason = judge(comparison, 0.02)
+    verdict, reason, judgements = judge([comparison], 0.02)
     assert verdict is Verdict.REPRODUCED and "0.0150 on mmlu" in reason
+    assert set(judgements) == {"gsm", "mmlu", "stage score"}
     assert (comparison.original_rank, comparison.reproduced_rank) == (1, 1)
     assert comparison.field_size == 2
 
     worse = _metrics({"mmlu:subject=a": 0.45, "mmlu:subject=b": 0.40, "gsm": 0.20})
     comparison = compare("top", field, worse)
-    verdict, reason = judge(comparison, 0.02)
+    verdict, reason, _ = judge([comparison], 0.02)
     assert verdict is Verdict.DIFFERS and "0.1000 on gsm" in reason
     assert comparison.reproduced_score == 0.0 and comparison.reproduced_rank == 2
+    # The same single run against a noisy evaluation (s.e. 0.06 on gsm, 0.2 on the stage score
+    # is not measured): inside the 95% interval of gsm, but the stage score still fell.
+    noisy = {"gsm": Interval(0.3, 0.06, 0.18, 0.42), "mmlu": Interval(0.5, 0.06, 0.38, 0.62)}
+    verdict, _, judgements = judge([comparison], 0.02, noisy)
+    assert judgements["gsm"].verdict == "within-noise" and verdict is Verdict.DIFFERS
 
-    verdict, reason = judge(compare("top", field, worse[:2]), 1.0)
+    verdict, reason, _ = judge([compare("top", field, worse[:2])], 1.0)
     assert verdict is Verdict.DIFFERS and "gsm" in reason
+
+
+def test_repeated_runs_are_judged_by_their_mean_and_p_value() -> None:
+    field = {"top": _metrics({"gsm": 0.30}), "next": _metrics({"gsm": 0.10})}
+    runs = [compare("top", field, _metrics({"gsm": v})) for v in (0.22, 0.21, 0.23)]
+    verdict, reason, judgements = judge(runs, 0.02)
+    assert verdict is Verdict.DIFFERS
+    assert judgements["gsm"].p_value is not None and judgements["gsm"].p_value < 0.01
+    assert "3 runs' mean 0.2200" in reason and "p = " in reason
+    runs = [compare("top", field, _metrics({"gsm": v})) for v in (0.35, 0.12, 0.31)]
+    verdict, _, judgements = judge(runs, 0.02)
+    assert verdict is Verdict.WITHIN_NOISE and judgements["gsm"].p_value > 0.05
+
+
+def test_loss_curves_part_at_the_first_step_beyond_the_tolerance(tmp_path: Path) -> None:
+    rows = [{"step": s, "loss": 2.0 / s, "learning_rate": 1e-3} for s in range(1, 9)]
+    original = tmp_path / "metrics.jsonl"
+    original.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    curve = read_curve(original)
+    same = compare_curves(curve, curve, 0.01)
+    assert same.matches and same.steps == 8 and same.largest_relative_difference == 0.0
+    nudged = tuple(Point(p.step, p.loss * 1.005) for p in curve)  # within 1%
+    assert compare_curves(curve, nudged, 0.01).matches
+    altered = tuple(Point(p.step, p.loss * (1.5 if p.step >= 5 else 1.0)) for p in curve)
+    parted = compare_curves(curve, altered, 0.01)
+    assert (parted.parted_at, parted.original_loss) == (5, 0.4)
+    assert parted.replayed_loss == pytest.approx(0.6)
+    assert "part at step 5" in describe(parted) and not parted.matches
+    short = compare_curves(curve, curve[:3], 0.01)
+    assert short.missing_steps == (4, 5, 6, 7, 8) and not short.matches
+    assert "stopped before step 4" in describe(short)
+    assert not compare_curves(curve, (), 0.01).matches
+
+    original.write_text('{"step": 1, "loss": 2.0}\nnot json\n')
+    with pytest.raises(ConfigError, match=r"metrics\.jsonl:2"):
+        read_curve(original)
+    (tmp_path / "run_record.json").write_text('{"environment": {}}')
+    with pytest.raises(ConfigError, match="no seed"):
+        read_seed(tmp_path / "run_record.json")
 
 
 # -- in Docker ------------------------------------------------------------------------------------
@@ -376,3 +423,109 @@ def test_a_rendered_submission_reproduces_end_to_end(
     assert [p.read_text() for p in conf] == [
         (results / "helm" / entry_slug("tiny") / "open" / "run_specs.conf").read_text()
     ]
+
+
+# A training that logs like train.py: its losses and weights follow the seed it is given.
+RECORDING_TRAINING = r"""
+import json, os
+seed = int(os.environ.get("TRAIN_SEED", "7"))
+os.makedirs("/work/weights", exist_ok=True)
+os.makedirs("/work/record", exist_ok=True)
+open("/work/weights/model.bin", "w").write(f"trained with {seed}")
+with open("/work/record/metrics.jsonl", "w") as log:
+    for step in range(1, 9):
+        log.write(json.dumps({"step": step, "loss": 2.0 / step + seed % 97 / 1000}) + "\n")
+record = {"seed": seed, "deterministic": os.environ.get("TRAIN_DETERMINISTIC") == "1"}
+open("/work/record/run_record.json", "w").write(json.dumps(record))
+print("trained with seed", seed)
+"""
+
+
+def _recording_entry(entries: Path, seed: int) -> Path:
+    """A foreign entry that shipped its record: trained with `seed`, its weights and losses."""
+    entry = _foreign_entry(entries, "recorded", "python3 /train.py")
+    (entry / "train" / "train.py").write_text(RECORDING_TRAINING)
+    dockerfile = entry / "train" / "Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("CMD", "COPY train.py /train.py\nCMD"))
+    (entry / "entry.yaml").write_text(
+        (entry / "entry.yaml").read_text() + "record_path: /work/record\n"
+    )
+    (entry / "weights" / "model.bin").write_text(f"trained with {seed}")
+    (entry / "training").mkdir()
+    rows = [{"step": s, "loss": 2.0 / s + seed % 97 / 1000} for s in range(1, 9)]
+    (entry / "training" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (entry / "training" / "run_record.json").write_text(json.dumps({"seed": seed}))
+    return entry
+
+
+@pytest.mark.docker
+@pytest.mark.helm
+def test_a_replay_is_checked_step_by_step_and_repeated_runs_get_a_verdict(
+    tmp_path: Path, base_image: str, helm_bin: Path, cleanup: list[str]
+) -> None:
+    entry = _recording_entry(tmp_path / "entries", seed=1234)
+    results = tmp_path / "results"
+    original = RunOptions(
+        track="4090", stage="open", out=results, max_eval_instances=3,
+        run_specs=str(write_conf(tmp_path, 3)), base_image=base_image, health=QUICK_HEALTH,
+        mem_limit="256m", max_sequence_length=256, deadline_s=300,
+    )  # fmt: skip
+    cleanup += [entry_slug("recorded"), entry_slug("recorded-reproduced")]
+    [outcome] = run_entries(tmp_path / "entries", original)
+    assert outcome.status is Status.SCORED, outcome.reason
+
+    replay = reproduce_entry(entry, _options(results, base_image, replay=True))
+
+    assert replay.verdict is Verdict.REPRODUCED, (replay.reason, replay.log_tail)
+    assert replay.seeds == (1234,) and replay.weights_identical is True
+    assert replay.curve is not None and replay.curve.matches and replay.curve.steps == 8
+    assert "agree within 1.00% over 8 steps" in replay.reason
+    record = json.loads((replay.folder / "record" / "run_record.json").read_text())
+    assert record == {"seed": 1234, "deterministic": True}
+    # The original was scored on 3 instances: its noise floor comes from them.
+    assert replay.noise["local_task"].value == 1.0
+    markdown = (replay.folder / "reproduction.md").read_text()
+    assert "## Loss curve (replay)" in markdown and "identical to the submitted" in markdown
+    assert "| local_task | 1.0000 | [1.0000, 1.0000] | 1.0000 |" in markdown
+
+    # The same entry whose logged losses were altered from step 5 on.
+    rows = [
+        json.loads(line) for line in (entry / "training" / "metrics.jsonl").read_text().splitlines()
+    ]
+    altered = [r | {"loss": r["loss"] * 1.5} if r["step"] >= 5 else r for r in rows]
+    (entry / "training" / "metrics.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in altered)
+    )
+    parted = reproduce_entry(entry, _options(results, base_image, replay=True))
+    assert parted.verdict is Verdict.DIFFERS and parted.exit_code == 1
+    assert parted.curve is not None and parted.curve.parted_at == 5
+    assert parted.reason.startswith("the loss curves part at step 5")
+    report = json.loads((parted.folder / "reproduction.json").read_text())
+    assert report["curve"]["parted_at"] == 5 and report["verdict"] == "differs"
+
+    runs = reproduce_entry(entry, _options(results, base_image, runs=3))
+    assert runs.verdict is Verdict.REPRODUCED, (runs.reason, runs.log_tail)
+    seeds = json.loads((runs.folder / "seeds.json").read_text())
+    assert len(set(seeds)) == 3 and list(runs.seeds) == seeds
+    for i, seed in enumerate(seeds, 1):  # each run trained with the seed drawn for it
+        run_record = runs.folder / "runs" / f"run-{i}" / "record" / "run_record.json"
+        assert json.loads(run_record.read_text())["seed"] == seed
+    assert [r.seed for r in runs.runs] == seeds
+    judgement = runs.judgements["local_task"]
+    assert judgement.runs == (1.0, 1.0, 1.0) and judgement.p_value == 1.0
+    assert runs.curve is None and runs.weights_identical is None
+    assert "## Verdict statistics" in (runs.folder / "reproduction.md").read_text()
+
+
+def test_a_replay_needs_the_entrys_record_and_excludes_runs(tmp_path: Path) -> None:
+    entry = _foreign_entry(tmp_path / "entries", "unrecorded", "true")
+    results = tmp_path / "results"
+    _fake_original(results, "unrecorded", write_conf(tmp_path, 3))
+    command = ["reproduce", str(entry), "--track", "4090", "--results", str(results)]
+    runner = CliRunner()
+    no_record = runner.invoke(app, [*command, "--replay"])
+    assert no_record.exit_code == 2 and "needs the entry's training record" in no_record.output
+    both = runner.invoke(app, [*command, "--replay", "--runs", "3"])
+    assert both.exit_code == 2 and "--runs draws fresh seeds" in both.output
+    assert runner.invoke(app, [*command, "--runs", "0"]).exit_code == 2
+    assert runner.invoke(app, [*command, "--loss-tolerance", "-1"]).exit_code == 2
