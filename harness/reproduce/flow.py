@@ -264,8 +264,9 @@ def compare(
         }
 
     mine, theirs = by_scenario(original[name]), by_scenario(reproduced)
+    lower = {m.scenario for m in original[name] if m.lower_is_better}
     scenarios = tuple(
-        ScenarioComparison(scenario, mine.get(scenario), theirs.get(scenario))
+        ScenarioComparison(scenario, mine.get(scenario), theirs.get(scenario), scenario in lower)
         for scenario in sorted(set(mine) | set(theirs))
     )
     run_specs = {
@@ -307,6 +308,7 @@ def judge(
             [v for v in values if v is not None],
             found.standard_error if found else 0.0,
             tolerance,
+            lower_is_better=scenario.lower_is_better,
         )
     judgements[STAGE_SCORE] = judge_runs(
         first.original_score, [c.reproduced_score for c in comparisons], 0.0, tolerance
@@ -315,19 +317,19 @@ def judge(
     # The scenario behind the verdict: the worst verdict, then the largest shortfall.
     name, judgement = max(
         ((k, j) for k, j in judgements.items() if k != STAGE_SCORE),
-        key=lambda item: (VERDICT_ORDER.index(item[1].verdict), -item[1].difference),
+        key=lambda item: (VERDICT_ORDER.index(item[1].verdict), abs(item[1].difference)),
     )
     runs = "the reproduced run" if len(comparisons) == 1 else f"{len(judgement.kept)} runs' mean"
     stage = judgements[STAGE_SCORE]
     summary = (
-        f"largest shortfall {-judgement.difference:.4f} on {name} ({judgement.original:.4f} -> "
+        f"largest difference {judgement.difference:+.4f} on {name} ({judgement.original:.4f} -> "
         f"{runs} {judgement.mean:.4f})"
         + ("" if judgement.p_value is None else f", one-sided p = {judgement.p_value:.3g}")
         + f", evaluation noise (s.e.) {judgement.noise:.4f}; tolerance {tolerance:g}; "
         f"stage score {stage.original:.4f} -> {stage.mean:.4f} ({stage.verdict})"
     )
     if verdict is Verdict.REPRODUCED:
-        summary = f"every scenario within tolerance or above: {summary}"
+        summary = f"every scenario within tolerance or better: {summary}"
     return verdict, summary, judgements
 
 

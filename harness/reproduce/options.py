@@ -122,6 +122,7 @@ class ScenarioComparison:
     scenario: str
     original: float | None
     reproduced: float | None
+    lower_is_better: bool = False
 
     @property
     def difference(self) -> float | None:

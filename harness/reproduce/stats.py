@@ -114,17 +114,26 @@ def judge_runs(
     noise: float,
     tolerance: float,
     alpha: float = ALPHA,
+    *,
+    lower_is_better: bool = False,
 ) -> Judgement:
-    """The verdict of `runs` (the reproduced scores) against the original's score."""
+    """The verdict of `runs` (the reproduced scores) against the original's score; a shortfall
+    is a rise where lower is better."""
     if not runs:
         raise ValueError("no runs to judge")
+    sign = -1.0 if lower_is_better else 1.0
     kept = trimmed(runs)
     difference = math.fsum(kept) / len(kept) - original
-    p_value = shortfall_p_value(kept, original, noise) if len(kept) >= 2 else None
-    if difference >= -tolerance:
+    shortfall = -sign * difference
+    p_value = (
+        shortfall_p_value([sign * v for v in kept], sign * original, noise)
+        if len(kept) >= 2
+        else None
+    )
+    if shortfall <= tolerance:
         verdict = REPRODUCED
     elif p_value is None:
-        verdict = WITHIN_NOISE if -difference <= stats.norm.ppf(0.975) * noise else DIFFERS
+        verdict = WITHIN_NOISE if shortfall <= stats.norm.ppf(0.975) * noise else DIFFERS
     else:
         verdict = WITHIN_NOISE if p_value >= alpha else DIFFERS
     return Judgement(verdict, original, tuple(runs), tuple(kept), noise, difference, p_value)

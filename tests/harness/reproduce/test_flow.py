@@ -107,7 +107,7 @@ def test_comparison_judges_each_scenario_and_rescores_against_the_field() -> Non
         ("mmlu", 0.5, pytest.approx(0.485)),
     ]
     verdict, reason, judgements = judge([comparison], 0.02)
-    assert verdict is Verdict.REPRODUCED and "0.0150 on mmlu" in reason
+    assert verdict is Verdict.REPRODUCED and "-0.0150 on mmlu" in reason
     assert set(judgements) == {"gsm", "mmlu", "stage score"}
     assert (comparison.original_rank, comparison.reproduced_rank) == (1, 1)
     assert comparison.field_size == 2
@@ -115,7 +115,7 @@ def test_comparison_judges_each_scenario_and_rescores_against_the_field() -> Non
     worse = _metrics({"mmlu:subject=a": 0.45, "mmlu:subject=b": 0.40, "gsm": 0.20})
     comparison = compare("top", field, worse)
     verdict, reason, _ = judge([comparison], 0.02)
-    assert verdict is Verdict.DIFFERS and "0.1000 on gsm" in reason
+    assert verdict is Verdict.DIFFERS and "-0.1000 on gsm" in reason
     assert comparison.reproduced_score == 0.0 and comparison.reproduced_rank == 2
     # The same single run against a noisy evaluation (s.e. 0.06 on gsm, 0.2 on the stage score
     # is not measured): inside the 95% interval of gsm, but the stage score still fell.
@@ -409,16 +409,27 @@ def test_a_rendered_submission_reproduces_end_to_end(
     [outcome] = run_entries(entries, original)
     assert outcome.status is Status.SCORED, outcome.reason
 
+    # `harness submission weights` shipped train.py's record beside the model.
+    logged = json.loads((submission / "training" / "run_record.json").read_text())
+    assert logged["seed_source"] == "os"
+
     result = reproduce_entry(
         submission,
-        _options(results, base_image, mounts={base: "/base"}, health=health, mem_limit=None),
-    )
+        _options(
+            results, base_image, mounts={base: "/base"}, health=health, mem_limit=None,
+            replay=True,
+        ),
+    )  # fmt: skip
 
     assert result.verdict is Verdict.REPRODUCED, (result.reason, result.log_tail)
     assert result.training is not None and result.training.finished
     assert result.training.peak_memory.get("container_memory_max_usage", 0) > 0
-    # Three seeded QLoRA steps on the CPU are deterministic: the very same weights come out.
-    assert result.weights == hash_files(out / "merged")
+    # A QLoRA replay on the CPU with the logged seed is bit-identical: the same weights, the
+    # same loss at every step.
+    assert result.seeds == (logged["seed"],)
+    assert result.weights == hash_files(out / "merged") and result.weights_identical is True
+    assert result.curve is not None and result.curve.matches
+    assert result.curve.largest_relative_difference == 0.0
     conf = (results / "reproduce" / entry_slug("tiny") / "helm").rglob("run_specs.conf")
     assert [p.read_text() for p in conf] == [
         (results / "helm" / entry_slug("tiny") / "open" / "run_specs.conf").read_text()

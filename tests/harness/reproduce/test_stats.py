@@ -95,3 +95,12 @@ def test_the_overall_verdict_is_the_worst_scenarios() -> None:
     assert worst({"a": DIFFERS, "b": REPRODUCED}) == DIFFERS
     with pytest.raises(ValueError):
         judge_runs(0.5, [], noise=0.0, tolerance=0.0)
+
+
+def test_where_lower_is_better_a_rise_is_the_shortfall() -> None:
+    assert judge_runs(0.6, [0.5], noise=0.0, tolerance=0.01, lower_is_better=True).verdict == (
+        REPRODUCED
+    )
+    risen = judge_runs(0.5, [0.6, 0.61, 0.59], noise=0.0, tolerance=0.01, lower_is_better=True)
+    assert risen.verdict == DIFFERS and risen.difference == pytest.approx(0.1)
+    assert risen.p_value is not None and risen.p_value < 0.01
