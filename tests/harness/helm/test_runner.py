@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -29,6 +30,7 @@ from harness.helm.runner import (
     RunResult,
     check_helm,
     model_name,
+    read_instance_values,
     read_metrics,
     run_helm,
     summarize_helm,
@@ -550,3 +552,31 @@ def test_helm_run_that_fails_before_any_run_reports_why(helm_bin: Path, tmp_path
                    bin_dir=helm_bin)  # fmt: skip
     assert run.returncode != 0 and not run.timed_out and run.runs == ()
     assert run.error == "ValueError: Unknown run spec name: nope"
+
+
+def test_read_instance_values_takes_each_instances_main_metric(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "harness"
+
+    def stat(name: str, mean: float, **extra: Any) -> dict[str, Any]:
+        return {"name": {"name": name, "split": "test", **extra}, "count": 1, "mean": mean}
+
+    good = runs / "local_task:name=a,max_eval_instances=3,model=harness_x,groups=local_task"
+    good.mkdir(parents=True)
+    rows = [
+        {"instance_id": f"id{i}", "stats": [stat("exact_match", v), stat("num_references", 3)]}
+        for i, v in enumerate([1.0, 0.0, 1.0])
+    ]
+    rows[0]["stats"].append(stat("exact_match", 0.0, perturbation={"name": "typo"}))
+    (good / "per_instance_stats.json").write_text(json.dumps(rows))
+    broken = runs / "mmlu:subject=x,model=harness_x,groups=mmlu"
+    broken.mkdir()
+    (broken / "per_instance_stats.json").write_text("[{cut short")
+    unasked = runs / "gsm:model=harness_x,groups=gsm"
+    unasked.mkdir()
+
+    values = read_instance_values(
+        tmp_path,
+        {"local_task:name=a,max_eval_instances=3": "exact_match", "mmlu:subject=x": "exact_match"},
+    )
+    assert values == {"local_task:name=a,max_eval_instances=3": [1.0, 0.0, 1.0]}
+    assert read_instance_values(tmp_path / "nothing", {"gsm": "exact_match"}) == {}
