@@ -507,8 +507,11 @@ def test_a_replay_is_checked_step_by_step_and_repeated_runs_get_a_verdict(
     (entry / "training" / "metrics.jsonl").write_text(
         "".join(json.dumps(r) + "\n" for r in altered)
     )
+    # ... and whose shipped weights are not the ones its training makes.
+    (entry / "weights" / "model.bin").write_text("tuned by hand")
     parted = reproduce_entry(entry, _options(results, base_image, replay=True))
     assert parted.verdict is Verdict.DIFFERS and parted.exit_code == 1
+    assert parted.weights_identical is False
     assert parted.curve is not None and parted.curve.parted_at == 5
     assert parted.reason.startswith("the loss curves part at step 5")
     report = json.loads((parted.folder / "reproduction.json").read_text())
