@@ -293,6 +293,8 @@ def to_markdown(result: Reproduction) -> str:
         "each scenario's mean main metric).",
         "",
     ]
+    # With --runs, these sections are the first run's; the statistics below hold them all.
+    first = f" (run 1 of {len(result.runs)})" if len(result.runs) > 1 else ""
     if result.training is not None:
         training = result.training
         state = (
@@ -304,7 +306,7 @@ def to_markdown(result: Reproduction) -> str:
         )
         memory = ", ".join(f"{k} {_bytes(v)}" for k, v in training.peak_memory.items()) or "n/a"
         lines += [
-            "## Training",
+            f"## Training{first}",
             "",
             f"- {state}, wall time {training.wall_time_s:.1f} s",
             f"- peak memory: {memory} ({training.memory_note})",
@@ -317,13 +319,13 @@ def to_markdown(result: Reproduction) -> str:
             "",
         ]
     if result.weights:
-        lines += ["## Produced weights", "", "| file | bytes | sha256 |", "|---|---:|---|"]
+        lines += [f"## Produced weights{first}", "", "| file | bytes | sha256 |", "|---|---:|---|"]
         lines += [f"| {p} | {h['bytes']} | `{h['sha256']}` |" for p, h in result.weights.items()]
         lines.append("")
     if result.comparison is not None:
         c = result.comparison
         lines += [
-            "## Scores",
+            f"## Scores{first}",
             "",
             "| scenario | original | reproduced | difference |",
             "|---|---:|---:|---:|",

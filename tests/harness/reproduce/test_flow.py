@@ -26,9 +26,12 @@ from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
     ReproduceOptions,
+    Reproduction,
     Verdict,
     load_manifest,
     parse_duration,
+    to_json,
+    to_markdown,
 )
 from harness.reproduce.stats import Interval
 from harness.reproduce.training import hash_files
@@ -543,3 +546,31 @@ def test_a_replay_needs_the_entrys_record_and_excludes_runs(tmp_path: Path) -> N
     assert both.exit_code == 2 and "--runs draws fresh seeds" in both.output
     assert runner.invoke(app, [*command, "--runs", "0"]).exit_code == 2
     assert runner.invoke(app, [*command, "--loss-tolerance", "-1"]).exit_code == 2
+
+
+def test_the_report_shows_the_verdicts_statistics_and_where_the_curves_part(
+    tmp_path: Path,
+) -> None:
+    field = {"top": _metrics({"gsm": 0.30, "mmlu:subject=a": 0.5})}
+    runs = [compare("top", field, _metrics({"gsm": v, "mmlu:subject=a": 0.5})) for v in (0.2,)]
+    noise = {"gsm": Interval(0.3, 0.02, 0.26, 0.34)}
+    verdict, reason, judgements = judge(runs, 0.02, noise)
+    curve = tuple(Point(s, 2.0 / s) for s in range(1, 7))
+    parted = tuple(Point(p.step, p.loss * (1.5 if p.step >= 5 else 1.0)) for p in curve)
+    result = Reproduction(
+        entry="top", track="4090", stage="open", verdict=verdict, reason=reason,
+        time_limit_s=60, tolerance=0.02, training=None, weights={}, comparison=runs[0],
+        log_tail="", folder=tmp_path, seeds=(1234,), curve=compare_curves(curve, parted, 0.01),
+        weights_identical=False, noise=noise, judgements=judgements,
+    )  # fmt: skip
+    markdown = to_markdown(result)
+    assert "| gsm | 0.3000 | [0.2600, 0.3400] | 0.2000 | 0.2000 | -0.1000 | n/a | differs |" in (
+        markdown
+    )
+    assert "| mmlu | 0.5000 | n/a | 0.5000 | 0.5000 | +0.0000 | n/a | reproduced |" in markdown
+    assert "first step where they part: 5." in markdown
+    assert "| 5 | 0.4 | 0.600000 | 0.333 ⟵ parts |" in markdown
+    assert "different from the submitted ones" in markdown
+    data = json.loads(to_json(result))
+    assert data["curve"]["parted_at"] == 5 and data["judgements"]["gsm"]["verdict"] == "differs"
+    assert data["noise"]["gsm"]["low"] == 0.26 and data["seeds"] == [1234]
