@@ -69,8 +69,10 @@ class CurveComparison:
 
 
 def relative_difference(a: float, b: float) -> float:
-    if a == b:  # also two infinities of one sign
+    if a == b or (math.isnan(a) and math.isnan(b)):  # also two infinities of one sign
         return 0.0
+    if math.isnan(a) or math.isnan(b):  # a loss that blew up on one side only
+        return math.inf
     scale = max(abs(a), abs(b))
     return math.inf if not math.isfinite(scale) else abs(a - b) / scale
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,9 @@ def test_loss_curves_part_at_the_first_step_beyond_the_tolerance(tmp_path: Path)
     assert short.missing_steps == (4, 5, 6, 7, 8) and not short.matches
     assert "stopped before step 4" in describe(short)
     assert not compare_curves(curve, (), 0.01).matches
+    blown_up = (*curve[:2], Point(3, math.nan), *curve[3:])
+    assert compare_curves(curve, blown_up, 0.01).parted_at == 3
+    assert compare_curves(blown_up, blown_up, 0.01).matches
 
     original.write_text('{"step": 1, "loss": 2.0}\nnot json\n')
     with pytest.raises(ConfigError, match=r"metrics\.jsonl:2"):
