@@ -13,6 +13,7 @@ Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every 
     weights/                      the produced weights, as the training container left them
     work/<entry>-reproduced/      the entry's copy the inference image is built from
     results.sqlite, logs/, helm/  the copy's run, a results folder like `harness run --out`'s
+    seeds.json, record/           the seeds drawn before training; the run's own record
     reproduction.json, .md        the report
 
 An entry may describe its training in entry.yaml; every key is optional, the defaults fit the
@@ -21,6 +22,7 @@ submissions our templates render:
     train_dockerfile: Dockerfile.train   # relative to the entry; also the build context's folder
     weights_path: /app/out/merged        # where the training container leaves the merged weights
     output_dir: /app/out                 # a fresh volume is mounted here [default: its parent]
+    record_path: /app/out/train          # where it leaves metrics.jsonl and run_record.json
     model_dir: model                     # where the inference Dockerfile reads the weights from
     secrets: [HF_TOKEN]                  # environment variables passed to training at run time
     build_args: {WEIGHTS: local}         # inference build arguments (BASE_IMAGE comes from the CLI)
@@ -29,24 +31,30 @@ A secret is read from the organizer's environment and given to the training cont
 an environment variable: never as a build argument, so never in an image. Logs are redacted, and
 every declared secret's value is masked in them even when it does not look like a credential.
 
-Verdicts: `reproduced` when every scenario's mean main metric is within the tolerance of the
-original's; `differs` otherwise (or when the reproduced entry could not be scored); `train-timeout`,
-`train-failed`, `build-failed` (the training or the inference image) when it never got that far.
-The stage score (the leaderboard's win-rate arithmetic) is recomputed with the reproduced metrics
-in place of the original's against the same field of entries, and reported beside.
+Runs: one by default, with the seed the entry logged in training/run_record.json (its config's
+when it logged none); `replay` the same with determinism on, its loss curve checked step by step
+against training/metrics.jsonl (curves.py); `runs` N fresh seeds drawn before the first training
+(seeds.json), each run in runs/run-K/ laid out as above. The training gets the seed as
+$TRAIN_SEED and determinism as TRAIN_DETERMINISTIC=1; entry.yaml's `record_path` (default
+/app/out/train) is where it leaves its own record, collected into record/.
 
-This module holds the flow: the original run, scoring the copy and comparing, the whole
-reproduction. The training run is training.py's; the options, manifest, result dataclasses and
+Verdicts: `reproduced`, `within-noise`, `differs` (verdict.py judges the scores against the
+original's evaluation noise, stats.py holds the statistics; a replay whose curve parts differs),
+`train-timeout`, `train-failed`, `build-failed` (the training or the inference image) when it
+never got that far. The stage score (the leaderboard's win-rate arithmetic) is recomputed with the
+reproduced metrics in place of the original's against the same field of entries.
+
+This module holds the flow: the original run, scoring the copy, the whole reproduction. The
+training run is training.py's; the options, manifest, result dataclasses and
 reports are options.py's (shared by both, so neither imports the other).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +70,6 @@ from harness.helm.runner import read_instance_values
 from harness.infra import docker as engine
 from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
-from harness.leaderboard.scoring import RunSpec, ranks, score_stage
 from harness.reproduce.curves import (
     METRICS_FILE,
     RECORD_FILE,
@@ -78,7 +85,6 @@ from harness.reproduce.options import (
     ReproduceOptions,
     Reproduction,
     RunScores,
-    ScenarioComparison,
     Stop,
     Training,
     Verdict,
@@ -88,14 +94,12 @@ from harness.reproduce.options import (
     write_reports,
 )
 from harness.reproduce.stats import (
-    VERDICT_ORDER,
     Interval,
     Judgement,
     bootstrap_interval,
-    judge_runs,
-    worst,
 )
 from harness.reproduce.training import build_training_image, hash_files, train
+from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries
 from harness.secrets import redact
 from harness.store import Metric, Status, Store, entry_slug
@@ -103,7 +107,6 @@ from harness.store import Metric, Status, Store, entry_slug
 # The training's environment a reproduction sets (templates/train/train.py reads them).
 SEED_ENV = "TRAIN_SEED"
 DETERMINISTIC_ENV = "TRAIN_DETERMINISTIC"
-STAGE_SCORE = "stage score"
 
 # -- the original run ---------------------------------------------------------------------------
 
@@ -242,95 +245,6 @@ def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
     for path in [target, *target.rglob("*")]:
         if not path.is_symlink():
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
-
-
-def compare(
-    name: str,
-    original: Mapping[str, Sequence[Metric]],
-    reproduced: Sequence[Metric],
-) -> Comparison:
-    """Per-scenario means of the main metric, and the stage score against the original field
-    with this entry's metrics swapped for the reproduced ones."""
-
-    def by_scenario(metrics: Sequence[Metric]) -> dict[str, float | None]:
-        values: dict[str, list[float | None]] = {}
-        for metric in metrics:
-            values.setdefault(metric.scenario, []).append(metric.value)
-        return {
-            scenario: None
-            if None in found
-            else math.fsum(v for v in found if v is not None) / len(found)
-            for scenario, found in values.items()
-        }
-
-    mine, theirs = by_scenario(original[name]), by_scenario(reproduced)
-    lower = {m.scenario for m in original[name] if m.lower_is_better}
-    scenarios = tuple(
-        ScenarioComparison(scenario, mine.get(scenario), theirs.get(scenario), scenario in lower)
-        for scenario in sorted(set(mine) | set(theirs))
-    )
-    run_specs = {
-        m.run_spec: RunSpec(m.scenario, m.lower_is_better) for ms in original.values() for m in ms
-    }
-    field_values = {entry: {m.run_spec: m.value for m in ms} for entry, ms in original.items()}
-    before = score_stage(field_values, run_specs).scores
-    swapped = field_values | {name: {m.run_spec: m.value for m in reproduced}}
-    after = score_stage(swapped, run_specs).scores
-    return Comparison(
-        scenarios=scenarios,
-        original_score=before[name],
-        reproduced_score=after[name],
-        original_rank=ranks(before)[name],
-        reproduced_rank=ranks(after)[name],
-        field_size=len(before),
-    )
-
-
-def judge(
-    comparisons: Sequence[Comparison],
-    tolerance: float,
-    noise: Mapping[str, Interval] | None = None,
-) -> tuple[Verdict, str, dict[str, Judgement]]:
-    """The verdict of one or more reproduced runs (their comparisons) against the original: per
-    scenario and for the stage score (harness/reproduce/stats.py), the worst one counting.
-    `noise`: the original's bootstrap interval per scenario (none measured: no noise)."""
-    first = comparisons[0]
-    missing = sorted({s.scenario for c in comparisons for s in c.scenarios if s.difference is None})
-    if missing:
-        return Verdict.DIFFERS, f"no reproduced value for {', '.join(missing)}", {}
-    judgements: dict[str, Judgement] = {}
-    for i, scenario in enumerate(first.scenarios):
-        assert scenario.original is not None
-        values = [c.scenarios[i].reproduced for c in comparisons]
-        found = (noise or {}).get(scenario.scenario)
-        judgements[scenario.scenario] = judge_runs(
-            scenario.original,
-            [v for v in values if v is not None],
-            found.standard_error if found else 0.0,
-            tolerance,
-            lower_is_better=scenario.lower_is_better,
-        )
-    judgements[STAGE_SCORE] = judge_runs(
-        first.original_score, [c.reproduced_score for c in comparisons], 0.0, tolerance
-    )
-    verdict = Verdict(worst({k: j.verdict for k, j in judgements.items()}))
-    # The scenario behind the verdict: the worst verdict, then the largest shortfall.
-    name, judgement = max(
-        ((k, j) for k, j in judgements.items() if k != STAGE_SCORE),
-        key=lambda item: (VERDICT_ORDER.index(item[1].verdict), abs(item[1].difference)),
-    )
-    runs = "the reproduced run" if len(comparisons) == 1 else f"{len(judgement.kept)} runs' mean"
-    stage = judgements[STAGE_SCORE]
-    summary = (
-        f"largest difference {judgement.difference:+.4f} on {name} ({judgement.original:.4f} -> "
-        f"{runs} {judgement.mean:.4f})"
-        + ("" if judgement.p_value is None else f", one-sided p = {judgement.p_value:.3g}")
-        + f", evaluation noise (s.e.) {judgement.noise:.4f}; tolerance {tolerance:g}; "
-        f"stage score {stage.original:.4f} -> {stage.mean:.4f} ({stage.verdict})"
-    )
-    if verdict is Verdict.REPRODUCED:
-        summary = f"every scenario within tolerance or better: {summary}"
-    return verdict, summary, judgements
 
 
 def _noise(name: str, options: ReproduceOptions, original: _Original) -> dict[str, Interval]:

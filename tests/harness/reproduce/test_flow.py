@@ -22,7 +22,7 @@ from harness.errors import ConfigError
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
 from harness.reproduce.curves import Point, compare_curves, describe, read_curve, read_seed
-from harness.reproduce.flow import compare, judge, reproduce_entry
+from harness.reproduce.flow import reproduce_entry
 from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
@@ -36,6 +36,7 @@ from harness.reproduce.options import (
 )
 from harness.reproduce.stats import Interval
 from harness.reproduce.training import hash_files
+from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import Metric, Status, Store, entry_slug
