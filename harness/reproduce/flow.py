@@ -59,7 +59,6 @@ from harness.errors import ConfigError
 from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.helm.packs import verify_pack
 from harness.infra import docker as engine
-from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
 from harness.leaderboard.scoring import RunSpec, ranks, score_stage
 from harness.reproduce.options import (
@@ -369,7 +368,7 @@ def _reproduce(
     _copy_entry(entry, copy)
     manifest = load_manifest(copy)
     sdk = engine.client()
-    gpus = resolve_gpus(sdk, options.gpus)
+    gpus = engine.resolve_gpus(sdk, options.gpus)
     gpu = gpus[0] if gpus else None
 
     training: Training | None = None

@@ -15,14 +15,13 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InfrastructureError
 from harness.infra import docker as engine
-from harness.infra.gpus import device_request, gpu_environment
+from harness.infra.gpus import gpu_environment
 from harness.reproduce.options import (
     REPRODUCE_LABEL,
     Manifest,
@@ -119,24 +118,6 @@ def build_training_image(
     return result.image
 
 
-@contextmanager
-def _volume(sdk: Any, labels: Mapping[str, str]) -> Iterator[str]:
-    import docker.errors
-
-    try:
-        volume = sdk.volumes.create(
-            name=f"harness-reproduce-{labels[REPRODUCE_LABEL]}-{uuid.uuid4().hex[:8]}",
-            labels=dict(labels),
-        )
-    except docker.errors.DockerException as exc:
-        raise InfrastructureError(f"could not create the output volume: {exc}") from exc
-    try:
-        yield str(volume.name)
-    finally:
-        with suppress(docker.errors.DockerException):
-            volume.remove(force=True)
-
-
 def train(
     sdk: Any,
     image: str,
@@ -148,32 +129,27 @@ def train(
 ) -> tuple[Training, str | None]:
     """Run the training container to its end or the time limit; the weights of a finished run
     land in out/weights. Returns how it went, and why no weights were collected if none were."""
-    import docker.errors
-
     secrets = _secret_env(manifest, options)
     sampler, gpu_note = (
         GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
     )
     memory = _MemoryPeaks(sampler, gpu_note)
     labels = {engine.LABEL: "true", REPRODUCE_LABEL: slug, **options.labels}
-    with _volume(sdk, labels) as volume:
+    name = f"harness-reproduce-{slug}-{uuid.uuid4().hex[:8]}"
+    with engine.volume(sdk, name, labels) as volume:
         mounts = {
             str(host.resolve()): {"bind": path, "mode": "ro"}
             for host, path in options.mounts.items()
         }
         run: dict[str, Any] = {
-            "detach": True,
             "labels": labels,
             "environment": secrets,
             "volumes": {volume: {"bind": manifest.volume_path, "mode": "rw"}, **mounts},
         }
         if gpu is not None:
-            run["device_requests"] = [device_request(gpu)]
+            run["device_requests"] = [engine.device_request(gpu)]
             run["environment"] = {**secrets, **gpu_environment(gpu)}
-        try:
-            container = sdk.containers.run(image, **run)
-        except docker.errors.DockerException as exc:
-            raise InfrastructureError(f"could not start the training container: {exc}") from exc
+        container = engine.run_detached(sdk, image, **run)
         try:
             started = time.monotonic()
             if sampler:
@@ -202,8 +178,7 @@ def train(
             missing = _collect(container, manifest.weights_path, out / "weights")
             return training, missing if training.finished else None
         finally:
-            with suppress(docker.errors.DockerException):
-                container.remove(force=True)
+            engine.remove_quietly(container)
 
 
 def _wait(container: Any, deadline: float, memory: _MemoryPeaks, options: ReproduceOptions) -> bool:
@@ -225,17 +200,10 @@ def _wait(container: Any, deadline: float, memory: _MemoryPeaks, options: Reprod
 def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
     """Copy the weights out of the stopped container (its volume included) as the host's user;
     None when done, else why there are none."""
-    import docker.errors
-
-    try:
-        stream, _ = container.get_archive(weights_path)
-    except docker.errors.NotFound:
-        return f"the training ended without writing its weights to {weights_path}"
     with tempfile.TemporaryDirectory(prefix="harness-weights-", dir=dest.parent) as tmp:
         archive = Path(tmp) / "weights.tar"
-        with archive.open("wb") as file:
-            for chunk in stream:
-                file.write(chunk)
+        if not engine.copy_out(container, weights_path, archive):
+            return f"the training ended without writing its weights to {weights_path}"
         with tarfile.open(archive) as tar:
             tar.extractall(Path(tmp) / "x", filter="data")
         archive.unlink()

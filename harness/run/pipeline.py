@@ -29,7 +29,7 @@ from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
 from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
 from harness.infra import docker as engine
-from harness.infra.gpus import GpuPool, resolve_gpus
+from harness.infra.gpus import GpuPool
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.run.gateway import Gateway
 from harness.run.health import wait_healthy
@@ -228,7 +228,7 @@ class Machine:
         self.sdk = sdk
         self.labels = dict(labels or {})  # put on every container (the Ray executor: its node)
         self.network = None if allow_network else self._eval_network()
-        self.gpus = GpuPool(resolve_gpus(sdk, gpus))
+        self.gpus = GpuPool(engine.resolve_gpus(sdk, gpus))
         self.stopping = threading.Event()
         self._watch = engine.EngineWatch()
         self.engine_lost = self._watch.lost
@@ -261,10 +261,7 @@ class Machine:
 
     def remove_stale_containers(self, run_id: str) -> None:
         """Containers a killed harness left for the same results folder."""
-        stale = self.sdk.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-        for container in stale:
-            with suppress(Exception):
-                container.remove(force=True)
+        engine.remove_containers(self.sdk, {"label": f"{RUN_LABEL}={run_id}"})
 
     def remove_container(self, name: str) -> None:
         with suppress(Exception):  # none by that name: nothing to do
