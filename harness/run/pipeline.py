@@ -6,8 +6,7 @@
 and GPUs) and returns how the entry ended. It never writes the results store itself: it tells a
 `Recorder`, which is the store for the local executor (`StoreRecorder`, live) and a list of records
 for workers that cannot reach the store (`BufferedRecorder`, replayed by the driver). A failing
-entry is an ending, not a crash: `EntryError` and the steps' own failures become a status and a
-reason.
+entry is an ending, not a crash: the steps' failures become a status and a reason.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
-from harness.errors import DiskFullError, EntryError, InfrastructureError, disk_full
+from harness.errors import DiskFullError, InfrastructureError, disk_full
 from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
 from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
@@ -324,8 +323,6 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
                 ending = _Pipeline(job, recorder, machine).run(Path(tmp))
     except _Ended as ended:
         ending = ended.ending
-    except EntryError as exc:
-        ending = Ending(Status.EVAL_FAILED, str(exc))
     except OSError as exc:
         if (full := disk_full(exc, job.options.out)) is None:
             raise
