@@ -18,6 +18,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from tests._wait import until
+
 SERVER_DIR = Path(__file__).resolve().parents[2] / "templates" / "server"
 FRANCE = "The capital of France is "
 GREEDY = {"temperature": 0, "top_k_per_token": 3}
@@ -34,11 +36,17 @@ def import_server() -> ModuleType:
 
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while (status := client.get("/health").status_code) != 200:
-        assert status == 503, client.get("/health").json()
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.05)
+    def loading() -> str | None:  # 503 while the model loads; anything else but 200 is a failure
+        health = client.get("/health")
+        return None if health.status_code in (200, 503) else str(health.json())
+
+    until(
+        lambda: client.get("/health").status_code == 200,
+        "the server became ready",
+        timeout_s=timeout,
+        interval_s=0.05,
+        check=loading,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -525,10 +533,11 @@ def test_a_model_that_cannot_load_is_reported(
     monkeypatch.delenv("MODEL_PATH", raising=False)
     settings = server.Settings(model_path=str(tmp_path / model_path)) if model_path else None
     with TestClient(server.create_app(settings)) as broken:
-        deadline = time.monotonic() + 30
-        while (health := broken.get("/health")).status_code == 503:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        health = until(
+            lambda: (answer := broken.get("/health")).status_code != 503 and answer,
+            "the server stopped loading",
+            interval_s=0.05,
+        )
         assert health.status_code == 500
         expected = "missing-model" if model_path else "MODEL_PATH is not set"
         assert expected in health.json()["detail"]

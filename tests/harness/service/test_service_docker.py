@@ -8,7 +8,6 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import pytest
 from harness.service.db import ServiceDB, State
 from harness.store import RUN_LABEL, Store, results_id
 from harness.submission.render import render_submission
+from tests._wait import until
 from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
@@ -91,16 +91,20 @@ def test_cancelling_a_running_entry_removes_its_container(
     token = served.add_team("team-a")
     sub = served.submit(token, stand_in_zip(tmp_path, "hangs", "never-healthy")).json()
     served.wait_for(token, sub["id"], lambda a: a["step"] == "serve")
-    deadline = time.monotonic() + 60
-    while not containers(docker_client, served):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    until(lambda: containers(docker_client, served), "the entry's container runs", timeout_s=60)
     with served.client(token) as client:
         assert client.post(f"/api/v1/submissions/{sub['id']}/cancel").json()["status"] == (
             "cancelled"
         )
     assert containers(docker_client, served) == []
-    time.sleep(3)  # the pipeline notices, ends, and its ending is not taken as the result
+
+    def pipeline_ended() -> bool:
+        with Store(served.data / "results") as store:
+            return sub["id"] in store.results("open")
+
+    # The pipeline notices, ends and records its ending in the results store; the submission
+    # stays cancelled: that ending is not taken as its result.
+    until(pipeline_ended, "the cancelled entry's pipeline ended", timeout_s=120)
     with served.client(token) as client:
         assert client.get(f"/api/v1/submissions/{sub['id']}").json()["status"] == "cancelled"
 
@@ -143,13 +147,6 @@ def test_kill_9_requeues_the_running_entry_and_each_finishes_once(
     assert runs == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert attempts == {ids[0]: 2, ids[1]: 1, ids[2]: 1}
     assert finished_evaluations == {i: 1 for i in ids}
-
-
-def wait_until(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting until {what}"
-        time.sleep(0.2)
 
 
 @pytest.mark.parametrize(
@@ -204,7 +201,11 @@ def test_a_restart_after_kill_9_removes_its_containers_and_no_other_folders(
         assert containers(docker_client, served), "kill -9 left no container: nothing to test"
 
         restarted = serve("--jobs", "0", data=served.data)
-        wait_until(lambda: not containers(docker_client, restarted), 60, "its containers are gone")
+        until(
+            lambda: not containers(docker_client, restarted),
+            "its containers are gone",
+            timeout_s=60,
+        )
         other.reload()
         assert other.status == "running"
         with restarted.client(token) as client:
