@@ -130,6 +130,7 @@ def render_submission(
         "Dockerfile": "Dockerfile.j2",
         "Dockerfile.train": "Dockerfile.train.j2",
         ".dockerignore": "dockerignore.j2",
+        ".gitignore": "gitignore.j2",
         "README.md": "README.md.j2",
     }
     for dest, template in rendered.items():

@@ -32,9 +32,13 @@ _SNIFF = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decid
 
 
 def discover(entries_dir: Path) -> list[Path]:
-    """The entries of a folder: each immediate subfolder and `.zip` file, in name order."""
+    """The entries of a folder: each immediate subfolder and `.zip` file, in name order; a folder
+    with a Dockerfile of its own is one entry (a competitor's submission folder, whose data/ and
+    model/ are not entries)."""
     if not entries_dir.is_dir():
         raise ConfigError(f"{entries_dir} is not a folder of entries")
+    if (entries_dir / "Dockerfile").is_file():
+        return [entries_dir]
     entries = sorted(
         child
         for child in entries_dir.iterdir()

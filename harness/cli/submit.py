@@ -53,7 +53,9 @@ def fail(console: Console, exc: HarnessError) -> typer.Exit:
 
 
 def main(
-    entry: Path = typer.Argument(..., help="The entry's folder (zipped here) or a zip file."),
+    entry: Path = typer.Argument(
+        ..., help="The entry's folder (its Docker build context is zipped here) or a zip file."
+    ),
     server: str = SERVER,
     token: str = TOKEN,
     track: str = typer.Option(..., help="4090 or A100."),
@@ -64,7 +66,16 @@ def main(
     console = Console(stderr=True)
     try:
         with ServiceClient(server, token) as client:
-            sub = client.submit(entry, track=track, publish=publish)
+            sub = client.submit(
+                entry,
+                track=track,
+                publish=publish,
+                on_size=lambda size, limit: console.print(
+                    f"uploading {size / 1024**2:.1f} MiB (the server takes up to "
+                    f"{limit / 1024**2:.0f} MiB)",
+                    highlight=False,
+                ),
+            )
             console.print(describe(sub), highlight=False)
             typer.echo(sub["id"])
             if not wait:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import re
 from pathlib import Path
 
@@ -33,6 +35,7 @@ def test_renders_every_file_a_submission_needs(rendered: Path) -> None:
         "Dockerfile",
         "Dockerfile.train",
         ".dockerignore",
+        ".gitignore",
         "README.md",
         "requirements.txt",
         "requirements-train.txt",
@@ -167,3 +170,17 @@ def test_weights_command_makes_the_merged_model_the_default(
     assert (out / "model" / "model.safetensors").is_file()
     result = runner.invoke(app, ["submission", "weights", str(tmp_path), str(tiny_model_dir)])
     assert result.exit_code == 2 and "no ARG WEIGHTS" in result.output
+
+
+def test_git_keeps_training_outputs_and_weights_out(tmp_path: Path) -> None:
+    folder = render_submission("4090", "entry-1", tmp_path / "entry-1").path
+    subprocess.run(["git", "init", "-q", str(folder)], check=True)
+    (folder / "out" / "train").mkdir(parents=True)
+    (folder / "out" / "train" / "adapter.safetensors").write_bytes(b"w")
+    (folder / "model" / "model.safetensors").write_bytes(b"w")
+    listed = subprocess.run(
+        ["git", "-C", str(folder), "ls-files", "--others", "--exclude-standard"],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "model/README.md" in listed and "Dockerfile" in listed
+    assert not [name for name in listed if name.startswith("out/") or name.endswith(".safetensors")]
