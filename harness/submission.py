@@ -7,8 +7,11 @@ Jinja templates with the track's preset.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,9 @@ DEFAULT_BASE_IMAGE = (
     "@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+WEIGHTS_LOCK = "weights.lock.json"  # the Dockerfile's weights-url stage downloads what it lists
+# Plain HTTP only to this machine (tests, a local mirror): elsewhere the weights travel over TLS.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 # What `smoke_config` changes in a preset: a few optimizer steps on the CPU, checked exactly.
@@ -135,19 +141,60 @@ def render_submission(
     }
     for dest, template in rendered.items():
         (out_dir / dest).write_text(env.get_template(template).render(context))
+    lock = out_dir / WEIGHTS_LOCK
+    if not lock.exists():  # a re-render keeps the weights already locked
+        lock.write_text(json.dumps({"files": []}) + "\n")
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
     return Submission(out_dir, track, name, tuple(files))
+
+
+def _default_weights(submission_dir: Path, mode: str) -> None:
+    dockerfile = submission_dir / "Dockerfile"
+    text = dockerfile.read_text() if dockerfile.is_file() else ""
+    if not re.search(rf"^FROM \S+ AS weights-{mode}$", text, re.MULTILINE):
+        raise ConfigError(
+            f"{dockerfile} is not a rendered inference Dockerfile (no weights-{mode})"
+        )
+    dockerfile.write_text(re.sub(r"^ARG WEIGHTS=\S*", f"ARG WEIGHTS={mode}", text, flags=re.M))
 
 
 def use_weights(submission_dir: Path, model_dir: Path) -> None:
     """Make a merged model the one a submission serves: copy it into model/ and make `local` the
     inference Dockerfile's default WEIGHTS, so the organizers' plain `docker build` uses it."""
-    dockerfile = submission_dir / "Dockerfile"
-    text = dockerfile.read_text() if dockerfile.is_file() else ""
-    if not re.search(r"^ARG WEIGHTS=", text, re.MULTILINE):
-        raise ConfigError(f"{dockerfile} is not a rendered inference Dockerfile (no ARG WEIGHTS)")
+    _default_weights(submission_dir, "local")
     _copy_model(model_dir, submission_dir / "model")
-    dockerfile.write_text(re.sub(r"^ARG WEIGHTS=\S*", "ARG WEIGHTS=local", text, flags=re.M))
+
+
+def lock_weights(submission_dir: Path, model_dir: Path, url_base: str) -> list[dict[str, object]]:
+    """Serve a merged model uploaded under `url_base` (its files at the same relative paths):
+    write each file's URL, size and sha256 into the submission's weights.lock.json and make `url`
+    the Dockerfile's default WEIGHTS; the build downloads and verifies them. Returns the lock's
+    entries."""
+    parsed = urllib.parse.urlsplit(url_base)
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and parsed.hostname in _LOOPBACK):
+        raise ConfigError(f"--url-base {url_base!r} must be an https:// URL")
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    entries: list[dict[str, object]] = []
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir).as_posix()
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        url = url_base.rstrip("/") + "/" + urllib.parse.quote(relative)
+        entries.append(
+            {
+                "path": relative,
+                "url": url,
+                "size": path.stat().st_size,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    _default_weights(submission_dir, "url")
+    lock = {"files": entries}
+    (submission_dir / WEIGHTS_LOCK).write_text(json.dumps(lock, indent=2) + "\n")
+    return entries
 
 
 def smoke_config(config_path: Path, *, base_model: str, dataset: str) -> None:

@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.submission import DEFAULT_BASE_IMAGE, TRACKS, render_submission, use_weights
+from harness.submission import (
+    DEFAULT_BASE_IMAGE,
+    TRACKS,
+    WEIGHTS_LOCK,
+    lock_weights,
+    render_submission,
+    use_weights,
+)
 
 EPILOG = """**Examples**
 
@@ -16,7 +23,10 @@ EPILOG = """**Examples**
 
     harness submission new --track A100 --name my-entry --model-dir out/merged --force
 
-    harness submission weights submissions/my-entry submissions/my-entry/out/merged
+    harness submission weights submissions/my-entry submissions/my-entry/out/merged \\
+        --url-base https://huggingface.co/me/my-model/resolve/COMMIT_SHA
+
+    harness submission weights submissions/my-entry submissions/my-entry/out/merged   # into model/
 """
 
 app = typer.Typer(help="Create competition submissions.", epilog=EPILOG, no_args_is_help=True)
@@ -53,12 +63,29 @@ def new(
 def weights(
     submission_dir: Path = typer.Argument(..., help="A rendered submission folder."),
     model_dir: Path = typer.Argument(..., help="The merged model (merge.py's out/merged)."),
+    url_base: str | None = typer.Option(
+        None,
+        help="Where MODEL_DIR's files are uploaded (same relative paths): lock them by size and "
+        "sha256 in weights.lock.json and build with WEIGHTS=url. Without it: copy into model/.",
+    ),
 ) -> None:
-    """Serve a merged model: copy it into model/ and make it the Dockerfile's default weights."""
+    """Serve a merged model: lock its uploaded files by URL (or copy it into model/) and make
+    that the Dockerfile's default weights."""
     console = Console()
     try:
-        use_weights(submission_dir, model_dir)
+        if url_base is None:
+            use_weights(submission_dir, model_dir)
+        else:
+            locked = lock_weights(submission_dir, model_dir, url_base)
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc
-    console.print(f"{submission_dir / 'model'} now holds the served model (WEIGHTS=local)")
+    if url_base is None:
+        console.print(f"{submission_dir / 'model'} now holds the served model (WEIGHTS=local)")
+        return
+    size = sum(int(str(entry["size"])) for entry in locked)
+    console.print(
+        f"{submission_dir / WEIGHTS_LOCK} locks {len(locked)} files ({size / 1024**2:.1f} MiB) "
+        f"under {url_base} (WEIGHTS=url): the build fails if one differs",
+        highlight=False,
+    )

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
+import hashlib
+import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,38 @@ def test_weights_command_makes_the_merged_model_the_default(
     assert "ARG WEIGHTS=local" in (out / "Dockerfile").read_text()
     assert (out / "model" / "model.safetensors").is_file()
     result = runner.invoke(app, ["submission", "weights", str(tmp_path), str(tiny_model_dir)])
-    assert result.exit_code == 2 and "no ARG WEIGHTS" in result.output
+    assert result.exit_code == 2 and "is not a rendered inference Dockerfile" in result.output
+
+
+def test_weights_by_url_are_locked_by_size_and_sha256(tmp_path: Path, tiny_model_dir: Path) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "e").path
+    assert json.loads((out / "weights.lock.json").read_text()) == {"files": []}
+    base = "https://example.org/me/model/resolve/" + "a" * 40
+    result = runner.invoke(
+        app, ["submission", "weights", str(out), str(tiny_model_dir), "--url-base", base + "/"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "ARG WEIGHTS=url" in (out / "Dockerfile").read_text()
+    files = json.loads((out / "weights.lock.json").read_text())["files"]
+    weights = next(f for f in files if f["path"] == "model.safetensors")
+    data = (tiny_model_dir / "model.safetensors").read_bytes()
+    assert weights == {
+        "path": "model.safetensors",
+        "url": base + "/model.safetensors",
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert {f["path"] for f in files} == {p.name for p in tiny_model_dir.iterdir() if p.is_file()}
+    assert not (out / "model" / "model.safetensors").exists()  # nothing copied
+    # A re-render keeps the lock; plain HTTP off this machine and a non-model folder are refused.
+    render_submission("4090", "entry-1", out, force=True)
+    assert json.loads((out / "weights.lock.json").read_text())["files"] == files
+    for args, message in (
+        ([str(tiny_model_dir), "--url-base", "http://example.org/m"], "must be an https:// URL"),
+        ([str(tmp_path), "--url-base", base], "no config.json"),
+    ):
+        result = runner.invoke(app, ["submission", "weights", str(out), *args])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_git_keeps_training_outputs_and_weights_out(tmp_path: Path) -> None:
