@@ -66,6 +66,10 @@ def _preset(track: str) -> dict[str, object]:
     return preset
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
 def _copy_model(model_dir: Path, dest: Path) -> None:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
@@ -78,14 +82,16 @@ def render_submission(
     out_dir: Path,
     *,
     force: bool = False,
+    reset_config: bool = False,
     model_dir: Path | None = None,
     base_image: str = DEFAULT_BASE_IMAGE,
 ) -> Submission:
     """Write the submission folder `out_dir` for `track`; returns what was written.
 
     An existing folder is refused unless `force`: then the rendered files are overwritten and
-    everything else there (model/, data/, out/) is left alone. `model_dir`, a merged model, is
-    copied into model/ and becomes the inference image's default weights.
+    everything else there (model/, data/, out/, weights.lock.json) is left alone, as are an edited
+    config.yaml (unless `reset_config`) and the Dockerfile's default WEIGHTS. `model_dir`, a
+    merged model, is copied into model/ and becomes the inference image's default weights.
     """
     if track not in TRACKS:
         raise ConfigError(f"unknown track {track!r}; choose one of {', '.join(TRACKS)}")
@@ -106,6 +112,9 @@ def render_submission(
     }
     for folder in ("server", "train"):
         copied |= {p.name: p for p in sorted((TEMPLATES / folder).glob("*.py"))}
+    if (out_dir / "config.yaml").exists() and not reset_config:
+        del copied["config.yaml"]  # the competitor's own settings
+    weights = re.search(r"^ARG WEIGHTS=(\S+)", _read(out_dir / "Dockerfile"), re.MULTILINE)
     for dest, source in copied.items():
         shutil.copyfile(source, out_dir / dest)
 
@@ -127,7 +136,7 @@ def render_submission(
         "base_image": base_image,
         "base_model": preset["base_model"],
         "base_revision": preset.get("revision", "main"),
-        "default_weights": "local" if model_dir is not None else "hub",
+        "default_weights": "local" if model_dir else weights[1] if weights else "hub",
         "train_files": sorted(
             ["config.yaml", *(p.name for p in (TEMPLATES / "train").glob("*.py"))]
         ),

@@ -41,14 +41,25 @@ def new(
         None, help="A merged model to copy into model/ and serve by default."
     ),
     base_image: str = typer.Option(DEFAULT_BASE_IMAGE, help="Default BASE_IMAGE of both images."),
-    force: bool = typer.Option(False, help="Overwrite the rendered files of an existing folder."),
+    force: bool = typer.Option(
+        False, help="Re-render an existing folder (config.yaml and WEIGHTS are kept)."
+    ),
+    reset_config: bool = typer.Option(
+        False, help="With --force: overwrite config.yaml with the track's preset too."
+    ),
 ) -> None:
     """Write a submission: Dockerfiles, hash-pinned requirements, config, server, training."""
     console = Console()
     target = out or Path("submissions") / name
     try:
         submission = render_submission(
-            track, name, target, force=force, model_dir=model_dir, base_image=base_image
+            track,
+            name,
+            target,
+            force=force,
+            reset_config=reset_config,
+            model_dir=model_dir,
+            base_image=base_image,
         )
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")

@@ -2,6 +2,7 @@
 
     python train.py --config config.yaml            # a new run, or resume this config's run
     python train.py --config config.yaml --fresh    # discard output_dir's run and start over
+    python train.py --config config.yaml --ignore-memory-estimate   # a warning, not a refusal
 
 Steps: validate the config; fetch only the base model's config.json and refuse a config whose
 estimated peak memory does not fit the track's GPU (memory.py); curate the data (data.py); load the
@@ -333,8 +334,9 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
-def check_memory(config: TrainConfig) -> memory.Estimate:
-    """Only config.json is fetched here: a config that cannot fit fails before any weights."""
+def check_memory(config: TrainConfig, *, override: bool = False) -> memory.Estimate:
+    """Only config.json is fetched here: a config that cannot fit fails before any weights.
+    `override` turns the refusal into a warning, for an estimate known to be too high."""
     try:
         model_config = AutoConfig.from_pretrained(config.base_model, revision=config.revision)
     except OSError as exc:
@@ -342,17 +344,33 @@ def check_memory(config: TrainConfig) -> memory.Estimate:
             f"cannot read the config of base_model {config.base_model!r}: {exc}"
         ) from None
     shape = memory.ModelShape.from_config(model_config.to_dict(), origin=config.base_model)
-    return memory.check(shape, config)
+    try:
+        return memory.check(shape, config)
+    except ConfigError as exc:
+        if not override:
+            raise ConfigError(
+                f"{exc}\n(an estimate you know to be wrong: --ignore-memory-estimate)"
+            ) from None
+        print(
+            f"warning: {exc}\ngoing on anyway (--ignore-memory-estimate): expect CUDA out of "
+            "memory if the estimate was right",
+            file=sys.stderr,
+        )
+        return memory.estimate(shape, config)
 
 
 def train(
-    config: TrainConfig, callbacks: list[TrainerCallback] | None = None, *, fresh: bool = False
+    config: TrainConfig,
+    callbacks: list[TrainerCallback] | None = None,
+    *,
+    fresh: bool = False,
+    ignore_memory_estimate: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) training; returns the summary also written to output_dir."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     out = Path(config.output_dir)
-    print(check_memory(config).table())
+    print(check_memory(config, override=ignore_memory_estimate).table())
     end, checkpoint = start_run(config, out, fresh=fresh)
 
     tokenizer = load_tokenizer(config)
@@ -445,9 +463,18 @@ def main() -> None:
     parser.add_argument(
         "--fresh", action="store_true", help="discard the run in output_dir and start over"
     )
+    parser.add_argument(
+        "--ignore-memory-estimate",
+        action="store_true",
+        help="train even when memory.py estimates the config does not fit the track's GPU",
+    )
     args = parser.parse_args()
     try:
-        train(load_config(args.config), fresh=args.fresh)
+        train(
+            load_config(args.config),
+            fresh=args.fresh,
+            ignore_memory_estimate=args.ignore_memory_estimate,
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

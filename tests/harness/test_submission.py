@@ -116,6 +116,23 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert (out / "Dockerfile").read_text() != "edited"
 
 
+def test_force_keeps_an_edited_config_and_the_weights_default_unless_asked(
+    tmp_path: Path,
+) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "e").path
+    preset = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(preset.replace("learning_rate: 0.0002", "learning_rate: 1e-5"))
+    dockerfile = (out / "Dockerfile").read_text()
+    (out / "Dockerfile").write_text(dockerfile.replace("ARG WEIGHTS=hub", "ARG WEIGHTS=url"))
+    result = runner.invoke(app, ["submission", "new", "--track", "4090", "--name", "entry-1",
+                                 "--out", str(out), "--force"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "learning_rate: 1e-5" in (out / "config.yaml").read_text()
+    assert "ARG WEIGHTS=url" in (out / "Dockerfile").read_text()
+    render_submission("4090", "entry-1", out, force=True, reset_config=True)
+    assert (out / "config.yaml").read_text() == preset
+
+
 def test_model_dir_is_copied_and_served_by_default(tmp_path: Path, tiny_model_dir: Path) -> None:
     out = render_submission("A100", "tiny", tmp_path / "t", model_dir=tiny_model_dir).path
     assert (out / "model" / "config.json").read_bytes() == (

@@ -216,7 +216,21 @@ def test_a_config_that_cannot_fit_is_refused_before_any_weights_load(tmp_path: P
     )
     assert result.returncode == 2
     assert "track 4090 has 24 GiB" in result.stderr and "DOES NOT FIT" in result.stderr
+    assert "--ignore-memory-estimate" in result.stderr
     assert not (tmp_path / "output" / "curated.jsonl").exists()
+
+
+def test_an_estimate_known_to_be_wrong_can_be_overridden_with_a_warning(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tiny model fits anywhere: shrink the track's GPU so the estimate refuses it.
+    monkeypatch.setitem(train_config.TRACK_GPU_GIB, "4090", 1e-6)
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir, max_steps=1))
+    with pytest.raises(train_config.ConfigError, match="--ignore-memory-estimate"):
+        train.train(config)
+    assert not (tmp_path / "output" / train.MARKER).exists()  # refused before the run began
+    summary = train.train(config, ignore_memory_estimate=True)
+    assert summary["global_step"] == 1
 
 
 def test_a_run_of_another_config_in_the_same_folder_is_refused_and_fresh_trains_it_fully(
