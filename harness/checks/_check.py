@@ -38,7 +38,7 @@ def discover(entries_dir: Path) -> list[Path]:
     if not entries_dir.is_dir():
         raise ConfigError(f"{entries_dir} is not a folder of entries")
     if (entries_dir / "Dockerfile").is_file():
-        return [entries_dir]
+        return [entries_dir.resolve()]  # `harness check .` names the entry after its folder
     entries = sorted(
         child
         for child in entries_dir.iterdir()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 
 from harness.errors import HarnessError
@@ -14,6 +16,7 @@ from harness.submission import (
     WEIGHTS_LOCK,
     lock_weights,
     render_submission,
+    smoke_config,
     use_weights,
 )
 
@@ -27,6 +30,9 @@ EPILOG = """**Examples**
         --url-base https://huggingface.co/me/my-model/resolve/COMMIT_SHA
 
     harness submission weights submissions/my-entry submissions/my-entry/out/merged   # into model/
+
+    harness tiny-model /tmp/tiny && harness submission smoke submissions/my-entry \\
+        --base-model /tmp/tiny --dataset data/train.jsonl
 """
 
 app = typer.Typer(help="Create competition submissions.", epilog=EPILOG, no_args_is_help=True)
@@ -98,5 +104,37 @@ def weights(
     console.print(
         f"{submission_dir / WEIGHTS_LOCK} locks {len(locked)} files ({size / 1024**2:.1f} MiB) "
         f"under {url_base} (WEIGHTS=url): the build fails if one differs",
+        highlight=False,
+    )
+
+
+@app.command("smoke", epilog=EPILOG)
+def smoke(
+    submission_dir: Path = typer.Argument(..., help="A rendered submission folder."),
+    base_model: Path = typer.Option(
+        ..., help="A small local model, e.g. from `harness tiny-model DIR` (no download)."
+    ),
+    dataset: str = typer.Option(
+        ..., help="Your training data (alpaca JSONL), relative to the submission folder."
+    ),
+    out: str = typer.Option("smoke.yaml", help="The config to write, in the submission folder."),
+) -> None:
+    """Write a dry-run config: config.yaml shrunk to a few QLoRA steps on the CPU with its own
+    output folders (out/smoke/), so the real run's out/train is never touched."""
+    console = Console()
+    config = submission_dir / "config.yaml"
+    if not config.is_file():
+        console.print(f"[red]error:[/] {config} does not exist: not a rendered submission")
+        raise typer.Exit(2)
+    target = submission_dir / out
+    shutil.copyfile(config, target)
+    smoke_config(target, base_model=str(base_model.resolve()), dataset=dataset)
+    settings = yaml.safe_load(target.read_text())
+    settings["output_dir"] = "out/smoke/train"
+    settings["merge"]["output_dir"] = "out/smoke/merged"
+    target.write_text(yaml.safe_dump(settings, sort_keys=False))
+    console.print(
+        f"wrote {target}; in {submission_dir}: python train.py --config {out} && "
+        f"python merge.py --config {out}",
         highlight=False,
     )

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.errors import ConfigError
 from harness.submission import TEMPLATES, TRACKS, render_submission
+from harness.tiny_model import write_tiny_dataset
 
 runner = CliRunner()
 
@@ -233,3 +235,24 @@ def test_git_keeps_training_outputs_and_weights_out(tmp_path: Path) -> None:
     ).stdout.split()  # fmt: skip
     assert "model/README.md" in listed and "Dockerfile" in listed
     assert not [name for name in listed if name.startswith("out/") or name.endswith(".safetensors")]
+
+
+def test_smoke_writes_a_dry_run_config_that_trains_and_merges_apart_from_the_real_run(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "e").path
+    write_tiny_dataset(out / "data" / "train.jsonl")
+    result = runner.invoke(app, ["submission", "smoke", str(out), "--base-model",
+                                 str(tiny_model_dir), "--dataset", "data/train.jsonl"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for script in ("train.py", "merge.py"):
+        done = subprocess.run(
+            [sys.executable, script, "--config", "smoke.yaml"],
+            cwd=out, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "out" / "smoke" / "merged" / "config.json").is_file()
+    assert not (out / "out" / "train").exists()  # the real run's folder is untouched
+    result = runner.invoke(app, ["submission", "smoke", str(tmp_path), "--base-model", "x",
+                                 "--dataset", "d.jsonl"])  # fmt: skip
+    assert result.exit_code == 2 and "not a rendered submission" in result.output

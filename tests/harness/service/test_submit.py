@@ -82,3 +82,7 @@ def test_check_on_a_submission_folder_checks_it_as_one_entry(tmp_path: Path) -> 
     result = CliRunner().invoke(app, ["check", str(folder), "--format", "json"])
     assert result.exit_code == 0, result.output
     assert '"entry-1"' in result.output and '"data"' not in result.output
+    inside = subprocess.run(
+        [str(HARNESS), "check", ".", "--format", "json"], cwd=folder, capture_output=True, text=True
+    )
+    assert inside.returncode == 0 and '"entry-1"' in inside.stdout, inside.stdout + inside.stderr
