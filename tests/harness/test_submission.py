@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from harness.checks import check_entry
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.submission import TEMPLATES, TRACKS, render_submission
+from harness.submission import TEMPLATES, TRACKS, lock_weights, render_submission
 from harness.tiny_model import write_tiny_dataset
 
 runner = CliRunner()
@@ -256,3 +257,26 @@ def test_smoke_writes_a_dry_run_config_that_trains_and_merges_apart_from_the_rea
     result = runner.invoke(app, ["submission", "smoke", str(tmp_path), "--base-model", "x",
                                  "--dataset", "d.jsonl"])  # fmt: skip
     assert result.exit_code == 2 and "not a rendered submission" in result.output
+
+
+def test_check_flags_served_weights_that_are_not_pinned(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    out = render_submission("4090", "entry-1", tmp_path / "entry-1").path
+    dockerfile = (out / "Dockerfile").read_text()
+
+    def weights_findings() -> list[str]:
+        report = check_entry(out)
+        return [f.message for f in report.findings if f.rule == "unpinned-weights"]
+
+    assert weights_findings() == []
+    (out / "Dockerfile").write_text(
+        re.sub(r"^ARG MODEL_REVISION=\S+", "ARG MODEL_REVISION=main", dockerfile, flags=re.M)
+    )
+    (message,) = weights_findings()
+    assert "MODEL_REVISION 'main'" in message and "commit sha" in message
+    (out / "Dockerfile").write_text(dockerfile.replace("ARG WEIGHTS=hub", "ARG WEIGHTS=url"))
+    (message,) = weights_findings()  # the rendered lock lists no file yet
+    assert "weights.lock.json" in message and "--url-base" in message
+    lock_weights(out, tiny_model_dir, "https://example.org/me/model")
+    assert weights_findings() == []

@@ -6,6 +6,8 @@ submissions.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -20,15 +22,22 @@ from harness.submission import render_submission
 from tests.harness.service.conftest import HARNESS, Serve
 
 
-def _trained_folder(tmp_path: Path, *, weights: str, model_bytes: int = 1000) -> Path:
+def _trained_folder(tmp_path: Path, *, weights_mode: str, model_bytes: int = 1000) -> Path:
     """A rendered submission after training: out/ holds checkpoints, model/ the merged weights."""
     folder = render_submission("4090", "entry-1", tmp_path / "entry-1").path
     dockerfile = folder / "Dockerfile"
-    text = re.sub(r"^ARG WEIGHTS=\S+", f"ARG WEIGHTS={weights}", dockerfile.read_text(), flags=re.M)
+    text = re.sub(
+        r"^ARG WEIGHTS=\S+", f"ARG WEIGHTS={weights_mode}", dockerfile.read_text(), flags=re.M
+    )
     dockerfile.write_text(text)
     (folder / "out" / "train" / "checkpoint-2").mkdir(parents=True)
     (folder / "out" / "train" / "checkpoint-2" / "adapter.safetensors").write_bytes(b"a" * 100)
-    (folder / "model" / "model.safetensors").write_bytes(os.urandom(model_bytes))
+    weights = os.urandom(model_bytes)
+    (folder / "model" / "model.safetensors").write_bytes(weights)
+    if weights_mode == "url":  # as `harness submission weights --url-base` locks it
+        entry = {"path": "model.safetensors", "url": "https://example.org/m/model.safetensors",
+                 "size": len(weights), "sha256": hashlib.sha256(weights).hexdigest()}  # fmt: skip
+        (folder / "weights.lock.json").write_text(json.dumps({"files": [entry]}))
     (folder / ".git").mkdir()
     (folder / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (folder / ".env").write_text("HF_TOKEN=x\n")
@@ -39,11 +48,11 @@ def _trained_folder(tmp_path: Path, *, weights: str, model_bytes: int = 1000) ->
 def test_the_build_context_leaves_out_training_outputs_ignored_files_and_unserved_weights(
     tmp_path: Path,
 ) -> None:
-    by_url = build_context(_trained_folder(tmp_path / "url", weights="url"))
+    by_url = build_context(_trained_folder(tmp_path / "url", weights_mode="url"))
     assert "Dockerfile" in by_url and "config.yaml" in by_url and "data/README.md" in by_url
     assert not [p for p in by_url if p.startswith(("out/", "model/", ".git/", ".env"))]
     assert "notes.token" not in by_url
-    local = _trained_folder(tmp_path / "local", weights="local")
+    local = _trained_folder(tmp_path / "local", weights_mode="local")
     served = build_context(local)
     assert "model/model.safetensors" in served
     assert set(served) - set(by_url) == {"model/README.md", "model/model.safetensors"}
@@ -59,7 +68,7 @@ def test_submit_prints_the_size_and_refuses_over_the_servers_limit_before_sendin
     env = {**os.environ, "HARNESS_TOKEN": token}
     command = [str(HARNESS), "submit", "--server", served.url, "--track", "4090"]
     # 3 MB of incompressible weights in model/, served with WEIGHTS=local: over the 1 MiB limit.
-    big = _trained_folder(tmp_path / "big", weights="local", model_bytes=3 * 10**6)
+    big = _trained_folder(tmp_path / "big", weights_mode="local", model_bytes=3 * 10**6)
     refused = subprocess.run([*command, str(big)], capture_output=True, text=True, env=env)
     assert refused.returncode == 2, refused.stderr
     assert "over the server's limit of 1 MiB" in refused.stderr
@@ -67,7 +76,7 @@ def test_submit_prints_the_size_and_refuses_over_the_servers_limit_before_sendin
     with served.client(token) as client:
         assert client.get("/api/v1/submissions").json() == []  # nothing reached the server
     # The same folder fetching its weights at build time is a few KB and is queued.
-    small = _trained_folder(tmp_path / "small", weights="url", model_bytes=3 * 10**6)
+    small = _trained_folder(tmp_path / "small", weights_mode="url", model_bytes=3 * 10**6)
     accepted = subprocess.run([*command, str(small)], capture_output=True, text=True, env=env)
     assert accepted.returncode == 0, accepted.stderr
     size = re.search(r"uploading ([\d.]+) MiB \(the server takes up to 1 MiB\)", accepted.stderr)
