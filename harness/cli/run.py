@@ -82,6 +82,9 @@ def main(
         None, help="open | closed | offline, or a HELM conf file [default: the stage's]."
     ),
     base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for entries."),
+    build_network: str | None = typer.Option(
+        None, help="Network of entry builds: `host` reaches servers on this machine (a mirror)."
+    ),
     force: bool = typer.Option(False, help="Redo entries and steps that already finished."),
     evaluate_flagged: bool = typer.Option(False, help="Evaluate entries with error findings."),
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
@@ -124,6 +127,7 @@ def main(
             budget=budget,
             run_specs=run_specs,
             base_image=base_image,
+            build_network=build_network,
             force=force,
             evaluate_flagged=evaluate_flagged,
             build_timeout_s=build_timeout_minutes * 60,

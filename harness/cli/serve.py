@@ -57,6 +57,9 @@ def main(
         None, help="An instance pack (`harness instances build`): score exactly its instances."
     ),
     base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for entries."),
+    build_network: str | None = typer.Option(
+        None, help="Network of entry builds: `host` reaches servers on this machine (a mirror)."
+    ),
     build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
     deadline_minutes: float | None = typer.Option(
         None, help="Evaluation time limit [default: the stage's]."
@@ -88,6 +91,7 @@ def main(
             budget=budget,
             run_specs=run_specs,
             base_image=base_image,
+            build_network=build_network,
             build_timeout_s=build_timeout_minutes * 60,
             deadline_s=deadline_minutes * 60 if deadline_minutes is not None else None,
             health=HealthSchedule(tries=health_tries, interval_s=health_interval),
