@@ -55,6 +55,12 @@ Instances = Annotated[
     ),
 ]
 BaseImage = Annotated[str | None, typer.Option(help="BASE_IMAGE build argument for entries.")]
+BuildNetwork = Annotated[
+    str | None,
+    typer.Option(
+        help="Network of entry builds: `host` reaches servers on this machine (a mirror)."
+    ),
+]
 BuildTimeoutMinutes = Annotated[float, typer.Option(help="Limit of one docker build.")]
 DeadlineMinutes = Annotated[
     float | None, typer.Option(help="Evaluation time limit [default: the stage's].")
@@ -121,6 +127,7 @@ def run_options(
     run_specs: str | None,
     instances: Path | None,
     base_image: str | None,
+    build_network: str | None,
     build_timeout_minutes: float,
     deadline_minutes: float | None,
     health_tries: int,
@@ -141,6 +148,7 @@ def run_options(
         run_specs=run_specs,
         instances=instances,
         base_image=base_image,
+        build_network=build_network,
         build_timeout_s=build_timeout_minutes * 60,
         deadline_s=None if deadline_minutes is None else deadline_minutes * 60,
         health=HealthSchedule(tries=health_tries, interval_s=health_interval),

@@ -91,12 +91,14 @@ def build(
     build_args: Mapping[str, str] | None = None,
     secrets: Mapping[str, Path] | None = None,
     labels: Mapping[str, str] | None = None,
+    network: str | None = None,
     timeout: float = 7200,
 ) -> BuildResult:
     """`docker build` CONTEXT with BuildKit; the log (plain progress) goes to `log_path`.
 
     `secrets` maps a build-secret id to a file whose content the Dockerfile reads with
     `RUN --mount=type=secret,id=ID`: it never lands in a layer or in the image config.
+    `network` is the build's RUN network (`host`: servers on this machine, a local mirror).
     """
     cmd = [*buildkit_cli(), "--progress=plain", "--tag", tag]
     if dockerfile is not None:
@@ -107,6 +109,8 @@ def build(
         cmd += ["--secret", f"id={secret_id},src={path}"]
     for key, value in {LABEL: "true", **(labels or {})}.items():
         cmd += ["--label", f"{key}={value}"]
+    if network:
+        cmd += ["--network", network]
     cmd.append(str(context))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()

@@ -444,6 +444,7 @@ class _Pipeline:
                 },
                 secrets=self.options.build_secrets,
                 labels={RUN_LABEL: self.job.run_id, "org.harness.entry": entry_slug(self.job.name)},
+                network=self.options.build_network,
                 timeout=self.options.build_timeout_s,
             )
             _redact_file(log)

@@ -47,6 +47,9 @@ def test_merged_folder_is_a_plain_hugging_face_model(merged: Path) -> None:
     model_config = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in model_config  # it loads without bitsandbytes
     assert not any(name.startswith("adapter") for name in names)
+    # The server reads the template training used from here (the default: the prompt alone).
+    template = json.loads((merged / "prompt_template.json").read_text())
+    assert template == {"prompt_template": "{prompt}"}
 
 
 def test_cli_prints_the_largest_difference_and_fails_loudly_over_tolerance(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -15,11 +17,12 @@ import pytest
 
 from harness.service.db import ServiceDB, State
 from harness.store import RUN_LABEL, Store, results_id
-from harness.submission.render import render_submission
+from harness.submission.render import lock_weights, render_submission
 from tests._wait import until
 from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
+from tests.harness.submission.test_weights_docker import serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
@@ -246,4 +249,57 @@ def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
     with served.client() as client:
         board = client.get("/api/v1/leaderboard/4090").json()
     assert [row["team"] for row in board["rows"]] == ["team-a"]
+    assert containers(docker_client, served) == []
+
+
+def test_weights_locked_by_url_upload_little_build_verified_and_a_tampered_file_fails(
+    serve: Serve,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+) -> None:
+    """`harness submit` of a rendered submission whose weights are locked by URL: the upload is
+    ~0.1 MiB (the hash-pinned requirements, mostly), the service's build downloads the weights
+    from a server on 127.0.0.1 (builds on the host network) and verifies them, and the entry is
+    scored; the entry locked to a copy with one bit changed fails its build, the log naming the
+    file."""
+    bucket = tmp_path / "bucket" / "merged"
+    shutil.copytree(tiny_model_dir, bucket)
+    options = ["--health-tries", "60", "--mem-limit", "4g", "--build-network", "host"]
+    served = serve(*evaluating(options, base_image, tmp_path))
+    token = served.add_team("team-a")
+    entry = render_submission("4090", "tiny-url", tmp_path / "tiny-url").path
+    command = [str(HARNESS), "submit", str(entry), "--server", served.url, "--track", "4090"]
+    env = {**os.environ, "HARNESS_TOKEN": token}
+    with serving(bucket.parent) as url:
+        lock_weights(entry, tiny_model_dir, url)
+        submitted = subprocess.run(
+            [*command, "--wait"], capture_output=True, text=True, env=env, timeout=1800
+        )
+        assert submitted.returncode == 0, submitted.stderr + served.log.read_text()[-3000:]
+        size = re.search(r"uploading ([\d.]+) MiB", submitted.stderr)
+        assert size is not None and float(size[1]) < 1.0, submitted.stderr
+        scored = submitted.stdout.split()[-1]
+        # A copy served at another URL with one bit changed; the lock is of the true files. (At
+        # the same URLs the lock would be unchanged, and the build would reuse its cached
+        # download layer: the bytes verified the first time, so still the locked model.)
+        changed = Path(shutil.copytree(bucket, bucket.parent / "changed"))
+        data = bytearray((changed / "model.safetensors").read_bytes())
+        data[len(data) // 2] ^= 1
+        (changed / "model.safetensors").write_bytes(bytes(data))
+        lock_weights(entry, tiny_model_dir, url.removesuffix("/merged") + "/changed")
+        tampered = subprocess.run(
+            [*command, "--wait"], capture_output=True, text=True, env=env, timeout=1800
+        )
+    assert tampered.returncode == 1, tampered.stderr
+    with served.client(token) as client:
+        first = client.get(f"/api/v1/submissions/{scored}").json()
+        second = client.get(f"/api/v1/submissions/{tampered.stdout.split()[-1]}").json()
+        build_log = client.get(f"/api/v1/submissions/{second['id']}/logs").json()["build"]
+    assert first["status"] == "scored" and first["metrics"], first
+    assert second["status"] == "build-failed", second
+    assert "weights file model.safetensors from" in build_log
+    assert "does not match the lock" in build_log
     assert containers(docker_client, served) == []
