@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from harness.adaptive import Adaptive, run_adaptive
 from harness.errors import ConfigError, HarnessError
 from harness.executor import Executor, LocalExecutor
 from harness.gpus import detect_gpus, parse_gpus
@@ -34,6 +35,9 @@ EPILOG = """**Examples**
 
     harness run entries/ --track 4090 --stage open --out /shared/results/ --executor ray \\
         --ray-address auto --tiers 100,600 --keep-top 20
+
+    harness run entries/ --track 4090 --stage open --out results/ --tiers adaptive \\
+        --budget 1200 --target-top 10 --confidence 0.95
 """
 
 
@@ -45,6 +49,34 @@ def _secrets(values: list[str]) -> dict[str, Path]:
             raise ConfigError(f"--build-secret takes ID=FILE with an existing file, got {value!r}")
         secrets[secret_id] = Path(path)
     return secrets
+
+
+def _schedule(
+    tiers: str | None,
+    keep: float | None,
+    keep_top: int | None,
+    budget: int | None,
+    target_top: int | None,
+    confidence: float | None,
+) -> Tiers | Adaptive | None:
+    """The sparse schedule the options ask for: fixed tiers, adaptive rounds, or none."""
+    if tiers != "adaptive" and (target_top is not None or confidence is not None):
+        raise ConfigError("--target-top and --confidence go with --tiers adaptive")
+    if tiers is None or tiers == "adaptive":
+        if keep is not None or keep_top is not None:
+            raise ConfigError("--keep and --keep-top go with --tiers BUDGETS")
+        if tiers is None:
+            return None
+        if budget is None:
+            raise ConfigError("--tiers adaptive needs --budget: the full budget per entry")
+        return Adaptive(
+            budget,
+            top=10 if target_top is None else target_top,
+            confidence=0.95 if confidence is None else confidence,
+        )
+    if budget is not None:
+        raise ConfigError("--tiers sets the budgets: leave out --budget")
+    return Tiers.parse(tiers, keep=keep, keep_top=keep_top)
 
 
 def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
@@ -72,7 +104,15 @@ def main(
     executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
     ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
     tiers: str | None = typer.Option(
-        None, help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer."
+        None,
+        help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer; or "
+        "adaptive: rounds up to --budget, only for entries whose place in the top k is uncertain.",
+    ),
+    target_top: int | None = typer.Option(
+        None, help="With --tiers adaptive: how many top entries to identify [10]."
+    ),
+    confidence: float | None = typer.Option(
+        None, help="With --tiers adaptive: the chance asked of each top-k verdict [0.95]."
     ),
     keep: float | None = typer.Option(None, help="With --tiers: the top fraction kept [0.3]."),
     keep_top: int | None = typer.Option(None, help="With --tiers: the top N kept instead."),
@@ -108,11 +148,7 @@ def main(
         gpu_list = None if gpus is None else parse_gpus(gpus)
         if jobs is None:
             jobs = max(1, len(detect_gpus() if gpu_list is None else gpu_list))
-        plan = None if tiers is None else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
-        if plan is None and (keep is not None or keep_top is not None):
-            raise ConfigError("--keep and --keep-top go with --tiers")
-        if plan is not None and budget is not None:
-            raise ConfigError("--tiers sets the budgets: leave out --budget")
+        plan = _schedule(tiers, keep, keep_top, budget, target_top, confidence)
         make_executor = executor_factory(executor, ray_address, jobs)
         options = RunOptions(
             track=track,
@@ -148,6 +184,10 @@ def main(
             if plan is None:
                 outcomes = run_entries(
                     entries_dir, options, executor=make_executor(), on_progress=on_progress
+                )
+            elif isinstance(plan, Adaptive):
+                outcomes = run_adaptive(
+                    entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
             else:
                 outcomes = run_tiers(
