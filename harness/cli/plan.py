@@ -8,8 +8,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.adaptive import Adaptive
 from harness.confs import load_conf
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.options import STAGE_MINUTES, RunOptions
 from harness.plan import default_costs, make_plan, measured_costs
 from harness.reproduction import parse_duration
@@ -21,6 +22,9 @@ EPILOG = """**Examples**
 
     harness plan --entries 225 --gpus 16 --track 4090 --stage open --from results/ \\
         --deadline 24h --tiers 30,120,480,1200 --keep-top 20
+
+    harness plan --entries 225 --gpus 16 --track 4090 --stage open --budget 1200 \\
+        --tiers adaptive --field crowded
 """
 
 
@@ -37,7 +41,12 @@ def main(
         None, help="Instances per entry [default: the last tier, else the stage's conf x 100]."
     ),
     max_eval_instances: int = typer.Option(100, help="Instances per run spec, at most."),
-    tiers: str | None = typer.Option(None, help="Coarse-to-fine budgets, e.g. 100,600."),
+    tiers: str | None = typer.Option(
+        None, help="Coarse-to-fine budgets, e.g. 100,600, or adaptive (with --budget)."
+    ),
+    field: str = typer.Option(
+        "crowded", help="With --tiers adaptive: the field's shape, spread, crowded or hard."
+    ),
     keep: float | None = typer.Option(None, help="With --tiers: the top fraction kept [0.3]."),
     keep_top: int | None = typer.Option(None, help="With --tiers: the top N kept instead."),
 ) -> None:
@@ -46,7 +55,16 @@ def main(
     console = Console()
     try:
         options = RunOptions(track=track, stage=stage, out=Path("."))
-        plan_tiers = None if tiers is None else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
+        adaptive = None
+        if tiers == "adaptive":
+            if budget is None:
+                raise ConfigError("--tiers adaptive needs --budget: the full budget per entry")
+            adaptive = Adaptive(budget)
+        plan_tiers = (
+            None
+            if tiers in (None, "adaptive")
+            else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
+        )
         if budget is None:
             budget = (
                 plan_tiers.budgets[-1]
@@ -61,6 +79,8 @@ def main(
             instances=budget,
             stage_limit_s=STAGE_MINUTES[stage] * 60,
             tiers=plan_tiers,
+            adaptive=adaptive,
+            field=field,
             deadline_s=None if deadline is None else parse_duration(deadline),
         )
     except HarnessError as exc:
