@@ -285,6 +285,8 @@ def run_adaptive(
                 decisions = store.decisions(options.stage)
                 reached = store.tiers(options.stage)
             only = None if number == 1 else _entrants(decisions, number)
+            if only == []:
+                break  # every entry is decided: the rounds left have nobody to evaluate
             again = (
                 set() if only is None else {e for e in only if reached.get(e, (0, 0))[0] < number}
             )

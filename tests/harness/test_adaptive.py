@@ -182,6 +182,23 @@ def test_rounds_evaluate_only_the_uncertain_and_the_store_remembers(tmp_path: Pa
     assert log == []
 
 
+def test_rounds_stop_once_every_entry_is_decided(tmp_path: Path) -> None:
+    entries, options = _entries(tmp_path)
+    log: list[tuple[str, int]] = []
+    started: list[int | None] = []
+
+    class Counted(Graded):
+        def start(self, options: RunOptions, run_id: str) -> None:
+            started.append(options.tier)
+
+    # With the whole field in the top k, every entry is in after the first round.
+    harness.adaptive.run_adaptive(
+        entries, options, Adaptive(400, top=len(SKILLS)), executor=lambda: Counted(log)
+    )
+    assert started == [1]
+    assert sorted(log) == sorted((f"e-{s}", 20) for s in SKILLS)
+
+
 def test_a_run_killed_between_rounds_continues_from_the_recorded_ones(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
