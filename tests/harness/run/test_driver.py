@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -102,7 +103,11 @@ def test_every_entry_ends_with_a_status_and_a_reason(
     make_entry(entries, "unhealthy", "never-healthy")
     make_entry(entries, "oom", "oom")
     # Pinned, so the static checks pass it; the build itself cannot resolve it.
-    no_such_package = "RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0\n"
+    # Unique to this test: BuildKit runs an identical failing step of two concurrent builds once
+    # and shows its log to one of them only, which would leave the other nothing to classify.
+    no_such_package = (
+        f"RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0 # {uuid.uuid4()}\n"
+    )
     make_entry(entries, "unresolvable", "answer-a", dockerfile_extra=no_such_package)
     leaky = make_entry(entries, "leaky", "answer-a")
     (leaky / "login.py").write_text(f'HF_TOKEN = "{TOKEN}"\n')
