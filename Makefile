@@ -95,7 +95,7 @@ bench-serve-api: setup base-image  ## harness serve: API p99 while 20 teams x 10
 bench-check: $(VENV)/.stamp  ## harness check on 225 generated entries against detect-secrets' CLI
 	$(VENV)/bin/python benchmarks/bench_check.py
 
-bench-sparse: $(VENV)/.stamp  ## coarse-to-fine tiers against the full budget, simulated competitions
+bench-sparse: $(VENV)/.stamp  ## tiers and the adaptive schedule against the full budget, simulated
 	$(VENV)/bin/python benchmarks/bench_sparse.py
 
 gpu-check: $(VENV)/.stamp  ## on a CUDA GPU (8 min): serving, decode, 4-bit, QLoRA memory, merge

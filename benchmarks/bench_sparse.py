@@ -1,4 +1,4 @@
-"""Coarse-to-fine evaluation (`harness run --tiers`) against the full budget, on simulated fields.
+"""Sparse evaluation (`harness run --tiers`) against the full budget, on simulated fields.
 
     make bench-sparse       (or: .venv/bin/python benchmarks/bench_sparse.py [--seeds 40])
 
@@ -11,13 +11,18 @@ fields of abilities, both giving mean accuracies from ~0.2 to ~0.8 as on the 202
     spread     abilities ~ N(0, 0.8) logits
     crowded    a quarter of the entries fine-tune the base model that won (N(0.6, 0.25)), the
                rest N(0, 0.6): a crowded top, the hard case for any early cut
+    hard       the crowded field whose best 20 are near-copies (ability 1.2 + N(0, 0.02)): the
+               top 20 lie within one standard error of each other on the full budget
 
 The full budget scores every entry on `--full` instances; each tier configuration scores every
 entry on its first budget and the entries `harness.run.tiers.in_contention` keeps on the next ones
 (nested: the first B instances of the same sample). Both rankings use the leaderboard's arithmetic
 (`harness.leaderboard.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered
-leaderboard lists the entries that reached a later tier first, as `harness report` does. Against the
-full budget's ranking, per configuration and averaged over seeds:
+leaderboard lists the entries that reached a later tier first, as `harness report` does. The
+adaptive schedule (`--tiers adaptive`, harness/run/adaptive.py) runs its rounds with the
+harness's own `standings` and `decide`; its leaderboard lists the entries it found in the top 10
+first, then the others by the round they reached. Against the full budget's ranking, per
+configuration and averaged over seeds:
 
     compute    instances asked, full budget / tiers (higher is better)
     recall@10  share of the full budget's top 10 that the tiers' top 10 holds
@@ -46,7 +51,13 @@ from harness.leaderboard.scoring import (  # noqa: E402
     ranked_by_tier,
     score_stage,
 )
-from harness.run.tiers import Tiers, compute_used, estimate, in_contention  # noqa: E402
+from harness.run.adaptive import Adaptive, Verdict, decide, standings  # noqa: E402
+from harness.run.tiers import (  # noqa: E402
+    Tiers,
+    compute_used,
+    estimate,
+    in_contention,
+)
 
 SCENARIOS = ("mmlu", "truthful_qa", "bbq", "gsm", "big_bench", "cnndm")
 CONF = RunSpecConf(Path("simulated.conf"), tuple(RunEntry(s, s) for s in SCENARIOS))
@@ -57,7 +68,8 @@ CONFIGS = (
     ("30,150,1200 --keep 0.2", "30,150,1200", 0.2, None),
     ("30,120,480,1200 --keep-top 20", "30,120,480,1200", None, 20),
 )
-FIELDS = ("spread", "crowded")
+ADAPTIVE = "adaptive --target-top 10"
+FIELDS = ("spread", "crowded", "hard")
 
 
 def competition(
@@ -69,6 +81,9 @@ def competition(
     else:
         winners = rng.random(entries) < 0.25
         ability = np.where(winners, rng.normal(0.6, 0.25, entries), rng.normal(0.0, 0.6, entries))
+    if field == "hard":
+        best = np.argsort(-ability)[:20]
+        ability[best] = 1.2 + rng.normal(0.0, 0.02, len(best))
     ease = rng.normal(0.0, 0.7, len(SCENARIOS))
     knack = rng.normal(0.0, 0.25, (entries, len(SCENARIOS)))
     difficulty = rng.normal(0.0, 1.5, (len(SCENARIOS), per_scenario))
@@ -119,7 +134,47 @@ def tiered(
     return leaderboard(last, names, reached), reached
 
 
-def trial(seed: int, field: str, entries: int, full: int) -> dict[str, tuple[float, float, float]]:
+def adaptive(
+    correct: np.ndarray, names: list[str], schedule: Adaptive
+) -> tuple[dict[str, float], dict[str, int]]:
+    """The adaptive leaderboard's scores, and the budget each entry reached."""
+    full = dict(zip(SCENARIOS, split_budget(CONF, schedule.full), strict=True))
+    budgets = dict.fromkeys(names, 0)
+    found_in: list[str] = []
+    contenders = list(names)
+    rounds = schedule.rounds
+    for number, budget in enumerate(rounds, start=1):
+        for name in contenders:
+            budgets[name] = budget
+        by_budget = {b: accuracies(correct, b) for b in set(budgets.values())}
+        values = {
+            name: dict(zip(SCENARIOS, map(float, by_budget[budgets[name]][0][i]), strict=True))
+            for i, name in enumerate(names)
+        }
+        found = standings(
+            values,
+            {name: by_budget[budgets[name]][1] for name in names},
+            dict.fromkeys(names, full),
+            RUN_SPECS,
+            top=schedule.top,
+            draws=schedule.draws,
+            seed=number,
+        )
+        places = schedule.top - len(found_in)
+        verdicts = decide(found, contenders, places, schedule.delta, number == len(rounds))
+        found_in += [name for name, verdict in verdicts.items() if verdict == Verdict.IN]
+        contenders = [name for name, verdict in verdicts.items() if verdict == Verdict.ON]
+    reached = {name: rounds.index(budgets[name]) for name in names}
+    reached.update(dict.fromkeys(found_in, len(rounds)))
+    last = np.stack([accuracies(correct, budgets[name])[0][i] for i, name in enumerate(names)])
+    return leaderboard(last, names, reached), budgets
+
+
+def trial(
+    seed: int, field: str, entries: int, full: int
+) -> tuple[dict[str, tuple[float, float, float]], list[float]]:
+    """Each schedule's (compute saved, recall@10, tau@20), and the share of the field entering
+    each of the adaptive schedule's rounds."""
     rng = np.random.default_rng(seed)
     correct = competition(rng, field, entries, max(split_budget(CONF, full)))
     names = [f"entry-{i:03d}" for i in range(entries)]
@@ -136,7 +191,14 @@ def trial(seed: int, field: str, entries: int, full: int) -> dict[str, tuple[flo
         tau = kendall_tau_b([truth[n] for n in order[:20]], [key[n] for n in order[:20]]) or 0.0
         saving = entries * full / compute_used(reached, tiers.budgets)
         results[label] = (saving, recall, tau)
-    return results
+    schedule = Adaptive(full)
+    key, spent = adaptive(correct, names, schedule)
+    mine = sorted(names, key=lambda n: (-key[n], n))
+    recall = len(set(order[:10]) & set(mine[:10])) / 10
+    tau = kendall_tau_b([truth[n] for n in order[:20]], [key[n] for n in order[:20]]) or 0.0
+    results[ADAPTIVE] = (entries * full / sum(spent.values()), recall, tau)
+    entering = [sum(b >= budget for b in spent.values()) / entries for budget in schedule.rounds]
+    return results, entering
 
 
 def main() -> None:
@@ -148,23 +210,30 @@ def main() -> None:
     started = time.perf_counter()
     print(
         f"{args.entries} entries, {len(SCENARIOS)} scenarios, full budget {args.full} instances "
-        f"per entry, {args.seeds} seeds; tiers against the full budget's ranking"
+        f"per entry, {args.seeds} seeds; sparse schedules against the full budget's ranking"
     )
     print(
         f"{'field':<8} {'tiers':<32} {'compute saved':>13} {'recall@10':>9} {'min':>5} "
         f"{'tau@20':>7}"
     )
     for field in FIELDS:
-        runs = [trial(seed, field, args.entries, args.full) for seed in range(args.seeds)]
+        runs, entering = zip(
+            *(trial(seed, field, args.entries, args.full) for seed in range(args.seeds)),
+            strict=True,
+        )
         print(
             f"{field:<8} {'full budget (baseline)':<32} {'1.0x':>13} {1:>9.3f} {1:>5.2f} {1:>7.3f}"
         )
-        for label, *_ in CONFIGS:
+        for label in [label for label, *_ in CONFIGS] + [ADAPTIVE]:
             saving, recall, tau = zip(*(run[label] for run in runs), strict=True)
             print(
                 f"{field:<8} {label:<32} {statistics.mean(saving):>12.1f}x "
                 f"{statistics.mean(recall):>9.3f} {min(recall):>5.2f} {statistics.mean(tau):>7.3f}"
             )
+        shares = " ".join(
+            f"{statistics.mean(round_):.3f}" for round_ in zip(*entering, strict=True)
+        )
+        print(f"{field:<8} adaptive: share of the field entering each round: {shares}")
     print(f"({time.perf_counter() - started:.0f} s)")
 
 

@@ -10,7 +10,7 @@ The public API is what `__all__` lists; every other module is an internal detail
 """
 
 from harness.checks import EntryReport, Finding, check_entries, check_entry
-from harness.errors import ConfigError, EntryError, HarnessError, InfrastructureError
+from harness.errors import ConfigError, DiskFullError, HarnessError, InfrastructureError
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard
 from harness.reproduce.flow import reproduce_entry
@@ -23,7 +23,7 @@ from harness.submission.tiny_model import write_tiny_dataset, write_tiny_model
 
 __all__ = [
     "ConfigError",
-    "EntryError",
+    "DiskFullError",
     "EntryOutcome",
     "EntryReport",
     "Finding",

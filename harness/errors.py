@@ -1,13 +1,16 @@
 """The harness's one error tree.
 
-    HarnessError                 anything the harness reports instead of a traceback
+    HarnessError                 anything the harness reports instead of a traceback (exit code 1)
     ├── ConfigError              bad usage or configuration (exit code 2)
-    ├── EntryError               one entry is malformed or unusable; the batch goes on
+    │   └── PackError            a pack that is not what its manifest says (helm/packs.py)
+    ├── Refused                  the evaluation service said no (service/client.py)
     └── InfrastructureError      Docker, HELM or another outside tool is unavailable (exit code 3)
         └── DiskFullError        no space left where the results are written (exit code 3)
 
-Docker and subprocess exceptions are translated into these where they are called, at one boundary
-per tool; nothing else in the harness catches them. A full disk is an infrastructure failure, not
+A malformed or failing entry is not an error: it ends with a status and a reason, and the batch
+goes on. Docker exceptions are translated into these in infra/docker.py, subprocess ones where
+each tool is run (helm/runner.py, helm/packs.py); the CLI prints them on stderr and exits with
+their code (cli/_common.py: abort). A full disk is an infrastructure failure, not
 the fault of the entry being evaluated when it happens: `disk_full` recognizes one (ENOSPC, EDQUOT,
 SQLITE_FULL) where the harness writes (the SQLite files, an entry's logs and HELM folder).
 """
@@ -29,12 +32,6 @@ class ConfigError(HarnessError):
     """Bad command-line usage or configuration."""
 
     exit_code = 2
-
-
-class EntryError(HarnessError):
-    """One entry is malformed or cannot be processed; other entries are unaffected."""
-
-    exit_code = 1
 
 
 class InfrastructureError(HarnessError):

@@ -12,7 +12,10 @@ steps); current facts (status, findings, metrics, gateway stats) are replaced pe
     findings        the static checks' findings per entry and stage
     metrics         the main metric of every run spec per entry and stage
     gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
-    tiers           the coarse-to-fine tier an entry reached per stage, and its budget
+    tiers           the coarse-to-fine tier (or adaptive round) an entry reached per stage, and
+                    its budget
+    decisions       an adaptive run's verdict on the entry after its last round (in, out, on)
+                    and its chance of being in the top k then
     resources       the entry's image size and peak GPU memory per stage (None: not measured)
 
 Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
@@ -25,7 +28,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from enum import StrEnum
 from pathlib import Path
@@ -182,6 +185,16 @@ CREATE TABLE IF NOT EXISTS tiers (
     PRIMARY KEY (entry, stage)
 )
 """
+_DECISIONS = """
+CREATE TABLE IF NOT EXISTS decisions (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    round INTEGER NOT NULL,
+    verdict TEXT NOT NULL CHECK (verdict IN ('in', 'out', 'on')),
+    probability REAL NOT NULL,
+    PRIMARY KEY (entry, stage)
+)
+"""
 _RESOURCES = """
 CREATE TABLE IF NOT EXISTS resources (
     entry TEXT NOT NULL REFERENCES entries(name),
@@ -235,6 +248,15 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class Decision:
+    """An adaptive run's verdict on an entry after round `round` (harness/run/adaptive.py)."""
+
+    round: int
+    verdict: str  # in (clearly in the top k), out, on (evaluated on the next round)
+    probability: float  # its estimated chance of being in the top k then
+
+
+@dataclass(frozen=True)
 class Finding:
     rule: str
     severity: str
@@ -282,6 +304,7 @@ class Store(SQLiteFile):
         self._create_or_migrate(_SCHEMA, SCHEMA_VERSION, _MIGRATIONS, what="RESULTS_DIR")
         with self._write() as db:  # tables added since without a version (stores open as they are)
             db.execute(_TIERS)
+            db.execute(_DECISIONS)
             db.execute(_RESOURCES)
 
     def _relative(self, path: Path | str | None) -> str | None:
@@ -414,6 +437,24 @@ class Store(SQLiteFile):
                 "budget = excluded.budget",
                 (entry, stage, tier, budget),
             )
+
+    def record_decisions(
+        self, stage: str, round_: int, verdicts: Mapping[str, tuple[str, float]]
+    ) -> None:
+        """The verdicts after round `round_` (entry -> (verdict, probability)), all at once: a
+        round is decided entirely or not at all."""
+        with self._write() as db:
+            db.executemany(
+                "INSERT INTO decisions (entry, stage, round, verdict, probability) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (entry, stage) DO UPDATE SET "
+                "round = excluded.round, verdict = excluded.verdict, "
+                "probability = excluded.probability",
+                [(e, stage, round_, str(v), p) for e, (v, p) in sorted(verdicts.items())],
+            )
+
+    def clear_decisions(self, stage: str) -> None:
+        with self._write() as db:
+            db.execute("DELETE FROM decisions WHERE stage = ?", (stage,))
 
     def record_resources(
         self,
@@ -554,6 +595,15 @@ class Store(SQLiteFile):
         """entry -> (tier reached, its budget) in this stage, for entries of a tiered run."""
         rows = self._read("SELECT entry, tier, budget FROM tiers WHERE stage = ?", stage)
         return {row["entry"]: (row["tier"], row["budget"]) for row in rows}
+
+    def decisions(self, stage: str) -> dict[str, Decision]:
+        """entry -> its latest adaptive verdict in this stage."""
+        rows = self._read(
+            "SELECT entry, round, verdict, probability FROM decisions WHERE stage = ?", stage
+        )
+        return {
+            row["entry"]: Decision(row["round"], row["verdict"], row["probability"]) for row in rows
+        }
 
     def resources(self, entry: str, stage: str) -> tuple[int | None, int | None]:
         """(image bytes, peak GPU memory bytes) of this entry and stage; None: not measured."""

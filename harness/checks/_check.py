@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import posixpath
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -16,12 +18,14 @@ from harness.checks._dockerignore import DockerIgnore
 from harness.checks._git import GitError, blob_sha, blobs
 from harness.checks._model import EntryReport, Finding
 from harness.checks._rules import (
+    WEIGHTS_LOCK,
     BuildContext,
     dockerfile_findings,
     is_requirements_file,
     pip_requirement_files,
     requirements_findings,
     text_findings,
+    weights_findings,
 )
 from harness.checks._tree import Limits, Tree, choose_dockerfile, extract_zip, walk
 from harness.errors import ConfigError
@@ -35,9 +39,13 @@ _SNIFF = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decid
 
 
 def discover(entries_dir: Path) -> list[Path]:
-    """The entries of a folder: each immediate subfolder and `.zip` file, in name order."""
+    """The entries of a folder: each immediate subfolder and `.zip` file, in name order; a folder
+    with a Dockerfile of its own is one entry (a competitor's submission folder, whose data/ and
+    model/ are not entries)."""
     if not entries_dir.is_dir():
         raise ConfigError(f"{entries_dir} is not a folder of entries")
+    if (entries_dir / "Dockerfile").is_file():
+        return [entries_dir.resolve()]  # `harness check .` names the entry after its folder
     entries = sorted(
         child
         for child in entries_dir.iterdir()
@@ -111,10 +119,14 @@ def _history_findings(tree: Tree, git_dir: str, limits: Limits, skip: set[str]) 
     return findings
 
 
-def _record_findings(tree: Tree) -> list[Finding]:
-    """Shipped weights without their training's record: a reviewer can neither replay the run
-    with its seed nor tell where a reproduction parts from it. A warning: 2023 entries have none."""
+def _record_findings(tree: Tree, lock_path: str, lock: str | None) -> list[Finding]:
+    """Shipped weights (files, or locked by URL in `lock`, weights.lock.json's text) without their
+    training's record: a reviewer can neither replay the run with its seed nor tell where a
+    reproduction parts from it. A warning: 2023 entries have none."""
     weights = sorted(p for p in tree.files if p.lower().endswith(_WEIGHT_SUFFIXES))
+    with suppress(ValueError, KeyError, TypeError):
+        if lock is not None and json.loads(lock)["files"]:
+            weights.insert(0, lock_path)
     missing = [p for p in TRAINING_RECORD if p not in tree.files]
     if not weights or not missing:
         return []
@@ -135,7 +147,6 @@ def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
     findings = report.findings
     tree = walk(root, findings)
     dockerfile = report.dockerfile = choose_dockerfile(tree, findings)
-    findings.extend(_record_findings(tree))
     context_dir = posixpath.dirname(dockerfile) if dockerfile else ""
     prefix = f"{context_dir}/" if context_dir else ""
     ignore_files = (f"{dockerfile}.dockerignore", f"{prefix}.dockerignore")
@@ -152,7 +163,7 @@ def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
         text = kept[rel] if rel in kept else _read_text(tree, rel, limits, findings, shas)
         if text is None:
             continue
-        if rel in ignore_files:
+        if rel in ignore_files or rel == prefix + WEIGHTS_LOCK:
             kept[rel] = text
         findings.extend(text_findings(rel, text))
         name = posixpath.basename(rel)
@@ -172,6 +183,9 @@ def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
         ignore = next((kept[f] for f in ignore_files if f in kept), "")
         context = BuildContext(paths, DockerIgnore(ignore), hashed)
         findings.extend(dockerfile_findings(dockerfile, kept[dockerfile], context))
+        lock = kept.get(prefix + WEIGHTS_LOCK)
+        findings.extend(weights_findings(dockerfile, kept[dockerfile], lock))
+    findings.extend(_record_findings(tree, prefix + WEIGHTS_LOCK, kept.get(prefix + WEIGHTS_LOCK)))
     for git_dir in tree.git_dirs:
         findings.extend(_history_findings(tree, git_dir, limits, shas or set()))
 

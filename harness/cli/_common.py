@@ -23,6 +23,7 @@ from rich.text import Text
 from harness.competition import stages_text, tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
+from harness.run.adaptive import Adaptive
 from harness.run.executor import Executor, LocalExecutor
 from harness.run.health import HealthSchedule
 from harness.run.options import RunOptions
@@ -55,6 +56,12 @@ Instances = Annotated[
     ),
 ]
 BaseImage = Annotated[str | None, typer.Option(help="BASE_IMAGE build argument for entries.")]
+BuildNetwork = Annotated[
+    str | None,
+    typer.Option(
+        help="Network of entry builds: `host` reaches servers on this machine (a mirror)."
+    ),
+]
 BuildTimeoutMinutes = Annotated[float, typer.Option(help="Limit of one docker build.")]
 DeadlineMinutes = Annotated[
     float | None, typer.Option(help="Evaluation time limit [default: the stage's].")
@@ -67,11 +74,19 @@ TierBudgets = Annotated[
     str | None,
     typer.Option(
         "--tiers",
-        help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer.",
+        help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer; or "
+        "adaptive: rounds up to --budget, only for entries whose place in the top k is uncertain.",
     ),
 ]
 Keep = Annotated[float | None, typer.Option(help="With --tiers: the top fraction kept [0.3].")]
 KeepTop = Annotated[int | None, typer.Option(help="With --tiers: the top N kept instead.")]
+TargetTop = Annotated[
+    int | None, typer.Option(help="With --tiers adaptive: how many top entries to identify [10].")
+]
+Confidence = Annotated[
+    float | None,
+    typer.Option(help="With --tiers adaptive: the chance asked of each top-k verdict [0.95]."),
+]
 
 
 # `harness submit` and `harness status`: the service and the team's token.
@@ -121,6 +136,7 @@ def run_options(
     run_specs: str | None,
     instances: Path | None,
     base_image: str | None,
+    build_network: str | None,
     build_timeout_minutes: float,
     deadline_minutes: float | None,
     health_tries: int,
@@ -141,6 +157,7 @@ def run_options(
         run_specs=run_specs,
         instances=instances,
         base_image=base_image,
+        build_network=build_network,
         build_timeout_s=build_timeout_minutes * 60,
         deadline_s=None if deadline_minutes is None else deadline_minutes * 60,
         health=HealthSchedule(tries=health_tries, interval_s=health_interval),
@@ -150,12 +167,32 @@ def run_options(
     )
 
 
-def tiers_option(tiers: str | None, keep: float | None, keep_top: int | None) -> Tiers | None:
-    """`--tiers` with `--keep`/`--keep-top`; either of those without `--tiers` is refused."""
+def schedule_option(
+    tiers: str | None,
+    *,
+    keep: float | None,
+    keep_top: int | None,
+    budget: int | None,
+    target_top: int | None = None,
+    confidence: float | None = None,
+) -> Tiers | Adaptive | None:
+    """The sparse schedule `--tiers` asks for: fixed tiers (`--tiers 100,600` with `--keep` or
+    `--keep-top`), adaptive rounds (`--tiers adaptive --budget N` with `--target-top` and
+    `--confidence`), or none. An option of the other kind, or of none, is refused."""
+    if tiers != "adaptive" and (target_top is not None or confidence is not None):
+        raise ConfigError("--target-top and --confidence go with --tiers adaptive")
+    if tiers in (None, "adaptive") and (keep is not None or keep_top is not None):
+        raise ConfigError("--keep and --keep-top go with --tiers BUDGETS")
     if tiers is None:
-        if keep is not None or keep_top is not None:
-            raise ConfigError("--keep and --keep-top go with --tiers")
         return None
+    if tiers == "adaptive":
+        if budget is None:
+            raise ConfigError("--tiers adaptive needs --budget: the full budget per entry")
+        return Adaptive(
+            budget,
+            top=10 if target_top is None else target_top,
+            confidence=0.95 if confidence is None else confidence,
+        )
     return Tiers.parse(tiers, keep=keep, keep_top=keep_top)
 
 

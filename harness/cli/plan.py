@@ -17,14 +17,16 @@ from harness.cli._common import (
     TierBudgets,
     Track,
     abort,
-    tiers_option,
+    schedule_option,
 )
 from harness.competition import STAGE_MINUTES
 from harness.errors import HarnessError
 from harness.helm.confs import load_conf
 from harness.reproduce.options import parse_duration
+from harness.run.adaptive import Adaptive
 from harness.run.options import RunOptions
 from harness.run.plan import default_costs, make_plan, measured_costs
+from harness.run.tiers import Tiers
 
 EPILOG = """**Examples**
 
@@ -32,6 +34,9 @@ EPILOG = """**Examples**
 
     harness plan --entries 225 --fleet-gpus 16 --track 4090 --stage open --from results/ \\
         --deadline 24h --tiers 30,120,480,1200 --keep-top 20
+
+    harness plan --entries 225 --gpus 16 --track 4090 --stage open --budget 1200 \\
+        --tiers adaptive --field crowded
 """
 
 
@@ -50,6 +55,9 @@ def main(
     ),
     max_eval_instances: MaxEvalInstances = 100,
     tiers: TierBudgets = None,
+    field: str = typer.Option(
+        "crowded", help="With --tiers adaptive: the field's shape, spread, crowded or hard."
+    ),
     keep: Keep = None,
     keep_top: KeepTop = None,
 ) -> None:
@@ -58,7 +66,9 @@ def main(
     console = Console()
     try:
         options = RunOptions(track=track, stage=stage, out=Path("."))
-        plan_tiers = tiers_option(tiers, keep, keep_top)
+        schedule = schedule_option(tiers, keep=keep, keep_top=keep_top, budget=budget)
+        adaptive = schedule if isinstance(schedule, Adaptive) else None
+        plan_tiers = schedule if isinstance(schedule, Tiers) else None
         if budget is None:
             budget = (
                 plan_tiers.budgets[-1]
@@ -73,6 +83,8 @@ def main(
             instances=budget,
             stage_limit_s=STAGE_MINUTES[stage] * 60,
             tiers=plan_tiers,
+            adaptive=adaptive,
+            field=field,
             deadline_s=None if deadline is None else parse_duration(deadline),
         )
     except HarnessError as exc:

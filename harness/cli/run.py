@@ -14,7 +14,9 @@ from harness.cli._common import (
     INTERRUPTED,
     BaseImage,
     Budget,
+    BuildNetwork,
     BuildTimeoutMinutes,
+    Confidence,
     DeadlineMinutes,
     ExecutorName,
     Gpus,
@@ -29,20 +31,22 @@ from harness.cli._common import (
     RayAddress,
     RunSpecs,
     Stage,
+    TargetTop,
     TierBudgets,
     Track,
     abort,
     executor_factory,
     run_options,
-    tiers_option,
+    schedule_option,
 )
 from harness.errors import ConfigError, HarnessError, disk_full
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.text import to_rich
+from harness.run.adaptive import Adaptive, run_adaptive
 from harness.run.driver import exit_code, run_entries
-from harness.run.tiers import run_tiers
+from harness.run.tiers import Tiers, run_tiers
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -60,6 +64,9 @@ EPILOG = """**Examples**
 
     harness run entries/ --track 4090 --stage open --out /shared/results/ --executor ray \\
         --ray-address auto --tiers 100,600 --keep-top 20
+
+    harness run entries/ --track 4090 --stage open --out results/ --tiers adaptive \\
+        --budget 1200 --target-top 10 --confidence 0.95
 """
 
 
@@ -85,6 +92,8 @@ def main(
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
     tiers: TierBudgets = None,
+    target_top: TargetTop = None,
+    confidence: Confidence = None,
     keep: Keep = None,
     keep_top: KeepTop = None,
     max_eval_instances: MaxEvalInstances = 100,
@@ -92,6 +101,7 @@ def main(
     run_specs: RunSpecs = None,
     instances: Instances = None,
     base_image: BaseImage = None,
+    build_network: BuildNetwork = None,
     force: bool = typer.Option(False, help="Redo entries and steps that already finished."),
     evaluate_flagged: bool = typer.Option(False, help="Evaluate entries with error findings."),
     build_timeout_minutes: BuildTimeoutMinutes = 120,
@@ -111,8 +121,15 @@ def main(
         gpu_list = None if gpus is None else parse_gpus(gpus)
         if jobs is None:
             jobs = max(1, len(detect_gpus() if gpu_list is None else gpu_list))
-        plan = tiers_option(tiers, keep, keep_top)
-        if plan is not None and budget is not None:
+        plan = schedule_option(
+            tiers,
+            keep=keep,
+            keep_top=keep_top,
+            budget=budget,
+            target_top=target_top,
+            confidence=confidence,
+        )
+        if isinstance(plan, Tiers) and budget is not None:
             raise ConfigError("--tiers sets the budgets: leave out --budget")
         make_executor = executor_factory(executor, ray_address, jobs)
         options = run_options(
@@ -126,6 +143,7 @@ def main(
             run_specs=run_specs,
             instances=instances,
             base_image=base_image,
+            build_network=build_network,
             build_timeout_minutes=build_timeout_minutes,
             deadline_minutes=deadline_minutes,
             health_tries=health_tries,
@@ -150,6 +168,10 @@ def main(
             if plan is None:
                 outcomes = run_entries(
                     entries_dir, options, executor=make_executor(), on_progress=on_progress
+                )
+            elif isinstance(plan, Adaptive):
+                outcomes = run_adaptive(
+                    entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
             else:
                 outcomes = run_tiers(

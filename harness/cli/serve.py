@@ -21,6 +21,7 @@ from rich.console import Console
 from harness.cli._common import (
     BaseImage,
     Budget,
+    BuildNetwork,
     BuildTimeoutMinutes,
     DeadlineMinutes,
     ExecutorName,
@@ -106,6 +107,7 @@ def main(
     run_specs: RunSpecs = None,
     instances: Instances = None,
     base_image: BaseImage = None,
+    build_network: BuildNetwork = None,
     build_timeout_minutes: BuildTimeoutMinutes = 120,
     deadline_minutes: DeadlineMinutes = None,
     health_tries: HealthTries = 10,
@@ -136,6 +138,7 @@ def main(
             run_specs=run_specs,
             instances=instances,
             base_image=base_image,
+            build_network=build_network,
             build_timeout_minutes=build_timeout_minutes,
             deadline_minutes=deadline_minutes,
             health_tries=health_tries,

@@ -26,7 +26,12 @@ POLL_S = 5.0
 
 
 def main(
-    entry: Annotated[Path, typer.Argument(help="The entry's folder (zipped here) or a zip file.")],
+    entry: Annotated[
+        Path,
+        typer.Argument(
+            help="The entry's folder (its Docker build context is zipped here) or a zip file."
+        ),
+    ],
     server: Server,
     token: Token,
     track: Track,
@@ -37,7 +42,16 @@ def main(
     console = Console(stderr=True)
     try:
         with ServiceClient(server, token) as client:
-            sub = client.submit(entry, track=track, publish=publish)
+            sub = client.submit(
+                entry,
+                track=track,
+                publish=publish,
+                on_size=lambda size, limit: console.print(
+                    f"uploading {size / 1024**2:.1f} MiB (the server takes up to "
+                    f"{limit / 1024**2:.0f} MiB)",
+                    highlight=False,
+                ),
+            )
             console.print(describe(sub), highlight=False)
             typer.echo(sub["id"])
             if not wait:

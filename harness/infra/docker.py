@@ -14,12 +14,13 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InfrastructureError
+from harness.errors import ConfigError, InfrastructureError
+from harness.infra.gpus import detect_gpus, gpu_environment
 from harness.infra.lock import die_with_parent
 
 LABEL = "org.harness.managed"
@@ -90,12 +91,14 @@ def build(
     build_args: Mapping[str, str] | None = None,
     secrets: Mapping[str, Path] | None = None,
     labels: Mapping[str, str] | None = None,
+    network: str | None = None,
     timeout: float = 7200,
 ) -> BuildResult:
     """`docker build` CONTEXT with BuildKit; the log (plain progress) goes to `log_path`.
 
     `secrets` maps a build-secret id to a file whose content the Dockerfile reads with
     `RUN --mount=type=secret,id=ID`: it never lands in a layer or in the image config.
+    `network` is the build's RUN network (`host`: servers on this machine, a local mirror).
     """
     cmd = [*buildkit_cli(), "--progress=plain", "--tag", tag]
     if dockerfile is not None:
@@ -106,6 +109,8 @@ def build(
         cmd += ["--secret", f"id={secret_id},src={path}"]
     for key, value in {LABEL: "true", **(labels or {})}.items():
         cmd += ["--label", f"{key}={value}"]
+    if network:
+        cmd += ["--network", network]
     cmd.append(str(context))
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -268,8 +273,6 @@ def start_container(
     `gpu`: the one GPU it may see."""
     import docker.errors
 
-    from harness.infra.gpus import device_request, gpu_environment
-
     options: dict[str, Any] = {
         "detach": True,
         "labels": {LABEL: "true", **labels},
@@ -297,3 +300,92 @@ def start_container(
     else:
         url = f"http://127.0.0.1:{settings['Ports']['80/tcp'][0]['HostPort']}"
     return RunningContainer(container, url)
+
+
+def device_request(gpu: int) -> Any:
+    """Docker's request for exactly GPU `gpu` (what `docker run --gpus device=N` sends)."""
+    from docker.types import DeviceRequest
+
+    return DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])
+
+
+def has_nvidia_runtime(sdk: Any) -> bool:
+    """Whether the engine can hand out GPUs (the NVIDIA Container Toolkit's runtime)."""
+    return "nvidia" in sdk.info().get("Runtimes", {})
+
+
+def resolve_gpus(sdk: Any, requested: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The GPUs entries get: `requested`, or by default every GPU when the engine can hand them
+    out (an NVIDIA runtime). The engine is taken to run on this machine: pass --gpus otherwise."""
+    runtime = has_nvidia_runtime(sdk)
+    if requested is None:
+        return detect_gpus() if runtime else ()
+    if requested and not runtime:
+        raise ConfigError(
+            f"--gpus {','.join(map(str, requested))}: the Docker engine has no NVIDIA runtime "
+            "(install the NVIDIA Container Toolkit), or pass --gpus none"
+        )
+    return requested
+
+
+def remove_containers(
+    sdk: Any, filters: Mapping[str, str], *, keep: Callable[[Any], bool] = lambda c: False
+) -> int:
+    """Remove the containers (running or not) that match `filters` (the SDK's: `label`,
+    `ancestor`, ...), except those `keep` keeps; returns how many. One that someone else removes
+    meanwhile counts as removed."""
+    removed = 0
+    for container in sdk.containers.list(all=True, filters=dict(filters)):
+        if keep(container):
+            continue
+        with contextlib.suppress(Exception):  # being removed already: gone all the same
+            container.remove(force=True)
+        removed += 1
+    return removed
+
+
+def remove_quietly(thing: Any) -> None:
+    """Remove a container, image or volume that may be gone already."""
+    with contextlib.suppress(Exception):
+        thing.remove(force=True)
+
+
+@contextlib.contextmanager
+def volume(sdk: Any, name: str, labels: Mapping[str, str]) -> Iterator[str]:
+    """A named volume for the life of the block, removed after it."""
+    import docker.errors
+
+    try:
+        created = sdk.volumes.create(name=name, labels=dict(labels))
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(f"could not create the volume {name}: {exc}") from exc
+    try:
+        yield str(created.name)
+    finally:
+        remove_quietly(created)
+
+
+def run_detached(sdk: Any, image: str, **options: Any) -> Any:
+    """`docker run -d image` with the SDK's options; InfrastructureError when it cannot start."""
+    import docker.errors
+
+    try:
+        with engine_calls(f"starting a container of {image}"):
+            return sdk.containers.run(image, detach=True, **options)
+    except docker.errors.DockerException as exc:
+        raise InfrastructureError(f"could not start a container of {image}: {exc}") from exc
+
+
+def copy_out(container: Any, path: str, dest: Path) -> bool:
+    """Copy `path` out of a (stopped) container into the file `dest` as a tar archive; False
+    when the container has nothing at `path`."""
+    import docker.errors
+
+    try:
+        stream, _ = container.get_archive(path)
+    except docker.errors.NotFound:
+        return False
+    with dest.open("wb") as file:
+        for chunk in stream:
+            file.write(chunk)
+    return True

@@ -1,6 +1,6 @@
-"""One GPU per entry: the pool of a machine's GPUs and the Docker request that gives one away.
+"""One GPU per entry: the pool of a machine's GPUs (what the engine can hand out is docker.py's).
 
-    gpus = resolve_gpus(sdk, parse_gpus("0,1,2,3"))  # or None: every GPU the engine exposes
+    gpus = docker.resolve_gpus(sdk, parse_gpus("0,1,2,3"))  # or None: every GPU it exposes
     pool = GpuPool(gpus)
     with pool.lease() as gpu:                        # blocks while every GPU is held
         start_container(..., gpu=gpu)                # device_requests=[device_ids=[gpu]]
@@ -18,7 +18,6 @@ import subprocess
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from harness.errors import ConfigError
 
@@ -61,27 +60,6 @@ def detect_gpus() -> tuple[int, ...]:
     except (OSError, subprocess.SubprocessError):
         return ()
     return tuple(int(line) for line in out.split() if line.strip().isdigit())
-
-
-def resolve_gpus(sdk: Any, requested: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The GPUs entries get: `requested`, or by default every GPU when the engine can hand them
-    out (an NVIDIA runtime). The engine is taken to run on this machine: pass --gpus otherwise."""
-    runtime = "nvidia" in sdk.info().get("Runtimes", {})
-    if requested is None:
-        return detect_gpus() if runtime else ()
-    if requested and not runtime:
-        raise ConfigError(
-            f"--gpus {','.join(map(str, requested))}: the Docker engine has no NVIDIA runtime "
-            "(install the NVIDIA Container Toolkit), or pass --gpus none"
-        )
-    return requested
-
-
-def device_request(gpu: int) -> Any:
-    """Docker's request for exactly GPU `gpu` (what `docker run --gpus device=N` sends)."""
-    from docker.types import DeviceRequest
-
-    return DeviceRequest(device_ids=[str(gpu)], capabilities=[["gpu"]])
 
 
 def gpu_environment(gpu: int) -> dict[str, str]:

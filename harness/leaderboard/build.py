@@ -164,7 +164,7 @@ def _stage_scores(
     for stage in stages:
         metrics = {entry: ms for entry, ms in store.metrics(stage).items() if entry in keep}
         # A tiered run (--tiers): each tier's run specs count as one, later tiers rank first.
-        reached = {entry: tier for entry, (tier, _) in store.tiers(stage).items() if entry in keep}
+        reached = _levels(store, stage, keep)
         if reached:
             metrics = {
                 entry: [replace(m, run_spec=same_run_spec(m.run_spec)) for m in ms]
@@ -188,6 +188,17 @@ def _stage_scores(
     return scores, win_rates, scenarios
 
 
+def _levels(store: Store, stage: str, keep: Collection[str]) -> dict[str, int]:
+    """The tier each entry reached; an adaptive run's entries found in the top k rank above
+    every round (run/adaptive.py)."""
+    reached = {entry: tier for entry, (tier, _) in store.tiers(stage).items() if entry in keep}
+    above = max(reached.values(), default=0) + 1
+    for entry, decision in store.decisions(stage).items():
+        if entry in reached and decision.verdict == "in":
+            reached[entry] = above
+    return reached
+
+
 def build_leaderboard(
     store: Store,
     *,
@@ -205,6 +216,7 @@ def build_leaderboard(
     results = {stage: store.results(stage) for stage in stages}
     all_metrics = {stage: store.metrics(stage) for stage in stages}
     tiers = {stage: store.tiers(stage) for stage in stages}
+    decisions = {stage: store.decisions(stage) for stage in stages}
     last_tier = {stage: max((t for t, _ in tiers[stage].values()), default=0) for stage in stages}
     reproductions = _reproductions(store.results_dir)
     rows: list[Row] = []
@@ -256,6 +268,7 @@ def build_leaderboard(
                 logs=logs,
                 tier=(
                     f"{tiers[stage][entry][0]}/{last_tier[stage]} ({tiers[stage][entry][1]})"
+                    + (f" {d.verdict}" if (d := decisions[stage].get(entry)) else "")
                     if entry in tiers[stage]
                     else ""
                 ),

@@ -70,7 +70,9 @@ class StageRow:
     steps: list[StepTime]
     findings: list[dict[str, Any]]  # rule, severity, path, line, message (redacted)
     logs: dict[str, str]  # label -> path relative to RESULTS_DIR
-    tier: str = ""  # "2/2 (600)": the coarse-to-fine tier reached and its budget (--tiers)
+    # "2/2 (600)": the coarse-to-fine tier reached and its budget (--tiers); an adaptive run
+    # adds its verdict: "3/5 (240) in"
+    tier: str = ""
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,6 @@ from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.helm.packs import verify_pack
 from harness.helm.runner import read_instance_values
 from harness.infra import docker as engine
-from harness.infra.gpus import resolve_gpus
 from harness.infra.lock import command_line, hold_results_lock
 from harness.reproduce.curves import (
     METRICS_FILE,
@@ -421,7 +420,7 @@ def _reproduce(
     submitted = copy / manifest.model_dir
     submitted_weights = hash_files(submitted) if options.replay and submitted.is_dir() else None
     sdk = engine.client()
-    gpus = resolve_gpus(sdk, options.gpus)
+    gpus = engine.resolve_gpus(sdk, options.gpus)
     context = (original, options, manifest, gpus[0] if gpus else None)
 
     runs: list[_Run] = []

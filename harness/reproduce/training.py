@@ -15,14 +15,13 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from harness.errors import InfrastructureError
 from harness.infra import docker as engine
-from harness.infra.gpus import device_request, gpu_environment
+from harness.infra.gpus import gpu_environment
 from harness.reproduce.curves import METRICS_FILE, RECORD_FILE
 from harness.reproduce.options import (
     REPRODUCE_LABEL,
@@ -122,24 +121,6 @@ def build_training_image(
     return result.image
 
 
-@contextmanager
-def _volume(sdk: Any, labels: Mapping[str, str]) -> Iterator[str]:
-    import docker.errors
-
-    try:
-        volume = sdk.volumes.create(
-            name=f"harness-reproduce-{labels[REPRODUCE_LABEL]}-{uuid.uuid4().hex[:8]}",
-            labels=dict(labels),
-        )
-    except docker.errors.DockerException as exc:
-        raise InfrastructureError(f"could not create the output volume: {exc}") from exc
-    try:
-        yield str(volume.name)
-    finally:
-        with suppress(docker.errors.DockerException):
-            volume.remove(force=True)
-
-
 def train(
     sdk: Any,
     image: str,
@@ -154,32 +135,27 @@ def train(
     land in out/weights, its record (metrics.jsonl, run_record.json) in out/record as far as it
     wrote one. `settings`: environment for the training (the seed, determinism). Returns how it
     went, and why no weights were collected if none were."""
-    import docker.errors
-
     secrets = _secret_env(manifest, options)
     sampler, gpu_note = (
         GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
     )
     memory = _MemoryPeaks(sampler, gpu_note)
     labels = {engine.LABEL: "true", REPRODUCE_LABEL: slug, **options.labels}
-    with _volume(sdk, labels) as volume:
+    name = f"harness-reproduce-{slug}-{uuid.uuid4().hex[:8]}"
+    with engine.volume(sdk, name, labels) as volume:
         mounts = {
             str(host.resolve()): {"bind": path, "mode": "ro"}
             for host, path in options.mounts.items()
         }
         run: dict[str, Any] = {
-            "detach": True,
             "labels": labels,
             "environment": {**secrets, **(settings or {})},
             "volumes": {volume: {"bind": manifest.volume_path, "mode": "rw"}, **mounts},
         }
         if gpu is not None:
-            run["device_requests"] = [device_request(gpu)]
+            run["device_requests"] = [engine.device_request(gpu)]
             run["environment"] = {**run["environment"], **gpu_environment(gpu)}
-        try:
-            container = sdk.containers.run(image, **run)
-        except docker.errors.DockerException as exc:
-            raise InfrastructureError(f"could not start the training container: {exc}") from exc
+        container = engine.run_detached(sdk, image, **run)
         try:
             started = time.monotonic()
             if sampler:
@@ -209,8 +185,7 @@ def train(
             _collect_record(container, manifest.record_path, out / "record")
             return training, missing if training.finished else None
         finally:
-            with suppress(docker.errors.DockerException):
-                container.remove(force=True)
+            engine.remove_quietly(container)
 
 
 def _wait(container: Any, deadline: float, memory: _MemoryPeaks, options: ReproduceOptions) -> bool:
@@ -229,28 +204,23 @@ def _wait(container: Any, deadline: float, memory: _MemoryPeaks, options: Reprod
         time.sleep(min(options.stats_interval_s, max(0.0, deadline - time.monotonic())))
 
 
-def _copy_out(container: Any, path: str, dest: Path) -> None:
+def _copy_out(container: Any, path: str, dest: Path) -> bool:
     """Copy `path` (a file or a folder) out of the stopped container, its volume included, to
-    `dest`, as the host's user; docker.errors.NotFound when it is not there."""
-    stream, _ = container.get_archive(path)
+    `dest`, as the host's user; False when it is not there."""
     with tempfile.TemporaryDirectory(prefix="harness-weights-", dir=dest.parent) as tmp:
         archive = Path(tmp) / "weights.tar"
-        with archive.open("wb") as file:
-            for chunk in stream:
-                file.write(chunk)
+        if not engine.copy_out(container, path, archive):
+            return False
         with tarfile.open(archive) as tar:
             tar.extractall(Path(tmp) / "x", filter="data")
         archive.unlink()
         shutil.move(Path(tmp) / "x" / posixpath.basename(path.rstrip("/")), dest)
+    return True
 
 
 def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
     """The weights into `dest`: None when done, else why there are none."""
-    import docker.errors
-
-    try:
-        _copy_out(container, weights_path, dest)
-    except docker.errors.NotFound:
+    if not _copy_out(container, weights_path, dest):
         return f"the training ended without writing its weights to {weights_path}"
     if not any(path.is_file() for path in dest.rglob("*")):
         return f"the training left {weights_path} empty"
@@ -259,12 +229,9 @@ def _collect(container: Any, weights_path: str, dest: Path) -> str | None:
 
 def _collect_record(container: Any, record_path: str, dest: Path) -> None:
     """Whichever of the record's files the training wrote, into folder `dest`."""
-    import docker.errors
-
     dest.mkdir(exist_ok=True)
     for name in RECORD_FILES:
-        with suppress(docker.errors.NotFound):
-            _copy_out(container, posixpath.join(record_path, name), dest / name)
+        _copy_out(container, posixpath.join(record_path, name), dest / name)
 
 
 def hash_files(folder: Path) -> dict[str, dict[str, Any]]:

@@ -46,6 +46,8 @@ class RunOptions:
     helm_grace_s: float = 600.0
     build_secrets: Mapping[str, Path] = field(default_factory=dict)
     build_args: Mapping[str, str] = field(default_factory=dict)  # besides BASE_IMAGE
+    # The builds' network: `host` lets them download from this machine (a local weights mirror).
+    build_network: str | None = None
     # A HELM-ready conf used as it is instead of one written from `run_specs` (which then only
     # names the scenarios and their metrics): `harness reproduce` replays the original run's.
     helm_conf: Path | None = None

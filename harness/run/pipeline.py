@@ -6,8 +6,7 @@
 and GPUs) and returns how the entry ended. It never writes the results store itself: it tells a
 `Recorder`, which is the store for the local executor (`StoreRecorder`, live) and a list of records
 for workers that cannot reach the store (`BufferedRecorder`, replayed by the driver). A failing
-entry is an ending, not a crash: `EntryError` and the steps' own failures become a status and a
-reason.
+entry is an ending, not a crash: the steps' failures become a status and a reason.
 """
 
 from __future__ import annotations
@@ -24,12 +23,12 @@ from typing import Any, NamedTuple, Protocol
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
-from harness.errors import DiskFullError, EntryError, InfrastructureError, disk_full
+from harness.errors import DiskFullError, InfrastructureError, disk_full
 from harness.helm.confs import write_helm_conf
 from harness.helm.packs import install_pack
 from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
 from harness.infra import docker as engine
-from harness.infra.gpus import GpuPool, resolve_gpus
+from harness.infra.gpus import GpuPool
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.run.gateway import Gateway
 from harness.run.health import wait_healthy
@@ -228,7 +227,7 @@ class Machine:
         self.sdk = sdk
         self.labels = dict(labels or {})  # put on every container (the Ray executor: its node)
         self.network = None if allow_network else self._eval_network()
-        self.gpus = GpuPool(resolve_gpus(sdk, gpus))
+        self.gpus = GpuPool(engine.resolve_gpus(sdk, gpus))
         self.stopping = threading.Event()
         self._watch = engine.EngineWatch()
         self.engine_lost = self._watch.lost
@@ -261,10 +260,7 @@ class Machine:
 
     def remove_stale_containers(self, run_id: str) -> None:
         """Containers a killed harness left for the same results folder."""
-        stale = self.sdk.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"})
-        for container in stale:
-            with suppress(Exception):
-                container.remove(force=True)
+        engine.remove_containers(self.sdk, {"label": f"{RUN_LABEL}={run_id}"})
 
     def remove_container(self, name: str) -> None:
         with suppress(Exception):  # none by that name: nothing to do
@@ -327,8 +323,6 @@ def evaluate_entry(job: EntryJob, recorder: Recorder, machine: Machine) -> Endin
                 ending = _Pipeline(job, recorder, machine).run(Path(tmp))
     except _Ended as ended:
         ending = ended.ending
-    except EntryError as exc:
-        ending = Ending(Status.EVAL_FAILED, str(exc))
     except OSError as exc:
         if (full := disk_full(exc, job.options.out)) is None:
             raise
@@ -450,6 +444,7 @@ class _Pipeline:
                 },
                 secrets=self.options.build_secrets,
                 labels={RUN_LABEL: self.job.run_id, "org.harness.entry": entry_slug(self.job.name)},
+                network=self.options.build_network,
                 timeout=self.options.build_timeout_s,
             )
             _redact_file(log)

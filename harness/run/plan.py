@@ -14,7 +14,11 @@ The model, stated so it can be argued with:
 - with tiers, every entry pays the first budget; each later tier's entrants, a start and the
   instances beyond the previous budget (the rest come from HELM's cache). The share of entries
   entering a later tier is the kept share times `CONTENTION`, the measured excess of entries whose
-  interval reaches the cut (benchmarks/bench_sparse.py).
+  interval reaches the cut (benchmarks/bench_sparse.py);
+- with the adaptive schedule (`--tiers adaptive`, top 10, confidence 0.95), each round's entrants
+  pay a start and the instances beyond the previous round's budget; the share of the field
+  entering each round is the one bench_sparse measured on 225 entries for the field's shape
+  (`ADAPTIVE_ENTERING`), taken to hold for other field sizes.
 """
 
 from __future__ import annotations
@@ -23,11 +27,15 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.competition import TRACKS, tracks_text
 from harness.errors import ConfigError
 from harness.run.tiers import Tiers
 from harness.store import Step, StepStatus, Store
+
+if TYPE_CHECKING:
+    from harness.run.adaptive import Adaptive
 
 # Stated defaults for a 7B model served by the competition's HTTP server; replace them with a
 # measured run (`--from RESULTS_DIR`). Seconds.
@@ -36,6 +44,13 @@ DEFAULT_START_S = 120.0
 # Entries in contention after a tier, over the kept share: the ones whose interval reaches the cut
 # (bench_sparse: 20 kept of 225 let ~35 through at 30 instances per entry).
 CONTENTION = 1.75
+# Share of the field entering each round of `--tiers adaptive --target-top 10 --confidence 0.95`
+# (budgets full/20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries, 40 seeds.
+ADAPTIVE_ENTERING = {
+    "spread": (1.0, 0.261, 0.169, 0.111, 0.061),
+    "crowded": (1.0, 0.370, 0.263, 0.183, 0.098),
+    "hard": (1.0, 0.358, 0.246, 0.161, 0.092),
+}
 
 
 @dataclass(frozen=True)
@@ -96,9 +111,12 @@ def make_plan(
     instances: int,
     stage_limit_s: float,
     tiers: Tiers | None = None,
+    adaptive: Adaptive | None = None,
+    field: str = "crowded",
     deadline_s: float | None = None,
 ) -> list[Plan]:
-    """The full budget (`instances` per entry), and the tiers when given."""
+    """The full budget (`instances` per entry), and the tiers or the adaptive schedule when
+    given (`field`: the shape of the field the adaptive schedule's savings are taken from)."""
     if entries < 1 or gpus < 1 or instances < 1:
         raise ConfigError("--entries, --gpus and the instance budget must be at least 1")
 
@@ -115,6 +133,19 @@ def make_plan(
             seconds += entering * hold(budget - previous)
             previous = budget
         plans.append((f"tiers {','.join(map(str, tiers.budgets))}", seconds))
+    if adaptive is not None:
+        if field not in ADAPTIVE_ENTERING:
+            raise ConfigError(f"--field is one of {', '.join(ADAPTIVE_ENTERING)}, got {field!r}")
+        if (adaptive.top, adaptive.confidence) != (10, 0.95):
+            raise ConfigError(
+                "the adaptive schedule's savings are measured for --target-top 10 "
+                "--confidence 0.95 only"
+            )
+        seconds, previous = 0.0, 0
+        for share, budget in zip(ADAPTIVE_ENTERING[field], adaptive.rounds, strict=True):
+            seconds += share * entries * hold(budget - previous)
+            previous = budget
+        plans.append((f"adaptive, {field} field", seconds))
     result = []
     for label, gpu_seconds in plans:
         needed = None

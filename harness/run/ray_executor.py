@@ -64,13 +64,11 @@ def _ray() -> Any:
 
 def remove_orphans(sdk: Any, run_id: str, alive: set[str] | None) -> int:
     """Remove the run's containers left by nodes not in `alive` (None: every one of the run's)."""
-    removed = 0
-    for container in sdk.containers.list(all=True, filters={"label": f"{RUN_LABEL}={run_id}"}):
-        if alive is None or container.labels.get(NODE_LABEL) not in alive:
-            with suppress(Exception):
-                container.remove(force=True)
-                removed += 1
-    return removed
+    return engine.remove_containers(
+        sdk,
+        {"label": f"{RUN_LABEL}={run_id}"},
+        keep=lambda container: alive is not None and container.labels.get(NODE_LABEL) in alive,
+    )
 
 
 def _alive_nodes(ray: Any) -> set[str]:
@@ -92,8 +90,7 @@ def _run_on_node(job: EntryJob, evaluate: Evaluate) -> tuple[Ending, BufferedRec
     remove_orphans(sdk, job.run_id, _alive_nodes(ray))
     # Ray hands out the GPU (CUDA_VISIBLE_DEVICES); a node without an NVIDIA runtime (a test
     # cluster declaring GPUs it has not) serves on the CPU.
-    runtime = "nvidia" in sdk.info().get("Runtimes", {})
-    gpus = tuple(int(g) for g in ray.get_gpu_ids()) if runtime else ()
+    gpus = tuple(int(g) for g in ray.get_gpu_ids()) if engine.has_nvidia_runtime(sdk) else ()
     machine = Machine(
         sdk, allow_network=job.options.allow_network, gpus=gpus, labels={NODE_LABEL: node}
     )

@@ -136,6 +136,11 @@ def api_router(service: Service) -> APIRouter:
     def health() -> dict[str, bool]:
         return {"ok": True}
 
+    @router.get("/limits")
+    def limits() -> dict[str, int]:
+        """Public: the largest upload accepted, so a client refuses a bigger one before sending."""
+        return {"max_upload_bytes": service.config.max_upload_bytes}
+
     @router.post(
         "/submissions",
         status_code=201,

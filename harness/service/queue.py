@@ -288,8 +288,6 @@ def _remove_containers(filters: dict[str, str]) -> None:
     when there is no engine."""
     sdk = engine.client()
     try:
-        for container in sdk.containers.list(all=True, filters=filters):
-            with suppress(Exception):  # being removed by someone else already
-                container.remove(force=True)
+        engine.remove_containers(sdk, filters)
     finally:
         sdk.close()

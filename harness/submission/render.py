@@ -7,9 +7,12 @@ Jinja templates with the track's preset.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import posixpath
 import re
 import shutil
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,9 @@ DEFAULT_BASE_IMAGE = (
     "@sha256:a36c24f9cbdf4fd0f52d67f0823eeac19c2028c637cecc392d97f980d4fec56b"
 )
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+WEIGHTS_LOCK = "weights.lock.json"  # the Dockerfile's weights-url stage downloads what it lists
+# Plain HTTP only to this machine (tests, a local mirror): elsewhere the weights travel over TLS.
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 # What `smoke_config` changes in a preset: a few optimizer steps on the CPU, checked exactly.
@@ -62,13 +68,21 @@ def _preset(track: str) -> dict[str, object]:
     return preset
 
 
+def _read(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
+
+
 def _copy_model(model_dir: Path, submission_dir: Path) -> None:
-    """The merged model into model/, and the record of the training that made it (train.py's
-    metrics.jsonl and run_record.json, in the shipped config's output_dir beside the merged model:
-    out/train) into training/, where `harness check` and `harness reproduce --replay` read it."""
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
     shutil.copytree(model_dir, submission_dir / "model", dirs_exist_ok=True)
+    _copy_record(model_dir, submission_dir)
+
+
+def _copy_record(model_dir: Path, submission_dir: Path) -> None:
+    """The record of the training that made a merged model (train.py's metrics.jsonl and
+    run_record.json, in the shipped config's output_dir beside the merged model: out/train) into
+    training/, where `harness check` and `harness reproduce --replay` read it."""
     for rel in TRAINING_RECORD:
         source = model_dir.parent / "train" / posixpath.basename(rel)
         if source.is_file():
@@ -82,14 +96,16 @@ def render_submission(
     out_dir: Path,
     *,
     force: bool = False,
+    reset_config: bool = False,
     model_dir: Path | None = None,
     base_image: str = DEFAULT_BASE_IMAGE,
 ) -> Submission:
     """Write the submission folder `out_dir` for `track`; returns what was written.
 
     An existing folder is refused unless `force`: then the rendered files are overwritten and
-    everything else there (model/, data/, out/) is left alone. `model_dir`, a merged model, is
-    copied into model/ and becomes the inference image's default weights.
+    everything else there (model/, data/, out/, weights.lock.json) is left alone, as are an edited
+    config.yaml (unless `reset_config`) and the Dockerfile's default WEIGHTS. `model_dir`, a
+    merged model, is copied into model/ and becomes the inference image's default weights.
     """
     if track not in TRACK_NAMES:
         raise ConfigError(f"unknown track {track!r}; choose one of {', '.join(TRACK_NAMES)}")
@@ -110,6 +126,9 @@ def render_submission(
     }
     for folder in ("server", "train"):
         copied |= {p.name: p for p in sorted((TEMPLATES / folder).glob("*.py"))}
+    if (out_dir / "config.yaml").exists() and not reset_config:
+        del copied["config.yaml"]  # the competitor's own settings
+    weights = re.search(r"^ARG WEIGHTS=(\S+)", _read(out_dir / "Dockerfile"), re.MULTILINE)
     for dest, source in copied.items():
         shutil.copyfile(source, out_dir / dest)
 
@@ -131,7 +150,7 @@ def render_submission(
         "base_image": base_image,
         "base_model": preset["base_model"],
         "base_revision": preset.get("revision", "main"),
-        "default_weights": "local" if model_dir is not None else "hub",
+        "default_weights": "local" if model_dir else weights[1] if weights else "hub",
         "train_files": sorted(
             ["config.yaml", *(p.name for p in (TEMPLATES / "train").glob("*.py"))]
         ),
@@ -140,23 +159,66 @@ def render_submission(
         "Dockerfile": "Dockerfile.j2",
         "Dockerfile.train": "Dockerfile.train.j2",
         ".dockerignore": "dockerignore.j2",
+        ".gitignore": "gitignore.j2",
         "README.md": "README.md.j2",
     }
     for dest, template in rendered.items():
         (out_dir / dest).write_text(env.get_template(template).render(context))
+    lock = out_dir / WEIGHTS_LOCK
+    if not lock.exists():  # a re-render keeps the weights already locked
+        lock.write_text(json.dumps({"files": []}) + "\n")
     files = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*") if p.is_file())
     return Submission(out_dir, track, name, tuple(files))
+
+
+def _default_weights(submission_dir: Path, mode: str) -> None:
+    dockerfile = submission_dir / "Dockerfile"
+    text = dockerfile.read_text() if dockerfile.is_file() else ""
+    if not re.search(rf"^FROM \S+ AS weights-{mode}$", text, re.MULTILINE):
+        raise ConfigError(
+            f"{dockerfile} is not a rendered inference Dockerfile (no weights-{mode})"
+        )
+    dockerfile.write_text(re.sub(r"^ARG WEIGHTS=\S*", f"ARG WEIGHTS={mode}", text, flags=re.M))
 
 
 def use_weights(submission_dir: Path, model_dir: Path) -> None:
     """Make a merged model the one a submission serves: copy it into model/ and make `local` the
     inference Dockerfile's default WEIGHTS, so the organizers' plain `docker build` uses it."""
-    dockerfile = submission_dir / "Dockerfile"
-    text = dockerfile.read_text() if dockerfile.is_file() else ""
-    if not re.search(r"^ARG WEIGHTS=", text, re.MULTILINE):
-        raise ConfigError(f"{dockerfile} is not a rendered inference Dockerfile (no ARG WEIGHTS)")
+    _default_weights(submission_dir, "local")
     _copy_model(model_dir, submission_dir)
-    dockerfile.write_text(re.sub(r"^ARG WEIGHTS=\S*", "ARG WEIGHTS=local", text, flags=re.M))
+
+
+def lock_weights(submission_dir: Path, model_dir: Path, url_base: str) -> list[dict[str, object]]:
+    """Serve a merged model uploaded under `url_base` (its files at the same relative paths):
+    write each file's URL, size and sha256 into the submission's weights.lock.json and make `url`
+    the Dockerfile's default WEIGHTS; the build downloads and verifies them. Returns the lock's
+    entries."""
+    parsed = urllib.parse.urlsplit(url_base)
+    if parsed.scheme != "https" and not (parsed.scheme == "http" and parsed.hostname in _LOOPBACK):
+        raise ConfigError(f"--url-base {url_base!r} must be an https:// URL")
+    if not (model_dir / "config.json").is_file():
+        raise ConfigError(f"{model_dir} is not a Hugging Face model folder (no config.json)")
+    entries: list[dict[str, object]] = []
+    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
+        relative = path.relative_to(model_dir).as_posix()
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        url = url_base.rstrip("/") + "/" + urllib.parse.quote(relative)
+        entries.append(
+            {
+                "path": relative,
+                "url": url,
+                "size": path.stat().st_size,
+                "sha256": digest.hexdigest(),
+            }
+        )
+    _default_weights(submission_dir, "url")
+    _copy_record(model_dir, submission_dir)
+    lock = {"files": entries}
+    (submission_dir / WEIGHTS_LOCK).write_text(json.dumps(lock, indent=2) + "\n")
+    return entries
 
 
 def smoke_config(config_path: Path, *, base_model: str, dataset: str) -> None:

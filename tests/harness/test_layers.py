@@ -129,3 +129,20 @@ def test_no_import_cycles() -> None:
         if module not in index:
             visit(module)
     assert cycles == []
+
+
+def test_only_the_docker_module_imports_the_docker_sdk() -> None:
+    """infra/docker.py is the one boundary to the engine: Docker's exceptions are translated there.
+    (Other modules hold SDK objects it hands them, and never import the SDK themselves.)"""
+    importers = set()
+    for name, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                modules = [node.module or ""]
+            else:
+                continue
+            if any(module == "docker" or module.startswith("docker.") for module in modules):
+                importers.add(name)
+    assert importers == {"harness.infra.docker"}

@@ -399,3 +399,10 @@ def test_weights_without_their_training_record_are_a_warning(entry: Entry) -> No
     # No weights shipped (fetched at build time, or not trained yet): nothing to record.
     hub = entry(GOOD_FILES, name="hub")
     assert all(f.rule != "no-training-record" for f in [*full.findings, *hub.findings])
+    # Weights locked by URL are shipped weights too.
+    lock = '{"files": [{"path": "model.safetensors", "size": 8, "sha256": "' + "a" * 64 + '"}]}'
+    report = entry({**GOOD_FILES, "weights.lock.json": lock}, name="locked")
+    [finding] = [f for f in report.findings if f.rule == "no-training-record"]
+    assert "weights.lock.json" in finding.message
+    empty = entry({**GOOD_FILES, "weights.lock.json": '{"files": []}'}, name="unlocked")
+    assert all(f.rule != "no-training-record" for f in empty.findings)

@@ -9,13 +9,13 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.infra.docker import build
+from tests._wait import until
 from tests.conftest import REPO, TEST_LABEL
 
 pytestmark = pytest.mark.docker
@@ -134,17 +134,14 @@ def test_a_harness_killed_mid_build_leaves_no_build_running(
             if proc.exists()
         )
 
+    def exited() -> str | None:
+        return None if harness.poll() is None else "the harness exited first"
+
     try:
-        deadline = time.monotonic() + 120
-        while not running():
-            assert harness.poll() is None and time.monotonic() < deadline, "the build never ran"
-            time.sleep(0.2)
+        until(running, "the build ran", timeout_s=120, check=exited)
         harness.send_signal(signal.SIGKILL)  # the harness alone, not the docker CLI it started
         harness.wait()
-        deadline = time.monotonic() + 30
-        while running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not running(), "the build went on after the harness was killed"
+        until(lambda: not running(), "the build stopped after the harness was killed")
     finally:
         harness.kill()
         harness.wait()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from harness.errors import ConfigError
 from harness.infra import docker as engine
-from harness.infra.gpus import GpuPool, device_request, parse_gpus, resolve_gpus
+from harness.infra.docker import device_request, resolve_gpus
+from harness.infra.gpus import GpuPool, parse_gpus
 from tests.conftest import TEST_LABELS
 
 

@@ -11,13 +11,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from harness.errors import InfrastructureError
 from harness.infra.lock import CHILD_MARKER, hold_results_lock
+from tests._wait import until
 from tests.conftest import REPO
 
 # Takes the lock, starts `sleep` children (one that dies with it, one that escapes: a grandchild
@@ -75,11 +75,8 @@ def alive(pid: int) -> bool:
         return False
 
 
-def wait_dead(pid: int, timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return not alive(pid)
+def wait_dead(pid: int) -> bool:
+    return until(lambda: not alive(pid), f"process {pid} ended", timeout_s=10)
 
 
 def test_a_second_holder_is_refused_with_the_first_ones_name(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ tmp folder (screenshots/)."""
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,6 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
-from tests.conftest import REPO
 from tests.harness.leaderboard.test_report import _fill
 
 pytestmark = pytest.mark.browser
@@ -86,11 +84,3 @@ def test_the_leaderboard_sorts_filters_links_and_draws_its_figures(
     screenshot("entry-A")
     browser.find_element("partial link text", "Leaderboard").click()
     assert browser.current_url == (results / "leaderboard.html").as_uri()
-
-
-def test_the_chromium_script_changes_nothing_when_chromium_is_installed(browser: Any) -> None:
-    result = subprocess.run(
-        [str(REPO / "scripts" / "chromium.sh")], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == ""  # installed nothing

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from harness.run.health import HealthSchedule
 from harness.run.pipeline import BufferedRecorder, EntryJob
 from harness.store import RUN_LABEL, STORE_FILENAME, Status, Store, entry_slug, results_id
 from harness.submission.render import DEFAULT_BASE_IMAGE
+from tests._wait import until
 from tests.conftest import REPO, TEST_LABELS, fill_disk
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
@@ -101,7 +103,11 @@ def test_every_entry_ends_with_a_status_and_a_reason(
     make_entry(entries, "unhealthy", "never-healthy")
     make_entry(entries, "oom", "oom")
     # Pinned, so the static checks pass it; the build itself cannot resolve it.
-    no_such_package = "RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0\n"
+    # Unique to this test: BuildKit runs an identical failing step of two concurrent builds once
+    # and shows its log to one of them only, which would leave the other nothing to classify.
+    no_such_package = (
+        f"RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0 # {uuid.uuid4()}\n"
+    )
     make_entry(entries, "unresolvable", "answer-a", dockerfile_extra=no_such_package)
     leaky = make_entry(entries, "leaky", "answer-a")
     (leaky / "login.py").write_text(f'HF_TOKEN = "{TOKEN}"\n')
@@ -195,11 +201,13 @@ def test_a_killed_harness_leaves_no_container_and_resumes(
         command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
     try:
-        deadline = time.monotonic() + 240
-        while not (out / "logs").is_dir() or not _evaluating(out, "b-slow"):
-            assert harness.poll() is None, harness.stdout.read().decode() if harness.stdout else ""
-            assert time.monotonic() < deadline, "b-slow never reached its evaluation"
-            time.sleep(0.5)
+        until(
+            lambda: (out / "logs").is_dir() and _evaluating(out, "b-slow"),
+            "b-slow reached its evaluation",
+            timeout_s=240,
+            interval_s=0.5,
+            check=lambda: None if harness.poll() is None else "the harness exited first",
+        )
         os.killpg(harness.pid, signal.SIGTERM)
         assert harness.wait(timeout=60) == 130
     finally:
@@ -332,11 +340,13 @@ def test_a_full_disk_ends_the_run_with_exit_code_3_and_a_rerun_finishes_the_rest
         harness = subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
         )
-        deadline = time.monotonic() + 240
-        while not _has_result(out, "a"):
-            assert harness.poll() is None, harness.communicate()[0]
-            assert time.monotonic() < deadline, "the first entry never got its result"
-            time.sleep(0.5)
+        until(
+            lambda: _has_result(out, "a"),
+            "the first entry got its result",
+            timeout_s=240,
+            interval_s=0.5,
+            check=lambda: None if harness.poll() is None else harness.communicate()[0],
+        )
         filler = fill_disk(small_disk)
         output = harness.communicate(timeout=300)[0]
         assert harness.returncode == 3, output

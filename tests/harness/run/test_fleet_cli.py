@@ -22,6 +22,10 @@ from harness.cli import app
         (["--tiers", "600,100"], "increasing"),
         (["--tiers", "100,600", "--budget", "50"], "leave out --budget"),
         (["--tiers", "100,600", "--keep", "0.3", "--keep-top", "5"], "one of"),
+        (["--tiers", "adaptive"], "needs --budget"),
+        (["--tiers", "adaptive", "--budget", "600", "--keep-top", "5"], "go with --tiers BUDGETS"),
+        (["--tiers", "100,600", "--target-top", "5"], "go with --tiers adaptive"),
+        (["--tiers", "adaptive", "--budget", "600", "--confidence", "2"], "--confidence"),
     ],
 )
 def test_fleet_usage_errors_exit_2(tmp_path: Path, extra: list[str], message: str) -> None:

@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
-from harness.run.plan import CONTENTION, Costs, make_plan, measured_costs
+from harness.run.adaptive import Adaptive
+from harness.run.plan import ADAPTIVE_ENTERING, CONTENTION, Costs, make_plan, measured_costs
 from harness.run.tiers import Tiers
 from harness.store import GatewayStats, Step, Store
 
@@ -36,6 +37,26 @@ def test_tiers_pay_the_first_budget_for_all_and_the_rest_for_contenders() -> Non
     _, tiered = make_plan(COSTS, entries=100, gpus=1, instances=100, stage_limit_s=1e9, tiers=tiers)
     expected = 100 * (100 + 10 * 2.0) + 4 * CONTENTION * (100 + 90 * 2.0)
     assert tiered.gpu_hours == pytest.approx(expected / 3600)
+
+
+def test_adaptive_rounds_pay_a_start_and_their_new_instances_for_their_entrants() -> None:
+    schedule = Adaptive(100)
+    _, adaptive = make_plan(
+        COSTS, entries=100, gpus=1, instances=100, stage_limit_s=1e9, adaptive=schedule,
+        field="hard",
+    )  # fmt: skip
+    shares, budgets = ADAPTIVE_ENTERING["hard"], (5, 10, 20, 50, 100)
+    assert schedule.rounds == budgets
+    new = [b - a for a, b in zip((0, *budgets), budgets, strict=False)]
+    expected = sum(s * 100 * (100 + n * 2.0) for s, n in zip(shares, new, strict=True))
+    assert adaptive.label == "adaptive, hard field"
+    assert adaptive.gpu_hours == pytest.approx(expected / 3600)
+    with pytest.raises(ConfigError, match="--field"):
+        make_plan(COSTS, entries=9, gpus=1, instances=100, stage_limit_s=1, adaptive=schedule,
+                  field="flat")  # fmt: skip
+    with pytest.raises(ConfigError, match="measured for --target-top 10"):
+        make_plan(COSTS, entries=9, gpus=1, instances=100, stage_limit_s=1,
+                  adaptive=Adaptive(100, top=3))  # fmt: skip
 
 
 def test_costs_are_measured_from_a_results_folder(tmp_path: Path) -> None:
@@ -74,5 +95,10 @@ def test_cli_prints_both_plans_and_refuses_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "full budget" in result.output and "tiers 100,600" in result.output
     assert "GPUs for 24h" in result.output
+    result = runner.invoke(app, [*args, "--budget", "1200", "--tiers", "adaptive"])
+    assert result.exit_code == 0, result.output
+    assert "adaptive, crowded field" in result.output
+    result = runner.invoke(app, [*args, "--tiers", "adaptive"])
+    assert result.exit_code == 2 and "needs --budget" in result.output
     assert runner.invoke(app, [*args, "--from", str(tmp_path / "none")]).exit_code == 2
     assert runner.invoke(app, [*args, "--deadline", "5m"]).exit_code == 2

@@ -91,7 +91,7 @@ def test_a_later_tier_ranks_above_an_earlier_one_whatever_its_luck() -> None:
     assert scores["f"] > scores["l"]
 
 
-class _Quiz:
+class Quiz:
     """An executor whose entries answer with their skill (the digits of their name) on the
     budget asked: metrics as HELM names them, with the instance count in the run spec."""
 
@@ -106,18 +106,18 @@ class _Quiz:
         assert budget is not None
         self.log.append((job.name, budget))
         assert job.reuse_build == (job.options.tier != 1)  # a later tier reuses the image
-        skill = int(job.name.split("-")[1]) / 100
-        recorder.record_metrics(
-            [
-                Metric(f"s{i}:max_eval_instances={budget // 2}", f"s{i}", "exact_match", skill)
-                for i in range(2)
-            ]
-        )
+        recorder.record_metrics(self.metrics(int(job.name.split("-")[1]) / 100, budget))
         step = recorder.start_step(Step.BUILD, at=1.0)
         recorder.finish_step(step, ok=True, detail="", log_path=None, at=2.0)
         future: Future[Ending] = Future()
         future.set_result(Ending(Status.SCORED, "scored"))
         return future
+
+    def metrics(self, skill: float, budget: int) -> list[Metric]:
+        return [
+            Metric(f"s{i}:max_eval_instances={budget // 2}", f"s{i}", "exact_match", skill)
+            for i in range(2)
+        ]
 
     def interrupt(self) -> None:
         raise AssertionError("nothing was interrupted")
@@ -135,7 +135,7 @@ def test_later_tiers_evaluate_only_the_contenders_and_the_store_remembers(tmp_pa
     tiers = Tiers((20, 200), keep_top=1)
     log: list[tuple[str, int]] = []
 
-    outcomes = run_tiers(entries, options, tiers, executor=lambda: _Quiz(log))
+    outcomes = run_tiers(entries, options, tiers, executor=lambda: Quiz(log))
 
     # 0.88 on 10 instances per scenario may reach 0.90; 0.70 may not (1.645 * 0.1 < 0.2).
     assert sorted(log) == sorted([(f"e-{s}", 20) for s in skills] + [("e-90", 200), ("e-88", 200)])
@@ -154,7 +154,7 @@ def test_later_tiers_evaluate_only_the_contenders_and_the_store_remembers(tmp_pa
 
     # A restart finds every tier done: nothing is evaluated again.
     log.clear()
-    run_tiers(entries, options, tiers, executor=lambda: _Quiz(log))
+    run_tiers(entries, options, tiers, executor=lambda: Quiz(log))
     assert log == []
 
 

@@ -9,7 +9,6 @@ So is the full disk: a small filesystem mounted for the test.
 from __future__ import annotations
 
 import sqlite3
-import time
 from concurrent.futures import Future
 from contextlib import closing
 from pathlib import Path
@@ -24,6 +23,7 @@ from harness.service import queue as queue_module
 from harness.service.db import ServiceDB, State
 from harness.service.queue import Queue
 from harness.store import STORE_FILENAME, Status, Store
+from tests._wait import until
 from tests.conftest import fill_disk
 from tests.harness.run.test_driver import write_conf
 
@@ -34,9 +34,11 @@ class EngineComesBack:
     def __init__(self) -> None:
         self.back = False
         self.starts = 0
+        self.refused = 0  # starts refused while the engine is away: the queue is waiting for it
 
     def start(self, options: RunOptions, run_id: str) -> None:
         if not self.back and self.starts:
+            self.refused += 1
             raise InfrastructureError("no Docker engine is reachable")
         self.starts += 1
 
@@ -51,13 +53,6 @@ class EngineComesBack:
     def interrupt(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-def wait(condition: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
@@ -81,15 +76,24 @@ def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
         queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
         queue.start()
         try:
-            wait(lambda: (db.submission(subs[0].id) or subs[0]).runs == 1)
-            wait(lambda: (db.submission(subs[0].id) or subs[0]).state is State.QUEUED)
+            until(
+                lambda: (db.submission(subs[0].id) or subs[0]).runs == 1, "the first entry ran once"
+            )
+            until(
+                lambda: (db.submission(subs[0].id) or subs[0]).state is State.QUEUED,
+                "the first entry was queued again",
+            )
             first = db.submission(subs[0].id)
             assert first is not None and db.position(first) == 1
             assert store.results("open") == {}
-            time.sleep(1.5)  # the engine is still away: nothing else was taken
+            # The queue asked for the engine three times while it was away, and took nothing else.
+            until(lambda: executor.refused >= 3, "the queue asked three times for the engine")
             assert (db.submission(subs[1].id) or subs[1]).runs == 0
             executor.back = True
-            wait(lambda: all(s.state is State.FINISHED for s in db.submissions()))
+            until(
+                lambda: all(s.state is State.FINISHED for s in db.submissions()),
+                "every entry finished",
+            )
         finally:
             queue.close()
         assert [s.status for s in db.submissions()] == ["scored", "scored"]
@@ -141,7 +145,7 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
         queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
         queue.start()
         try:
-            wait(lambda: len(executor.submitted) == 1)
+            until(lambda: len(executor.submitted) == 1, "one entry was submitted")
             filler = fill_disk(small_disk)
             executor.submitted[0][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
             assert queue.workers() == [(1, None)]  # the slot is free, nothing was recorded
@@ -149,12 +153,15 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
             assert (db.submission(subs[0].id) or subs[0]).state is State.RUNNING
 
             filler.unlink()
-            wait(lambda: len(executor.submitted) == 2)
+            until(lambda: len(executor.submitted) == 2, "two entries were submitted")
             assert executor.submitted[1][0].name == subs[0].id  # again, from the head
             executor.submitted[1][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
-            wait(lambda: len(executor.submitted) == 3)
+            until(lambda: len(executor.submitted) == 3, "three entries were submitted")
             executor.submitted[2][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
-            wait(lambda: all(s.state is State.FINISHED for s in db.submissions()))
+            until(
+                lambda: all(s.state is State.FINISHED for s in db.submissions()),
+                "every entry finished",
+            )
         finally:
             queue.close()
         assert [(s.status, s.runs) for s in db.submissions()] == [("scored", 1), ("scored", 2)]

@@ -7,7 +7,9 @@ serves it and is driven through crfm-helm's own HTTP client and tokenizer.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -74,34 +76,50 @@ def test_inference_image_serves_the_model_to_helms_client(
         served.remove()
 
 
+def _readme_commands(readme: str, section: str) -> list[str]:
+    """The shell commands of a README section's code block, continuation lines joined."""
+    block = readme.split(section, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    return block.replace("\\\n", " ").splitlines()
+
+
 def test_training_image_trains_and_merges_and_the_result_serves(
     tmp_path: Path, tiny_model_dir: Path, base_image: str, docker_client: Any
 ) -> None:
+    """The README's training commands, run as written in a folder with no out/ yet, except: no
+    `--gpus all` (no GPU here), and the base model mounted from this machine (no hub)."""
     submission = render_submission("4090", "tiny-train", tmp_path / "tiny-train").path
     write_tiny_dataset(submission / "data" / "train.jsonl")
     smoke_config(submission / "config.yaml", base_model="/base", dataset="data/train.jsonl")
     image = _build(
         submission, "harness-test/tiny-train:latest", base_image, dockerfile="Dockerfile.train"
     )
-    # The image's user (uid 1000) reads the base model and writes the outputs.
+    # The image's user reads the base model.
     base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
     for path in [base, *base.iterdir()]:
         path.chmod(0o755)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    logs = docker_client.containers.run(
-        image,
-        remove=True,
-        labels=LABELS,
-        volumes={
-            str(base): {"bind": "/base", "mode": "ro"},
-            str(out): {"bind": "/app/out", "mode": "rw"},
-        },
-    ).decode()
+    build, *commands = _readme_commands(
+        (submission / "README.md").read_text(), "## 1. Train and merge"
+    )
+    assert build == "docker build -f Dockerfile.train -t tiny-train-train ."
+    run = commands[-1]
+    assert run.startswith("docker run --rm --gpus all ") and run.endswith(" tiny-train-train"), run
+    commands[-1] = run.replace("--gpus all ", f"--label {TEST_LABEL} -v {base}:/base:ro ").replace(
+        " tiny-train-train", " harness-test/tiny-train:latest"
+    )
+    assert not (submission / "out").exists()
+    for command in commands:
+        done = subprocess.run(
+            ["bash", "-c", command], cwd=submission, capture_output=True, text=True, timeout=900
+        )
+        assert done.returncode == 0, f"{command}\n{done.stderr[-3000:]}"
+    logs = done.stdout + done.stderr
+    out = submission / "out"
+    assert (submission / "hf-cache").is_dir()
+    assert out.stat().st_uid == os.getuid()
     merged = out / "merged"
     assert (merged / "config.json").is_file() and list(merged.glob("*.safetensors")), logs[-3000:]
 
+    assert (merged / "config.json").stat().st_uid == os.getuid()  # the outputs are yours
     shutil.copytree(merged, submission / "model", dirs_exist_ok=True)
     image = _build(submission, "harness-test/tiny-trained:latest", base_image, weights="local")
     served = _serve(docker_client, image)

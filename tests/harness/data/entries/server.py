@@ -5,6 +5,8 @@ environment variable set in each test entry's Dockerfile) picks how it misbehave
 
     answer-a        answers every /process with "A" (the right letter in the tests' task)
     answer-c        answers "C" (always wrong)
+    answer-share    answers "A" to question number i (the tests' task numbers its questions) when
+                    (i * golden ratio) mod 1 < SHARE, else "C": about SHARE right on any first n
     crash           exits with a traceback before serving
     never-healthy   serves /health with 503 forever
     oom             allocates memory until the container's limit kills it
@@ -16,11 +18,19 @@ Tokens are the UTF-8 bytes of the text (one token per byte), so /tokenize and /d
 
 import json
 import os
+import re
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 BEHAVIOUR = os.environ.get("BEHAVIOUR", "answer-a")
+SHARE = float(os.environ.get("SHARE", "0.5"))
+GOLDEN = (5**0.5 - 1) / 2
+
+
+def _question(prompt):
+    """The number of the question asked: the last "letter number N" in the prompt."""
+    return int(re.findall(r"letter number (\d+)", prompt)[-1])
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -45,6 +55,8 @@ class Handler(BaseHTTPRequestHandler):
             if BEHAVIOUR == "slow":
                 time.sleep(float(os.environ.get("SLOW_S", "1")))
             text = "C" if BEHAVIOUR == "answer-c" else "A"
+            if BEHAVIOUR == "answer-share":
+                text = "A" if (_question(request["prompt"]) * GOLDEN) % 1 < SHARE else "C"
             token = {"text": text, "logprob": -0.1, "top_logprob": {text: -0.1}}
             return self._send(
                 200, {"text": text, "tokens": [token], "logprob": -0.1, "request_time": 0.01}
