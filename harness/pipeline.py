@@ -26,9 +26,10 @@ from typing import Any, NamedTuple, Protocol
 from harness import docker as engine
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.confs import write_helm_conf
+from harness.context_fit import Fit, entry_tokenizer, refuse_unfit
 from harness.errors import EntryError, InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.gateway import Gateway, GatewayStats
+from harness.gateway import Gateway, GatewayStats, tokenize_allowance
 from harness.gpus import GpuPool, resolve_gpus
 from harness.health import wait_healthy
 from harness.helm import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
@@ -519,24 +520,42 @@ class _Pipeline:
                     max_eval_instances=self.options.max_eval_instances,
                     budget=self.options.budget,
                 )
+            # Run specs that cannot fit the context are refused: HELM would loop on them.
+            fit = refuse_unfit(
+                run_dir,
+                conf,
+                endpoint.model,
+                max_sequence_length=self.options.max_sequence_length,
+                count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
+                metrics=conf_spec.metrics(),
+                offline=self.options.helm_offline,
+            )
+            gateway.tokenize_allowance = tokenize_allowance(fit.largest)
+            detail.extend(filter(None, [fit.detail]))
             if sampler:
                 sampler.start()
             try:
-                helm = run_helm(
-                    run_dir,
-                    conf,
-                    [endpoint.model],
-                    max_eval_instances=self.options.max_eval_instances,
-                    timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
-                    metrics=conf_spec.metrics(),
-                    offline=self.options.helm_offline,
-                    # Nobody answers HELM any more: its retries would take minutes per request.
-                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
-                    suite=SUITE
-                    if self.options.tier is None
-                    else f"{SUITE}-tier{self.options.tier}",
-                    cache_instances=pack is not None,
-                )
+                helm = HelmRun(0, False, run_dir / "helm-run.log", run_dir / "benchmark_output")
+                if fit.kept:
+                    helm = run_helm(
+                        run_dir,
+                        conf,
+                        [endpoint.model],
+                        max_eval_instances=self.options.max_eval_instances,
+                        timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
+                        metrics=conf_spec.metrics(),
+                        offline=self.options.helm_offline,
+                        # Nobody answers HELM any more: its retries would take minutes each.
+                        should_stop=lambda: (
+                            self.machine.should_stop()
+                            or not served.alive()
+                            or gateway.runaway is not None
+                        ),
+                        suite=SUITE
+                        if self.options.tier is None
+                        else f"{SUITE}-tier{self.options.tier}",
+                        cache_instances=pack is not None,
+                    )
             finally:
                 if sampler:
                     sampler.stop()
@@ -547,9 +566,18 @@ class _Pipeline:
             raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
-            [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
+            [
+                Metric(
+                    r.run_spec,
+                    r.scenario,
+                    r.metric or "",
+                    r.value,
+                    reason=r.error and redact(r.error),
+                )
+                for r in (*helm.runs, *fit.refused)
+            ]
         )
-        return self._verdict(served, helm, stats, sampler)
+        return self._verdict(served, helm, stats, sampler, fit, gateway.runaway)
 
     def _verdict(
         self,
@@ -557,6 +585,8 @@ class _Pipeline:
         helm: HelmRun,
         stats: GatewayStats,
         sampler: GpuMemorySampler | None,
+        fit: Fit,
+        runaway: str | None,
     ) -> Ending:
         state = served.state()
         if state.get("Status") == engine.REMOVED:
@@ -570,6 +600,11 @@ class _Pipeline:
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]
+        if runaway is not None:
+            return Ending(
+                Status.EVAL_FAILED,
+                f"{runaway}; {len(scored)} of {len(helm.runs)} run(s) had finished",
+            )
         if helm.killed or helm.stopped:
             # Only runs HELM finished count, but a run it never reached must not go unnoticed.
             return Ending(
@@ -582,11 +617,13 @@ class _Pipeline:
                 f"HELM was stopped {self.options.helm_grace_s:.0f} s past the deadline; "
                 f"{len(scored)} run(s) had finished",
             )
-        if not scored:
+        if not scored and not fit.refused:
             why = helm.error or "; ".join(sorted({str(r.error) for r in helm.runs})) or "no runs"
             return Ending(Status.EVAL_FAILED, f"HELM scored no run: {why}")
         failed = len(helm.runs) - len(scored)
         summary = f"{len(scored)} run(s) scored" + (f", {failed} failed" if failed else "")
+        if fit.refused:
+            summary += f", {fit.summary()}"
         if stats.unanswered:
             return Ending(
                 Status.EVAL_TIMEOUT,

@@ -56,6 +56,7 @@ class RunSpecResult:
     metric: str
     value: float | None
     lower_is_better: bool
+    reason: str | None = None  # why it has no value, or was refused and scored 0
 
 
 @dataclass(frozen=True)
@@ -372,7 +373,9 @@ def build_leaderboard(
                     for name, values in sorted(by_scenario.items())
                 },
                 run_specs={
-                    m.run_spec: RunSpecResult(m.scenario, m.metric, m.value, m.lower_is_better)
+                    m.run_spec: RunSpecResult(
+                        m.scenario, m.metric, m.value, m.lower_is_better, m.reason
+                    )
                     for m in metrics
                 },
                 efficiency=_efficiency(

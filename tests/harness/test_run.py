@@ -25,7 +25,7 @@ import pytest
 from harness.health import HealthSchedule
 from harness.report import build_leaderboard
 from harness.run import RUN_LABEL, RunOptions, entry_slug, exit_code, results_id, run_entries
-from harness.store import STORE_FILENAME, Status, Store
+from harness.store import STORE_FILENAME, Status, Step, Store
 from harness.submission import DEFAULT_BASE_IMAGE
 from tests.conftest import REPO, TEST_LABELS
 
@@ -307,3 +307,33 @@ def test_a_vanished_container_or_a_full_disk_ends_only_that_entry(
     assert outcomes["full-disk"].status is Status.EVAL_FAILED
     assert outcomes["full-disk"].reason.startswith("no space left to write")
     assert labelled_containers(docker_client, out) == []
+
+
+def test_a_run_spec_that_cannot_fit_the_context_is_refused_and_scored_0(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "good", "answer-a")
+    (tmp_path / "long.jsonl").write_text('{"input": "Write a story.", "answer": "Once"}\n')
+    # max_tokens 400 leaves no room for a prompt in the 256-token context `options` gives.
+    long = '{description: "local_task:path=long.jsonl,name=long,max_tokens=400", scenario: "long"}'
+    conf = tmp_path / "with-long.conf"
+    conf.write_text(write_conf(tmp_path, 3).read_text().replace("}]", f"}}, {long}]"))
+
+    [outcome] = run_entries(entries, options(tmp_path, base_image, run_specs=str(conf)))
+
+    reason = "local_task:name=long: max_tokens 400 does not fit a 256-token context"
+    assert outcome.status is Status.SCORED
+    assert outcome.reason.startswith(f"1 run(s) scored, 1 refused and scored 0 ({reason}); ")
+    with Store(tmp_path / "results") as store:
+        metrics = {m.scenario: m for m in store.metrics("open")["good"]}
+        board = build_leaderboard(store)
+        evaluate = store.latest_steps("good", "open")[Step.EVALUATE]
+    assert (metrics["long"].value, metrics["long"].reason) == (0.0, reason)
+    assert (metrics["local_task"].value, metrics["local_task"].reason) == (1.0, None)
+    assert "1 run spec(s) refused (too long)" in evaluate.detail
+    shown = board.rows[0].stages["open"].run_specs
+    assert shown["local_task:name=long,max_eval_instances=3"].reason == reason
+    requests = tmp_path / "results" / "logs" / entry_slug("good") / "open" / "requests.jsonl"
+    endpoints = [json.loads(line)["endpoint"] for line in requests.read_text().splitlines()]
+    assert endpoints.count("/process") == 3 and endpoints.count("/tokenize") < 20 * 3

@@ -1,0 +1,105 @@
+"""Run specs that cannot fit the context: refused before HELM runs them, the rest scored.
+
+The real crfm-helm 0.5.16 (.venv-helm) builds the run specs and scores, through the real gateway,
+against the team's inference server (templates/server) on the tiny random 256-token model.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.confs import load_conf, write_helm_conf
+from harness.context_fit import cannot_fit, entry_tokenizer, refuse_unfit
+from harness.gateway import Gateway, tokenize_allowance
+from harness.helm import HelmEndpoint, RunResult, RunSpecLimit, run_helm, write_prod_env
+from harness.tiny_model import CONTEXT_LENGTH
+from tests.harness.raw_tasks import write_open_data
+
+INSTANCES = 3
+
+
+def _limit(max_tokens: int) -> RunSpecLimit:
+    run = RunResult(run="gsm:model=m", run_spec="gsm", scenario="gsm", model="m")
+    return RunSpecLimit("gsm:max_eval_instances=3", "gsm", run, max_tokens, "Q: \nA: ")
+
+
+def test_cannot_fit_counts_the_output_and_the_shortest_prompt() -> None:
+    assert cannot_fit(_limit(400), 256, None) == (
+        "gsm: max_tokens 400 does not fit a 256-token context"
+    )
+    assert cannot_fit(_limit(256), 256, 0) == "gsm: max_tokens 256 does not fit a 256-token context"
+    assert cannot_fit(_limit(250), 256, 7) == (
+        "gsm: max_tokens 250 and a prompt of at least 7 tokens do not fit a 256-token context"
+    )
+    # A prompt takes one token at least, whatever a tokenizer that failed said.
+    assert cannot_fit(_limit(255), 256, None) is None
+    assert cannot_fit(_limit(249), 256, 7) is None
+
+
+@pytest.mark.helm
+def test_a_run_spec_that_cannot_fit_is_refused_and_the_rest_scored(
+    helm_bin: Path, tiny_server_url: str, tmp_path: Path
+) -> None:
+    (tmp_path / "qa.jsonl").write_text(
+        "".join(
+            json.dumps({"input": f"What is {i} plus {i}?", "answer": str(2 * i)}) + "\n"
+            for i in range(INSTANCES)
+        )
+    )
+    conf_file = tmp_path / "specs.conf"
+    conf_file.write_text(
+        textwrap.dedent("""\
+        entries: [
+          {description: "gsm:"}
+          {description: "local_task:path=qa.jsonl", scenario: "qa"}
+        ]
+        """)
+    )
+    conf = load_conf(conf_file)
+    run_dir = tmp_path / "run"
+    write_open_data(run_dir / "benchmark_output" / "scenarios", conf)
+    request_log = tmp_path / "requests.jsonl"
+    with Gateway(
+        tiny_server_url, deadline=time.monotonic() + 600, request_log=request_log
+    ) as gateway:
+        endpoint = HelmEndpoint("tiny", gateway.url, max_sequence_length=CONTEXT_LENGTH)
+        write_prod_env(run_dir / "prod_env", [endpoint])
+        helm_conf = write_helm_conf(conf, run_dir / "run_specs.conf", max_eval_instances=INSTANCES)
+        fit = refuse_unfit(
+            run_dir,
+            helm_conf,
+            endpoint.model,
+            max_sequence_length=CONTEXT_LENGTH,
+            count_tokens=entry_tokenizer(gateway.url),
+            metrics=conf.metrics(),
+            bin_dir=helm_bin,
+        )
+        gateway.tokenize_allowance = tokenize_allowance(fit.largest)
+        run = run_helm(
+            run_dir, helm_conf, [endpoint.model], max_eval_instances=INSTANCES, timeout_s=300,
+            metrics=conf.metrics(), bin_dir=helm_bin,
+            should_stop=lambda: gateway.runaway is not None,
+        )  # fmt: skip
+
+    # GSM8K asks for 400 output tokens: refused with the reason, scored 0 on its main metric.
+    assert fit.unchecked is None and fit.kept == 1 and fit.largest == INSTANCES
+    [gsm] = fit.refused
+    assert gsm.error == "gsm: max_tokens 400 does not fit a 256-token context"
+    assert (gsm.scenario, gsm.metric, gsm.value) == ("gsm", "final_number_exact_match", 0.0)
+    assert gsm.run_spec == f"gsm:max_eval_instances={INSTANCES}" and gsm.model == endpoint.model
+    assert "gsm" not in helm_conf.read_text()
+    # The run spec that fits is scored as usual.
+    assert run.error is None and gateway.runaway is None, run.log.read_text()[-3000:]
+    [qa] = run.runs
+    assert qa.ok and qa.scenario == "qa" and qa.instances == INSTANCES
+    assert qa.run_spec == f"local_task:name=qa,max_eval_instances={INSTANCES}"
+    lines = [json.loads(line) for line in request_log.read_text().splitlines()]
+    tokenize = sum(line["endpoint"] == "/tokenize" for line in lines)
+    answered = sum(line["endpoint"] == "/process" and line["answered"] for line in lines)
+    assert answered == INSTANCES
+    assert tokenize < 20 * INSTANCES, f"{tokenize} /tokenize requests for {INSTANCES} instances"
