@@ -5,11 +5,14 @@ spec's output tokens (`max_tokens`): it drops in-context examples, then cuts the
 right, asking the entry's /tokenize after every cut. When the output tokens and the shortest
 prompt the run spec can make do not fit, no cut ever succeeds and HELM loops: the demo's
 256-token model on the open stage sent 288,634 /tokenize requests in 16 minutes because GSM8K
-asks for 400 output tokens. So before HELM runs, `refuse_unfit` has HELM build each run spec
-(`helm.run_spec_limits`), counts its shortest prompt with the entry's own tokenizer, and takes
-every conf entry that cannot fit out of the conf: its runs score 0, each with the reason.
+asks for 400 output tokens. So before HELM runs, HELM builds each run spec
+(`helm.run_spec_limits`, started in the background while the entry is being served), and
+`refuse_unfit` counts each run's shortest prompt with the entry's own tokenizer and takes every
+conf entry that cannot fit out of the conf: its runs score 0, each with the reason.
 
-    fit = refuse_unfit(run_dir, conf, model, max_sequence_length=256,
+    limits = limits_in_background(run_dir, conf, endpoint)
+    ...  # the entry is served, the gateway started
+    fit = refuse_unfit(conf, limits, max_sequence_length=256,
                        count_tokens=entry_tokenizer(gateway.url))
     fit.refused[0].error  # "gsm: max_tokens 400 does not fit a 256-token context"
 """
@@ -17,7 +20,9 @@ every conf entry that cannot fit out of the conf: its runs score 0, each with th
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +31,13 @@ import httpx
 
 from harness.confs import parse_hocon, write_helm_entries
 from harness.errors import ConfigError, InfrastructureError
-from harness.helm import RunResult, RunSpecLimit, main_metric, run_spec_limits
+from harness.helm import HelmEndpoint, RunResult, RunSpecLimit, main_metric, run_spec_limits
 
 _INSTANCES = re.compile(r"(?<=[:,])max_eval_instances=(\d+)")
+# No tokenizer makes more tokens of a text than this bound (two per UTF-8 byte: SentencePiece's
+# byte fallback after a word-start piece, and a few special tokens): a run whose output tokens
+# and bound fit needs no /tokenize request to be let through.
+_TOKENS_PER_BYTE, _SPECIAL_TOKENS = 2, 8
 
 
 @dataclass(frozen=True)
@@ -36,7 +45,6 @@ class Fit:
     """What `refuse_unfit` did to a conf: the runs it refused and what is left for HELM."""
 
     refused: tuple[RunResult, ...]  # value 0.0, `error` saying why
-    kept: int  # conf entries left
     largest: int  # the most eval instances one kept entry asks for (0: none left)
     unchecked: str | None = None  # why nothing could be checked (HELM's helper failed)
 
@@ -78,6 +86,24 @@ def entry_tokenizer(base_url: str, timeout_s: float = 30.0) -> Callable[[str], i
     return count
 
 
+def limits_in_background(
+    run_dir: Path, conf: Path, endpoint: HelmEndpoint, *, offline: bool = True
+) -> Callable[[], list[RunSpecLimit]]:
+    """Start `helm.run_spec_limits` in a thread; the returned call waits for its result (and
+    raises what it raised). HELM takes seconds to build a stage's run specs: an entry being
+    served meanwhile does not wait for them."""
+    future: Future[list[RunSpecLimit]] = Future()
+
+    def read() -> None:
+        try:
+            future.set_result(run_spec_limits(run_dir, conf, endpoint, offline=offline))
+        except BaseException as exc:  # handed to whoever waits for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=read, name=f"run-spec-limits-{endpoint.model}", daemon=True).start()
+    return future.result
+
+
 def cannot_fit(limit: RunSpecLimit, context: int, prompt_tokens: int | None) -> str | None:
     """Why `limit`'s run cannot fit a `context`-token window, or None when it can.
 
@@ -98,18 +124,16 @@ def cannot_fit(limit: RunSpecLimit, context: int, prompt_tokens: int | None) -> 
 
 
 def refuse_unfit(
-    run_dir: Path,
     conf: Path,
-    model: str,
+    limits: Callable[[], Sequence[RunSpecLimit]],
     *,
     max_sequence_length: int,
     count_tokens: Callable[[str], int | None],
     metrics: Mapping[str, str] | None = None,
-    offline: bool = True,
-    bin_dir: Path | None = None,
 ) -> Fit:
-    """Rewrite `conf` (a HELM conf in `run_dir`, which holds `prod_env/`) without the entries
-    whose runs cannot fit `max_sequence_length`; see the module docstring.
+    """Rewrite `conf` (a HELM conf) without the entries whose runs cannot fit
+    `max_sequence_length`; see the module docstring. `limits` gives the conf's runs (e.g.
+    `limits_in_background`, or `lambda: helm.run_spec_limits(...)`).
 
     An entry is refused whole when one of its runs cannot fit (HELM runs entries, not runs).
     `metrics` is `RunSpecConf.metrics()`: a refused run is scored 0 on its main metric. When
@@ -121,13 +145,14 @@ def refuse_unfit(
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(f"{conf} is not a HELM conf the harness wrote: {exc}") from exc
     try:
-        limits = run_spec_limits(run_dir, conf, model, offline=offline, bin_dir=bin_dir)
+        runs = limits()
     except InfrastructureError as exc:
-        return Fit((), len(entries), _largest(entries), unchecked=str(exc))
+        return Fit((), _largest(entries), unchecked=str(exc))
     counted: dict[str, int | None] = {}
     reasons: dict[str, str] = {}
-    for limit in limits:
-        if limit.description in reasons:
+    for limit in runs:
+        bound = _TOKENS_PER_BYTE * len(limit.prompt.encode()) + _SPECIAL_TOKENS
+        if limit.description in reasons or limit.max_tokens + bound <= max_sequence_length:
             continue
         if limit.max_tokens < max_sequence_length and limit.prompt not in counted:
             counted[limit.prompt] = count_tokens(limit.prompt)
@@ -141,13 +166,13 @@ def refuse_unfit(
             value=0.0,
             error=reasons[limit.description],
         )
-        for limit in limits
+        for limit in runs
         if limit.description in reasons
     )
     kept = [entry for entry in entries if entry["description"] not in reasons]
     if len(kept) < len(entries):
         write_helm_entries(conf, kept)
-    return Fit(refused=refused, kept=len(kept), largest=_largest(kept))
+    return Fit(refused=refused, largest=_largest(kept))
 
 
 def _largest(entries: Sequence[dict[str, Any]]) -> int:

@@ -7,8 +7,8 @@ One HELM run lives in one folder, the working directory of `helm-run`:
     RUN_DIR/prod_env/tokenizer_configs.yaml
     RUN_DIR/run_specs.conf                    the conf with per-run-spec budgets (`write_helm_conf`)
     RUN_DIR/helm-run.log                      everything HELM printed, every attempt
-    RUN_DIR/run_spec_limits.json              each run's output tokens and shortest prompt
-                                              (`run_spec_limits`), its log beside it
+    RUN_DIR/run_spec_limits/limits.json       each run's output tokens and shortest prompt
+                                              (`run_spec_limits`), with its own prod_env/
     RUN_DIR/benchmark_output/runs/SUITE/RUN/stats.json     read by `read_metrics`
 
 The run-spec confs it runs are harness/confs.py's. Each written entry carries its scenario as a
@@ -320,30 +320,31 @@ class RunSpecLimit:
 def run_spec_limits(
     run_dir: Path,
     conf: Path,
-    model: str,
+    endpoint: HelmEndpoint,
     *,
     timeout_s: float = 600,
     offline: bool = True,
     bin_dir: Path | None = None,
 ) -> list[RunSpecLimit]:
-    """Every run `helm-run` would make of `conf` for `model` in `run_dir`, with its output tokens.
+    """Every run `helm-run` would make of `conf` for `endpoint` in `run_dir`, with its output
+    tokens and shortest prompt.
 
     HELM's own run-spec functions build them (helm_plugins/run_spec_limits.py, in the HELM
-    environment), so no number is copied here. An entry HELM cannot build is left out: helm-run
-    reports its error when it gets there. InfrastructureError when the helper itself fails.
+    environment), so no number is copied here. Nothing calls the endpoint: this may run before
+    the entry is served. An entry HELM cannot build is left out: helm-run reports its error when
+    it gets there. InfrastructureError when the helper itself fails.
     """
     python = check_helm(bin_dir) / "python"
-    result = run_dir / "run_spec_limits.json"
+    folder = run_dir / "run_spec_limits"
+    # Its own registry files: the entry's prod_env/ is written once the gateway is up.
+    write_prod_env(folder / "prod_env", [endpoint])
+    result = folder / "limits.json"
     result.unlink(missing_ok=True)
     command = [
-        str(python),
-        str(LIMITS_HELPER),
-        str(conf.resolve()),
-        model,
-        result.name,
-        str(PLUGIN),
-    ]
-    log = run_dir / "run_spec_limits.log"
+        str(python), str(LIMITS_HELPER), str(conf.resolve()), endpoint.model,
+        str(folder / "prod_env"), str(result), str(PLUGIN),
+    ]  # fmt: skip
+    log = folder / "helper.log"
     returncode, ended = _run_tool(command, run_dir, log, timeout_s, offline)
     if returncode != 0 or ended != "exited" or not result.is_file():
         tail = log.read_text(errors="replace")[-2000:]

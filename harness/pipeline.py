@@ -25,15 +25,13 @@ from typing import Any, NamedTuple, Protocol
 
 from harness import docker as engine
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
-from harness.confs import write_helm_conf
-from harness.context_fit import Fit, entry_tokenizer, refuse_unfit
+from harness.context_fit import Fit, entry_tokenizer, limits_in_background, refuse_unfit
 from harness.errors import EntryError, InfrastructureError
 from harness.failures import GpuMemorySampler, classify_build_log, classify_container
 from harness.gateway import Gateway, GatewayStats, tokenize_allowance
 from harness.gpus import GpuPool, resolve_gpus
 from harness.health import wait_healthy
-from harness.helm import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
-from harness.instances import install_pack
+from harness.helm import SUITE, HelmEndpoint, HelmRun, RunSpecLimit, run_helm, write_prod_env
 from harness.options import RUN_LABEL, TRACK_GPU_GIB, RunOptions, entry_slug
 from harness.secrets import redact
 from harness.store import Attempt, FindingLike, Metric, Status, Step, Store
@@ -278,6 +276,14 @@ class Machine:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+class _HelmConf(NamedTuple):
+    """The HELM conf an entry is scored on, written before it is served."""
+
+    path: Path
+    metrics: dict[str, str]  # RunSpecConf.metrics()
+    limits: Callable[[], list[RunSpecLimit]]  # its runs' limits, read in the background
+
+
 class _Ended(Exception):
     """An entry reached its final status before the last step."""
 
@@ -343,11 +349,12 @@ class _Pipeline:
         dockerfile = self._check()
         root = self._context(tmp)
         image = self._build(root, dockerfile)
+        helm_conf = self._helm_conf()
         # The GPU is held while the entry is served only: other entries build meanwhile.
         with self.machine.gpus.lease(self.machine.stopping) as gpu:
             served = self._serve(image, gpu)
             try:
-                return self._evaluate(served, gpu)
+                return self._evaluate(served, gpu, helm_conf)
             finally:
                 self._release(served)
 
@@ -478,10 +485,29 @@ class _Pipeline:
                 raise _Ended(Status.UNHEALTHY, health.reason)
             return served
 
-    def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
+    def _endpoint(self, url: str) -> HelmEndpoint:
+        return HelmEndpoint(
+            self.job.name,
+            url,
+            max_sequence_length=self.options.max_sequence_length,
+            # Nested samples (a pack's, a later tier's) ask again what was answered before.
+            cache_requests=self.options.instances is not None or self.options.tier is not None,
+        )
+
+    def _helm_conf(self) -> _HelmConf:
+        """Write the HELM conf and start reading its runs' limits (harness/context_fit.py),
+        which takes HELM seconds: meanwhile the entry is served."""
         run_dir = self.job.helm_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pack, conf_spec = self.options.scored_run_specs()
+        conf, conf_spec = self.options.write_helm_conf(run_dir)
+        # Nothing calls this endpoint: the gateway's URL is known once the entry is served.
+        endpoint = self._endpoint("http://127.0.0.1")
+        limits = limits_in_background(run_dir, conf, endpoint, offline=self.options.helm_offline)
+        return _HelmConf(conf, conf_spec.metrics(), limits)
+
+    def _evaluate(
+        self, served: engine.RunningContainer, gpu: int | None, helm_conf: _HelmConf
+    ) -> Ending:
+        run_dir, conf = self.job.helm_dir, helm_conf.path
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
@@ -498,64 +524,40 @@ class _Pipeline:
             ) as gateway,
         ):
             detail.append(sampling)
-            endpoint = HelmEndpoint(
-                self.job.name,
-                gateway.url,
-                max_sequence_length=self.options.max_sequence_length,
-                # Nested samples (a pack's, a later tier's) ask again what was answered before.
-                cache_requests=pack is not None or self.options.tier is not None,
-            )
+            endpoint = self._endpoint(gateway.url)
             write_prod_env(run_dir / "prod_env", [endpoint])
-            conf = run_dir / "run_specs.conf"
-            if pack is not None:
-                conf = install_pack(
-                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
-                )
-            elif self.options.helm_conf is not None:
-                conf.write_bytes(self.options.helm_conf.read_bytes())
-            else:
-                write_helm_conf(
-                    conf_spec,
-                    conf,
-                    max_eval_instances=self.options.max_eval_instances,
-                    budget=self.options.budget,
-                )
             # Run specs that cannot fit the context are refused: HELM would loop on them.
             fit = refuse_unfit(
-                run_dir,
                 conf,
-                endpoint.model,
+                helm_conf.limits,
                 max_sequence_length=self.options.max_sequence_length,
                 count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
-                metrics=conf_spec.metrics(),
-                offline=self.options.helm_offline,
+                metrics=helm_conf.metrics,
             )
             gateway.tokenize_allowance = tokenize_allowance(fit.largest)
             detail.extend(filter(None, [fit.detail]))
             if sampler:
                 sampler.start()
             try:
-                helm = HelmRun(0, False, run_dir / "helm-run.log", run_dir / "benchmark_output")
-                if fit.kept:
-                    helm = run_helm(
-                        run_dir,
-                        conf,
-                        [endpoint.model],
-                        max_eval_instances=self.options.max_eval_instances,
-                        timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
-                        metrics=conf_spec.metrics(),
-                        offline=self.options.helm_offline,
-                        # Nobody answers HELM any more: its retries would take minutes each.
-                        should_stop=lambda: (
-                            self.machine.should_stop()
-                            or not served.alive()
-                            or gateway.runaway is not None
-                        ),
-                        suite=SUITE
-                        if self.options.tier is None
-                        else f"{SUITE}-tier{self.options.tier}",
-                        cache_instances=pack is not None,
-                    )
+                helm = run_helm(
+                    run_dir,
+                    conf,
+                    [endpoint.model],
+                    max_eval_instances=self.options.max_eval_instances,
+                    timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
+                    metrics=helm_conf.metrics,
+                    offline=self.options.helm_offline,
+                    # Nobody answers HELM any more: its retries would take minutes each.
+                    should_stop=lambda: (
+                        self.machine.should_stop()
+                        or not served.alive()
+                        or gateway.runaway is not None
+                    ),
+                    suite=SUITE
+                    if self.options.tier is None
+                    else f"{SUITE}-tier{self.options.tier}",
+                    cache_instances=self.options.instances is not None,
+                )
             finally:
                 if sampler:
                     sampler.stop()

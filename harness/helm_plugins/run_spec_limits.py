@@ -2,9 +2,9 @@
 
 Runs inside `.venv-helm`, where the `harness` package is not installed, so it imports only HELM
 and the standard library. It builds the run specs exactly as helm-run would in the same folder
-(the same registries from `prod_env/`, the same plugins, the same `benchmark_output/`):
+(the same registries from PROD_ENV, the same plugins, the same `benchmark_output/`):
 
-    cd RUN_DIR && python run_spec_limits.py CONF MODEL RESULT.json [PLUGIN ...]
+    cd RUN_DIR && python run_spec_limits.py CONF MODEL PROD_ENV RESULT.json [PLUGIN ...]
 
 RESULT: {"entries": [...]}, one object per conf entry, in the conf's order:
 
@@ -71,9 +71,9 @@ def describe(entry: Any, model: str) -> dict[str, Any]:
 
 
 def main() -> None:
-    conf, model, result_path, *plugins = sys.argv[1:]
+    conf, model, prod_env, result_path, *plugins = sys.argv[1:]
     register_builtin_configs_from_helm_package()
-    register_configs_from_directory("prod_env")
+    register_configs_from_directory(prod_env)
     import_user_plugins(plugins)
     # Run-spec functions (BIG-bench's) read `benchmark_output/scenarios/`, as under helm-run.
     set_benchmark_output_path("benchmark_output")

@@ -13,19 +13,33 @@ from pathlib import Path
 
 import pytest
 
-from harness.confs import load_conf, write_helm_conf
+from harness.confs import load_conf, parse_hocon, write_helm_conf, write_helm_entries
 from harness.context_fit import cannot_fit, entry_tokenizer, refuse_unfit
+from harness.errors import InfrastructureError
 from harness.gateway import Gateway, tokenize_allowance
-from harness.helm import HelmEndpoint, RunResult, RunSpecLimit, run_helm, write_prod_env
+from harness.helm import (
+    HelmEndpoint,
+    RunResult,
+    RunSpecLimit,
+    run_helm,
+    run_spec_limits,
+    write_prod_env,
+)
 from harness.tiny_model import CONTEXT_LENGTH
 from tests.harness.raw_tasks import write_open_data
 
 INSTANCES = 3
 
 
-def _limit(max_tokens: int) -> RunSpecLimit:
-    run = RunResult(run="gsm:model=m", run_spec="gsm", scenario="gsm", model="m")
-    return RunSpecLimit("gsm:max_eval_instances=3", "gsm", run, max_tokens, "Q: \nA: ")
+def load_conf_entries(conf: Path) -> list[dict[str, object]]:
+    entries: list[dict[str, object]] = parse_hocon(conf.read_text())["entries"]
+    return entries
+
+
+def _limit(max_tokens: int, name: str = "gsm", prompt: str = "Q: \nA: ") -> RunSpecLimit:
+    description = f"{name}:max_eval_instances=3"
+    run = RunResult(run=f"{description},model=m", run_spec=description, scenario=name, model="m")
+    return RunSpecLimit(description, name, run, max_tokens, prompt)
 
 
 def test_cannot_fit_counts_the_output_and_the_shortest_prompt() -> None:
@@ -39,6 +53,56 @@ def test_cannot_fit_counts_the_output_and_the_shortest_prompt() -> None:
     # A prompt takes one token at least, whatever a tokenizer that failed said.
     assert cannot_fit(_limit(255), 256, None) is None
     assert cannot_fit(_limit(249), 256, 7) is None
+
+
+def test_refuse_unfit_rewrites_the_conf_and_asks_the_tokenizer_only_when_needed(
+    tmp_path: Path,
+) -> None:
+    limits = [_limit(400), _limit(5, "mmlu", "x" * 100), _limit(200, "long", "y" * 100)]
+    conf = write_helm_entries(
+        tmp_path / "run_specs.conf",
+        [{"description": f"{n}:max_eval_instances=3", "priority": 1, "groups": [n]}
+         for n in ("gsm", "mmlu", "long")],
+    )  # fmt: skip
+    asked: list[str] = []
+
+    def count(text: str) -> int:
+        asked.append(text)
+        return len(text)  # one token per character
+
+    fit = refuse_unfit(conf, lambda: limits, max_sequence_length=256, count_tokens=count)
+
+    # gsm needs no count (400 alone is too long), mmlu none either (5 tokens and at most 208 for
+    # its 100-byte prompt fit): only `long` is asked, and refused.
+    assert asked == ["y" * 100]
+    assert [(r.run_spec, r.value, r.error) for r in fit.refused] == [
+        ("gsm:max_eval_instances=3", 0.0, "gsm: max_tokens 400 does not fit a 256-token context"),
+        (
+            "long:max_eval_instances=3",
+            0.0,
+            "long: max_tokens 200 and a prompt of at least 100 tokens do not fit a 256-token "
+            "context",
+        ),
+    ]
+    assert [e["description"] for e in load_conf_entries(conf)] == ["mmlu:max_eval_instances=3"]
+    assert fit.largest == 3 and fit.summary().startswith("2 refused and scored 0 (gsm: ")
+
+
+def test_a_failing_helper_refuses_nothing_and_says_why(tmp_path: Path) -> None:
+    entry = {"description": "gsm:max_eval_instances=7", "priority": 1, "groups": ["gsm"]}
+    conf = write_helm_entries(tmp_path / "run_specs.conf", [entry])
+    before = conf.read_text()
+
+    def broken() -> list[RunSpecLimit]:
+        raise InfrastructureError("reading the run specs' limits from HELM failed: boom")
+
+    fit = refuse_unfit(conf, broken, max_sequence_length=256, count_tokens=lambda text: 1)
+    assert fit.refused == () and fit.largest == 7
+    assert fit.detail == (
+        "run specs not checked against the context: reading the run specs' limits from HELM "
+        "failed: boom"
+    )
+    assert conf.read_text() == before
 
 
 @pytest.mark.helm
@@ -71,13 +135,11 @@ def test_a_run_spec_that_cannot_fit_is_refused_and_the_rest_scored(
         write_prod_env(run_dir / "prod_env", [endpoint])
         helm_conf = write_helm_conf(conf, run_dir / "run_specs.conf", max_eval_instances=INSTANCES)
         fit = refuse_unfit(
-            run_dir,
             helm_conf,
-            endpoint.model,
+            lambda: run_spec_limits(run_dir, helm_conf, endpoint, bin_dir=helm_bin),
             max_sequence_length=CONTEXT_LENGTH,
             count_tokens=entry_tokenizer(gateway.url),
             metrics=conf.metrics(),
-            bin_dir=helm_bin,
         )
         gateway.tokenize_allowance = tokenize_allowance(fit.largest)
         run = run_helm(
@@ -87,7 +149,7 @@ def test_a_run_spec_that_cannot_fit_is_refused_and_the_rest_scored(
         )  # fmt: skip
 
     # GSM8K asks for 400 output tokens: refused with the reason, scored 0 on its main metric.
-    assert fit.unchecked is None and fit.kept == 1 and fit.largest == INSTANCES
+    assert fit.unchecked is None and fit.largest == INSTANCES
     [gsm] = fit.refused
     assert gsm.error == "gsm: max_tokens 400 does not fit a 256-token context"
     assert (gsm.scenario, gsm.metric, gsm.value) == ("gsm", "final_number_exact_match", 0.0)
