@@ -8,7 +8,14 @@ import typer
 from rich.console import Console
 
 from harness.errors import HarnessError
-from harness.report import build_leaderboard, parse_prices, to_rich, write_leaderboard
+from harness.report import (
+    Leaderboard,
+    build_leaderboard,
+    parse_prices,
+    to_plain_text,
+    to_rich,
+    write_leaderboard,
+)
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -19,6 +26,18 @@ EPILOG = """**Examples**
 
     harness report /srv/competition/results && python -m http.server -d /srv/competition/results
 """
+
+
+def print_leaderboard(console: Console, board: Leaderboard, paths: list[Path]) -> None:
+    """The leaderboard as a table on a terminal; elsewhere (CI logs, `| tee`, a file), where rich
+    would fold every cell into 80 columns, as Markdown: one line per entry."""
+    if console.is_terminal:
+        console.print(to_rich(board))
+    else:
+        console.print(to_plain_text(board), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "wrote " + ", ".join(str(path) for path in paths), highlight=False, soft_wrap=True
+    )
 
 
 def main(
@@ -40,6 +59,4 @@ def main(
     except HarnessError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(exc.exit_code) from exc
-    paths = write_leaderboard(board, results_dir)
-    console.print(to_rich(board))
-    console.print("wrote " + ", ".join(f"[bold]{path}[/]" for path in paths))
+    print_leaderboard(console, board, write_leaderboard(board, results_dir))

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from harness.cli.report import print_leaderboard
 from harness.errors import ConfigError, HarnessError
 from harness.executor import Executor, LocalExecutor
 from harness.gpus import detect_gpus, parse_gpus
 from harness.health import HealthSchedule
-from harness.report import build_leaderboard, to_rich, write_leaderboard
+from harness.report import build_leaderboard, write_leaderboard
 from harness.run import RunOptions, exit_code, run_entries
 from harness.store import Store
 from harness.tiers import Tiers, run_tiers
@@ -45,6 +48,34 @@ def _secrets(values: list[str]) -> dict[str, Path]:
             raise ConfigError(f"--build-secret takes ID=FILE with an existing file, got {value!r}")
         secrets[secret_id] = Path(path)
     return secrets
+
+
+@contextmanager
+def progress_lines(console: Console) -> Iterator[Callable[[str, str], None]]:
+    """Shows each entry's step as it starts (the callback takes entry and step): a spinner line
+    per entry on a terminal; elsewhere (CI logs, `| tee`, a file) one plain, timed line per
+    step, never a spinner frame."""
+    if not console.is_terminal:
+        started = time.monotonic()
+
+        def line(entry: str, step: str) -> None:
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
+            console.print(
+                f"{elapsed} {entry}: {step}", markup=False, highlight=False, soft_wrap=True
+            )
+
+        yield line
+        return
+    columns = SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def update(entry: str, step: str) -> None:
+            if entry not in tasks:
+                tasks[entry] = progress.add_task(entry)
+            progress.update(tasks[entry], description=f"{entry}: {step}")
+
+        yield update
 
 
 def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
@@ -135,16 +166,7 @@ def main(
             build_secrets=_secrets(build_secret),
             instances=instances,
         )
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
-            tasks: dict[str, TaskID] = {}
-
-            def on_progress(entry: str, step: str) -> None:
-                if entry not in tasks:
-                    tasks[entry] = progress.add_task(entry)
-                progress.update(tasks[entry], description=f"{entry}: {step}")
-
+        with progress_lines(console) as on_progress:
             if plan is None:
                 outcomes = run_entries(
                     entries_dir, options, executor=make_executor(), on_progress=on_progress
@@ -162,11 +184,7 @@ def main(
         os._exit(130)
     with Store(out) as store:
         board = build_leaderboard(store, track=track)
-    paths = write_leaderboard(board, out)
-    console.print(to_rich(board))
+    print_leaderboard(console, board, write_leaderboard(board, out))
     skipped = sum(o.skipped for o in outcomes)
-    console.print(
-        f"{len(outcomes)} entries ({skipped} already finished, kept); wrote "
-        + ", ".join(str(p) for p in paths)
-    )
+    console.print(f"{len(outcomes)} entries ({skipped} already finished, kept)")
     raise typer.Exit(exit_code(outcomes))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -337,3 +338,30 @@ def test_a_run_spec_that_cannot_fit_the_context_is_refused_and_scored_0(
     requests = tmp_path / "results" / "logs" / entry_slug("good") / "open" / "requests.jsonl"
     endpoints = [json.loads(line)["endpoint"] for line in requests.read_text().splitlines()]
     assert endpoints.count("/process") == 3 and endpoints.count("/tokenize") < 20 * 3
+
+
+def test_piped_run_prints_plain_progress_and_one_line_per_entry(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    missing = "an-entry-whose-name-is-longer-than-a-folded-column"
+    (entries / missing).mkdir(parents=True)
+    leaky = make_entry(entries, "another-entry-with-a-name-far-too-long-to-fold", "answer-a")
+    (leaky / "login.py").write_text(f'HF_TOKEN = "{TOKEN}"\n')
+    # A pipe, as in CI logs or `| tee`: not a terminal.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "harness"), "run", str(entries), "--track", "4090",
+         "--stage", "open", "--out", str(tmp_path / "results"), "--run-specs", "offline"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    # Progress: one timed line per step started, no spinner frames (braille characters).
+    for name in (missing, leaky.name):
+        assert any(re.fullmatch(rf"\d\d:\d\d:\d\d {name}: check", line) for line in lines)
+    assert not any("\u2800" <= char <= "\u28ff" for char in result.stdout)
+    for name, status in [(missing, "no-dockerfile"), (leaky.name, "flagged")]:
+        [row] = [line for line in lines if line.startswith("| ") and name in line]
+        assert f"| {name} |" in row and f"| {status} |" in row
+    assert "2 entries (0 already finished, kept)" in result.stdout
+    assert TOKEN not in result.stdout
