@@ -33,6 +33,7 @@ from harness.confs import parse_hocon, write_helm_entries
 from harness.errors import ConfigError, InfrastructureError
 from harness.helm import HelmEndpoint, RunResult, RunSpecLimit, main_metric, run_spec_limits
 
+FITTING_CONF = "run_specs.fitting.conf"
 _INSTANCES = re.compile(r"(?<=[:,])max_eval_instances=(\d+)")
 # No tokenizer makes more tokens of a text than this bound (two per UTF-8 byte: SentencePiece's
 # byte fallback after a word-start piece, and a few special tokens): a run whose output tokens
@@ -42,8 +43,9 @@ _TOKENS_PER_BYTE, _SPECIAL_TOKENS = 2, 8
 
 @dataclass(frozen=True)
 class Fit:
-    """What `refuse_unfit` did to a conf: the runs it refused and what is left for HELM."""
+    """What `refuse_unfit` made of a conf: the runs it refused and the conf left for HELM."""
 
+    conf: Path  # the HELM conf to run
     refused: tuple[RunResult, ...]  # value 0.0, `error` saying why
     largest: int  # the most eval instances one kept entry asks for (0: none left)
     unchecked: str | None = None  # why nothing could be checked (HELM's helper failed)
@@ -131,9 +133,10 @@ def refuse_unfit(
     count_tokens: Callable[[str], int | None],
     metrics: Mapping[str, str] | None = None,
 ) -> Fit:
-    """Rewrite `conf` (a HELM conf) without the entries whose runs cannot fit
-    `max_sequence_length`; see the module docstring. `limits` gives the conf's runs (e.g.
-    `limits_in_background`, or `lambda: helm.run_spec_limits(...)`).
+    """The HELM conf `conf` without the entries whose runs cannot fit `max_sequence_length`;
+    see the module docstring. `limits` gives the conf's runs (e.g. `limits_in_background`, or
+    `lambda: helm.run_spec_limits(...)`). What is left is written beside `conf` as
+    FITTING_CONF; `conf` itself stays whole (`harness reproduce` replays it, refusals included).
 
     An entry is refused whole when one of its runs cannot fit (HELM runs entries, not runs).
     `metrics` is `RunSpecConf.metrics()`: a refused run is scored 0 on its main metric. When
@@ -147,7 +150,7 @@ def refuse_unfit(
     try:
         runs = limits()
     except InfrastructureError as exc:
-        return Fit((), _largest(entries), unchecked=str(exc))
+        return Fit(conf, (), _largest(entries), unchecked=str(exc))
     counted: dict[str, int | None] = {}
     reasons: dict[str, str] = {}
     for limit in runs:
@@ -171,8 +174,8 @@ def refuse_unfit(
     )
     kept = [entry for entry in entries if entry["description"] not in reasons]
     if len(kept) < len(entries):
-        write_helm_entries(conf, kept)
-    return Fit(refused=refused, largest=_largest(kept))
+        conf = write_helm_entries(conf.with_name(FITTING_CONF), kept)
+    return Fit(conf, refused, _largest(kept))
 
 
 def _largest(entries: Sequence[dict[str, Any]]) -> int:

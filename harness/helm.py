@@ -6,6 +6,8 @@ One HELM run lives in one folder, the working directory of `helm-run`:
     RUN_DIR/prod_env/model_metadata.yaml
     RUN_DIR/prod_env/tokenizer_configs.yaml
     RUN_DIR/run_specs.conf                    the conf with per-run-spec budgets (`write_helm_conf`)
+    RUN_DIR/run_specs.fitting.conf            the same without the run specs refused because
+                                              they cannot fit the context (context_fit.py)
     RUN_DIR/helm-run.log                      everything HELM printed, every attempt
     RUN_DIR/run_spec_limits/limits.json       each run's output tokens and shortest prompt
                                               (`run_spec_limits`), with its own prod_env/

@@ -507,7 +507,7 @@ class _Pipeline:
     def _evaluate(
         self, served: engine.RunningContainer, gpu: int | None, helm_conf: _HelmConf
     ) -> Ending:
-        run_dir, conf = self.job.helm_dir, helm_conf.path
+        run_dir = self.job.helm_dir
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
@@ -528,7 +528,7 @@ class _Pipeline:
             write_prod_env(run_dir / "prod_env", [endpoint])
             # Run specs that cannot fit the context are refused: HELM would loop on them.
             fit = refuse_unfit(
-                conf,
+                helm_conf.path,
                 helm_conf.limits,
                 max_sequence_length=self.options.max_sequence_length,
                 count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
@@ -541,7 +541,7 @@ class _Pipeline:
             try:
                 helm = run_helm(
                     run_dir,
-                    conf,
+                    fit.conf,
                     [endpoint.model],
                     max_eval_instances=self.options.max_eval_instances,
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,

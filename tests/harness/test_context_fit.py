@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.confs import load_conf, parse_hocon, write_helm_conf, write_helm_entries
-from harness.context_fit import cannot_fit, entry_tokenizer, refuse_unfit
+from harness.context_fit import FITTING_CONF, cannot_fit, entry_tokenizer, refuse_unfit
 from harness.errors import InfrastructureError
 from harness.gateway import Gateway, tokenize_allowance
 from harness.helm import (
@@ -84,7 +84,10 @@ def test_refuse_unfit_rewrites_the_conf_and_asks_the_tokenizer_only_when_needed(
             "context",
         ),
     ]
-    assert [e["description"] for e in load_conf_entries(conf)] == ["mmlu:max_eval_instances=3"]
+    # The conf is kept whole (reproduce replays it); HELM runs what fits.
+    assert fit.conf == tmp_path / FITTING_CONF
+    assert [e["description"] for e in load_conf_entries(fit.conf)] == ["mmlu:max_eval_instances=3"]
+    assert len(load_conf_entries(conf)) == 3
     assert fit.largest == 3 and fit.summary().startswith("2 refused and scored 0 (gsm: ")
 
 
@@ -97,7 +100,7 @@ def test_a_failing_helper_refuses_nothing_and_says_why(tmp_path: Path) -> None:
         raise InfrastructureError("reading the run specs' limits from HELM failed: boom")
 
     fit = refuse_unfit(conf, broken, max_sequence_length=256, count_tokens=lambda text: 1)
-    assert fit.refused == () and fit.largest == 7
+    assert (fit.conf, fit.refused, fit.largest) == (conf, (), 7)
     assert fit.detail == (
         "run specs not checked against the context: reading the run specs' limits from HELM "
         "failed: boom"
@@ -143,7 +146,7 @@ def test_a_run_spec_that_cannot_fit_is_refused_and_the_rest_scored(
         )
         gateway.tokenize_allowance = tokenize_allowance(fit.largest)
         run = run_helm(
-            run_dir, helm_conf, [endpoint.model], max_eval_instances=INSTANCES, timeout_s=300,
+            run_dir, fit.conf, [endpoint.model], max_eval_instances=INSTANCES, timeout_s=300,
             metrics=conf.metrics(), bin_dir=helm_bin,
             should_stop=lambda: gateway.runaway is not None,
         )  # fmt: skip
@@ -154,7 +157,7 @@ def test_a_run_spec_that_cannot_fit_is_refused_and_the_rest_scored(
     assert gsm.error == "gsm: max_tokens 400 does not fit a 256-token context"
     assert (gsm.scenario, gsm.metric, gsm.value) == ("gsm", "final_number_exact_match", 0.0)
     assert gsm.run_spec == f"gsm:max_eval_instances={INSTANCES}" and gsm.model == endpoint.model
-    assert "gsm" not in helm_conf.read_text()
+    assert "gsm" not in fit.conf.read_text()
     # The run spec that fits is scored as usual.
     assert run.error is None and gateway.runaway is None, run.log.read_text()[-3000:]
     [qa] = run.runs
