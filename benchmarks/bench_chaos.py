@@ -2,7 +2,7 @@
 
     make bench-chaos        (or: .venv/bin/python benchmarks/bench_chaos.py [--faults 100])
 
-Runs tests/harness/chaos.py (the test suite runs the same with 10 faults) on stand-in entries
+Runs tests/harness/run/chaos.py (the test suite runs the same with 10 faults) on stand-in entries
 that build in seconds from the local base image, in a temporary folder, on a private dockerd in
 its own network namespace (root and dockerd needed; the machine's own engine is not touched).
 Faults come at seeded random moments 1-8 s apart; engine restarts are rare (`--restarts`, 3 by
@@ -24,7 +24,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.harness.chaos import run_chaos  # noqa: E402
+from tests.harness.run.chaos import run_chaos  # noqa: E402
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ from typing import Any
 
 import httpx
 
-from harness.health import HealthSchedule, wait_healthy
+from harness.run.health import HealthSchedule, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
 NAIVE = (REPO / "benchmarks", "naive_server:app", {})
@@ -103,7 +103,7 @@ def bench_model(
     """The tiny random model with room for few-shot prompts (its weights do not depend on it);
     `hidden` widens it (4 layers of that width) so that reading a prompt costs what it costs on a
     real model: more than the HTTP and Python around it."""
-    from harness.tiny_model import write_tiny_model
+    from harness.submission.tiny_model import write_tiny_model
 
     model_dir = write_tiny_model(out_dir, arch=arch)
     config = json.loads((model_dir / "config.json").read_text())

@@ -38,11 +38,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness import docker as engine  # noqa: E402
-from harness.options import RUN_LABEL, results_id  # noqa: E402
+from harness.infra import docker as engine  # noqa: E402
 from harness.service.db import ServiceDB  # noqa: E402
+from harness.store import RUN_LABEL, results_id  # noqa: E402
+from tests.harness.run.test_driver import write_conf  # noqa: E402
 from tests.harness.service.conftest import free_port, stand_in_zip  # noqa: E402
-from tests.harness.test_run import write_conf  # noqa: E402
 
 TARGET_P99_MS = 200.0
 

@@ -13,11 +13,11 @@ fields of abilities, both giving mean accuracies from ~0.2 to ~0.8 as on the 202
                rest N(0, 0.6): a crowded top, the hard case for any early cut
 
 The full budget scores every entry on `--full` instances; each tier configuration scores every
-entry on its first budget and the entries `harness.tiers.in_contention` keeps on the next ones
+entry on its first budget and the entries `harness.run.tiers.in_contention` keeps on the next ones
 (nested: the first B instances of the same sample). Both rankings use the leaderboard's arithmetic
-(`harness.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered leaderboard
-lists the entries that reached a later tier first, as `harness report` does. Against the full
-budget's ranking, per configuration and averaged over seeds:
+(`harness.leaderboard.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered
+leaderboard lists the entries that reached a later tier first, as `harness report` does. Against the
+full budget's ranking, per configuration and averaged over seeds:
 
     compute    instances asked, full budget / tiers (higher is better)
     recall@10  share of the full budget's top 10 that the tiers' top 10 holds
@@ -39,15 +39,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from harness.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
-from harness.scoring import RunSpec, kendall_tau_b, score_stage  # noqa: E402
-from harness.tiers import (  # noqa: E402
-    Tiers,
-    compute_used,
-    estimate,
-    in_contention,
+from harness.helm.confs import RunEntry, RunSpecConf, split_budget  # noqa: E402
+from harness.leaderboard.scoring import (  # noqa: E402
+    RunSpec,
+    kendall_tau_b,
     ranked_by_tier,
+    score_stage,
 )
+from harness.run.tiers import Tiers, compute_used, estimate, in_contention  # noqa: E402
 
 SCENARIOS = ("mmlu", "truthful_qa", "bbq", "gsm", "big_bench", "cnndm")
 CONF = RunSpecConf(Path("simulated.conf"), tuple(RunEntry(s, s) for s in SCENARIOS))

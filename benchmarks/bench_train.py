@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from harness.tiny_model import write_tiny_model
+from harness.submission.tiny_model import write_tiny_model
 
 TRAIN_DIR = Path(__file__).resolve().parent.parent / "templates" / "train"
 VARIANTS: dict[str, dict[str, Any]] = {

@@ -19,7 +19,7 @@ Sections, each a key of the report (`{"skipped": why}` or `{"error": ...}` when 
   a few steps: torch's peak allocation and tokens/s against templates/train/memory.py's estimate.
 - merge: merge.py on that adapter: the merged bf16 model's largest logit difference from the
   adapter model, the figure `merge.tolerance` should be set from.
-- nvml: whether NVML sampling (harness.failures.GpuMemorySampler, what `harness run` uses) sees
+- nvml: whether NVML sampling (harness.run.failures.GpuMemorySampler, what `harness run` uses) sees
   the memory a server process holds.
 
 The server runs with MAX_CONTEXT=4096: Mistral-7B's 4096-token sliding window then covers the whole
@@ -45,7 +45,7 @@ import httpx
 import yaml
 from bench_serve import NAIVE, OURS, Result, bench_model, drive, percentile, running, workload
 
-from harness.failures import GpuMemorySampler
+from harness.run.failures import GpuMemorySampler
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_DIR = REPO / "templates" / "train"

@@ -10,19 +10,20 @@ The public API is what `__all__` lists; every other module is an internal detail
 """
 
 from harness.checks import EntryReport, Finding, check_entries, check_entry
-from harness.errors import ConfigError, EntryError, HarnessError, InfrastructureError
-from harness.report import build_leaderboard, write_leaderboard
-from harness.reproduce import reproduce_entry
-from harness.reproduction import ReproduceOptions, Reproduction
-from harness.run import EntryOutcome, RunOptions, run_entries
+from harness.errors import ConfigError, DiskFullError, HarnessError, InfrastructureError
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard
+from harness.reproduce.flow import reproduce_entry
+from harness.reproduce.options import ReproduceOptions, Reproduction
+from harness.run.driver import EntryOutcome, RunOptions, run_entries
 from harness.secrets import find_secrets, redact
 from harness.store import Status, Store
-from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_dataset, write_tiny_model
+from harness.submission.render import render_submission, smoke_config, use_weights
+from harness.submission.tiny_model import write_tiny_dataset, write_tiny_model
 
 __all__ = [
     "ConfigError",
-    "EntryError",
+    "DiskFullError",
     "EntryOutcome",
     "EntryReport",
     "Finding",

@@ -21,7 +21,9 @@ means not asking.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
@@ -30,11 +32,39 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from harness.errors import ConfigError
-from harness.gateway import GatewayStats
-from harness.sqlite import SQLiteFile
+from harness.infra.sqlite import SQLiteFile
 
 STORE_FILENAME = "results.sqlite"
 SCHEMA_VERSION = 4
+
+# Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
+# the same results folder and leaves alone the containers of other runs on the same engine.
+RUN_LABEL = "org.harness.run"
+
+
+def results_id(out: Path) -> str:
+    """The RUN_LABEL value of the runs writing into the results folder `out`."""
+    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
+
+
+def entry_slug(name: str) -> str:
+    """An entry's folder name under RESULTS_DIR/logs and /helm: readable, and unique by a hash."""
+    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "entry"
+    return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class GatewayStats:
+    """What went through the gateway; latencies: real ones, of /process requests answered."""
+
+    requests: int
+    answered: int  # /process requests the entry answered
+    unanswered: int  # /process requests answered empty (deadline passed or timed out)
+    errors: int  # requests that failed, timed out (but /process) or were refused (runaway)
+    latency_p50_s: float | None
+    latency_p90_s: float | None
+    latency_p99_s: float | None
+    latency_max_s: float | None
 
 
 class Status(StrEnum):

@@ -8,7 +8,7 @@
 2. Add a third, broken entry: an unpinned `pip install` and a (fake) leaked Hugging Face token.
 3. `harness run` the folder: static checks, real Docker builds on the local base image, each
    container served behind the gateway and scored by real HELM on the demo's run specs
-   (harness/runspecs/demo.conf: that task and a few offline HELM scenarios).
+   (harness/helm/runspecs/demo.conf: that task and a few offline HELM scenarios).
 4. Print the leaderboard (also written as leaderboard.md/.json/.html, with a page per entry and
    the figures, in the results folder) and the reviewer's next command: `harness reproduce`.
 """
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import yaml
 
-from harness.confs import RUNSPECS_DIR
+from harness.helm.confs import RUNSPECS_DIR
 from harness.store import Store
-from harness.submission import render_submission, smoke_config, use_weights
-from harness.tiny_model import write_tiny_model
+from harness.submission.render import render_submission, smoke_config, use_weights
+from harness.submission.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 BASE_IMAGE = "harness-base:bookworm"
 RUN_SPECS = RUNSPECS_DIR / "demo.conf"
 TASK = RUNSPECS_DIR / "tasks" / "parity.jsonl"
-# HELM's generation prompt for a local task (harness/helm_plugins/local_tasks.py: its instructions,
+# HELM's generation prompt for a local task (harness/helm/plugins/local_tasks.py: its instructions,
 # input and output nouns, no in-context examples); the trained entry learns to complete it.
 HELM_PROMPT = "Answer the following questions briefly.\n\nQuestion: {}\nAnswer:"
 # Enough optimizer steps for the tiny model to answer all ten questions (~20 s on two cores).

@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny model, the Docker engine, the HELM environment and a real browser.
+"""Shared fixtures: a tiny model, the Docker engine, the HELM environment, a real browser and a
+small real filesystem to fill up (`small_disk`, `fill_disk`).
 
 Tests marked `docker` run whenever an engine is reachable and are skipped with the reason
 otherwise; under CI (CI=true) an unreachable engine fails them instead. The same goes for
@@ -12,6 +13,7 @@ leak them.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import subprocess
@@ -22,10 +24,9 @@ from typing import Any
 
 import pytest
 
-from harness.health import HealthSchedule, wait_healthy
-from harness.options import RUN_LABEL, results_id
-from harness.store import STORE_FILENAME
-from harness.tiny_model import write_tiny_model
+from harness.run.health import HealthSchedule, wait_healthy
+from harness.store import RUN_LABEL, STORE_FILENAME, results_id
+from harness.submission.tiny_model import write_tiny_model
 
 REPO = Path(__file__).resolve().parent.parent
 HELM_BIN = REPO / ".venv-helm" / "bin"
@@ -44,6 +45,39 @@ def _unavailable(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real filesystem of 64 MiB for this test only (a tmpfs: its pages live in memory), to
+    fill up with `fill_disk`; mounting needs root. Unmounted at the end, lazily if still busy."""
+    if os.geteuid() != 0:
+        _unavailable("mounting a small filesystem for a full disk needs root")
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,mode=0755", "harness-test", str(mount)],
+        check=True,
+    )
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)]).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Fill the filesystem of `folder` to the last byte; returns the file to delete to free it."""
+    filler = folder / "filler"
+    chunk = b"\0" * 64 * 1024
+    with filler.open("wb", buffering=0) as out:  # unbuffered: nothing left to flush at close
+        try:
+            while out.write(chunk):
+                pass
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+    return filler
 
 
 @pytest.fixture(scope="session")

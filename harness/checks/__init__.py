@@ -14,12 +14,14 @@ A credential never appears in full in a finding: only its redacted form (`hf_…
 from __future__ import annotations
 
 from harness.checks._check import check_entries, check_entry, discover
+from harness.checks._dockerignore import DockerIgnore
 from harness.checks._model import RULES, EntryReport, Finding, Severity
 from harness.checks._tree import MANIFEST, Limits, clean_relative, extract_zip
 
 __all__ = [
     "MANIFEST",
     "RULES",
+    "DockerIgnore",
     "EntryReport",
     "Finding",
     "Limits",

@@ -16,12 +16,14 @@ from harness.checks._dockerignore import DockerIgnore
 from harness.checks._git import GitError, blob_sha, blobs
 from harness.checks._model import EntryReport, Finding
 from harness.checks._rules import (
+    WEIGHTS_LOCK,
     BuildContext,
     dockerfile_findings,
     is_requirements_file,
     pip_requirement_files,
     requirements_findings,
     text_findings,
+    weights_findings,
 )
 from harness.checks._tree import Limits, Tree, choose_dockerfile, extract_zip, walk
 from harness.errors import ConfigError
@@ -32,9 +34,13 @@ _SNIFF = 8192  # a NUL byte in the first 8 KiB marks a binary file, as git decid
 
 
 def discover(entries_dir: Path) -> list[Path]:
-    """The entries of a folder: each immediate subfolder and `.zip` file, in name order."""
+    """The entries of a folder: each immediate subfolder and `.zip` file, in name order; a folder
+    with a Dockerfile of its own is one entry (a competitor's submission folder, whose data/ and
+    model/ are not entries)."""
     if not entries_dir.is_dir():
         raise ConfigError(f"{entries_dir} is not a folder of entries")
+    if (entries_dir / "Dockerfile").is_file():
+        return [entries_dir.resolve()]  # `harness check .` names the entry after its folder
     entries = sorted(
         child
         for child in entries_dir.iterdir()
@@ -128,7 +134,7 @@ def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
         text = kept[rel] if rel in kept else _read_text(tree, rel, limits, findings, shas)
         if text is None:
             continue
-        if rel in ignore_files:
+        if rel in ignore_files or rel == prefix + WEIGHTS_LOCK:
             kept[rel] = text
         findings.extend(text_findings(rel, text))
         name = posixpath.basename(rel)
@@ -148,6 +154,8 @@ def _check_tree(root: Path, report: EntryReport, limits: Limits) -> None:
         ignore = next((kept[f] for f in ignore_files if f in kept), "")
         context = BuildContext(paths, DockerIgnore(ignore), hashed)
         findings.extend(dockerfile_findings(dockerfile, kept[dockerfile], context))
+        lock = kept.get(prefix + WEIGHTS_LOCK)
+        findings.extend(weights_findings(dockerfile, kept[dockerfile], lock))
     for git_dir in tree.git_dirs:
         findings.extend(_history_findings(tree, git_dir, limits, shas or set()))
 

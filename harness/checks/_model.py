@@ -21,6 +21,10 @@ RULES: dict[str, tuple[Severity, str]] = {
         "pip install without `==`, loose requirements, git+ without a sha, --pre, nightly indexes",
     ),
     "unpinned-base-image": ("warning", "FROM without a digest (error for `latest`/nightly tags)"),
+    "unpinned-weights": (
+        "error",
+        "served weights not pinned: WEIGHTS=hub without a commit sha, WEIGHTS=url without a lock",
+    ),
     "missing-artifact": ("error", "a COPY/ADD source missing from the build context"),
     "local-path": ("error", "an absolute path from the author's machine in code or config"),
     "remote-artifact": ("warning", "a download (wget, curl, ADD, git clone) without a pin"),

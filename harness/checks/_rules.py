@@ -387,3 +387,45 @@ class _DockerfileChecker:
 
 def dockerfile_findings(path: str, text: str, context: BuildContext) -> list[Finding]:
     return _DockerfileChecker(path, context).run(text)
+
+
+_WEIGHTS_ARG = re.compile(r"^ARG WEIGHTS=(\S+)", re.MULTILINE)
+_REVISION_ARG = re.compile(r"^ARG MODEL_REVISION=(\S*)", re.MULTILINE)
+_SHA1 = re.compile(r"[0-9a-f]{40}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+WEIGHTS_LOCK = "weights.lock.json"  # harness.submission.WEIGHTS_LOCK, read by fetch_weights.py
+
+
+def weights_findings(path: str, text: str, lock: str | None) -> list[Finding]:
+    """A rendered submission's served weights must be pinned: `WEIGHTS=hub` to a commit sha (a
+    branch moves under the entry), `WEIGHTS=url` to a lock listing each file's size and sha256.
+    `lock` is the text of weights.lock.json beside the Dockerfile, None when there is none."""
+    weights = _WEIGHTS_ARG.search(text)
+    if weights is None:
+        return []
+    line = _line_of(text, weights.start())
+    if weights[1] == "hub":
+        revision = _REVISION_ARG.search(text)
+        if revision is None or not _SHA1.fullmatch(revision[1]):
+            value = revision[1] if revision else ""
+            where = _line_of(text, revision.start()) if revision else line
+            return [
+                _finding("unpinned-weights", "error", path, where,
+                         f"WEIGHTS=hub with MODEL_REVISION {value!r}: pin the model to a commit "
+                         "sha (a branch or no revision can change under the entry)")
+            ]  # fmt: skip
+    if weights[1] == "url":
+        try:
+            files = json.loads(lock or "")["files"]
+            pinned = bool(files) and all(
+                isinstance(f["size"], int) and _SHA256.fullmatch(str(f["sha256"])) for f in files
+            )
+        except (ValueError, KeyError, TypeError):
+            pinned = False
+        if not pinned:
+            return [
+                _finding("unpinned-weights", "error", path, line,
+                         f"WEIGHTS=url needs {WEIGHTS_LOCK} listing every file with its size and "
+                         "sha256: run `harness submission weights . MODEL_DIR --url-base URL`")
+            ]  # fmt: skip
+    return []

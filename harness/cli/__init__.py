@@ -1,7 +1,7 @@
 """The `harness` command line: one module per command, each thin over functions returning results.
 
-Commands are registered explicitly below (no import side effects). Exit codes: 0 ok, 1 an entry
-failed or was flagged, 2 usage or configuration error, 3 infrastructure unavailable.
+Commands are registered explicitly below (no import side effects). What they share (the options
+of an evaluation, RunOptions, the executor, errors on stderr and the exit codes) is _common.py's.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from harness.checks import EntryReport, check_entries
+from harness.cli._common import abort
 from harness.errors import ConfigError
 
 EPILOG = """**Examples**
@@ -70,6 +71,5 @@ def main(
                 reports = check_entries(entries_dir, on_report=lambda _: progress.advance(task))
             Console().print(_table(reports))
     except ConfigError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     raise typer.Exit(1 if any(r.status == "flagged" for r in reports) else 0)

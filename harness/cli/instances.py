@@ -8,9 +8,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from harness.confs import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.cli._common import abort
 from harness.errors import HarnessError
-from harness.instances import build_pack, describe, verify_pack
+from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.helm.packs import build_pack, describe, verify_pack
 
 EPILOG = """**Examples**
 
@@ -25,11 +26,6 @@ EPILOG = """**Examples**
 app = typer.Typer(
     no_args_is_help=True, help="Build, verify and show instance packs.", epilog=EPILOG
 )
-
-
-def _fail(console: Console, exc: HarnessError, exit_code: int | None = None) -> typer.Exit:
-    console.print(f"[red]error:[/] {exc}")
-    return typer.Exit(exit_code or exc.exit_code)
 
 
 @app.command(epilog=EPILOG)
@@ -48,7 +44,7 @@ def build(
         path = shipped_conf(conf) if conf in SHIPPED_CONFS else Path(conf)
         pack = build_pack(load_conf(path), budget=budget, data_dir=data_dir, out=out, seed=seed)
     except HarnessError as exc:
-        raise _fail(console, exc) from exc
+        abort(exc)
     total = sum(entry.instances for entry in pack.entries)
     console.print(f"wrote {out}: {total} instances over {len(pack.entries)} run specs")
     console.print(f"pack sha256 {pack.sha256}")
@@ -61,7 +57,7 @@ def verify(pack: Path = typer.Argument(..., help="A pack folder.")) -> None:
     try:
         checked = verify_pack(pack)
     except HarnessError as exc:
-        raise _fail(console, exc, exit_code=1) from exc
+        abort(exc, exit_code=1)
     console.print(f"{pack}: ok, {len(checked.files)} files, sha256 {checked.sha256}")
 
 
@@ -72,7 +68,7 @@ def show(pack: Path = typer.Argument(..., help="A pack folder.")) -> None:
     try:
         checked = verify_pack(pack)
     except HarnessError as exc:
-        raise _fail(console, exc, exit_code=1) from exc
+        abort(exc)
     table = Table(title=f"{checked.conf}, budget {checked.budget}, seed {checked.seed}")
     for column in ("scenario", "run spec", "instances", "train", "available", "main metric"):
         table.add_column(column)

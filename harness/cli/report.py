@@ -7,15 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort, print_leaderboard
+from harness.competition import TRACKS
 from harness.errors import HarnessError
-from harness.report import (
-    Leaderboard,
-    build_leaderboard,
-    parse_prices,
-    to_plain_text,
-    to_rich,
-    write_leaderboard,
-)
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard, parse_prices
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -28,25 +24,17 @@ EPILOG = """**Examples**
 """
 
 
-def print_leaderboard(console: Console, board: Leaderboard, paths: list[Path]) -> None:
-    """The leaderboard as a table on a terminal; elsewhere (CI logs, `| tee`, a file), where rich
-    would fold every cell into 80 columns, as Markdown: one line per entry."""
-    if console.is_terminal:
-        console.print(to_rich(board))
-    else:
-        console.print(to_plain_text(board), markup=False, highlight=False, soft_wrap=True)
-    console.print(
-        "wrote " + ", ".join(str(path) for path in paths), highlight=False, soft_wrap=True
-    )
+_DEFAULT_PRICES = " and ".join(f"{t.name}={t.price_per_hour:g}" for t in TRACKS.values())
 
 
 def main(
     results_dir: Path = typer.Argument(..., help="The --out folder of `harness run`."),
     track: str | None = typer.Option(
-        None, help="The track the entries ran on (4090, A100), to price their GPU-hours."
+        None, help=f"The track the entries ran on ({', '.join(TRACKS)}), to price their GPU-hours."
     ),
     price: list[str] = typer.Option(
-        [], help="TRACK=USD per GPU-hour, over the defaults 4090=0.35 and A100=1 (repeatable)."
+        [],
+        help=f"TRACK=USD per GPU-hour, over the defaults {_DEFAULT_PRICES} (repeatable).",
     ),
 ) -> None:
     """Write leaderboard.md, .json, .html (with a page per entry and the figures) into
@@ -57,6 +45,5 @@ def main(
         with Store(results_dir, create=False) as store:
             board = build_leaderboard(store, track=track, prices=prices)
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     print_leaderboard(console, board, write_leaderboard(board, results_dir))

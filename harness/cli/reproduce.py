@@ -7,10 +7,12 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort
+from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
-from harness.gpus import parse_gpus
-from harness.reproduce import reproduce_entry
-from harness.reproduction import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
+from harness.infra.gpus import parse_gpus
+from harness.reproduce.flow import reproduce_entry
+from harness.reproduce.options import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
 
 EPILOG = """**Examples**
 
@@ -36,7 +38,7 @@ def _mounts(values: list[str]) -> dict[Path, str]:
 
 def main(
     entry: Path = typer.Argument(..., help="The entry: a folder or .zip file."),
-    track: str = typer.Option(..., help="4090 (24 GB) or A100 (40 GB)."),
+    track: str = typer.Option(..., help=f"{tracks_text()}."),
     results: Path = typer.Option(..., help="The original run's results folder (--out of run)."),
     stage: str = typer.Option("open", help="The stage whose run and scores are reproduced."),
     time_limit: str = typer.Option("24h", help="Training time limit, e.g. 24h, 90m, 30s."),
@@ -76,8 +78,7 @@ def main(
                 entry, options, on_progress=lambda step: status.update(f"{entry.name}: {step}")
             )
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     color = "green" if result.exit_code == 0 else "red"
     console.print(f"[{color}]{result.verdict.value}[/]: {result.reason}")
     if result.log_tail:

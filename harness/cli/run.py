@@ -3,24 +3,48 @@
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from harness.cli.report import print_leaderboard
-from harness.errors import ConfigError, HarnessError
-from harness.executor import Executor, LocalExecutor
-from harness.gpus import detect_gpus, parse_gpus
-from harness.health import HealthSchedule
-from harness.report import build_leaderboard, write_leaderboard
-from harness.run import RunOptions, exit_code, run_entries
+from harness.cli._common import (
+    INTERRUPTED,
+    BaseImage,
+    Budget,
+    BuildNetwork,
+    BuildTimeoutMinutes,
+    DeadlineMinutes,
+    ExecutorName,
+    Gpus,
+    HealthInterval,
+    HealthTries,
+    Instances,
+    Keep,
+    KeepTop,
+    MaxEvalInstances,
+    MaxSequenceLength,
+    MemLimit,
+    RayAddress,
+    RunSpecs,
+    Stage,
+    TierBudgets,
+    Track,
+    abort,
+    executor_factory,
+    print_leaderboard,
+    progress_lines,
+    run_options,
+    tiers_option,
+)
+from harness.errors import ConfigError, HarnessError, disk_full
+from harness.infra.gpus import detect_gpus, parse_gpus
+from harness.leaderboard import write_leaderboard
+from harness.leaderboard.build import build_leaderboard
+from harness.run.driver import exit_code, run_entries
+from harness.run.tiers import run_tiers
 from harness.store import Store
-from harness.tiers import Tiers, run_tiers
 
 EPILOG = """**Examples**
 
@@ -50,85 +74,35 @@ def _secrets(values: list[str]) -> dict[str, Path]:
     return secrets
 
 
-@contextmanager
-def progress_lines(console: Console) -> Iterator[Callable[[str, str], None]]:
-    """Shows each entry's step as it starts (the callback takes entry and step): a spinner line
-    per entry on a terminal; elsewhere (CI logs, `| tee`, a file) one plain, timed line per
-    step, never a spinner frame."""
-    if not console.is_terminal:
-        started = time.monotonic()
-
-        def line(entry: str, step: str) -> None:
-            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
-            console.print(
-                f"{elapsed} {entry}: {step}", markup=False, highlight=False, soft_wrap=True
-            )
-
-        yield line
-        return
-    columns = SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
-    with Progress(*columns, console=console) as progress:
-        tasks: dict[str, TaskID] = {}
-
-        def update(entry: str, step: str) -> None:
-            if entry not in tasks:
-                tasks[entry] = progress.add_task(entry)
-            progress.update(tasks[entry], description=f"{entry}: {step}")
-
-        yield update
-
-
-def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
-    """What `--executor` names (shared by `harness run` and `harness serve`)."""
-    if name == "local":
-        return lambda: LocalExecutor(jobs)
-    if name == "ray":
-        from harness.ray_executor import RayExecutor  # Ray is imported only when asked for
-
-        return lambda: RayExecutor(ray_address)
-    raise ConfigError(f"--executor takes local or ray, got {name!r}")
-
-
 def main(
-    entries_dir: Path = typer.Argument(..., help="One entry per subfolder or .zip file."),
-    track: str = typer.Option(..., help="4090 (24 GB) or A100 (40 GB)."),
-    stage: str = typer.Option(..., help="open (300 min) or closed (600 min)."),
-    out: Path = typer.Option(..., help="Results folder (SQLite store, logs, leaderboard)."),
+    entries_dir: Annotated[Path, typer.Argument(help="One entry per subfolder or .zip file.")],
+    track: Track,
+    stage: Stage,
+    out: Annotated[Path, typer.Option(help="Results folder (SQLite store, logs, leaderboard).")],
     jobs: int | None = typer.Option(
         None, help="Entries built and evaluated at once [default: one per GPU, else 1]."
     ),
-    gpus: str | None = typer.Option(
-        None, help="GPU indexes, one per entry at a time: 0,1,2,3 or none [default: all]."
-    ),
-    executor: str = typer.Option("local", help="local (this machine) or ray (a Ray cluster)."),
-    ray_address: str = typer.Option("auto", help="With --executor ray: auto or ray://HOST:PORT."),
-    tiers: str | None = typer.Option(
-        None, help="Coarse-to-fine budgets, e.g. 100,600: all entries on the first, then fewer."
-    ),
-    keep: float | None = typer.Option(None, help="With --tiers: the top fraction kept [0.3]."),
-    keep_top: int | None = typer.Option(None, help="With --tiers: the top N kept instead."),
-    max_eval_instances: int = typer.Option(100, help="Instances per run spec, at most."),
-    budget: int | None = typer.Option(None, help="Instances per stage, spread over scenarios."),
-    run_specs: str | None = typer.Option(
-        None, help="open | closed | offline, or a HELM conf file [default: the stage's]."
-    ),
-    base_image: str | None = typer.Option(None, help="BASE_IMAGE build argument for entries."),
+    gpus: Gpus = None,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = "auto",
+    tiers: TierBudgets = None,
+    keep: Keep = None,
+    keep_top: KeepTop = None,
+    max_eval_instances: MaxEvalInstances = 100,
+    budget: Budget = None,
+    run_specs: RunSpecs = None,
+    instances: Instances = None,
+    base_image: BaseImage = None,
+    build_network: BuildNetwork = None,
     force: bool = typer.Option(False, help="Redo entries and steps that already finished."),
     evaluate_flagged: bool = typer.Option(False, help="Evaluate entries with error findings."),
-    build_timeout_minutes: float = typer.Option(120, help="Limit of one docker build."),
-    deadline_minutes: float | None = typer.Option(
-        None, help="Evaluation time limit [default: the stage's]."
-    ),
-    health_tries: int = typer.Option(10, help="Health checks before an entry is unhealthy."),
-    health_interval: float = typer.Option(120, help="Seconds between health checks."),
+    build_timeout_minutes: BuildTimeoutMinutes = 120,
+    deadline_minutes: DeadlineMinutes = None,
+    health_tries: HealthTries = 10,
+    health_interval: HealthInterval = 120,
     allow_network: bool = typer.Option(False, help="Let entries reach the network while served."),
-    mem_limit: str | None = typer.Option(None, help="Container memory limit, e.g. 64g."),
-    max_sequence_length: int = typer.Option(4096, help="Context HELM fits prompts into."),
-    instances: Path | None = typer.Option(
-        None,
-        help="An instance pack (`harness instances build`): score exactly its instances, "
-        "offline; --budget takes the first of them, --max-eval-instances is not applied.",
-    ),
+    mem_limit: MemLimit = None,
+    max_sequence_length: MaxSequenceLength = 4096,
     build_secret: list[str] = typer.Option(
         [], help="ID=FILE: a BuildKit secret for entries' builds (e.g. hf_token=~/.hf_token)."
     ),
@@ -139,32 +113,32 @@ def main(
         gpu_list = None if gpus is None else parse_gpus(gpus)
         if jobs is None:
             jobs = max(1, len(detect_gpus() if gpu_list is None else gpu_list))
-        plan = None if tiers is None else Tiers.parse(tiers, keep=keep, keep_top=keep_top)
-        if plan is None and (keep is not None or keep_top is not None):
-            raise ConfigError("--keep and --keep-top go with --tiers")
+        plan = tiers_option(tiers, keep, keep_top)
         if plan is not None and budget is not None:
             raise ConfigError("--tiers sets the budgets: leave out --budget")
         make_executor = executor_factory(executor, ray_address, jobs)
-        options = RunOptions(
+        options = run_options(
             track=track,
             stage=stage,
             out=out,
             jobs=jobs,
-            gpus=gpu_list,
+            gpus=gpus,
             max_eval_instances=max_eval_instances,
             budget=budget,
             run_specs=run_specs,
+            instances=instances,
             base_image=base_image,
-            force=force,
-            evaluate_flagged=evaluate_flagged,
-            build_timeout_s=build_timeout_minutes * 60,
-            deadline_s=deadline_minutes * 60 if deadline_minutes is not None else None,
-            health=HealthSchedule(tries=health_tries, interval_s=health_interval),
-            allow_network=allow_network,
+            build_network=build_network,
+            build_timeout_minutes=build_timeout_minutes,
+            deadline_minutes=deadline_minutes,
+            health_tries=health_tries,
+            health_interval=health_interval,
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
+            force=force,
+            evaluate_flagged=evaluate_flagged,
+            allow_network=allow_network,
             build_secrets=_secrets(build_secret),
-            instances=instances,
         )
         with progress_lines(console) as on_progress:
             if plan is None:
@@ -175,16 +149,22 @@ def main(
                 outcomes = run_tiers(
                     entries_dir, options, plan, executor=make_executor, on_progress=on_progress
                 )
+        with Store(out) as store:
+            board = build_leaderboard(store, track=track)
+        paths = write_leaderboard(board, out)
+    except OSError as exc:  # the lock file, the results folder, the leaderboard's files
+        if (full := disk_full(exc, out)) is None:
+            raise
+        abort(full)
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted:[/] containers removed; finished results are stored")
+        Console(stderr=True).print(
+            "[yellow]interrupted:[/] containers removed; finished results are stored"
+        )
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
-        os._exit(130)
-    with Store(out) as store:
-        board = build_leaderboard(store, track=track)
-    print_leaderboard(console, board, write_leaderboard(board, out))
+        os._exit(INTERRUPTED)
+    print_leaderboard(console, board, paths)
     skipped = sum(o.skipped for o in outcomes)
     console.print(f"{len(outcomes)} entries ({skipped} already finished, kept)")
     raise typer.Exit(exit_code(outcomes))

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from harness.cli.submit import SERVER, TOKEN, describe, fail
+from harness.cli._common import Server, Token, abort, describe, refusal
 from harness.errors import HarnessError
 from harness.service.client import ServiceClient
 
@@ -20,9 +21,9 @@ EPILOG = """**Examples**
 
 
 def main(
-    sub_id: str = typer.Argument(..., help="The submission's ID (printed by harness submit)."),
-    server: str = SERVER,
-    token: str = TOKEN,
+    sub_id: Annotated[str, typer.Argument(help="The submission's ID (printed by harness submit).")],
+    server: Server,
+    token: Token,
     as_json: bool = typer.Option(False, "--json", help="Print the whole answer as JSON."),
     logs: bool = typer.Option(False, help="Also print its logs (build, container, evaluation)."),
 ) -> None:
@@ -33,7 +34,7 @@ def main(
             sub = client.status(sub_id)
             texts = client.logs(sub_id) if logs else {}
     except HarnessError as exc:
-        raise fail(Console(stderr=True), exc) from exc
+        abort(exc, *refusal(exc))
     if as_json:
         typer.echo(json.dumps({**sub, **({"logs": texts} if logs else {})}, indent=2))
         return

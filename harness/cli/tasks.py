@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from harness.cli._common import abort
 from harness.errors import HarnessError
-from harness.tasks import CONVERTERS, import_task
+from harness.helm.tasks import CONVERTERS, import_task
 
 EPILOG = """**Examples**
 
@@ -37,6 +38,5 @@ def import_(
     try:
         count = import_task(kind, source, out)
     except HarnessError as exc:
-        console.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(exc.exit_code) from exc
+        abort(exc)
     console.print(f"wrote {count} {kind} instances to [bold]{out}[/]")

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from harness.cli._common import abort
 from harness.errors import HarnessError
 from harness.service.db import ServiceDB
 
@@ -29,11 +30,6 @@ app = typer.Typer(
 DATA = typer.Option(..., help="The service's data folder (as given to `harness serve`).")
 
 
-def _fail(exc: HarnessError) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {exc}")
-    return typer.Exit(exc.exit_code)
-
-
 @app.command("add", epilog=EPILOG)
 def add(
     name: str = typer.Argument(..., help="The team's name, shown on the leaderboard."),
@@ -46,7 +42,7 @@ def add(
         with ServiceDB(data) as db:
             token = db.add_team(name, email, admin=admin)
     except HarnessError as exc:
-        raise _fail(exc) from exc
+        abort(exc)
     typer.echo(f"added {'admin ' if admin else ''}team {name}; its token (shown only now):")
     typer.echo(token)
 
@@ -77,5 +73,5 @@ def revoke(name: str = typer.Argument(..., help="The team to revoke."), data: Pa
         with ServiceDB(data) as db:
             db.revoke_team(name)
     except HarnessError as exc:
-        raise _fail(exc) from exc
+        abort(exc)
     typer.echo(f"revoked team {name}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from harness.tiny_model import ARCHITECTURES, write_tiny_model
+from harness.submission.tiny_model import ARCHITECTURES, write_tiny_model
 
 EPILOG = """**Examples**
 

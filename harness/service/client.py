@@ -1,8 +1,12 @@
 """The competitor's side of the service: zip an entry, upload it, follow it (`harness submit`).
 
     with ServiceClient(url, token) as client:
-        sub = client.submit(Path("my-entry"), track="4090")   # a folder is zipped first
+        sub = client.submit(Path("my-entry"), track="4090")   # a folder's build context is zipped
         sub = client.status(sub["id"])
+
+A folder is sent as `docker build` would read it (`build_context`): its `.dockerignore` honoured,
+training outputs (out/) never, the weights in model/ only when the Dockerfile serves them
+(`ARG WEIGHTS=local`). The zip's size is checked against the server's limit before a byte is sent.
 
 Errors come back as HarnessError: a refused token or a bad request is a ConfigError (exit 2), an
 unreachable server an InfrastructureError (exit 3), a flagged entry or a used quota a
@@ -12,14 +16,19 @@ unreachable server an InfrastructureError (exit 3), a flagged entry or a used qu
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
+from harness.checks import DockerIgnore
 from harness.errors import ConfigError, HarnessError, InfrastructureError
+
+_WEIGHTS = re.compile(r"^ARG WEIGHTS=(\S+)", re.MULTILINE)
 
 
 class Refused(HarnessError):
@@ -30,16 +39,34 @@ class Refused(HarnessError):
         self.answer = answer
 
 
+def build_context(folder: Path) -> list[str]:
+    """The files `docker build` reads from `folder` (paths relative to it, sorted): what its
+    `.dockerignore` keeps, less out/ (training outputs, never served) and, unless the Dockerfile's
+    default WEIGHTS is `local`, less model/ (the weights come from a URL or the hub then).
+    Symlinks are left out."""
+    ignore_file = folder / ".dockerignore"
+    ignore = DockerIgnore(ignore_file.read_text() if ignore_file.is_file() else "")
+    dockerfile = folder / "Dockerfile"
+    weights = _WEIGHTS.search(dockerfile.read_text()) if dockerfile.is_file() else None
+    left_out = ("out",) if weights is None or weights[1] == "local" else ("out", "model")
+    files = []
+    for root, dirs, names in os.walk(folder):
+        relative = Path(root).relative_to(folder)
+        if relative == Path("."):
+            dirs[:] = [d for d in dirs if d not in left_out]
+        for name in names:
+            path = Path(root) / name
+            rel = (relative / name).as_posix()
+            if not path.is_symlink() and not ignore.excludes(rel):
+                files.append(rel)
+    return sorted(files)
+
+
 def zip_entry(folder: Path, into: Path) -> Path:
-    """Zip an entry folder as `harness check` reads it: every file, `.git` included (its history
-    is checked for leaked credentials), paths relative to the folder; symlinks are left out."""
+    """Zip an entry folder's build context (`build_context`), paths relative to the folder."""
     with zipfile.ZipFile(into, "w", zipfile.ZIP_DEFLATED) as archive:
-        for root, dirs, files in os.walk(folder):
-            dirs.sort()
-            for name in sorted(files):
-                path = Path(root) / name
-                if not path.is_symlink():
-                    archive.write(path, path.relative_to(folder).as_posix())
+        for rel in build_context(folder):
+            archive.write(folder / rel, rel)
     return into
 
 
@@ -78,14 +105,37 @@ class ServiceClient:
             raise ConfigError("the server refused the token (wrong or revoked)")
         raise ConfigError(f"HTTP {response.status_code}: {message}")
 
-    def submit(self, entry: Path, *, track: str, publish: bool = False) -> dict[str, Any]:
-        """Upload an entry folder (zipped here) or a zip file; returns the queued submission."""
+    def limits(self) -> dict[str, Any]:
+        """The server's limits (`max_upload_bytes`)."""
+        answer: dict[str, Any] = self._call("GET", "/limits")
+        return answer
+
+    def submit(
+        self,
+        entry: Path,
+        *,
+        track: str,
+        publish: bool = False,
+        on_size: Callable[[int, int], None] = lambda size, limit: None,
+    ) -> dict[str, Any]:
+        """Upload an entry folder (its build context zipped here) or a zip file; returns the
+        queued submission. `on_size(size, limit)` hears the upload's size before it is sent; an
+        upload over the server's limit is refused here, before a byte is sent."""
         if not entry.exists():
             raise ConfigError(f"{entry} does not exist")
+        limit = int(self.limits()["max_upload_bytes"])
         with tempfile.TemporaryDirectory(prefix="harness-submit-") as tmp:
             archive = (
                 entry if entry.is_file() else zip_entry(entry, Path(tmp) / f"{entry.name}.zip")
             )
+            size = archive.stat().st_size
+            on_size(size, limit)
+            if size > limit:
+                raise ConfigError(
+                    f"{entry} zips to {size / 1024**2:.1f} MiB, over the server's limit of "
+                    f"{limit / 1024**2:.0f} MiB: serve the weights from a URL (`harness submission "
+                    f"weights --url-base`) or the hub (WEIGHTS=url or hub) instead of model/"
+                )
             with archive.open("rb") as file:
                 answer: dict[str, Any] = self._call(
                     "POST",

@@ -24,9 +24,11 @@ from typing import Any
 
 from fastapi import HTTPException, Request
 
-from harness.report import Leaderboard, build_leaderboard
+from harness.competition import TRACK_NAMES
+from harness.leaderboard.build import build_leaderboard
+from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
-from harness.service.db import TRACKS, QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.db import QuotaExceeded, ServiceDB, State, Submission, Team
 from harness.service.queue import Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES, receive, static_findings
 from harness.store import Store
@@ -85,8 +87,8 @@ class Service:
             if fields_check is not None:
                 fields_check(upload.fields)
             track = upload.fields.get("track", "")
-            if track not in TRACKS:
-                raise HTTPException(422, f"track must be one of {', '.join(TRACKS)}")
+            if track not in TRACK_NAMES:
+                raise HTTPException(422, f"track must be one of {', '.join(TRACK_NAMES)}")
             visibility = upload.fields.get("visibility") or "hidden"
             if visibility not in VISIBILITIES:
                 raise HTTPException(422, f"visibility must be one of {', '.join(VISIBILITIES)}")
@@ -225,8 +227,8 @@ class Service:
         Entries are the submission ids in the store; rows are relabelled with the team's name
         and lose their log links (logs are private to the team).
         """
-        if track not in TRACKS:
-            raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACKS)}")
+        if track not in TRACK_NAMES:
+            raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
         published = {
             sub.id: sub
             for sub in self.db.submissions(states=(State.FINISHED,))

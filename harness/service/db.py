@@ -29,14 +29,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError
-from harness.sqlite import SQLiteFile
+from harness.infra.sqlite import SQLiteFile
 
 DB_FILENAME = "service.sqlite"
 SCHEMA_VERSION = 1
 TOKEN_PREFIX = "hst_"
 SESSION_S = 7 * 24 * 3600
-TRACKS = ("4090", "A100")
 
 
 class State(StrEnum):
@@ -68,7 +68,7 @@ CREATE TABLE submissions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,
     team_id INTEGER NOT NULL REFERENCES teams(id),
-    track TEXT NOT NULL CHECK (track IN ({", ".join(repr(t) for t in TRACKS)})),
+    track TEXT NOT NULL CHECK (track IN ({", ".join(repr(t) for t in TRACK_NAMES)})),
     visibility TEXT NOT NULL CHECK (visibility IN ('hidden', 'published')),
     state TEXT NOT NULL CHECK (state IN ({", ".join(repr(s.value) for s in State)})),
     status TEXT,

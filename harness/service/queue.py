@@ -8,9 +8,16 @@ the results store first and to the service database second.
 On start, submissions left running by a service that died are put back in the queue at their
 place, unless the results store already holds their result (the service died between the two
 writes): then that result is kept, so nothing runs twice to completion. Containers of the dead
-service carry its run label and are removed before anything runs again. An engine that goes
+service carry its run label (the data folder's) and are removed before anything runs again,
+whatever `--jobs` (0 included: a queue-only restart must not leave a GPU held); another data
+folder's containers carry another label and are left alone. A service that is stopped (`close`:
+SIGTERM, SIGINT) removes the containers of what it was running and puts those submissions back
+at their place, the head of the queue. An engine that goes
 away is not the entry's fault: the entry goes back to its place and the queue waits for the
-engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more.
+engine (preparing the executor again every ENGINE_RETRY_S) before it takes anything more. Nor is
+a full disk under the data folder: an entry whose start or ending cannot be recorded goes back
+to its place (as soon as the service's database can be written again), and the queue takes
+nothing for DISK_RETRY_S after each write that found no space.
 """
 
 from __future__ import annotations
@@ -19,23 +26,29 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-from harness import docker as engine
-from harness.errors import InfrastructureError
-from harness.executor import Executor
-from harness.options import RUN_LABEL, RunOptions, results_id
-from harness.pipeline import Ending, EntryJob, StoreRecorder
+from harness.errors import DiskFullError, InfrastructureError
+from harness.infra import docker as engine
+from harness.run.executor import Executor
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact
 from harness.service.db import ServiceDB, State, Submission
-from harness.store import Attempt, Status, Store
+from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
 log = logging.getLogger("harness.service")
 POLL_S = 1.0
 # After the engine went away: how long the queue waits before preparing the executor again.
 ENGINE_RETRY_S = 30.0
+# After a write found the disk full: how long the queue waits before it takes anything again.
+DISK_RETRY_S = 30.0
+# How long a stopping service waits for its interrupted evaluations to end (their containers are
+# removed first, so they end within seconds unless a build or HELM does not notice).
+STOP_WAIT_S = 20.0
 
 
 class Queue:
@@ -60,28 +73,40 @@ class Queue:
         self.instances_sha256 = pack.sha256 if pack else None
         self._running: dict[str, Future[Ending]] = {}
         self._retry_at: float | None = None  # set while the engine is away
+        self._disk_retry_at = 0.0  # after a write found the disk full
+        # Running in the database, not here: a full disk kept their ending from being recorded.
+        self._unsettled: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="queue", daemon=True)
 
     def start(self) -> None:
+        # The containers a killed service left behind (they carry the data folder's run label).
         if self.executor is not None:
-            # Removes the containers a killed service left behind (they carry its run label).
             self.executor.start(self.options, self.run_id)
+        else:
+            try:
+                _remove_containers({"label": f"{RUN_LABEL}={self.run_id}"})
+            except InfrastructureError as exc:  # a queue-only service may have no engine at all
+                log.warning("no containers of an earlier service removed: %s", exc)
         self.recover()
         self._thread.start()
 
     def recover(self) -> None:
         """Settle what a dead service left running: its result if stored, else the queue."""
         self.store.mark_interrupted()
-        results = self.store.results(self.options.stage)
         for sub in self.db.submissions(states=(State.RUNNING,)):
-            stored = results.get(sub.id)
-            if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
-                self.db.finish(sub.id, stored.status.value, stored.reason)
-            else:
-                self.db.requeue(sub.id, keep_place=True)
+            self._settle(sub)
+
+    def _settle(self, sub: Submission) -> None:
+        """A submission the database says runs, and nothing runs: its result if it was stored
+        since it started, else back to its place in the queue."""
+        stored = self.store.results(self.options.stage).get(sub.id)
+        if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
+            self.db.finish(sub.id, stored.status.value, stored.reason)
+        else:
+            self.db.requeue(sub.id, keep_place=True)
 
     def wake(self) -> None:
         self._wake.set()
@@ -104,20 +129,17 @@ class Queue:
                 return
         image = EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id).image
         try:
-            sdk = engine.client()
-            for container in sdk.containers.list(
-                all=True, filters={"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image}
-            ):
-                container.remove(force=True)
-            sdk.close()
+            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image})
         except Exception:  # already gone, or on another machine: the result is discarded anyway
             log.warning("could not remove the container of cancelled %s", sub_id)
 
     def close(self) -> bool:
-        """Stop taking submissions and stop what runs (it is re-queued on the next start).
+        """Stop taking submissions and stop what runs: its containers are removed and its
+        submissions queued again at their place (the head of the queue).
 
-        Returns False when evaluations were still in flight: their worker threads may wait on a
-        build or a HELM subprocess for minutes, so the caller should not wait for them.
+        Returns False when evaluations were still in flight after STOP_WAIT_S: their worker
+        threads may wait on a build or a HELM subprocess for minutes, so the caller should not
+        wait for them.
         """
         self._closing.set()
         self._wake.set()
@@ -126,11 +148,17 @@ class Queue:
         if self.executor is None:
             return True
         with self._lock:
-            idle = not self._running
+            running = list(self._running.values())
         self.executor.interrupt()
-        if idle:
+        _, pending = wait(running, timeout=STOP_WAIT_S)
+        # A worker may have started a container while the executor was being stopped.
+        with suppress(InfrastructureError):  # no local engine (a fleet's): the executor's own
+            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}"})
+        # As on a restart: a result stored in the meantime is kept, the rest queued again.
+        self.recover()
+        if not pending:
             self.executor.close()
-        return idle
+        return not pending
 
     # -- the loop ---------------------------------------------------------------------------------
 
@@ -160,14 +188,37 @@ class Queue:
         return True
 
     def _fill(self) -> None:
-        while self.executor is not None and not self._closing.is_set() and self._engine_ready():
-            with self._lock:
-                if len(self._running) >= self.jobs:
+        if time.monotonic() < self._disk_retry_at:
+            return
+        try:
+            for sub_id in list(self._unsettled):
+                if (sub := self.db.submission(sub_id)) and sub.state is State.RUNNING:
+                    self._settle(sub)
+                self._unsettled.discard(sub_id)
+            while self.executor is not None and not self._closing.is_set() and self._engine_ready():
+                with self._lock:
+                    if len(self._running) >= self.jobs:
+                        return
+                sub = self.db.claim_next()
+                if sub is None:
                     return
-            sub = self.db.claim_next()
-            if sub is None:
-                return
-            self._launch(sub)
+                try:
+                    self._launch(sub)
+                except DiskFullError:
+                    self._unsettled.add(sub.id)
+                    raise
+        except DiskFullError as exc:
+            log.error("the queue waits %.0f s: %s", DISK_RETRY_S, exc)
+            self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+
+    def _disk_full(self, sub_id: str, attempt: Attempt, exc: DiskFullError) -> None:
+        """The ending could not be recorded: the submission goes back to its place once the
+        database can be written, and the queue waits DISK_RETRY_S."""
+        log.error("%s re-queued: %s", sub_id, exc)
+        self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+        with suppress(DiskFullError):  # left open, it is closed on the next start
+            self.store.finish_attempt(attempt)
+        self._unsettled.add(sub_id)
 
     def _launch(self, sub: Submission) -> None:
         assert self.executor is not None
@@ -195,6 +246,10 @@ class Queue:
             return
         try:
             status, reason = future.result()
+        except DiskFullError as exc:
+            self._disk_full(sub_id, attempt, exc)
+            self._done(sub_id)
+            return
         except InfrastructureError as exc:
             # The engine went away, not the entry: it goes back to its place in the queue, and
             # the queue waits for the engine before it takes anything again.
@@ -208,11 +263,31 @@ class Queue:
             status, reason = Status.EVAL_FAILED, f"{type(exc).__name__}: {exc}"
         reason = redact(reason)
         # The store first: a service killed between the two writes finds the result on restart.
-        self.store.record_status(attempt, status, reason)
-        self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        try:
+            self.store.record_status(attempt, status, reason)
+        except DiskFullError as exc:
+            self._disk_full(sub_id, attempt, exc)
+            self._done(sub_id)
+            return
+        try:
+            self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+        except DiskFullError as exc:
+            log.error("%s: %s", sub_id, exc)
+            self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+            self._unsettled.add(sub_id)  # finished from the stored result later
         self._done(sub_id)
 
     def _done(self, sub_id: str) -> None:
         with self._lock:
             self._running.pop(sub_id, None)
         self._wake.set()
+
+
+def _remove_containers(filters: dict[str, str]) -> None:
+    """Remove the containers matching `filters` from this machine's engine; InfrastructureError
+    when there is no engine."""
+    sdk = engine.client()
+    try:
+        engine.remove_containers(sdk, filters)
+    finally:
+        sdk.close()

@@ -20,9 +20,10 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from harness.pages import to_html
+from harness.competition import TRACK_NAMES
+from harness.leaderboard.html import to_html
 from harness.service.core import Service
-from harness.service.db import ACTIVE, TRACKS, Team
+from harness.service.db import ACTIVE, Team
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "harness_session"
@@ -32,7 +33,7 @@ REFRESH_S = 3
 templates = Jinja2Templates(directory=HERE / "templates")
 # The leaderboard body's own styles, from the templates `harness report` renders with.
 _BOARD_CSS = (
-    jinja2.Environment(loader=jinja2.PackageLoader("harness", "html_templates"))
+    jinja2.Environment(loader=jinja2.PackageLoader("harness.leaderboard", "templates"))
     .get_template("style.css.j2")
     .render()
 )
@@ -75,7 +76,7 @@ def register(app: FastAPI, service: Service) -> None:
         return team
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context.update(team=signed_in(request), csrf=_csrf(request), tracks=TRACKS)
+        context.update(team=signed_in(request), csrf=_csrf(request), tracks=TRACK_NAMES)
         response = templates.TemplateResponse(request, name, context, status_code=status)
         if new := request.state.__dict__.get("new_csrf"):
             _cookie(response, request, CSRF_COOKIE, new, 7 * 24 * 3600)
@@ -91,7 +92,7 @@ def register(app: FastAPI, service: Service) -> None:
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
-        return RedirectResponse(f"/leaderboard/{TRACKS[0]}", status_code=303)
+        return RedirectResponse(f"/leaderboard/{TRACK_NAMES[0]}", status_code=303)
 
     @app.get("/leaderboard/{track}", include_in_schema=False)
     def leaderboard(request: Request, track: str) -> HTMLResponse:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import queue
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -36,6 +38,8 @@ from prefix_cache import Entry, PrefixCache
 
 log = logging.getLogger("server")
 
+# Written beside the merged model by merge.py: the prompt template the model was trained with.
+TEMPLATE_FILE = "prompt_template.json"
 LOGPROB_CHUNK = 512  # prompt positions whose full-vocabulary logits are materialised at once
 
 
@@ -74,6 +78,22 @@ class Settings:
         if not settings.prefix_cache_mb >= 0:  # NaN too
             raise ValueError("PREFIX_CACHE_MB must be 0 (no prefix cache) or more")
         return settings
+
+
+def read_template(model_path: Path) -> str:
+    """The template training wrapped every prompt in; a model without the file was trained on
+    prompts as they are. A broken file stops the server: serving unwrapped prompts to a model
+    trained on wrapped ones would lose every answer without a word."""
+    path = model_path / TEMPLATE_FILE
+    if not path.exists():
+        return "{prompt}"
+    try:
+        template = json.loads(path.read_text())["prompt_template"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a prompt template file: {exc!r}") from None
+    if not isinstance(template, str) or template.count("{prompt}") != 1:
+        raise ValueError(f"{path}: prompt_template must contain {{prompt}} exactly once")
+    return template
 
 
 class GenerationError(RuntimeError):
@@ -130,8 +150,11 @@ class _Batch:
 
 
 class Engine:
-    def __init__(self, model: Any, tokenizer: Any, settings: Settings) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, settings: Settings, template: str = "{prompt}"
+    ) -> None:
         self.model = model
+        self.template = template
         self.tokenizer = tokenizer
         self.settings = settings
         self.device = next(model.parameters()).device
@@ -178,7 +201,8 @@ class Engine:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def prepare(self, request: ProcessRequest) -> Job:
-        prompt = self.encode(request.prompt)
+        # Only generation reads the wrapped prompt; /tokenize counts HELM's text as it is.
+        prompt = self.encode(self.template.replace("{prompt}", request.prompt))
         fitted = fit_prompt(
             prompt, self.start_ids, self.empty_start, request.max_new_tokens, self.context
         )

@@ -17,6 +17,11 @@ Environment:
     PREFIX_CACHE_MB   device memory for the key/value states of recent prompts, reused by
                       prompts that share a prefix with them (few-shot examples); 0 disables [1024]
 
+The prompt template the model was trained with (prompt_template.json, written by merge.py beside
+the weights) wraps every /process prompt, as in training (an echoed prompt's tokens are the
+wrapped ones); /tokenize and /decode read HELM's text as it is. The default, `{prompt}`, is HELM's
+prompt alone.
+
 Endpoints (api.py): POST /process, /tokenize, /decode; GET /health answers 503 while the model
 loads, 200 once it answered a warm-up request, 500 if loading failed. A request the protocol does
 not allow gets a 422 naming the field, a body that is not JSON a 400: never a 500.
@@ -36,6 +41,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import torch
@@ -50,7 +56,7 @@ from api import (
     TokenizeResponse,
     build_response,
 )
-from engine import Engine, GenerationError, Settings
+from engine import Engine, GenerationError, Settings, read_template
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -94,7 +100,10 @@ def load_engine(settings: Settings) -> Engine:
     if not settings.load_in_4bit:
         model = model.to(device)
     model.eval()
-    engine = Engine(model, tokenizer, settings)
+    template = read_template(Path(settings.model_path))
+    if template != "{prompt}":
+        log.info("prompts are wrapped in the training template %r", template)
+    engine = Engine(model, tokenizer, settings, template)
     # A first request before /health says ok: it proves the model runs and warms the kernels.
     warmup = engine.prepare(ProcessRequest(prompt="Hello", max_new_tokens=1))
     engine._solo(warmup)

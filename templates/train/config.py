@@ -117,7 +117,7 @@ class TrainConfig(Strict):
     base_model: str
     revision: str | None = None
     datasets: list[DatasetSpec] = Field(min_length=1)
-    prompt_template: str = "{prompt}\n"
+    prompt_template: str = "{prompt}"
     curation: Curation = Curation()
     quantization: Quantization = Quantization()
     lora: Lora = Lora()
@@ -170,8 +170,8 @@ class TrainConfig(Strict):
     @field_validator("prompt_template")
     @classmethod
     def _has_prompt_slot(cls, value: str) -> str:
-        if "{prompt}" not in value:
-            raise ValueError("must contain the placeholder {prompt}")
+        if value.count("{prompt}") != 1:
+            raise ValueError("must contain the placeholder {prompt} exactly once")
         return value
 
     @field_validator("datasets")
@@ -198,6 +198,17 @@ class TrainConfig(Strict):
     @property
     def gpu_gib(self) -> float:
         return TRACK_GPU_GIB[self.track]
+
+
+def apply_template(template: str, prompt: str, response: str) -> tuple[str, str]:
+    """The text the model reads and the completion it learns. The server wraps HELM's prompt in
+    the same template (merge.py leaves it beside the merged model). HELM ends a prompt with its
+    output prefix stripped ("...Answer:") and shows in-context answers after a space ("Answer: B"),
+    so a completion that follows a prompt ending mid-line starts with a space."""
+    text = template.replace("{prompt}", prompt)
+    if text and not text[-1].isspace() and response and not response[0].isspace():
+        response = " " + response
+    return text, response
 
 
 def is_local(source: str) -> bool:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from config import ConfigError, DatasetSpec, TrainConfig, load_config
+from config import ConfigError, DatasetSpec, TrainConfig, apply_template, load_config
 
 USER_ROLES = {"human", "user", "prompter"}
 ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
@@ -354,8 +354,8 @@ def _token_length_check(config: TrainConfig, tokenizer: str | None) -> Callable[
     loaded = AutoTokenizer.from_pretrained(tokenizer, revision=config.revision)
 
     def too_long(example: Example) -> bool:
-        text = config.prompt_template.format(prompt=example.prompt) + example.response
-        return len(loaded(text)["input_ids"]) + 1 > config.max_seq_len
+        text, completion = apply_template(config.prompt_template, example.prompt, example.response)
+        return len(loaded(text + completion)["input_ids"]) + 1 > config.max_seq_len
 
     return too_long
 

@@ -7,7 +7,8 @@ is loaded in the training quantization (train.py's own loader), dequantized to f
 is loaded on it and merged. Merging into the original full-precision weights instead would be off
 by the quantization error; merging on the 4-bit layers is off by their re-quantization. The merged
 model is saved in Hugging Face format (safetensors, tokenizer, generation config) in
-merge.output_dir.
+merge.output_dir, with prompt_template.json: the config's prompt_template, which the server wraps
+every prompt in, so the model is asked the way it was trained.
 Then, on a few prompts, its logits are compared with those of the adapter on the 4-bit base, and
 the largest difference is printed. Exit codes: 0 merged and within tolerance, 1 over tolerance
 (the merged model is kept for inspection), 2 a bad config or a missing adapter.
@@ -16,6 +17,7 @@ the largest difference is printed. Exit codes: 0 merged and within tolerance, 1 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,8 @@ from config import ConfigError, TrainConfig, load_config
 from peft import PeftModel
 from train import DTYPES, load_base
 from transformers import AutoTokenizer
+
+TEMPLATE_FILE = "prompt_template.json"  # the server (main.py's engine) reads the same name
 
 
 class MergeMismatch(RuntimeError):
@@ -66,6 +70,7 @@ def merge(config: TrainConfig) -> float:
     out = Path(config.merge.output_dir)
     merged.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    (out / TEMPLATE_FILE).write_text(json.dumps({"prompt_template": config.prompt_template}) + "\n")
     print(f"saved the merged model ({config.merge.dtype}) to {out}")
     del merged, base  # the reference model below then fits beside nothing else on the GPU
 

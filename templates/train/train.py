@@ -1,23 +1,34 @@
 """QLoRA fine-tuning of the base model on the curated data mixture, within a time budget.
 
-    python train.py --config config.yaml
+    python train.py --config config.yaml            # a new run, or resume this config's run
+    python train.py --config config.yaml --fresh    # discard output_dir's run and start over
+    python train.py --config config.yaml --ignore-memory-estimate   # a warning, not a refusal
 
 Steps: validate the config; fetch only the base model's config.json and refuse a config whose
 estimated peak memory does not fit the track's GPU (memory.py); curate the data (data.py); load the
 base in 4 bits, add LoRA adapters and train with the loss on response tokens only, NEFTune, a
-progress bar and tokens/s + peak memory in the logs. Checkpoints land in output_dir every
-save_steps; a re-run resumes from the latest one and continues its step count. When the time
-budget (counted from the run's first start, so a resumed run keeps the same deadline) runs out,
-training stops cleanly, the adapter is saved and the script exits 0. The adapter ends up in
-output_dir/adapter.
-Exit codes: 0 done (or stopped by the budget), 2 a bad config or one that does not fit.
+progress bar and tokens/s + peak memory in the logs. The adapter ends up in output_dir/adapter.
+
+A run knows what it is: output_dir/run_started.json records when it started and a sha256 of the
+config and the data. A re-run of the same config resumes from the latest checkpoint (saved every
+save_steps) within the same time budget; a run of another config or data, a finished run, or one
+whose budget is spent is refused with the fix (`--fresh`, or a longer time_budget), so a second run
+never trains one step silently. The start prints the budget left and whether it resumes.
+
+With a time budget, the step time is measured after a few steps and the learning-rate schedule
+(cosine, linear) is resized to end as the budget ends: the run stops at the schedule's end, the
+adapter is saved and the script exits 0. Without one, the epochs (or max_steps) set the schedule.
+Exit codes: 0 done (or stopped by the budget), 2 a bad config, one that does not fit, or a run
+that cannot go on in output_dir.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import resource
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +37,7 @@ from typing import Any
 import data
 import memory
 import torch
-from config import ConfigError, TrainConfig, load_config
+from config import ConfigError, TrainConfig, apply_template, load_config
 from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
@@ -38,9 +49,14 @@ from transformers import (
     TrainerControl,
     TrainerState,
     TrainingArguments,
+    get_scheduler,
 )
 from transformers.trainer_utils import get_last_checkpoint
 
+MARKER = "run_started.json"  # what the run in output_dir is: its start and its fingerprint
+# Settings that change nothing in the trained adapter: a run may resume with other values.
+NOT_FINGERPRINTED = {"time_budget", "save_steps", "logging_steps", "output_dir", "merge"}
+MEASURED_STEPS = 3  # optimizer steps timed after the first one before the schedule is sized
 IGNORE_INDEX = -100  # label value the loss skips: prompt and padding tokens
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
@@ -87,10 +103,17 @@ def load_tokenizer(config: TrainConfig) -> PreTrainedTokenizerBase:
 
 
 def tokenize(example: data.Example, config: TrainConfig, tokenizer: Any) -> dict[str, list[int]]:
-    """Prompt and response are tokenized apart so the label mask falls exactly on the boundary.
-    The prompt gets the tokenizer's own special tokens (BOS for Mistral), as the server does."""
-    prompt = tokenizer(config.prompt_template.format(prompt=example.prompt))["input_ids"]
-    response = tokenizer(example.response, add_special_tokens=False)["input_ids"]
+    """The prompt's tokens are exactly those the server feeds the model for the same request (the
+    tokenizer's special tokens, BOS for Mistral, then the wrapped prompt alone), so the label mask
+    falls where generation starts. The completion's tokens are cut from the tokenized whole text
+    when it extends the prompt's tokens ("Answer:" + " B" as one word piece, not a lone space)."""
+    text, completion = apply_template(config.prompt_template, example.prompt, example.response)
+    prompt = tokenizer(text)["input_ids"]
+    whole = tokenizer(text + completion)["input_ids"]
+    if whole[: len(prompt)] == prompt:
+        response = whole[len(prompt) :]
+    else:
+        response = tokenizer(completion, add_special_tokens=False)["input_ids"]
     response = [*response, tokenizer.eos_token_id]
     return {"input_ids": prompt + response, "labels": [IGNORE_INDEX] * len(prompt) + response}
 
@@ -135,11 +158,16 @@ def peak_memory_gib() -> float:
 
 
 class Monitor(TrainerCallback):
-    """Adds tokens/s and peak memory to the logs; stops cleanly when the deadline passes."""
+    """Adds tokens/s and peak memory to the logs. With a deadline, sizes the learning-rate
+    schedule to end with the budget from the measured step time, and stops at its end (or at the
+    deadline, whichever comes first)."""
 
-    def __init__(self, deadline: float | None) -> None:
+    def __init__(self, deadline: float | None, config: TrainConfig) -> None:
         self.deadline = deadline
+        self.config = config
         self.stopped_by_budget = False
+        self.scheduled_steps: int | None = None  # the schedule's length once sized to the budget
+        self.last_lr: float | None = None
         self.started = time.monotonic()
         self.tokens_at_start = 0
         self.first_step = 1
@@ -168,27 +196,128 @@ class Monitor(TrainerCallback):
             logs["peak_mem_gib"] = round(peak_memory_gib(), 3)
 
     def on_step_end(
-        self, args: Any, state: TrainerState, control: TrainerControl, **kwargs: Any
+        self,
+        args: Any,
+        state: TrainerState,
+        control: TrainerControl,
+        lr_scheduler: Any = None,
+        **kwargs: Any,
     ) -> None:
         if state.global_step == self.first_step:  # the first step pays one-off warm-up costs
             self.started = time.monotonic()
             self.tokens_at_start = state.num_input_tokens_seen
-        if self.deadline is not None and time.time() >= self.deadline:
+        if self.deadline is None:
+            return
+        timed = state.global_step - self.first_step
+        if timed >= MEASURED_STEPS and self.config.lr_scheduler in ("cosine", "linear"):
+            self.fit_schedule(state, lr_scheduler, (time.monotonic() - self.started) / timed)
+        if lr_scheduler is not None:
+            self.last_lr = float(lr_scheduler.get_last_lr()[0])
+        ended = self.scheduled_steps is not None and state.global_step >= self.scheduled_steps
+        if ended or time.time() >= self.deadline:
             self.stopped_by_budget = True
             control.should_training_stop = True
 
+    def fit_schedule(self, state: TrainerState, lr_scheduler: Any, step_s: float) -> None:
+        """Shorten the schedule to the steps the budget left still holds at the measured pace
+        (re-measured every step, so it converges); a budget longer than the epochs changes
+        nothing."""
+        assert self.deadline is not None
+        fits = state.global_step + int((self.deadline - time.time()) / step_s)
+        steps = min(fits, state.max_steps)
+        if steps == (self.scheduled_steps or state.max_steps) or lr_scheduler is None:
+            return
+        if self.scheduled_steps is None:
+            print(
+                f"schedule sized to the time budget: {steps} optimizer steps instead of "
+                f"{state.max_steps}, at {step_s:.3g} s a step; the learning rate ends with it"
+            )
+        self.scheduled_steps = steps
+        # A scheduler of the same kind on a throwaway optimizer lends its shape for the new length.
+        probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        resized = get_scheduler(
+            self.config.lr_scheduler,
+            probe,
+            num_warmup_steps=self.config.warmup_steps,
+            num_training_steps=steps,
+        )
+        lr_scheduler.lr_lambdas = resized.lr_lambdas * len(lr_scheduler.lr_lambdas)
 
-def deadline(config: TrainConfig, out: Path) -> float | None:
-    """The wall-clock end of the budget, fixed at the run's first start in this output_dir."""
-    if config.time_budget is None:
-        return None
-    marker = out / "run_started.json"
+
+def fingerprint(config: TrainConfig) -> str:
+    """A sha256 of what the adapter depends on: the config (less NOT_FINGERPRINTED) and the bytes
+    of every local data file (a hub data set is pinned by its revision in the config)."""
+    digest = hashlib.sha256()
+    settings = config.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    for spec in config.datasets:
+        path = Path(spec.source)
+        if not spec.on_hub and path.is_file():
+            with path.open("rb") as handle:
+                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(0, round(seconds / 60))
+    return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def start_run(config: TrainConfig, out: Path, *, fresh: bool) -> tuple[float | None, str | None]:
+    """The budget's deadline and the checkpoint to resume from, after checking that output_dir's
+    run is this one. `fresh` discards the run found there (checkpoints, adapter, marker)."""
+    marker = out / MARKER
+    if fresh:
+        for old in [*out.glob("checkpoint-*"), out / "adapter"]:
+            shutil.rmtree(old, ignore_errors=True)
+        for name in (MARKER, "train_summary.json"):
+            (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = get_last_checkpoint(str(out))
+    this = fingerprint(config)
+    fix = "pass --fresh to discard it and start over, or set output_dir to a new folder"
     if marker.exists():
-        started = float(json.loads(marker.read_text())["started"])
+        run = json.loads(marker.read_text())
+        if run.get("fingerprint") != this:
+            raise ConfigError(
+                f"{out} holds a run of another config or data (started {_when(run['started'])}); "
+                + fix
+            )
+        if run.get("finished"):
+            raise ConfigError(
+                f"{out} holds a finished run of this config (started {_when(run['started'])}; "
+                f"its adapter is in {out / 'adapter'}): run merge.py, or --fresh to train again"
+            )
+    elif checkpoint is not None or (out / "adapter").exists():
+        raise ConfigError(f"{out} holds checkpoints of a run with no record of its config; " + fix)
     else:
-        started = time.time()
-        marker.write_text(json.dumps({"started": started}) + "\n")
-    return started + config.time_budget
+        run = {"started": time.time(), "fingerprint": this, "finished": False}
+        marker.write_text(json.dumps(run) + "\n")
+    resuming = f"resuming from {checkpoint}" if checkpoint else "a new run"
+    if config.time_budget is None:
+        print(f"run: {resuming}, no time budget")
+        return None, checkpoint
+    end = float(run["started"]) + config.time_budget
+    if time.time() >= end:
+        raise ConfigError(
+            f"the time budget of the run in {out} ended at {_when(end)}: raise time_budget to go "
+            f"on from {checkpoint or 'its start'}, or pass --fresh to start a new budget"
+        )
+    print(
+        f"run: {resuming}, {_duration(end - time.time())} left of the "
+        f"{_duration(config.time_budget)} budget (started {_when(run['started'])})"
+    )
+    return end, checkpoint
+
+
+def finish_run(out: Path) -> None:
+    marker = out / MARKER
+    run = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**run, "finished": True}) + "\n")
 
 
 def lora_config(config: TrainConfig) -> Any:
@@ -205,8 +334,9 @@ def lora_config(config: TrainConfig) -> Any:
     )
 
 
-def check_memory(config: TrainConfig) -> memory.Estimate:
-    """Only config.json is fetched here: a config that cannot fit fails before any weights."""
+def check_memory(config: TrainConfig, *, override: bool = False) -> memory.Estimate:
+    """Only config.json is fetched here: a config that cannot fit fails before any weights.
+    `override` turns the refusal into a warning, for an estimate known to be too high."""
     try:
         model_config = AutoConfig.from_pretrained(config.base_model, revision=config.revision)
     except OSError as exc:
@@ -214,17 +344,34 @@ def check_memory(config: TrainConfig) -> memory.Estimate:
             f"cannot read the config of base_model {config.base_model!r}: {exc}"
         ) from None
     shape = memory.ModelShape.from_config(model_config.to_dict(), origin=config.base_model)
-    return memory.check(shape, config)
+    try:
+        return memory.check(shape, config)
+    except ConfigError as exc:
+        if not override:
+            raise ConfigError(
+                f"{exc}\n(an estimate you know to be wrong: --ignore-memory-estimate)"
+            ) from None
+        print(
+            f"warning: {exc}\ngoing on anyway (--ignore-memory-estimate): expect CUDA out of "
+            "memory if the estimate was right",
+            file=sys.stderr,
+        )
+        return memory.estimate(shape, config)
 
 
-def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -> dict[str, Any]:
+def train(
+    config: TrainConfig,
+    callbacks: list[TrainerCallback] | None = None,
+    *,
+    fresh: bool = False,
+    ignore_memory_estimate: bool = False,
+) -> dict[str, Any]:
     """Run (or resume) training; returns the summary also written to output_dir."""
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    end = deadline(config, out)
-    print(check_memory(config).table())
+    print(check_memory(config, override=ignore_memory_estimate).table())
+    end, checkpoint = start_run(config, out, fresh=fresh)
 
     tokenizer = load_tokenizer(config)
     rows_of = {}
@@ -280,7 +427,7 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         remove_unused_columns=False,
         report_to=[],
     )
-    monitor = Monitor(end)
+    monitor = Monitor(end, config)
     trainer = Trainer(
         model=model,
         args=args,
@@ -288,9 +435,6 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         data_collator=Collator(tokenizer.pad_token_id),
         callbacks=[monitor, *(callbacks or [])],
     )
-    checkpoint = get_last_checkpoint(str(out)) if out.is_dir() else None
-    if checkpoint:
-        print(f"resuming from {checkpoint}")
     trainer.train(resume_from_checkpoint=checkpoint)
 
     adapter = out / "adapter"
@@ -300,12 +444,15 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
         "global_step": trainer.state.global_step,
         "resumed_from": checkpoint,
         "stopped_by_time_budget": monitor.stopped_by_budget,
+        "scheduled_steps": monitor.scheduled_steps,
+        "final_learning_rate": monitor.last_lr,
         "tokens_seen": trainer.state.num_input_tokens_seen,
         "tokens_per_s": round(monitor.tokens_per_second(trainer.state), 1),
         "peak_memory_gib": round(peak_memory_gib(), 3),
         "adapter": str(adapter),
     }
     (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    finish_run(out)
     print("training summary: " + json.dumps(summary))
     return summary
 
@@ -313,9 +460,21 @@ def train(config: TrainConfig, callbacks: list[TrainerCallback] | None = None) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="the training config (YAML)")
+    parser.add_argument(
+        "--fresh", action="store_true", help="discard the run in output_dir and start over"
+    )
+    parser.add_argument(
+        "--ignore-memory-estimate",
+        action="store_true",
+        help="train even when memory.py estimates the config does not fit the track's GPU",
+    )
     args = parser.parse_args()
     try:
-        train(load_config(args.config))
+        train(
+            load_config(args.config),
+            fresh=args.fresh,
+            ignore_memory_estimate=args.ignore_memory_estimate,
+        )
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -60,7 +60,12 @@ def test_the_tiny_check_runs_every_section(tmp_path: Path) -> None:
         for server in ("naive", "ours"):
             figures = report["serve"][f"{server}_{clients}_clients"]
             assert figures["requests_per_s"] > 0 and figures["p99_ms"] >= figures["p50_ms"]
-        assert report["serve"][f"speedup_{clients}_clients"] > 0
+        rates = [
+            report["serve"][f"{s}_{clients}_clients"]["requests_per_s"] for s in ("ours", "naive")
+        ]
+        assert report["serve"][f"speedup_{clients}_clients"] == pytest.approx(
+            rates[0] / rates[1], abs=0.01
+        )
     assert report["serve_4bit"]["decode_tokens_per_s"] > 0
     train = report["train"]
     assert train["steps"] == 3 and train["tokens_per_s"] > 0 and train["estimate_gib"] > 0

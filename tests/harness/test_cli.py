@@ -27,12 +27,48 @@ def test_help_lists_every_command() -> None:
         assert command in result.output
 
 
+def _every_command() -> list[list[str]]:
+    """Each command as its words: `run`, and a group's subcommands (`instances build`)."""
+    import typer.main
+
+    words = []
+    for name, command in sorted(typer.main.get_group(app).commands.items()):
+        if subcommands := getattr(command, "commands", None):  # a group: `harness instances`
+            words += [[name, sub] for sub in sorted(subcommands)]
+        else:
+            words.append([name])
+    return words
+
+
 def test_every_command_help_ends_with_examples() -> None:
-    for command in _commands():
-        result = runner.invoke(app, [command, "--help"])
-        assert result.exit_code == 0, command
-        assert "Examples" in result.output, command
-        assert f"harness {command}" in result.output.split("Examples")[-1], command
+    commands = _every_command()
+    assert ["instances", "build"] in commands and ["teams", "add"] in commands
+    for words in commands:
+        result = runner.invoke(app, [*words, "--help"])
+        assert result.exit_code == 0, words
+        assert "Examples" in result.output, words
+        assert f"harness {words[0]}" in result.output.split("Examples")[-1], words
+
+
+_TRACK_AND_STAGE = ["--track", "4090", "--stage", "open"]
+
+
+def test_errors_go_to_stderr_with_the_documented_exit_code(tmp_path: Path) -> None:
+    """One way to fail for every command: the message on stderr, nothing on stdout."""
+    cases = [
+        (["run", str(tmp_path), "--track", "H100", "--stage", "open", "--out", str(tmp_path)], 2),
+        (["plan", "--entries", "1", "--fleet-gpus", "1", *_TRACK_AND_STAGE, "--keep", "0.5"], 2),
+        (["report", str(tmp_path / "nothing")], 2),
+        (["instances", "verify", str(tmp_path)], 1),
+        (["tasks", "import", "samsum", str(tmp_path / "none"), "--out", str(tmp_path / "o")], 2),
+    ]
+    for args, code in cases:
+        done = subprocess.run(
+            [str(Path(sys.executable).parent / "harness"), *args], capture_output=True, text=True
+        )
+        assert done.returncode == code, (args, done.stdout, done.stderr)
+        assert done.stderr.startswith("error: "), (args, done.stderr)
+        assert "Traceback" not in done.stderr and done.stdout == "", (args, done.stdout)
 
 
 def test_console_script_is_installed() -> None:

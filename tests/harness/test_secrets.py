@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from harness.secrets import ELLIPSIS, find_secrets, is_placeholder, mask, redact
+from tests.conftest import REPO
 from tests.harness.checks.fakes import ASSIGNED_TO, MAKERS, fake
-
-REPO = Path(__file__).resolve().parents[2]
 
 # (template, kind): how credentials show up in code, comments, configs, shells, env files, JSON.
 _FORMS = [

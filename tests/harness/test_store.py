@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import ConfigError
-from harness.gateway import GatewayStats
-from harness.store import STORE_FILENAME, Metric, Status, Step, StepStatus, Store
+from harness.errors import ConfigError, DiskFullError
+from harness.store import STORE_FILENAME, GatewayStats, Metric, Status, Step, StepStatus, Store
+from tests.conftest import fill_disk
 
 METRICS = [
     Metric("mmlu:subject=anatomy", "mmlu", "exact_match", 0.5),
@@ -316,3 +316,44 @@ def test_resources_update_only_what_each_call_gives_and_old_stores_gain_the_tabl
         assert store.resources("alpha", "open") == (None, None)
         store.record_resources("alpha", "open", image_bytes=7)
         assert store.resources("alpha", "open") == (7, None)
+
+
+def test_a_full_disk_keeps_what_was_recorded_and_records_once_space_is_freed(
+    small_disk: Path,
+) -> None:
+    """On a real full filesystem: a write that finds no space is rolled back whole and raises
+    DiskFullError (exit code 3) naming the folder; once space is freed the same write succeeds,
+    once."""
+    out = small_disk / "results"
+    with Store(out) as store:
+        store.add_entry("done", "/entries/done")
+        done = store.start_attempt("done", "open")
+        store.record_status(done, Status.SCORED, "1 run(s) scored")
+        store.add_entry("next", "/entries/next")
+        attempt = store.start_attempt("next", "open")
+        filler = fill_disk(small_disk)
+
+        with pytest.raises(DiskFullError) as raised:
+            store.record_metrics(attempt, METRICS)  # several rows: all or none
+        with pytest.raises(DiskFullError):
+            store.record_status(attempt, Status.SCORED, "1 run(s) scored")
+        assert raised.value.exit_code == 3
+        assert str(raised.value).startswith(f"no space left on the disk of {out} (")
+        assert "free space there and run the same command again" in str(raised.value)
+        assert set(store.results("open")) == {"done"}
+        assert store.metrics("open") == {}
+
+        filler.unlink()
+        store.record_metrics(attempt, METRICS)
+        store.record_status(attempt, Status.SCORED, "1 run(s) scored")
+        with pytest.raises(ValueError, match="has ended"):
+            store.record_status(attempt, Status.SCORED, "1 run(s) scored")
+    with Store(out) as store:
+        assert set(store.results("open")) == {"done", "next"}
+        assert len(store.metrics("open")["next"]) == len(METRICS)
+
+
+def test_a_store_cannot_be_opened_on_a_full_disk(small_disk: Path) -> None:
+    fill_disk(small_disk)
+    with pytest.raises(DiskFullError, match="no space left on the disk of"):
+        Store(small_disk / "new")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, _unavailable
 
 INSTALL_LOCK = REPO / "scripts" / "install-lock.sh"
 
@@ -61,7 +61,7 @@ def _bundled_pip() -> Path:
     bundled = Path(ensurepip.__file__).parent / "_bundled"
     wheels = sorted(bundled.glob("pip-*.whl"))
     if not wheels:
-        pytest.skip(f"this Python ships no pip wheel in {bundled}")
+        _unavailable(f"this Python ships no pip wheel in {bundled}")
     return wheels[-1]
 
 

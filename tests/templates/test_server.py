@@ -18,6 +18,8 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from tests._wait import until
+
 SERVER_DIR = Path(__file__).resolve().parents[2] / "templates" / "server"
 FRANCE = "The capital of France is "
 GREEDY = {"temperature": 0, "top_k_per_token": 3}
@@ -34,11 +36,17 @@ def import_server() -> ModuleType:
 
 
 def wait_ready(client: TestClient, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while (status := client.get("/health").status_code) != 200:
-        assert status == 503, client.get("/health").json()
-        assert time.monotonic() < deadline, "the server never became ready"
-        time.sleep(0.05)
+    def loading() -> str | None:  # 503 while the model loads; anything else but 200 is a failure
+        health = client.get("/health")
+        return None if health.status_code in (200, 503) else str(health.json())
+
+    until(
+        lambda: client.get("/health").status_code == 200,
+        "the server became ready",
+        timeout_s=timeout,
+        interval_s=0.05,
+        check=loading,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -525,10 +533,11 @@ def test_a_model_that_cannot_load_is_reported(
     monkeypatch.delenv("MODEL_PATH", raising=False)
     settings = server.Settings(model_path=str(tmp_path / model_path)) if model_path else None
     with TestClient(server.create_app(settings)) as broken:
-        deadline = time.monotonic() + 30
-        while (health := broken.get("/health")).status_code == 503:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        health = until(
+            lambda: (answer := broken.get("/health")).status_code != 503 and answer,
+            "the server stopped loading",
+            interval_s=0.05,
+        )
         assert health.status_code == 500
         expected = "missing-model" if model_path else "MODEL_PATH is not set"
         assert expected in health.json()["detail"]
@@ -554,7 +563,7 @@ def test_sliding_window_models_batch_correctly(
     server: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int
 ) -> None:
     # A window shorter than the context needs its own cache kind: batches then run to their end.
-    from harness.tiny_model import write_tiny_model
+    from harness.submission.tiny_model import write_tiny_model
 
     model_dir = write_tiny_model(tmp_path / "mistral", arch="mistral")
     config = json.loads((model_dir / "config.json").read_text())
@@ -571,3 +580,39 @@ def test_sliding_window_models_batch_correctly(
             parallel = list(pool.map(lambda body: process(mistral, **body), requests))
     assert max(sizes) > 1
     assert [r["text"] for r in parallel] == [r["text"] for r in serial]
+
+
+def test_the_training_template_beside_the_model_wraps_every_generation_prompt(
+    server: ModuleType, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    template = "### Question\n{prompt}\n### Answer:"
+    (model_dir / "prompt_template.json").write_text(json.dumps({"prompt_template": template}))
+    with TestClient(server.create_app(server.Settings(model_path=str(model_dir)))) as wrapped:
+        wait_ready(wrapped)
+        echoed = process(wrapped, prompt=FRANCE, max_new_tokens=0, echo_prompt=True)
+        # The model read the wrapped prompt; HELM's text and token count stay its own.
+        read = "".join(token["text"] for token in echoed["tokens"])
+        assert read == template.replace("{prompt}", FRANCE) and echoed["text"] == FRANCE
+        engine = wrapped.app.state.server.engine  # type: ignore[attr-defined]
+        tokens = wrapped.post("/tokenize", json={"text": FRANCE}).json()["tokens"]
+        assert tokens == engine.encode(FRANCE)
+
+
+@pytest.mark.parametrize(
+    "content", ['{"prompt_template": "no slot"}', "not json", '{"template": "{prompt}"}']
+)
+def test_a_broken_template_file_stops_the_server_rather_than_serve_unwrapped(
+    server: ModuleType, tiny_model_dir: Path, tmp_path: Path, content: str
+) -> None:
+    model_dir = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model_dir)
+    (model_dir / "prompt_template.json").write_text(content)
+    with TestClient(server.create_app(server.Settings(model_path=str(model_dir)))) as broken:
+        deadline = time.monotonic() + 30
+        while (health := broken.get("/health")).status_code == 503:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert health.status_code == 500
+        assert "prompt_template.json" in health.json()["detail"]

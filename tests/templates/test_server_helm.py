@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from harness.helm import HelmEndpoint, model_name, write_prod_env
+from harness.helm.runner import HelmEndpoint, model_name, write_prod_env
 
 ENTRY = "tiny-served"
 MODEL = model_name(ENTRY)

@@ -6,7 +6,6 @@ import importlib
 import json
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import merge
 import pytest
 import train
 
+from tests._wait import until
 from tests.templates.test_train_train import TRAIN_DIR, trained_run, write_config
 
 SERVER_DIR = TRAIN_DIR.parent / "server"
@@ -47,6 +47,9 @@ def test_merged_folder_is_a_plain_hugging_face_model(merged: Path) -> None:
     model_config = json.loads((merged / "config.json").read_text())
     assert "quantization_config" not in model_config  # it loads without bitsandbytes
     assert not any(name.startswith("adapter") for name in names)
+    # The server reads the template training used from here (the default: the prompt alone).
+    template = json.loads((merged / "prompt_template.json").read_text())
+    assert template == {"prompt_template": "{prompt}"}
 
 
 def test_cli_prints_the_largest_difference_and_fails_loudly_over_tolerance(
@@ -84,8 +87,6 @@ def test_merge_without_a_trained_adapter_is_a_config_error(
 
 @pytest.fixture
 def server_main(merged: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
-    if not (SERVER_DIR / "main.py").exists():
-        pytest.skip("templates/server/main.py is not there yet")
     monkeypatch.setenv("MODEL_PATH", str(merged))
     monkeypatch.setenv("DEVICE", "cpu")
     monkeypatch.setenv("DTYPE", "float32")
@@ -105,10 +106,11 @@ def test_served_merged_model_answers_like_the_adapter_model(
 
     new_tokens = 8
     with TestClient(server_main.app) as client:  # type: ignore[attr-defined]
-        deadline = time.monotonic() + 120
-        while (health := client.get("/health")).status_code == 503:
-            assert time.monotonic() < deadline, "the server did not load the merged model"
-            time.sleep(0.2)
+        health = until(
+            lambda: (answer := client.get("/health")).status_code != 503 and answer,
+            "the server loaded the merged model",
+            timeout_s=120,
+        )
         assert health.status_code == 200, health.text
         body = {
             "prompt": PROMPT,

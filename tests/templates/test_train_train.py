@@ -116,9 +116,25 @@ def test_loss_covers_response_tokens_only(tiny_model_dir: Path, tmp_path: Path) 
     example = train.data.Example("what is 2 plus 3 ?", "five", "test")
     row = train.tokenize(example, config, tokenizer)
     trained = [t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100]
-    assert tokenizer.decode(trained) == "five" + tokenizer.eos_token
+    # The default template is the prompt itself; the answer follows it after a space, as HELM's do.
+    assert tokenizer.decode(trained) == " five" + tokenizer.eos_token
     prompt_len = row["labels"].count(-100)
-    assert tokenizer.decode(row["input_ids"][:prompt_len]) == "what is 2 plus 3 ?\n"
+    assert tokenizer.decode(row["input_ids"][:prompt_len]) == "what is 2 plus 3 ?"
+
+
+@pytest.mark.parametrize(
+    ("template", "prompt", "response", "expected"),
+    [
+        ("{prompt}", "Question: 2+3?\nAnswer:", "B", ("Question: 2+3?\nAnswer:", " B")),
+        ("{prompt}", "Summarize:\n", "A text.", ("Summarize:\n", "A text.")),
+        ("{prompt}", "Answer:", " B", ("Answer:", " B")),
+        ("Q: {prompt}\nA:", "{x} in braces?", "yes", ("Q: {x} in braces?\nA:", " yes")),
+    ],
+)
+def test_a_completion_follows_the_wrapped_prompt_as_helm_shows_answers(
+    template: str, prompt: str, response: str, expected: tuple[str, str]
+) -> None:
+    assert train_config.apply_template(template, prompt, response) == expected
 
 
 def test_packing_fills_sequences_without_splitting_examples() -> None:
@@ -200,4 +216,99 @@ def test_a_config_that_cannot_fit_is_refused_before_any_weights_load(tmp_path: P
     )
     assert result.returncode == 2
     assert "track 4090 has 24 GiB" in result.stderr and "DOES NOT FIT" in result.stderr
+    assert "--ignore-memory-estimate" in result.stderr
     assert not (tmp_path / "output" / "curated.jsonl").exists()
+
+
+def test_an_estimate_known_to_be_wrong_can_be_overridden_with_a_warning(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tiny model fits anywhere: shrink the track's GPU so the estimate refuses it.
+    monkeypatch.setitem(train_config.TRACK_GPU_GIB, "4090", 1e-6)
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir, max_steps=1))
+    with pytest.raises(train_config.ConfigError, match="--ignore-memory-estimate"):
+        train.train(config)
+    assert not (tmp_path / "output" / train.MARKER).exists()  # refused before the run began
+    summary = train.train(config, ignore_memory_estimate=True)
+    assert summary["global_step"] == 1
+
+
+def test_a_run_of_another_config_in_the_same_folder_is_refused_and_fresh_trains_it_fully(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    # Monday's smoke run, then Wednesday's real run with another config in the same out/.
+    smoke = train_config.load_config(write_config(tmp_path, tiny_model_dir, max_steps=2))
+    assert train.train(smoke)["global_step"] == 2
+    real = train_config.load_config(
+        write_config(tmp_path, tiny_model_dir, max_steps=4, learning_rate=0.001, time_budget="1h")
+    )
+    with pytest.raises(train_config.ConfigError, match=r"another config or data.*--fresh"):
+        train.train(real)
+    summary = train.train(real, fresh=True)
+    assert summary["global_step"] == 4 and summary["resumed_from"] is None
+    assert not summary["stopped_by_time_budget"]
+
+
+def test_a_finished_run_is_not_trained_again_and_the_cli_says_how(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    path = write_config(tmp_path, tiny_model_dir, max_steps=2)
+    train.train(train_config.load_config(path))
+    result = subprocess.run(
+        [sys.executable, "train.py", "--config", str(path)],
+        cwd=TRAIN_DIR,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2
+    assert "holds a finished run of this config" in result.stderr
+    assert "run merge.py, or --fresh" in result.stderr
+
+
+def test_changed_data_or_unrecorded_checkpoints_are_refused(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train.train(config, callbacks=[CrashAt(3)])
+    # Same config file, other data: the checkpoint is of another run.
+    write_examples(tmp_path / "train.jsonl", count=40)
+    with pytest.raises(train_config.ConfigError, match="another config or data"):
+        train.train(config)
+    (tmp_path / "output" / train.MARKER).unlink()
+    with pytest.raises(train_config.ConfigError, match=r"no record of its config.*--fresh"):
+        train.train(config)
+
+
+def test_a_spent_budget_is_refused_rather_than_one_more_step(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = train_config.load_config(write_config(tmp_path, tiny_model_dir, time_budget="2h"))
+    output = tmp_path / "output"
+    output.mkdir()
+    started = {"started": 0.0, "fingerprint": train.fingerprint(config), "finished": False}
+    (output / train.MARKER).write_text(json.dumps(started))
+    with pytest.raises(train_config.ConfigError, match=r"budget .* ended .* raise time_budget"):
+        train.train(config)
+    assert not (output / "adapter").exists()
+
+
+def test_a_time_budget_sizes_the_schedule_so_the_learning_rate_ends_with_it(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    config = train_config.load_config(
+        write_config(
+            tmp_path, tiny_model_dir, max_steps=10**6, time_budget="60s", lr_scheduler="cosine"
+        )
+    )
+    summary = train.train(config)
+    assert summary["stopped_by_time_budget"]
+    assert summary["scheduled_steps"] is not None
+    assert MEASURED_STEPS_BEFORE_SIZING < summary["global_step"] < 10**6
+    # It stopped at the schedule's end, not mid-schedule at the deadline.
+    assert summary["global_step"] == summary["scheduled_steps"]
+    assert summary["final_learning_rate"] == pytest.approx(0.0, abs=1e-9)
+
+
+MEASURED_STEPS_BEFORE_SIZING = train.MEASURED_STEPS + 1

@@ -8,7 +8,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,10 +17,11 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from harness.options import RUN_LABEL, results_id
 from harness.service.db import ServiceDB
+from harness.store import RUN_LABEL, results_id
+from tests._wait import until
 from tests.conftest import REPO
-from tests.harness.test_run import make_entry
+from tests.harness.run.test_driver import make_entry
 
 HARNESS = Path(sys.executable).parent / "harness"
 
@@ -76,15 +76,23 @@ class Served:
 
     def wait_for(self, token: str, sub_id: str, done: Any, timeout_s: float = 300) -> Any:
         """Poll a submission until `done(answer)`; returns the answer."""
-        deadline = time.monotonic() + timeout_s
+        seen: list[Any] = []
+
+        def answer() -> Any:
+            seen.append(client.get(f"/api/v1/submissions/{sub_id}").json())
+            return seen[-1] if done(seen[-1]) else None
+
+        def service_died() -> str | None:
+            return None if self.process.poll() is None else self.log.read_text()[-3000:]
+
         with self.client(token) as client:
-            while True:
-                answer = client.get(f"/api/v1/submissions/{sub_id}").json()
-                if done(answer):
-                    return answer
-                assert self.process.poll() is None, self.log.read_text()[-3000:]
-                assert time.monotonic() < deadline, f"timed out; last: {answer}"
-                time.sleep(0.5)
+            try:
+                return until(
+                    answer, f"{sub_id} is done", timeout_s=timeout_s, interval_s=0.5,
+                    check=service_died,
+                )  # fmt: skip
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; last answer: {seen[-1:]}") from None
 
     def kill(self) -> None:
         """kill -9, the whole process group (no clean-up of any kind)."""
@@ -117,16 +125,18 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
             )
         served = Served(f"http://127.0.0.1:{port}", data, process, log, extra)
         started.append(served)
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
+
+        def healthy() -> bool:
             try:
-                if httpx.get(f"{served.url}/api/v1/health", timeout=2).status_code == 200:
-                    return served
+                return httpx.get(f"{served.url}/api/v1/health", timeout=2).status_code == 200
             except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+                return False
+
+        def exited() -> str | None:
+            return None if process.poll() is None else log.read_text()
+
+        until(healthy, "the service answered /api/v1/health", timeout_s=60, check=exited)
+        return served
 
     yield start
     for served in started:
@@ -144,7 +154,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
 def _remove_containers(data_dirs: set[Path]) -> None:
     """Containers a service of this test left (killed with -9 and not restarted, say): they
     carry the service's run label, not the test session's."""
-    from harness.docker import client
+    from harness.infra.docker import client
 
     sdk = client()
     for data in data_dirs:

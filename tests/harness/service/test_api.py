@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 
+from tests.harness.run.test_driver import TOKEN as LEAKED
 from tests.harness.service.conftest import HARNESS, Serve, stand_in_zip, zip_folder
-from tests.harness.test_run import TOKEN as LEAKED
 
 QUEUED = {"status": "queued"}
 

@@ -1,27 +1,31 @@
-"""The queue when the Docker engine goes away mid-evaluation.
+"""The queue when the Docker engine goes away or the disk fills up mid-evaluation.
 
 Stopping the shared Docker engine is not something a test may do on a shared machine, so the
 executor here is a stand-in that answers as LocalExecutor does when its engine is gone (the
-InfrastructureError of harness.pipeline); the database, the results store and the queue are real.
+InfrastructureError of the run pipeline); the database, the results store and the queue are real.
+So is the full disk: a small filesystem mounted for the test.
 """
 
 from __future__ import annotations
 
-import time
+import sqlite3
 from concurrent.futures import Future
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.errors import InfrastructureError
-from harness.options import RunOptions
-from harness.pipeline import Ending, EntryJob
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
 from harness.service.db import ServiceDB, State
 from harness.service.queue import Queue
-from harness.store import Status, Store
-from tests.harness.test_run import write_conf
+from harness.store import STORE_FILENAME, Status, Store
+from tests._wait import until
+from tests.conftest import fill_disk
+from tests.harness.run.test_driver import write_conf
 
 
 class EngineComesBack:
@@ -30,9 +34,11 @@ class EngineComesBack:
     def __init__(self) -> None:
         self.back = False
         self.starts = 0
+        self.refused = 0  # starts refused while the engine is away: the queue is waiting for it
 
     def start(self, options: RunOptions, run_id: str) -> None:
         if not self.back and self.starts:
+            self.refused += 1
             raise InfrastructureError("no Docker engine is reachable")
         self.starts += 1
 
@@ -47,13 +53,6 @@ class EngineComesBack:
     def interrupt(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-def wait(condition: Any, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
@@ -77,17 +76,100 @@ def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
         queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
         queue.start()
         try:
-            wait(lambda: (db.submission(subs[0].id) or subs[0]).runs == 1)
-            wait(lambda: (db.submission(subs[0].id) or subs[0]).state is State.QUEUED)
+            until(
+                lambda: (db.submission(subs[0].id) or subs[0]).runs == 1, "the first entry ran once"
+            )
+            until(
+                lambda: (db.submission(subs[0].id) or subs[0]).state is State.QUEUED,
+                "the first entry was queued again",
+            )
             first = db.submission(subs[0].id)
             assert first is not None and db.position(first) == 1
             assert store.results("open") == {}
-            time.sleep(1.5)  # the engine is still away: nothing else was taken
+            # The queue asked for the engine three times while it was away, and took nothing else.
+            until(lambda: executor.refused >= 3, "the queue asked three times for the engine")
             assert (db.submission(subs[1].id) or subs[1]).runs == 0
             executor.back = True
-            wait(lambda: all(s.state is State.FINISHED for s in db.submissions()))
+            until(
+                lambda: all(s.state is State.FINISHED for s in db.submissions()),
+                "every entry finished",
+            )
         finally:
             queue.close()
         assert [s.status for s in db.submissions()] == ["scored", "scored"]
         assert [s.runs for s in db.submissions()] == [1, 2]  # newest first
         assert set(store.results("open")) == {subs[0].id, subs[1].id}
+
+
+class EndsWhenTold:
+    """Keeps each job's future for the test to end, as LocalExecutor's would end."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[EntryJob, Future[Ending]]] = []
+
+    def start(self, options: RunOptions, run_id: str) -> None: ...
+
+    def submit(self, job: EntryJob, recorder: Any) -> Future[Ending]:
+        future: Future[Ending] = Future()
+        self.submitted.append((job, future))
+        return future
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_freed(
+    small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The data folder on a real filesystem that fills up while an entry is evaluated: its
+    ending cannot be recorded, in the store or the service's database; the queue keeps it and
+    waits, and once space is freed the entry runs again from its place, each recorded once."""
+    monkeypatch.setattr(queue_module, "DISK_RETRY_S", 0.5)
+    options = RunOptions(
+        track="4090",
+        stage="open",
+        out=small_disk / "results",
+        run_specs=str(write_conf(tmp_path, 1)),
+    )
+    executor = EndsWhenTold()
+    with ServiceDB(small_disk) as db, Store(options.out) as store:
+        team = db.team_for_token(db.add_team("team-a"))
+        assert team is not None
+        subs = [
+            db.add_submission(
+                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+            )
+            for _ in range(2)
+        ]
+        queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
+        queue.start()
+        try:
+            until(lambda: len(executor.submitted) == 1, "one entry was submitted")
+            filler = fill_disk(small_disk)
+            executor.submitted[0][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            assert queue.workers() == [(1, None)]  # the slot is free, nothing was recorded
+            assert store.results("open") == {}
+            assert (db.submission(subs[0].id) or subs[0]).state is State.RUNNING
+
+            filler.unlink()
+            until(lambda: len(executor.submitted) == 2, "two entries were submitted")
+            assert executor.submitted[1][0].name == subs[0].id  # again, from the head
+            executor.submitted[1][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            until(lambda: len(executor.submitted) == 3, "three entries were submitted")
+            executor.submitted[2][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            until(
+                lambda: all(s.state is State.FINISHED for s in db.submissions()),
+                "every entry finished",
+            )
+        finally:
+            queue.close()
+        assert [(s.status, s.runs) for s in db.submissions()] == [("scored", 1), ("scored", 2)]
+        assert set(store.results("open")) == {subs[0].id, subs[1].id}
+    with closing(sqlite3.connect(options.out / STORE_FILENAME)) as raw:
+        recorded = dict(
+            raw.execute(
+                "SELECT entry, COUNT(*) FROM attempts WHERE status IS NOT NULL GROUP BY entry"
+            )
+        )
+    assert recorded == {subs[0].id: 1, subs[1].id: 1}

@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
+import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from harness.options import RUN_LABEL, results_id
-from harness.submission import render_submission
+from harness.service.db import ServiceDB, State
+from harness.store import RUN_LABEL, Store, results_id
+from harness.submission.render import lock_weights, render_submission
+from tests._wait import until
+from tests.conftest import TEST_LABELS
+from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import HARNESS, Serve, Served, stand_in_zip
-from tests.harness.test_run import write_conf
+from tests.harness.submission.test_weights_docker import serving
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
@@ -88,16 +94,20 @@ def test_cancelling_a_running_entry_removes_its_container(
     token = served.add_team("team-a")
     sub = served.submit(token, stand_in_zip(tmp_path, "hangs", "never-healthy")).json()
     served.wait_for(token, sub["id"], lambda a: a["step"] == "serve")
-    deadline = time.monotonic() + 60
-    while not containers(docker_client, served):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    until(lambda: containers(docker_client, served), "the entry's container runs", timeout_s=60)
     with served.client(token) as client:
         assert client.post(f"/api/v1/submissions/{sub['id']}/cancel").json()["status"] == (
             "cancelled"
         )
     assert containers(docker_client, served) == []
-    time.sleep(3)  # the pipeline notices, ends, and its ending is not taken as the result
+
+    def pipeline_ended() -> bool:
+        with Store(served.data / "results") as store:
+            return sub["id"] in store.results("open")
+
+    # The pipeline notices, ends and records its ending in the results store; the submission
+    # stays cancelled: that ending is not taken as its result.
+    until(pipeline_ended, "the cancelled entry's pipeline ended", timeout_s=120)
     with served.client(token) as client:
         assert client.get(f"/api/v1/submissions/{sub['id']}").json()["status"] == "cancelled"
 
@@ -142,6 +152,72 @@ def test_kill_9_requeues_the_running_entry_and_each_finishes_once(
     assert finished_evaluations == {i: 1 for i in ids}
 
 
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda p: os.kill(p.pid, signal.SIGTERM), id="SIGTERM-to-the-service"),
+        pytest.param(lambda p: os.killpg(p.pid, signal.SIGINT), id="SIGINT-to-its-group"),
+    ],
+)
+def test_a_stopped_service_removes_its_containers_and_requeues_at_the_head(
+    stop: Any, serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    """SIGTERM as `kill PID` or systemd sends it, SIGINT as Ctrl-C does (to the whole group)."""
+    served = serve(*evaluating([], base_image, tmp_path))
+    token = served.add_team("team-a")
+    first, second = (
+        served.submit(token, stand_in_zip(tmp_path, name, "slow")).json()["id"]
+        for name in ("first", "second")
+    )
+    served.wait_for(token, first, lambda a: a["step"] == "evaluate")
+    assert containers(docker_client, served)
+
+    stop(served.process)
+    assert served.process.wait(timeout=120) == 0, served.log.read_text()[-3000:]
+    assert containers(docker_client, served) == []
+    assert "containers removed" in served.log.read_text()
+    with ServiceDB(served.data) as db:
+        subs = [db.submission(i) for i in (first, second)]
+        assert [s.state if s else None for s in subs] == [State.QUEUED, State.QUEUED]
+        assert [db.position(s) for s in subs if s] == [1, 2]
+    with Store(served.data / "results") as store:
+        steps = store.latest_steps(first, "open")
+    assert steps and all(record.status.value != "running" for record in steps.values())
+
+
+def test_a_restart_after_kill_9_removes_its_containers_and_no_other_folders(
+    serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    """Even a queue-only restart (`--jobs 0`): a container left running holds its GPU."""
+    other = docker_client.containers.run(
+        base_image,
+        ["sleep", "600"],
+        detach=True,
+        labels={RUN_LABEL: results_id(tmp_path / "other-data" / "results"), **TEST_LABELS},
+    )
+    try:
+        served = serve(*evaluating([], base_image, tmp_path))
+        token = served.add_team("team-a")
+        sub = served.submit(token, stand_in_zip(tmp_path, "slow", "slow")).json()["id"]
+        served.wait_for(token, sub, lambda a: a["step"] == "evaluate")
+        served.kill()
+        assert containers(docker_client, served), "kill -9 left no container: nothing to test"
+
+        restarted = serve("--jobs", "0", data=served.data)
+        until(
+            lambda: not containers(docker_client, restarted),
+            "its containers are gone",
+            timeout_s=60,
+        )
+        other.reload()
+        assert other.status == "running"
+        with restarted.client(token) as client:
+            answer = client.get(f"/api/v1/submissions/{sub}").json()
+        assert (answer["status"], answer["position"]) == ("queued", 1)
+    finally:
+        other.remove(force=True)
+
+
 def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
     serve: Serve,
     tmp_path: Path,
@@ -173,4 +249,57 @@ def test_a_rendered_tiny_model_submission_end_to_end_from_the_cli(
     with served.client() as client:
         board = client.get("/api/v1/leaderboard/4090").json()
     assert [row["team"] for row in board["rows"]] == ["team-a"]
+    assert containers(docker_client, served) == []
+
+
+def test_weights_locked_by_url_upload_little_build_verified_and_a_tampered_file_fails(
+    serve: Serve,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+) -> None:
+    """`harness submit` of a rendered submission whose weights are locked by URL: the upload is
+    ~0.1 MiB (the hash-pinned requirements, mostly), the service's build downloads the weights
+    from a server on 127.0.0.1 (builds on the host network) and verifies them, and the entry is
+    scored; the entry locked to a copy with one bit changed fails its build, the log naming the
+    file."""
+    bucket = tmp_path / "bucket" / "merged"
+    shutil.copytree(tiny_model_dir, bucket)
+    options = ["--health-tries", "60", "--mem-limit", "4g", "--build-network", "host"]
+    served = serve(*evaluating(options, base_image, tmp_path))
+    token = served.add_team("team-a")
+    entry = render_submission("4090", "tiny-url", tmp_path / "tiny-url").path
+    command = [str(HARNESS), "submit", str(entry), "--server", served.url, "--track", "4090"]
+    env = {**os.environ, "HARNESS_TOKEN": token}
+    with serving(bucket.parent) as url:
+        lock_weights(entry, tiny_model_dir, url)
+        submitted = subprocess.run(
+            [*command, "--wait"], capture_output=True, text=True, env=env, timeout=1800
+        )
+        assert submitted.returncode == 0, submitted.stderr + served.log.read_text()[-3000:]
+        size = re.search(r"uploading ([\d.]+) MiB", submitted.stderr)
+        assert size is not None and float(size[1]) < 1.0, submitted.stderr
+        scored = submitted.stdout.split()[-1]
+        # A copy served at another URL with one bit changed; the lock is of the true files. (At
+        # the same URLs the lock would be unchanged, and the build would reuse its cached
+        # download layer: the bytes verified the first time, so still the locked model.)
+        changed = Path(shutil.copytree(bucket, bucket.parent / "changed"))
+        data = bytearray((changed / "model.safetensors").read_bytes())
+        data[len(data) // 2] ^= 1
+        (changed / "model.safetensors").write_bytes(bytes(data))
+        lock_weights(entry, tiny_model_dir, url.removesuffix("/merged") + "/changed")
+        tampered = subprocess.run(
+            [*command, "--wait"], capture_output=True, text=True, env=env, timeout=1800
+        )
+    assert tampered.returncode == 1, tampered.stderr
+    with served.client(token) as client:
+        first = client.get(f"/api/v1/submissions/{scored}").json()
+        second = client.get(f"/api/v1/submissions/{tampered.stdout.split()[-1]}").json()
+        build_log = client.get(f"/api/v1/submissions/{second['id']}/logs").json()["build"]
+    assert first["status"] == "scored" and first["metrics"], first
+    assert second["status"] == "build-failed", second
+    assert "weights file model.safetensors from" in build_log
+    assert "does not match the lock" in build_log
     assert containers(docker_client, served) == []

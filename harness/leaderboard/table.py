@@ -1,0 +1,91 @@
+"""A leaderboard's cells as strings: the columns, rows and lines that the text and HTML renderers
+share, so that the files, the terminal and the pages never disagree on a number."""
+
+from __future__ import annotations
+
+import time
+
+from harness.leaderboard.model import Leaderboard, Row
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def gib(value: int | None) -> str:
+    return "" if value is None else f"{value / 1024**3:.1f}"
+
+
+def _tiered(board: Leaderboard) -> bool:
+    return any(stage.tier for row in board.rows for stage in row.stages.values())
+
+
+def columns(board: Leaderboard) -> list[str]:
+    stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
+    tier = ["Tier"] if _tiered(board) else []
+    return ["Rank", "Entry", "Score", *stage_scores, *board.columns, *tier, "Status", "Reason"]
+
+
+def cells(board: Leaderboard, row: Row) -> list[str]:
+    stage_scores = (
+        [number(row.stages[stage].score) for stage in board.stages] if len(board.stages) > 1 else []
+    )
+    scenarios = row.scenarios
+    win_rates = [
+        number(scenarios[name].win_rate) if name in scenarios else "" for name in board.columns
+    ]
+    rank = "" if row.rank is None else str(row.rank)
+    tier = (
+        ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
+    )
+    return [
+        rank, row.entry, number(row.final), *stage_scores, *win_rates, *tier, row.status,
+        row.reason,
+    ]  # fmt: skip
+
+
+EFFICIENCY_COLUMNS = [
+    "Entry", "Stage", "Answered", "Unanswered", "Prompt tok/s", "Completion tok/s",
+    "p50 latency (s)", "p99 latency (s)", "Eval time (s)", "Of limit", "Build time (s)",
+    "Image (GiB)", "Peak GPU (GiB)", "GPU-hours", "Cost (USD)",
+]  # fmt: skip
+
+
+def efficiency_cells(row: Row, stage: str) -> list[str]:
+    e = row.stages[stage].efficiency
+    share = f"{e.eval_s / e.eval_limit_s:.1%}" if e.eval_s is not None and e.eval_limit_s else ""
+    return [
+        row.entry,
+        stage,
+        "" if e.answered is None else str(e.answered),
+        "" if e.unanswered is None else str(e.unanswered),
+        number(e.prompt_tokens_per_s, 1),
+        number(e.completion_tokens_per_s, 1),
+        number(e.latency_p50_s),
+        number(e.latency_p99_s),
+        number(e.eval_s, 1),
+        share,
+        number(e.build_s, 1),
+        gib(e.image_bytes),
+        gib(e.gpu_peak_bytes),
+        number(e.gpu_hours, 4),
+        number(row.cost.usd, 4),
+    ]
+
+
+def agreement_line(board: Leaderboard) -> str:
+    agreement = board.agreement
+    if agreement is None:
+        return ""
+
+    def show(value: float | None) -> str:
+        return "undefined" if value is None else f"{value:.3f}"
+
+    return (
+        f"Open/closed rank agreement over {agreement.entries} entries: "
+        f"Kendall tau-b {show(agreement.kendall_tau_b)}, Spearman rho {show(agreement.spearman)}"
+    )
+
+
+def generated(board: Leaderboard) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(board.generated_at))

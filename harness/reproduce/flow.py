@@ -1,0 +1,426 @@
+"""`harness reproduce`: re-run an entry's training under the time limit, then rebuild and re-score.
+
+What the organizers of the NeurIPS 2023 challenge did by hand for every top entry:
+
+    build the training image ─> train (GPUs, time limit, output volume, secrets at run time only)
+      ─> collect the weights and hash them ─> copy the entry with the weights in its model folder
+      ─> `harness run`'s pipeline on the copy, replaying the original run's HELM conf
+      ─> compare with the original ─> reproduction.md, reproduction.json
+
+Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every call):
+
+    train-build.log, train.log    the training image's build and the training run (redacted)
+    weights/                      the produced weights, as the training container left them
+    work/<entry>-reproduced/      the entry's copy the inference image is built from
+    results.sqlite, logs/, helm/  the copy's run, a results folder like `harness run --out`'s
+    reproduction.json, .md        the report
+
+An entry may describe its training in entry.yaml; every key is optional, the defaults fit the
+submissions our templates render:
+
+    train_dockerfile: Dockerfile.train   # relative to the entry; also the build context's folder
+    weights_path: /app/out/merged        # where the training container leaves the merged weights
+    output_dir: /app/out                 # a fresh volume is mounted here [default: its parent]
+    model_dir: model                     # where the inference Dockerfile reads the weights from
+    secrets: [HF_TOKEN]                  # environment variables passed to training at run time
+    build_args: {WEIGHTS: local}         # inference build arguments (BASE_IMAGE comes from the CLI)
+
+A secret is read from the organizer's environment and given to the training container only, as
+an environment variable: never as a build argument, so never in an image. Logs are redacted, and
+every declared secret's value is masked in them even when it does not look like a credential.
+
+Verdicts: `reproduced` when every scenario's mean main metric is within the tolerance of the
+original's; `differs` otherwise (or when the reproduced entry could not be scored); `train-timeout`,
+`train-failed`, `build-failed` (the training or the inference image) when it never got that far.
+The stage score (the leaderboard's win-rate arithmetic) is recomputed with the reproduced metrics
+in place of the original's against the same field of entries, and reported beside.
+
+This module holds the flow: the original run, scoring the copy and comparing, the whole
+reproduction. The training run is training.py's; the options, manifest, result dataclasses and
+reports are options.py's (shared by both, so neither imports the other).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from harness.checks import Limits, extract_zip
+from harness.errors import ConfigError
+from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
+from harness.helm.packs import verify_pack
+from harness.infra import docker as engine
+from harness.infra.lock import command_line, hold_results_lock
+from harness.leaderboard.scoring import RunSpec, ranks, score_stage
+from harness.reproduce.options import (
+    Comparison,
+    Manifest,
+    ReproduceOptions,
+    Reproduction,
+    ScenarioComparison,
+    Stop,
+    Training,
+    Verdict,
+    duration_text,
+    load_manifest,
+    tail,
+    write_reports,
+)
+from harness.reproduce.training import build_training_image, hash_files, train
+from harness.run.driver import RunOptions, run_entries
+from harness.secrets import redact
+from harness.store import Metric, Status, Store, entry_slug
+
+# -- the original run ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Original:
+    helm_conf: Path
+    harness_conf: str  # RunOptions.run_specs for the copy: a shipped conf's name or a file
+    max_eval_instances: int
+    max_sequence_length: int
+    metrics: dict[str, list[Metric]]  # the whole field's, entry -> metrics
+    instances: Path | None  # the original's instance pack, checked against its recorded hash
+
+
+def _original(name: str, options: ReproduceOptions, out: Path) -> _Original:
+    run_dir = options.results / "helm" / entry_slug(name) / options.stage
+    helm_conf = run_dir / "run_specs.conf"
+    if not helm_conf.is_file():
+        raise ConfigError(
+            f"no {options.stage} run of {name!r} in {options.results} (expected {helm_conf}); "
+            "reproduce compares with an earlier `harness run --out RESULTS_DIR`"
+        )
+    with Store(options.results, create=False) as store:
+        metrics = store.metrics(options.stage)
+        pack_sha256 = store.instances_sha256(name, options.stage)
+    if pack_sha256 is not None:
+        if options.instances is None:
+            raise ConfigError(
+                f"{name!r} was scored on an instance pack (sha256 {pack_sha256}); "
+                "give that pack with --instances"
+            )
+        given = verify_pack(options.instances).sha256
+        if given != pack_sha256:
+            raise ConfigError(
+                f"{options.instances} is not the pack {name!r} was scored on "
+                f"(sha256 {given}, recorded {pack_sha256})"
+            )
+    if not metrics.get(name):
+        raise ConfigError(f"{name!r} has no {options.stage} metrics in {options.results}")
+    entries = json.loads(helm_conf.read_text())["entries"]
+    limits = [_limit(item["description"]) for item in entries]
+    return _Original(
+        helm_conf=helm_conf,
+        harness_conf=_harness_conf(entries, metrics[name], out / "run_specs.conf"),
+        max_eval_instances=max(limits),
+        max_sequence_length=_sequence_length(run_dir / "prod_env" / "model_deployments.yaml"),
+        metrics=metrics,
+        instances=options.instances if pack_sha256 is not None else None,
+    )
+
+
+def _limit(description: str) -> int:
+    for part in description.partition(":")[2].split(","):
+        key, _, value = part.partition("=")
+        if key == "max_eval_instances":
+            return int(value)
+    raise ConfigError(f"the original conf's entry {description!r} has no max_eval_instances")
+
+
+def _harness_conf(entries: list[dict[str, Any]], metrics: list[Metric], dest: Path) -> str:
+    """The conf naming the original's scenarios and metrics (the run uses the HELM conf as is).
+
+    A shipped conf that holds every original run spec and scenario is used by name, so the copy
+    downloads data exactly when the original did; otherwise one is written from the HELM conf and
+    the metrics.
+    """
+    wanted = {(_without_limit(item["description"]), item["groups"][0]) for item in entries}
+    for name in SHIPPED_CONFS:
+        try:
+            entries_of = load_conf(shipped_conf(name)).entries
+        except ConfigError:  # closed.conf's task files are the organizers' to put beside it
+            continue
+        shipped = {(e.description, e.scenario) for e in entries_of}
+        if wanted <= shipped:
+            return name
+    metric_of = {m.scenario: m.metric for m in metrics if m.metric}
+    rows = []
+    for item in entries:
+        scenario = item["groups"][0]
+        row = {
+            "description": _without_limit(item["description"]),
+            "priority": item.get("priority", 1),
+            "scenario": scenario,
+        }
+        rows.append(row | ({"metric": metric_of[scenario]} if scenario in metric_of else {}))
+    lines = ",\n".join(f"  {json.dumps(row)}" for row in rows)
+    dest.write_text(f'{{"entries": [\n{lines}\n]}}\n')
+    return str(dest)
+
+
+def _without_limit(description: str) -> str:
+    name, _, rest = description.partition(":")
+    kept = [part for part in rest.split(",") if part and not part.startswith("max_eval_instances=")]
+    return name + (":" + ",".join(kept) if kept else "")
+
+
+def _sequence_length(deployments: Path) -> int:
+    """The context HELM fitted prompts into in the original run, so prompts are cut the same."""
+    with suppress(OSError, yaml.YAMLError, KeyError, IndexError, TypeError):
+        raw = yaml.safe_load(deployments.read_text())
+        return int(raw["model_deployments"][0]["max_sequence_length"])
+    return RunOptions.max_sequence_length
+
+
+# -- scoring the copy and comparing -----------------------------------------------------------
+
+
+def _copy_entry(entry: Path, dest: Path) -> None:
+    if entry.is_dir():
+        shutil.copytree(entry, dest, symlinks=True)
+        return
+    findings: list[Any] = []
+    dest.mkdir(parents=True)
+    if not extract_zip(entry, dest, Limits(), findings):
+        raise ConfigError(f"{entry} cannot be extracted: {'; '.join(f.message for f in findings)}")
+
+
+def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
+    target = copy / model_dir
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+
+    def link_or_copy(source: str, dest: str) -> None:
+        # Hard links: merged 7B weights are ~14 GB, and both folders lie in RESULTS_DIR.
+        try:
+            os.link(source, dest)
+        except OSError:
+            shutil.copy2(source, dest)
+
+    shutil.copytree(weights, target, copy_function=link_or_copy)
+    # The training container's user may have written them private, and `COPY` keeps the mode:
+    # the inference image's non-root server must read them.
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
+def compare(
+    name: str,
+    original: Mapping[str, Sequence[Metric]],
+    reproduced: Sequence[Metric],
+) -> Comparison:
+    """Per-scenario means of the main metric, and the stage score against the original field
+    with this entry's metrics swapped for the reproduced ones."""
+
+    def by_scenario(metrics: Sequence[Metric]) -> dict[str, float | None]:
+        values: dict[str, list[float | None]] = {}
+        for metric in metrics:
+            values.setdefault(metric.scenario, []).append(metric.value)
+        return {
+            scenario: None
+            if None in found
+            else math.fsum(v for v in found if v is not None) / len(found)
+            for scenario, found in values.items()
+        }
+
+    mine, theirs = by_scenario(original[name]), by_scenario(reproduced)
+    scenarios = tuple(
+        ScenarioComparison(scenario, mine.get(scenario), theirs.get(scenario))
+        for scenario in sorted(set(mine) | set(theirs))
+    )
+    run_specs = {
+        m.run_spec: RunSpec(m.scenario, m.lower_is_better) for ms in original.values() for m in ms
+    }
+    field_values = {entry: {m.run_spec: m.value for m in ms} for entry, ms in original.items()}
+    before = score_stage(field_values, run_specs).scores
+    swapped = field_values | {name: {m.run_spec: m.value for m in reproduced}}
+    after = score_stage(swapped, run_specs).scores
+    return Comparison(
+        scenarios=scenarios,
+        original_score=before[name],
+        reproduced_score=after[name],
+        original_rank=ranks(before)[name],
+        reproduced_rank=ranks(after)[name],
+        field_size=len(before),
+    )
+
+
+def judge(comparison: Comparison, tolerance: float) -> tuple[Verdict, str]:
+    missing = [s.scenario for s in comparison.scenarios if s.difference is None]
+    if missing:
+        return Verdict.DIFFERS, f"no reproduced value for {', '.join(missing)}"
+    worst = max(comparison.scenarios, key=lambda s: abs(s.difference or 0.0))
+    gap = abs(worst.difference or 0.0)
+    summary = (
+        f"largest difference {gap:.4f} on {worst.scenario} "
+        f"({worst.original:.4f} -> {worst.reproduced:.4f}); tolerance {tolerance:g}"
+    )
+    if gap > tolerance:
+        return Verdict.DIFFERS, summary
+    return Verdict.REPRODUCED, f"every scenario within tolerance: {summary}"
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _score_copy(
+    copy: Path,
+    out: Path,
+    original: _Original,
+    options: ReproduceOptions,
+    manifest: Manifest,
+    gpu: int | None,
+) -> tuple[Verdict | None, str, list[Metric], str]:
+    """Run the copy (alone in its folder) through `harness run`'s pipeline with `out` as its
+    results folder: a verdict when it failed, a note, its metrics and a log tail."""
+    outcome = run_entries(
+        copy.parent,
+        RunOptions(
+            track=options.track,
+            stage=options.stage,
+            out=out,
+            max_eval_instances=original.max_eval_instances,
+            run_specs=original.harness_conf,
+            helm_conf=original.helm_conf,
+            instances=original.instances,
+            base_image=options.base_image,
+            force=True,
+            evaluate_flagged=True,  # its checks were the original run's business
+            build_timeout_s=options.build_timeout_s,
+            deadline_s=options.eval_deadline_s,
+            health=options.health,
+            gpus=() if gpu is None else (gpu,),
+            mem_limit=options.mem_limit,
+            max_sequence_length=original.max_sequence_length,
+            build_args=manifest.build_args,
+        ),
+    )[0]
+    logs = out / "logs" / entry_slug(copy.name) / options.stage
+    if outcome.status in (Status.BUILD_FAILED, Status.BUILD_TIMEOUT):
+        return (
+            Verdict.BUILD_FAILED,
+            f"the inference image did not build on the reproduced weights: {outcome.reason}",
+            [],
+            tail(_read(logs / "build.log")),
+        )
+    with Store(out) as store:
+        metrics = store.metrics(options.stage).get(copy.name, [])
+    if not metrics:
+        return (
+            Verdict.DIFFERS,
+            f"the reproduced entry was not scored: {outcome.status.value}: {outcome.reason}",
+            [],
+            tail(_read(logs / "container.log")),
+        )
+    note = "" if outcome.status is Status.SCORED else f"{outcome.status.value}: {outcome.reason}"
+    return None, note, metrics, ""
+
+
+# -- the whole reproduction -------------------------------------------------------------------
+
+
+def reproduce_entry(
+    entry: Path,
+    options: ReproduceOptions,
+    *,
+    on_progress: Callable[[str], None] = lambda step: None,
+) -> Reproduction:
+    """Reproduce `entry` (a folder or .zip) against its run in `options.results`, holding that
+    folder's lock (no `harness run` or other reproduction writes it meanwhile)."""
+    if not entry.exists():
+        raise ConfigError(f"no entry at {entry}")
+    if not options.results.is_dir():
+        raise ConfigError(
+            f"no {options.stage} run in {options.results} (no such folder); reproduce compares "
+            "with an earlier `harness run --out RESULTS_DIR`"
+        )
+    with hold_results_lock(options.results, command_line()):
+        return _reproduce(entry, options, on_progress)
+
+
+def _reproduce(
+    entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
+) -> Reproduction:
+    name = entry.name
+    slug = entry_slug(name)
+    out = options.results / "reproduce" / slug
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    original = _original(name, options, out)
+    copy = out / "work" / f"{name}-reproduced"
+    _copy_entry(entry, copy)
+    manifest = load_manifest(copy)
+    sdk = engine.client()
+    gpus = engine.resolve_gpus(sdk, options.gpus)
+    gpu = gpus[0] if gpus else None
+
+    training: Training | None = None
+    weights: dict[str, dict[str, Any]] = {}
+    comparison: Comparison | None = None
+    log_tail = ""
+    try:
+        on_progress("building the training image")
+        image = build_training_image(copy, manifest, slug, options, out)
+        on_progress("training")
+        try:
+            training, missing = train(sdk, image, manifest, slug, options, out, gpu)
+        finally:
+            with suppress(Exception):
+                sdk.images.remove(image, force=True)
+        train_log = (out / "train.log").read_text(errors="replace")
+        if training.timed_out:
+            limit = duration_text(options.time_limit_s)
+            raise Stop(
+                Verdict.TRAIN_TIMEOUT,
+                f"the training was stopped at the {limit} limit",
+                tail(train_log),
+            )
+        if not training.finished or missing:
+            why = missing or f"the training container exited with status {training.exit_code}"
+            raise Stop(Verdict.TRAIN_FAILED, why, tail(train_log))
+        on_progress("hashing the weights")
+        weights = hash_files(out / "weights")
+        _place_weights(out / "weights", copy, manifest.model_dir)
+        on_progress("building, serving and scoring the reproduced entry")
+        failed, note, metrics, log_tail = _score_copy(copy, out, original, options, manifest, gpu)
+        if failed is not None:
+            raise Stop(failed, note, log_tail)
+        comparison = compare(name, original.metrics, metrics)
+        verdict, reason = judge(comparison, options.tolerance)
+        if note:
+            reason = f"{reason}; the reproduced run ended {note}"
+    except Stop as stop:
+        verdict, reason, log_tail = stop.verdict, stop.reason, stop.log_tail
+    result = Reproduction(
+        entry=name,
+        track=options.track,
+        stage=options.stage,
+        verdict=verdict,
+        reason=redact(reason),
+        time_limit_s=options.time_limit_s,
+        tolerance=options.tolerance,
+        training=training,
+        weights=weights,
+        comparison=comparison,
+        log_tail=log_tail,
+        folder=out,
+    )
+    write_reports(result)
+    return result

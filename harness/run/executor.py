@@ -1,0 +1,64 @@
+"""Where entries are evaluated: the seam between the driver (`harness run`, `harness serve`) and
+the machines that build, serve and score entries.
+
+    Executor.start(options, run_id)     prepare the machines (leftovers of a killed run removed)
+    Executor.submit(job, recorder)      evaluate one entry somewhere -> Future[Ending]
+    Executor.interrupt()                stop everything in flight (its containers removed)
+    Executor.close()
+
+`LocalExecutor` (the default) runs `pipeline.evaluate_entry` in threads against this machine's
+Docker engine. The driver owns the results store; an executor only hands records to the recorder
+it is given.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+from harness.infra import docker as engine
+from harness.run.options import RunOptions
+from harness.run.pipeline import Ending, EntryJob, Machine, Recorder, evaluate_entry
+
+
+class Executor(Protocol):
+    def start(self, options: RunOptions, run_id: str) -> None: ...
+
+    def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]: ...
+
+    def interrupt(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LocalExecutor:
+    """Evaluates up to `jobs` entries at once on this machine's Docker engine."""
+
+    def __init__(self, jobs: int = 1) -> None:
+        self.jobs = jobs
+        self.machine: Machine | None = None
+        self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="entry")
+
+    def start(self, options: RunOptions, run_id: str) -> None:
+        with engine.engine_calls("preparing this machine"):
+            self.machine = Machine(
+                engine.client(), allow_network=options.allow_network, gpus=options.gpus
+            )
+            self.machine.remove_stale_containers(run_id)
+
+    def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]:
+        if self.machine is None:
+            raise RuntimeError("LocalExecutor.start() was not called")
+        return self._pool.submit(evaluate_entry, job, recorder, self.machine)
+
+    def interrupt(self) -> None:
+        # Removing the containers makes whatever the workers wait on fail fast.
+        if self.machine is not None:
+            self.machine.stop()
+            self.machine.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def close(self) -> None:
+        self._pool.shutdown()
+        if self.machine is not None:
+            self.machine.close()
