@@ -38,7 +38,7 @@ from harness.errors import ConfigError
 from harness.infra.sqlite import SQLiteFile
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
 # the same results folder and leaves alone the containers of other runs on the same engine.
@@ -63,7 +63,7 @@ class GatewayStats:
     requests: int
     answered: int  # /process requests the entry answered
     unanswered: int  # /process requests answered empty (deadline passed or timed out)
-    errors: int  # requests on any endpoint that failed or timed out, but /process timeouts
+    errors: int  # requests that failed, timed out (but /process) or were refused (runaway)
     latency_p50_s: float | None
     latency_p90_s: float | None
     latency_p99_s: float | None
@@ -106,6 +106,7 @@ _ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}",),
     2: ("ALTER TABLE attempts ADD COLUMN instances_sha256 TEXT",),
+    3: ("ALTER TABLE metrics ADD COLUMN reason TEXT",),
 }
 _SCHEMA = f"""
 CREATE TABLE entries (
@@ -163,6 +164,7 @@ CREATE TABLE metrics (
     metric TEXT NOT NULL,
     value REAL,
     lower_is_better INTEGER NOT NULL,
+    reason TEXT,
     PRIMARY KEY (entry, stage, run_spec)
 );
 CREATE TABLE gateway_stats (
@@ -245,6 +247,7 @@ class Metric:
     metric: str
     value: float | None  # None: HELM gave no value (the entry loses this run spec)
     lower_is_better: bool = False
+    reason: str | None = None  # why it has no value, or was refused and scored 0
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,7 @@ def _finding_values(f: FindingLike) -> tuple[Any, ...]:
 
 
 def _metric_values(m: Metric) -> tuple[Any, ...]:
-    return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better))
+    return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better), m.reason)
 
 
 class Store(SQLiteFile):
@@ -579,7 +582,7 @@ class Store(SQLiteFile):
     def metrics(self, stage: str) -> dict[str, list[Metric]]:
         """entry -> its metrics in this stage, for every entry that has any."""
         rows = self._read(
-            "SELECT entry, run_spec, scenario, metric, value, lower_is_better FROM metrics "
+            "SELECT entry, run_spec, scenario, metric, value, lower_is_better, reason FROM metrics "
             "WHERE stage = ? ORDER BY entry, run_spec",
             stage,
         )

@@ -251,7 +251,9 @@ def build_leaderboard(
                     for name, values in sorted(by_scenario.items())
                 },
                 run_specs={
-                    m.run_spec: RunSpecResult(m.scenario, m.metric, m.value, m.lower_is_better)
+                    m.run_spec: RunSpecResult(
+                        m.scenario, m.metric, m.value, m.lower_is_better, m.reason
+                    )
                     for m in metrics
                 },
                 efficiency=_efficiency(

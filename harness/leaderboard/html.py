@@ -144,6 +144,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
                     "scenario": r.scenario,
                     "metric": r.metric,
                     "value": "no value" if r.value is None else f"{r.value:.4f}",
+                    "reason": r.reason or "",
                 }
                 for name, r in sorted(stage_row.run_specs.items())
             ],

@@ -26,6 +26,7 @@ class RunSpecResult:
     metric: str
     value: float | None
     lower_is_better: bool
+    reason: str | None = None  # why it has no value, or was refused and scored 0
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,19 @@ from typing import Any, NamedTuple, Protocol
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
 from harness.errors import DiskFullError, InfrastructureError, disk_full
-from harness.helm.confs import write_helm_conf
-from harness.helm.packs import install_pack
-from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
+from harness.helm.fit import Fit, entry_tokenizer, limits_in_background, refuse_unfit
+from harness.helm.runner import (
+    SUITE,
+    HelmEndpoint,
+    HelmRun,
+    RunSpecLimit,
+    run_helm,
+    write_prod_env,
+)
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.run.gateway import Gateway
+from harness.run.gateway import Gateway, tokenize_allowance
 from harness.run.health import wait_healthy
 from harness.run.options import RunOptions
 from harness.secrets import redact
@@ -286,6 +292,14 @@ class Machine:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+class _HelmConf(NamedTuple):
+    """The HELM conf an entry is scored on, written before it is served."""
+
+    path: Path
+    metrics: dict[str, str]  # RunSpecConf.metrics()
+    limits: Callable[[], list[RunSpecLimit]]  # its runs' limits, read in the background
+
+
 class _Ended(Exception):
     """An entry reached its final status before the last step."""
 
@@ -359,11 +373,12 @@ class _Pipeline:
         dockerfile = self._check()
         root = self._context(tmp)
         image = self._build(root, dockerfile)
+        helm_conf = self._helm_conf()
         # The GPU is held while the entry is served only: other entries build meanwhile.
         with self.machine.gpus.lease(self.machine.stopping) as gpu:
             served = self._serve(image, gpu)
             try:
-                return self._evaluate(served, gpu)
+                return self._evaluate(served, gpu, helm_conf)
             finally:
                 self._release(served)
 
@@ -495,10 +510,29 @@ class _Pipeline:
                 raise _Ended(Status.UNHEALTHY, health.reason)
             return served
 
-    def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
+    def _endpoint(self, url: str) -> HelmEndpoint:
+        return HelmEndpoint(
+            self.job.name,
+            url,
+            max_sequence_length=self.options.max_sequence_length,
+            # Nested samples (a pack's, a later tier's) ask again what was answered before.
+            cache_requests=self.options.instances is not None or self.options.tier is not None,
+        )
+
+    def _helm_conf(self) -> _HelmConf:
+        """Write the HELM conf and start reading its runs' limits (harness/helm/fit.py),
+        which takes HELM seconds: meanwhile the entry is served."""
         run_dir = self.job.helm_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pack, conf_spec = self.options.scored_run_specs()
+        conf, conf_spec = self.options.write_helm_conf(run_dir)
+        # Nothing calls this endpoint: the gateway's URL is known once the entry is served.
+        endpoint = self._endpoint("http://127.0.0.1")
+        limits = limits_in_background(run_dir, conf, endpoint, offline=self.options.helm_offline)
+        return _HelmConf(conf, conf_spec.metrics(), limits)
+
+    def _evaluate(
+        self, served: engine.RunningContainer, gpu: int | None, helm_conf: _HelmConf
+    ) -> Ending:
+        run_dir = self.job.helm_dir
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
@@ -515,45 +549,39 @@ class _Pipeline:
             ) as gateway,
         ):
             detail.append(sampling)
-            endpoint = HelmEndpoint(
-                self.job.name,
-                gateway.url,
-                max_sequence_length=self.options.max_sequence_length,
-                # Nested samples (a pack's, a later tier's) ask again what was answered before.
-                cache_requests=pack is not None or self.options.tier is not None,
-            )
+            endpoint = self._endpoint(gateway.url)
             write_prod_env(run_dir / "prod_env", [endpoint])
-            conf = run_dir / "run_specs.conf"
-            if pack is not None:
-                conf = install_pack(
-                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
-                )
-            elif self.options.helm_conf is not None:
-                conf.write_bytes(self.options.helm_conf.read_bytes())
-            else:
-                write_helm_conf(
-                    conf_spec,
-                    conf,
-                    max_eval_instances=self.options.max_eval_instances,
-                    budget=self.options.budget,
-                )
+            # Run specs that cannot fit the context are refused: HELM would loop on them.
+            fit = refuse_unfit(
+                helm_conf.path,
+                helm_conf.limits,
+                max_sequence_length=self.options.max_sequence_length,
+                count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
+                metrics=helm_conf.metrics,
+            )
+            gateway.tokenize_allowance = tokenize_allowance(fit.largest)
+            detail.extend(filter(None, [fit.detail]))
             if sampler:
                 sampler.start()
             try:
                 helm = run_helm(
                     run_dir,
-                    conf,
+                    fit.conf,
                     [endpoint.model],
                     max_eval_instances=self.options.max_eval_instances,
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
-                    metrics=conf_spec.metrics(),
+                    metrics=helm_conf.metrics,
                     offline=self.options.helm_offline,
-                    # Nobody answers HELM any more: its retries would take minutes per request.
-                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
+                    # Nobody answers HELM any more: its retries would take minutes each.
+                    should_stop=lambda: (
+                        self.machine.should_stop()
+                        or not served.alive()
+                        or gateway.runaway is not None
+                    ),
                     suite=SUITE
                     if self.options.tier is None
                     else f"{SUITE}-tier{self.options.tier}",
-                    cache_instances=pack is not None,
+                    cache_instances=self.options.instances is not None,
                 )
             finally:
                 if sampler:
@@ -565,9 +593,18 @@ class _Pipeline:
             raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
-            [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
+            [
+                Metric(
+                    r.run_spec,
+                    r.scenario,
+                    r.metric or "",
+                    r.value,
+                    reason=r.error and redact(r.error),
+                )
+                for r in (*helm.runs, *fit.refused)
+            ]
         )
-        return self._verdict(served, helm, stats, sampler)
+        return self._verdict(served, helm, stats, sampler, fit, gateway.runaway)
 
     def _verdict(
         self,
@@ -575,6 +612,8 @@ class _Pipeline:
         helm: HelmRun,
         stats: GatewayStats,
         sampler: GpuMemorySampler | None,
+        fit: Fit,
+        runaway: str | None,
     ) -> Ending:
         state = served.state()
         if state.get("Status") == engine.REMOVED:
@@ -588,6 +627,11 @@ class _Pipeline:
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]
+        if runaway is not None:
+            return Ending(
+                Status.EVAL_FAILED,
+                f"{runaway}; {len(scored)} of {len(helm.runs)} run(s) had finished",
+            )
         if helm.killed or helm.stopped:
             # Only runs HELM finished count, but a run it never reached must not go unnoticed.
             return Ending(
@@ -600,11 +644,13 @@ class _Pipeline:
                 f"HELM was stopped {self.options.helm_grace_s:.0f} s past the deadline; "
                 f"{len(scored)} run(s) had finished",
             )
-        if not scored:
+        if not scored and not fit.refused:
             why = helm.error or "; ".join(sorted({str(r.error) for r in helm.runs})) or "no runs"
             return Ending(Status.EVAL_FAILED, f"HELM scored no run: {why}")
         failed = len(helm.runs) - len(scored)
         summary = f"{len(scored)} run(s) scored" + (f", {failed} failed" if failed else "")
+        if fit.refused:
+            summary += f", {fit.summary()}"
         if stats.unanswered:
             return Ending(
                 Status.EVAL_TIMEOUT,
