@@ -4,8 +4,7 @@
 
 `evaluate_entry(job, recorder, machine)` runs those steps on `machine` (its Docker engine, network
 and GPUs) and returns how the entry ended. It never writes the results store itself: it tells a
-`Recorder`, which is the store for the local executor (`StoreRecorder`, live) and a list of records
-for workers that cannot reach the store (`BufferedRecorder`, replayed by the driver). A failing
+`Recorder` (recorder.py). A failing
 entry is an ending, not a crash: the steps' failures become a status and a reason.
 """
 
@@ -15,11 +14,11 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
@@ -39,16 +38,14 @@ from harness.run.failures import GpuMemorySampler, classify_build_log, classify_
 from harness.run.gateway import Gateway, tokenize_allowance
 from harness.run.health import wait_healthy
 from harness.run.options import RunOptions
+from harness.run.recorder import Recorder
 from harness.secrets import redact
 from harness.store import (
     RUN_LABEL,
-    Attempt,
-    FindingLike,
     GatewayStats,
     Metric,
     Status,
     Step,
-    Store,
     entry_slug,
 )
 
@@ -97,117 +94,6 @@ class EntryJob:
         """Deterministic: a retry (another attempt, a Ray task re-run after its node died)
         replaces what an earlier one left on the same engine instead of running beside it."""
         return f"harness-{self.run_id}-{entry_slug(self.name)}-{self.stage}"
-
-
-# -- what the pipeline tells as it goes ---------------------------------------------------------
-
-
-class Recorder(Protocol):
-    """Where the pipeline writes its steps and results (`at`: when it happened, time.time())."""
-
-    def start_step(self, step: Step, at: float) -> int: ...
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None: ...
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None: ...
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None: ...
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None: ...
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None: ...
-
-
-class StoreRecorder:
-    """Writes one attempt's records straight into the results store."""
-
-    def __init__(
-        self,
-        store: Store,
-        attempt: Attempt,
-        on_progress: Callable[[str, str], None] = lambda entry, step: None,
-    ) -> None:
-        self.store = store
-        self.attempt = attempt
-        self.on_progress = on_progress
-
-    def start_step(self, step: Step, at: float) -> int:
-        self.on_progress(self.attempt.entry, step.value)
-        return self.store.start_step(self.attempt, step, at=at)
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None:
-        self.store.finish_step(step_id, ok=ok, detail=detail, log_path=log_path, at=at)
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None:
-        self.store.record_findings(self.attempt, findings)
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None:
-        self.store.record_metrics(self.attempt, metrics)
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
-        self.store.record_gateway_stats(self.attempt, stats, log_path)
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None:
-        self.store.record_resources(
-            self.attempt.entry,
-            self.attempt.stage,
-            image_bytes=image_bytes,
-            gpu_peak_bytes=gpu_peak_bytes,
-        )
-
-
-@dataclass
-class BufferedRecorder:
-    """Keeps the calls as picklable records; `replay` hands them to another recorder later."""
-
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-
-    def _keep(self, method: str, *args: Any, **kwargs: Any) -> None:
-        self.calls.append((method, args, kwargs))
-
-    def start_step(self, step: Step, at: float) -> int:
-        self._keep("start_step", step, at)
-        return len(self.calls) - 1  # a step id is the index of its start record
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None:
-        self._keep("finish_step", step_id, ok=ok, detail=detail, log_path=log_path, at=at)
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None:
-        from harness.store import Finding
-
-        kept = [Finding(f.rule, str(f.severity), f.path, f.line, f.message) for f in findings]
-        self._keep("record_findings", kept)
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None:
-        self._keep("record_metrics", list(metrics))
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
-        self._keep("record_gateway_stats", stats, log_path)
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None:
-        self._keep("record_resources", image_bytes=image_bytes, gpu_peak_bytes=gpu_peak_bytes)
-
-    def replay(self, recorder: Recorder) -> None:
-        step_ids: dict[int, int] = {}
-        for index, (method, args, kwargs) in enumerate(self.calls):
-            if method == "start_step":
-                step_ids[index] = recorder.start_step(*args, **kwargs)
-            elif method == "finish_step":
-                recorder.finish_step(step_ids[args[0]], **kwargs)
-            else:
-                getattr(recorder, method)(*args, **kwargs)
 
 
 # -- the machine a job runs on ------------------------------------------------------------------

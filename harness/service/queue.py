@@ -35,7 +35,8 @@ from harness.errors import DiskFullError, InfrastructureError
 from harness.infra import docker as engine
 from harness.run.executor import Executor
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, StoreRecorder
+from harness.run.pipeline import Ending, EntryJob
+from harness.run.recorder import StoreRecorder
 from harness.secrets import redact
 from harness.service.db import ServiceDB, State, Submission
 from harness.store import RUN_LABEL, Attempt, Status, Store, results_id

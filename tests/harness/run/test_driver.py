@@ -29,7 +29,8 @@ from harness.leaderboard.build import build_leaderboard
 from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.executor import LocalExecutor
 from harness.run.health import HealthSchedule
-from harness.run.pipeline import BufferedRecorder, EntryJob
+from harness.run.pipeline import EntryJob
+from harness.run.recorder import BufferedRecorder
 from harness.store import (
     RUN_LABEL,
     STORE_FILENAME,
