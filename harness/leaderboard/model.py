@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.leaderboard.intervals import Bootstrap, ScoreInterval
 from harness.leaderboard.scoring import RankAgreement
 
 
@@ -71,6 +72,8 @@ class StageRow:
     findings: list[dict[str, Any]]  # rule, severity, path, line, message (redacted)
     logs: dict[str, str]  # label -> path relative to RESULTS_DIR
     tier: str = ""  # "2/2 (600)": the coarse-to-fine tier reached and its budget (--tiers)
+    # the score's and rank's 95% intervals (intervals.py); None: not ranked, or nothing resampled
+    interval: ScoreInterval | None = None
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class Leaderboard:
     scenarios: dict[str, list[str]]  # stage -> its scenarios
     agreement: RankAgreement | None  # open vs closed, when both stages have scores
     total_usd: float | None
+    bootstrap: dict[str, Bootstrap] = field(default_factory=dict)  # stage -> how its intervals came
     generated_at: float = field(default_factory=time.time)
 
     @property

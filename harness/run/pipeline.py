@@ -570,7 +570,10 @@ class _Pipeline:
             raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
-            [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
+            [
+                Metric(r.run_spec, r.scenario, r.metric or "", r.value, instances=r.per_instance)
+                for r in helm.runs
+            ]
         )
         return self._verdict(served, helm, stats, sampler)
 
