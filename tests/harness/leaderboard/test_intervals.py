@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from harness.leaderboard.build import build_leaderboard
+from harness.leaderboard.figures import figures
 from harness.leaderboard.html import entry_page, entry_pages, to_html
 from harness.leaderboard.intervals import (
     RESAMPLES,
@@ -20,7 +22,7 @@ from harness.leaderboard.intervals import (
 )
 from harness.leaderboard.scoring import RunSpec, score_stage
 from harness.leaderboard.text import to_json, to_markdown
-from harness.store import Metric, Status, Store
+from harness.store import Metric, Status, Step, Store
 
 RUN_SPECS = {f"{scenario}:{k}": RunSpec(scenario) for scenario in ("mmlu", "gsm") for k in (1, 2)}
 INSTANCES = 200
@@ -158,6 +160,8 @@ def test_the_leaderboard_shows_intervals_from_the_stored_instances(tmp_path: Pat
                     )
                 ],
             )
+            step = store.start_step(attempt, Step.EVALUATE)
+            store.finish_step(step, ok=True)
             store.record_status(attempt, Status.SCORED, "")
         assert store.metrics("open")["twin-a"][0].instances == FIELD["twin-a"]["gsm:1"]
         board = build_leaderboard(store)
@@ -189,6 +193,17 @@ def test_the_leaderboard_shows_intervals_from_the_stored_instances(tmp_path: Pat
     strong_line = next(line for line in markdown.splitlines() if "| strong |" in line)
     assert "| [1.000, 1.000] | 1 |" in strong_line
     assert f"{RESAMPLES} resamples, seed {SEED}" in markdown
+
+    # The score-against-time figure draws each interval as an error bar (a line collection).
+    assert "LineCollection" in figures(board)["time"]
+    without = replace(
+        board,
+        rows=[
+            replace(row, stages={s: replace(r, interval=None) for s, r in row.stages.items()})
+            for row in board.rows
+        ],
+    )
+    assert "LineCollection" not in figures(without)["time"]
 
     html = to_html(board)
     assert "2-3 tied" in html and f"{RESAMPLES} resamples" in html
