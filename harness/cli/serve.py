@@ -47,7 +47,7 @@ from harness.service.api import create_app
 from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
-from harness.service.queue import Queue
+from harness.service.queue import LEASE_S, Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from harness.store import Store
 
@@ -136,6 +136,11 @@ def main(
     health_interval: HealthInterval = 120,
     mem_limit: MemLimit = None,
     max_sequence_length: MaxSequenceLength = 4096,
+    lease_seconds: float = typer.Option(
+        LEASE_S,
+        help="A running entry whose evaluation shows no sign of life (frozen) this long is "
+        "stopped and queued again.",
+    ),
     backup_every: str | None = typer.Option(
         None, help="Back up the databases this often (90s, 30m, 6h); default: never."
     ),
@@ -151,6 +156,8 @@ def main(
             raise ConfigError("harness serve needs --data (see --help)")
         if jobs < 0 or quota < 0:
             raise ConfigError("--jobs and --quota cannot be negative")
+        if lease_seconds <= 0:
+            raise ConfigError("--lease-seconds must be positive")
         every_s = parse_duration(backup_every) if backup_every is not None else None
         config = ServiceConfig(
             data_dir=data,
@@ -185,7 +192,14 @@ def main(
             ServiceDB(data) as db,
             Store(config.results) as store,
         ):
-            queue = Queue(db, store, options, make_executor() if jobs else None, config.zip_path)
+            queue = Queue(
+                db,
+                store,
+                options,
+                make_executor() if jobs else None,
+                config.zip_path,
+                lease_s=lease_seconds,
+            )
             backups = (
                 Scheduled(data, backup_dir or data / "backups", every_s=every_s, keep=backup_keep)
                 if every_s is not None

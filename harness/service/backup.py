@@ -41,9 +41,9 @@ FILES = {
     service_db.DB_FILENAME: Path(service_db.DB_FILENAME),
     STORE_FILENAME: Path(RESULTS) / STORE_FILENAME,
 }
-# file -> the schema versions this harness opens (the store migrates older ones on open)
+# file -> the schema versions this harness opens (older ones are migrated on open)
 VERSIONS = {
-    service_db.DB_FILENAME: range(service_db.SCHEMA_VERSION, service_db.SCHEMA_VERSION + 1),
+    service_db.DB_FILENAME: range(1, service_db.SCHEMA_VERSION + 1),
     STORE_FILENAME: range(1, STORE_SCHEMA_VERSION + 1),
 }
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from harness.service.backup import backups, check, take_backup
-from harness.service.db import DB_FILENAME, ServiceDB
+from harness.service.db import DB_FILENAME, SCHEMA_VERSION, ServiceDB
 from harness.store import STORE_FILENAME, Store
 from tests.harness.service.conftest import HARNESS, Serve, stand_in_zip
 
@@ -66,7 +66,8 @@ def test_backups_under_concurrent_uploads_restore_what_they_hold(
     assert len(everything) == TEAMS * UPLOADS
     sizes = []
     for backup in [*taken, final]:
-        assert check(backup / DB_FILENAME) == 1 and check(backup / STORE_FILENAME) >= 1
+        assert check(backup / DB_FILENAME) == SCHEMA_VERSION
+        assert check(backup / STORE_FILENAME) >= 1
         held = submission_ids(backup)
         assert held <= everything
         sizes.append(len(held))
