@@ -8,13 +8,16 @@ Docker nor HELM; the last one freezes a real helm-run under a real `harness serv
 from __future__ import annotations
 
 import os
+import re
 import signal
+import socket
 import subprocess
 import time
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from harness.run.options import RunOptions
@@ -136,13 +139,20 @@ def test_the_ceiling_adds_up_the_limits() -> None:
     assert leases.ceiling_s(options) == expected
 
 
+def signed_in(browser: httpx.Client, token: str) -> httpx.Client:
+    csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+    assert csrf is not None
+    browser.post("/signin", data={"token": token, "csrf": csrf.group(1)})
+    return browser
+
+
 @pytest.mark.docker
 @pytest.mark.helm
 def test_sigstop_of_helm_run_requeues_the_entry_with_its_containers_gone(
     serve: Serve, tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
 ) -> None:
     served = serve(*evaluating(["--lease-seconds", "6"], base_image, tmp_path))
-    token = served.add_team("team-a")
+    token, admin = served.add_team("team-a"), served.add_team("organizers", admin=True)
     sub = served.submit(token, stand_in_zip(tmp_path, "slow", "slow")).json()
     helm = served.data / "results" / "helm"
     deadline = time.monotonic() + 180
@@ -150,6 +160,11 @@ def test_sigstop_of_helm_run_requeues_the_entry_with_its_containers_gone(
         assert time.monotonic() < deadline, served.log.read_text()[-3000:]
         time.sleep(0.1)
     served_by = {c.id for c in containers(docker_client, served)}
+    # The admin page shows who runs it and its last heartbeat.
+    with httpx.Client(base_url=served.url) as organizer:
+        page = signed_in(organizer, admin).get("/admin").text
+    assert f"{socket.gethostname()}/{served.process.pid}" in page
+    assert re.search(r"\d+ s ago \(lease 6 s\)", page), page
     for pid in frozen:
         os.kill(pid, signal.SIGSTOP)
 
