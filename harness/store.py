@@ -511,6 +511,17 @@ class Store(SQLiteFile):
     def is_finished(self, entry: str, stage: str, step: Step) -> bool:
         return self.finished_step(entry, stage, step) is not None
 
+    def step_durations(self, step: Step) -> list[float]:
+        """How long every run of `step` that ended (ok or failed) took, any entry and stage."""
+        rows = self._read(
+            "SELECT duration_s FROM steps WHERE step = ? AND status IN (?, ?) "
+            "AND duration_s IS NOT NULL",
+            step.value,
+            StepStatus.OK.value,
+            StepStatus.FAILED.value,
+        )
+        return [row["duration_s"] for row in rows]
+
     def latest_steps(self, entry: str, stage: str) -> dict[Step, StepRecord]:
         """The latest record of each step, whatever its status (for reports)."""
         return {record.step: record for record in self._steps("ORDER BY s.id", entry, stage)}

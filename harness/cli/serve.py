@@ -110,6 +110,17 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _read_token(path: Path) -> str:
+    """A secret from a file (never from the command line, where `ps` shows it)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --metrics-token-file {path}: {exc.strerror}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"the metrics token in {path} is shorter than 16 characters")
+    return token
+
+
 @app.callback(invoke_without_command=True, epilog=EPILOG)
 def main(
     ctx: typer.Context,
@@ -141,6 +152,11 @@ def main(
         help="A running entry whose evaluation shows no sign of life (frozen) this long is "
         "stopped and queued again.",
     ),
+    metrics_token_file: Path | None = typer.Option(
+        None,
+        help="A file holding the token a scraper sends (Authorization: Bearer) to read /metrics "
+        "from elsewhere than this machine's loopback interface.",
+    ),
     backup_every: str | None = typer.Option(
         None, help="Back up the databases this often (90s, 30m, 6h); default: never."
     ),
@@ -159,6 +175,7 @@ def main(
         if lease_seconds <= 0:
             raise ConfigError("--lease-seconds must be positive")
         every_s = parse_duration(backup_every) if backup_every is not None else None
+        metrics_token = _read_token(metrics_token_file) if metrics_token_file else None
         config = ServiceConfig(
             data_dir=data,
             stage=stage,
@@ -209,7 +226,7 @@ def main(
                 queue.start()
                 console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
                 uvicorn.run(
-                    create_app(Service(config, db, store, queue)),
+                    create_app(Service(config, db, store, queue), metrics_token=metrics_token),
                     host=host,
                     port=port,
                     log_level="warning",

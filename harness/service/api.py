@@ -223,8 +223,10 @@ def api_router(service: Service) -> APIRouter:
     return router
 
 
-def create_app(service: Service) -> FastAPI:
-    from harness.service import web
+def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI:
+    """The service's app; `metrics_token` lets a scraper from elsewhere than the loopback
+    interface read /metrics."""
+    from harness.service import metrics, web
 
     app = FastAPI(
         title="harness serve",
@@ -237,4 +239,5 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.include_router(api_router(service))
     web.register(app, service)
+    metrics.register(app, service, metrics_token)
     return app
