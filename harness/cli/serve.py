@@ -47,6 +47,7 @@ from harness.service.api import create_app
 from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
+from harness.service.notify import Notifier, SmtpSettings
 from harness.service.queue import LEASE_S, Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from harness.store import Store
@@ -152,6 +153,11 @@ def main(
         help="A running entry whose evaluation shows no sign of life (frozen) this long is "
         "stopped and queued again.",
     ),
+    smtp_host: str | None = typer.Option(
+        None, help="An SMTP server for notification emails to teams' addresses; default: none."
+    ),
+    smtp_port: int = typer.Option(25, help="The SMTP server's port."),
+    smtp_from: str = typer.Option("harness@localhost", help="The notification emails' sender."),
     metrics_token_file: Path | None = typer.Option(
         None,
         help="A file holding the token a scraper sends (Authorization: Bearer) to read /metrics "
@@ -209,6 +215,8 @@ def main(
             ServiceDB(data) as db,
             Store(config.results) as store,
         ):
+            smtp = SmtpSettings(smtp_host, smtp_port, smtp_from) if smtp_host else None
+            notifier = Notifier(db, smtp=smtp)
             queue = Queue(
                 db,
                 store,
@@ -216,6 +224,7 @@ def main(
                 make_executor() if jobs else None,
                 config.zip_path,
                 lease_s=lease_seconds,
+                notifier=notifier,
             )
             backups = (
                 Scheduled(data, backup_dir or data / "backups", every_s=every_s, keep=backup_keep)
@@ -237,6 +246,7 @@ def main(
                 if backups is not None:
                     backups.stop()
                 stopped = queue.close()
+                notifier.close()
             console.print("stopped: containers removed; running entries queued again")
     except HarnessError as exc:
         abort(exc)

@@ -109,6 +109,8 @@ class Service:
             if sub.state is State.QUEUED:
                 partial.replace(self.config.zip_path(sub.id))
                 self.queue.wake()
+            else:
+                self.queue.notify(sub.id, "flagged")
             return sub
         except QuotaExceeded as exc:
             raise HTTPException(

@@ -7,6 +7,7 @@ nothing it had answered.
 
     teams        name, email, sha256 of the token, admin flag, revoked time
     sessions     sha256 of a web session id -> team, expiry
+    webhooks     a team's webhook URL and the secret its deliveries are signed with
     submissions  id, team, track, visibility, state, result status and reason, times, quota flag,
                  and while running its lease: the worker running it and its last heartbeat
 
@@ -35,14 +36,16 @@ from harness.errors import ConfigError
 from harness.infra.sqlite import SQLiteFile
 
 DB_FILENAME = "service.sqlite"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Statements that bring a database of version N (the key) to N + 1.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
         "ALTER TABLE submissions ADD COLUMN worker TEXT",
         "ALTER TABLE submissions ADD COLUMN heartbeat_at REAL",
     ),
-}
+    2: ("CREATE TABLE IF NOT EXISTS webhooks (team_id INTEGER PRIMARY KEY "
+        "REFERENCES teams(id), url TEXT NOT NULL, secret TEXT NOT NULL)",),
+}  # fmt: skip
 TOKEN_PREFIX = "hst_"
 SESSION_S = 7 * 24 * 3600
 
@@ -92,6 +95,11 @@ CREATE TABLE submissions (
     finished_at REAL,
     worker TEXT,
     heartbeat_at REAL
+);
+CREATE TABLE webhooks (
+    team_id INTEGER PRIMARY KEY REFERENCES teams(id),
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL
 );
 CREATE INDEX submissions_by_queue ON submissions (state, queued_at, seq);
 CREATE INDEX submissions_by_team ON submissions (team_id, track, created_at);
@@ -194,6 +202,31 @@ class ServiceDB(SQLiteFile):
         except sqlite3.IntegrityError as exc:
             raise ConfigError(f"a team named {name!r} exists already") from exc
         return token
+
+    def set_webhook(self, name: str, url: str, secret: str) -> None:
+        """Send the team's notifications to `url`, signed with `secret`."""
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"a webhook URL starts with http:// or https://; got {url!r}")
+        if len(secret) < 16:
+            raise ConfigError("a webhook secret has at least 16 characters")
+        with self._write() as db:
+            row = db.execute("SELECT id FROM teams WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise ConfigError(f"no team named {name!r}")
+            db.execute(
+                "INSERT INTO webhooks (team_id, url, secret) VALUES (?, ?, ?) ON CONFLICT "
+                "(team_id) DO UPDATE SET url = excluded.url, secret = excluded.secret",
+                (row["id"], url, secret),
+            )
+
+    def webhook(self, name: str) -> tuple[str, str] | None:
+        """The team's webhook URL and secret, if it has one."""
+        rows = self._read(
+            "SELECT w.url, w.secret FROM webhooks w JOIN teams t ON t.id = w.team_id "
+            "WHERE t.name = ?",
+            name,
+        )
+        return (rows[0]["url"], rows[0]["secret"]) if rows else None
 
     def teams(self) -> list[Team]:
         rows = self._read(

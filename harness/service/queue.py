@@ -49,6 +49,7 @@ from harness.run.pipeline import Ending, EntryJob, StoreRecorder
 from harness.secrets import redact
 from harness.service import leases
 from harness.service.db import ServiceDB, State, Submission
+from harness.service.notify import Notifier
 from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
 log = logging.getLogger("harness.service")
@@ -76,6 +77,7 @@ class Queue:
         *,
         lease_s: float = LEASE_S,
         ceiling_s: float | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         """`options` are the evaluation's, for every track (the track is the submission's);
         `executor` None (`--jobs 0`) accepts submissions and runs none. `ceiling_s` defaults to
@@ -97,6 +99,7 @@ class Queue:
         self.heartbeat_s = min(HEARTBEAT_S, lease_s / 4)
         self.ceiling_s = ceiling_s if ceiling_s is not None else leases.ceiling_s(options)
         self.worker = f"{socket.gethostname()}/{os.getpid()}"
+        self.notifier = notifier
         self._next_beat = 0.0
         self._retry_at: float | None = None  # set while the engine is away
         self._disk_retry_at = 0.0  # after a write found the disk full
@@ -296,10 +299,22 @@ class Queue:
         if status is None:
             self.store.finish_attempt(attempt)
             self.db.requeue(sub_id, keep_place=True, reason=reason)
+            self.notify(sub_id, "requeued")
         else:
             self.store.record_status(attempt, status, reason)
             self.db.finish(sub_id, status.value, reason)
+            self.notify(sub_id, "failed")
         self._wake.set()
+
+    def notify(self, sub_id: str, what: str) -> None:
+        """Tell the submission's team (notify.py), when the service notifies: queued for
+        delivery elsewhere, so that a failing receiver never holds up the queue."""
+        if self.notifier is None or (sub := self.db.submission(sub_id)) is None:
+            return
+        try:
+            self.notifier.entry(sub, what)
+        except Exception:
+            log.exception("%s: the team could not be notified", sub_id)
 
     def _disk_full(self, sub_id: str, attempt: Attempt, exc: DiskFullError) -> None:
         """The ending could not be recorded: the submission goes back to its place once the
@@ -365,7 +380,9 @@ class Queue:
             self._done(sub_id)
             return
         try:
-            self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+            # False when it was cancelled meanwhile
+            if self.db.finish(sub_id, status.value, reason):
+                self.notify(sub_id, "scored" if status is Status.SCORED else "failed")
         except DiskFullError as exc:
             log.error("%s: %s", sub_id, exc)
             self._disk_retry_at = time.monotonic() + DISK_RETRY_S
