@@ -24,10 +24,11 @@ from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import leases
 from harness.service.db import ServiceDB, State
+from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import Status, Store
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import Serve, stand_in_zip
+from tests.harness.service.conftest import SECRET, Receiver, Serve, stand_in_zip
 from tests.harness.service.test_queue import wait
 from tests.harness.service.test_service_docker import containers, evaluating
 
@@ -74,14 +75,18 @@ def _queue(tmp_path: Path, db: ServiceDB, store: Store, executor: Any, **kwargs:
     return Queue(db, store, options, executor, lambda s: tmp_path / f"{s}.zip", **kwargs)
 
 
-def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(tmp_path: Path) -> None:
+def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(
+    tmp_path: Path, receiver: Receiver
+) -> None:
     executor = RunsAProcess()
     with ServiceDB(tmp_path) as db, Store(tmp_path / "results") as store:
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
+        db.set_webhook("team-a", receiver.url, SECRET)
         sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
                                 size=1, quota=3)  # fmt: skip
-        queue = _queue(tmp_path, db, store, executor, lease_s=2.0)
+        notifier = Notifier(db, retries=2, backoff_s=0.05)
+        queue = _queue(tmp_path, db, store, executor, lease_s=2.0, notifier=notifier)
         queue.start()
         try:
             wait(lambda: len(executor.processes) == 1)
@@ -100,6 +105,10 @@ def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(tmp_path: Path) -
             again = db.submission(sub.id)
             assert again is not None and again.runs == 2 and again.state is State.RUNNING
             assert again.counts  # still the one slot it took: re-runs are not counted
+            wait(lambda: len(receiver.deliveries) == 1)  # and the team is told
+            told = receiver.deliveries[0]
+            assert (told["event"], told["submission"]) == ("entry.requeued", sub.id)
+            assert "not counted against the team" in told["reason"]
             # The first run's late ending is discarded: the second run's is the result.
             executor.end(0, Ending(Status.SCORED, "late"))
             executor.end(1)
@@ -107,6 +116,7 @@ def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(tmp_path: Path) -
             assert (db.submission(sub.id) or sub).status == "eval-failed"
         finally:
             queue.close()
+            notifier.close()
             executor.close()
 
 

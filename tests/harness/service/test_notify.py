@@ -5,12 +5,9 @@ tell a team about its ending); the database, the store, the HTTP and SMTP traffi
 
 from __future__ import annotations
 
-import hmac
 import json
-import threading
 from collections.abc import Iterator
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -21,62 +18,14 @@ from harness.errors import ConfigError
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending
 from harness.service.db import ServiceDB, State
-from harness.service.notify import SIGNATURE_HEADER, Notifier, SmtpSettings, signature
+from harness.service.notify import Notifier, SmtpSettings
 from harness.service.queue import Queue
 from harness.store import Status, Store
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import free_port
+from tests.harness.service.conftest import SECRET, Receiver, free_port
 from tests.harness.service.test_queue import EndsWhenTold, wait
 
-SECRET = "webhook-secret-of-team-a"
 LEAKED = "hf_xQ7pLm2Rt9VbN4kZs8WcY1dF6gHj3KaE5u"  # a token quoted by a build log
-
-
-class Receiver(ThreadingHTTPServer):
-    """Answers 500 to the first delivery of each event (so it is retried), then 200; keeps the
-    deliveries whose signature verifies and counts those that do not."""
-
-    def __init__(self) -> None:
-        self.deliveries: list[dict[str, Any]] = []
-        self.seen: dict[str, int] = {}
-        self.bad_signatures = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                expected = signature(SECRET, body)
-                if not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), expected):
-                    receiver.bad_signatures += 1
-                    self.send_response(401)
-                    self.end_headers()
-                    return
-                delivery = self.headers["X-Harness-Delivery"]
-                receiver.seen[delivery] = receiver.seen.get(delivery, 0) + 1
-                if receiver.seen[delivery] == 1:
-                    self.send_response(500)
-                else:
-                    receiver.deliveries.append(json.loads(body))
-                    self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None: ...
-
-        super().__init__(("127.0.0.1", 0), Handler)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    server = Receiver()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 class Inbox:
