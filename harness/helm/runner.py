@@ -12,6 +12,7 @@ One HELM run lives in one folder, the working directory of `helm-run`:
     RUN_DIR/run_spec_limits/limits.json       each run's output tokens and shortest prompt
                                               (`run_spec_limits`), with its own prod_env/
     RUN_DIR/benchmark_output/runs/SUITE/RUN/stats.json     read by `read_metrics`
+    RUN_DIR/benchmark_output/runs/SUITE/RUN/per_instance_stats.json   its per-instance values
 
 The run-spec confs it runs are harness/helm/confs.py's. Each written entry carries its scenario as a
 HELM group; HELM appends `groups=SCENARIO` to the run's name, which is how a run (finished or
@@ -198,7 +199,9 @@ class RunResult:
     `run_spec` names the run without the model, so the same run spec of different entries
     compares; `value` (higher is better for every metric chosen here) is the mean over the
     `instances` of `split` ("test", "valid" or "test+valid"), None when the run failed or lacks
-    the metric, and `error` then says why.
+    the metric, and `error` then says why. `per_instance` holds the same metric per instance id
+    (averaged over HELM's train trials), what the leaderboard's bootstrap resamples; empty when
+    HELM's per_instance_stats.json is unreadable.
     """
 
     run: str
@@ -210,6 +213,7 @@ class RunResult:
     split: str | None = None
     instances: int = 0
     error: str | None = None
+    per_instance: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -484,7 +488,11 @@ def read_metrics(
         except (OSError, ValueError):
             results.append(replace(result, error="HELM's stats.json of this run is unreadable"))
             continue
-        results.append(_main_value(result, stats, main_metric(result, metrics)))
+        result = _main_value(result, stats, main_metric(result, metrics))
+        if result.ok and result.metric and result.split:
+            per_instance = _per_instance(run_dir, result.metric, result.split.split("+"))
+            result = replace(result, per_instance=per_instance)
+        results.append(result)
     return results
 
 
@@ -540,6 +548,30 @@ def _main_value(result: RunResult, stats: list[dict[str, Any]], metric: str | No
             )  # fmt: skip
     wanted = metric or " or ".join(FALLBACK_METRICS)
     return replace(result, metric=metric, error=f"stats.json has no {wanted} on {SPLITS}")
+
+
+def _per_instance(run_dir: Path, metric: str, splits: Sequence[str]) -> dict[str, float]:
+    """instance id -> the mean of `metric` over its unperturbed train trials on `splits`."""
+    try:
+        records = json.loads((run_dir / "per_instance_stats.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    sums: dict[str, list[float]] = {}
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict) or record.get("perturbation"):
+            continue
+        for stat in record.get("stats") or []:
+            name = stat.get("name") or {}
+            if (
+                name.get("name") == metric
+                and name.get("split") in splits
+                and "perturbation" not in name
+                and stat.get("count")
+                and isinstance(stat.get("mean"), int | float)
+                and math.isfinite(stat["mean"])
+            ):
+                sums.setdefault(str(record.get("instance_id")), []).append(stat["mean"])
+    return {instance: math.fsum(means) / len(means) for instance, means in sums.items()}
 
 
 def _run_errors(log_text: str) -> dict[str, str]:

@@ -3,6 +3,7 @@ table), HTML pages and SVG figures; one rendering for `harness report`, `harness
 and releases. The modules form a chain, each importing only those before it:
 
     scoring   the competition's arithmetic: win rates, stage scores, standings, rank agreement
+    intervals a bootstrap over the evaluated instances: score and rank intervals, ties
     model     the Leaderboard, Row and StageRow dataclasses
     build     build_leaderboard(store): the model from a results store
     table     cells and columns as strings, shared by the renderers

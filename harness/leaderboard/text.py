@@ -13,6 +13,7 @@ from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
     agreement_line,
+    bootstrap_line,
     cells,
     columns,
     efficiency_cells,
@@ -20,7 +21,7 @@ from harness.leaderboard.table import (
     number,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: stages carry `interval` (score and rank intervals, ties), `bootstrap`
 TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
 
 
@@ -54,6 +55,8 @@ def to_markdown(board: Leaderboard) -> str:
             ],
         ),
     ]
+    if board.bootstrap:
+        lines += ["", bootstrap_line(board)]
     if board.total_usd is not None:
         lines += ["", f"Total cost: USD {board.total_usd:.4f} of GPU time."]
     if board.agreement:
@@ -73,6 +76,9 @@ def to_json(board: Leaderboard) -> str:
             unanswered=row.unanswered,
             scenarios={name: asdict(result) for name, result in row.scenarios.items()},
         )
+        for stage, stage_row in row.stages.items():
+            if stage_row.interval is not None:
+                data["stages"][stage]["interval"]["tied"] = stage_row.interval.tied
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -91,6 +97,7 @@ def _printed(board: Leaderboard) -> tuple[list[int], str]:
             else "",
             f"Total cost: USD {board.total_usd:.4f}." if board.total_usd is not None else "",
             agreement_line(board),
+            bootstrap_line(board),
         )
         if part
     )

@@ -486,6 +486,7 @@ class _Pipeline:
                     r.metric or "",
                     r.value,
                     reason=r.error and redact(r.error),
+                    instances=r.per_instance,
                 )
                 for r in (*helm.runs, *fit.refused)
             ]
