@@ -11,6 +11,7 @@ steps); current facts (status, findings, metrics, gateway stats) are replaced pe
     results         the entry's status and reason per stage
     findings        the static checks' findings per entry and stage
     metrics         the main metric of every run spec per entry and stage
+    instance_values that metric per evaluated instance (what the leaderboard's bootstrap draws)
     gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
     tiers           the coarse-to-fine tier (or adaptive round) an entry reached per stage, and
                     its budget
@@ -27,9 +28,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
@@ -38,7 +40,7 @@ from harness.errors import ConfigError
 from harness.infra.sqlite import SQLiteFile
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
 # the same results folder and leaves alone the containers of other runs on the same engine.
@@ -63,7 +65,7 @@ class GatewayStats:
     requests: int
     answered: int  # /process requests the entry answered
     unanswered: int  # /process requests answered empty (deadline passed or timed out)
-    errors: int  # requests on any endpoint that failed or timed out, but /process timeouts
+    errors: int  # requests that failed, timed out (but /process) or were refused (runaway)
     latency_p50_s: float | None
     latency_p90_s: float | None
     latency_p99_s: float | None
@@ -106,6 +108,7 @@ _ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}",),
     2: ("ALTER TABLE attempts ADD COLUMN instances_sha256 TEXT",),
+    3: ("ALTER TABLE metrics ADD COLUMN reason TEXT",),
 }
 _SCHEMA = f"""
 CREATE TABLE entries (
@@ -163,6 +166,7 @@ CREATE TABLE metrics (
     metric TEXT NOT NULL,
     value REAL,
     lower_is_better INTEGER NOT NULL,
+    reason TEXT,
     PRIMARY KEY (entry, stage, run_spec)
 );
 CREATE TABLE gateway_stats (
@@ -202,6 +206,16 @@ CREATE TABLE IF NOT EXISTS resources (
     image_bytes INTEGER,
     gpu_peak_bytes INTEGER,
     PRIMARY KEY (entry, stage)
+)
+"""
+_INSTANCE_VALUES = """
+CREATE TABLE IF NOT EXISTS instance_values (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    run_spec TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (entry, stage, run_spec, instance)
 )
 """
 
@@ -245,6 +259,9 @@ class Metric:
     metric: str
     value: float | None  # None: HELM gave no value (the entry loses this run spec)
     lower_is_better: bool = False
+    reason: str | None = None  # why it has no value, or was refused and scored 0
+    # instance id -> the metric on it; empty when HELM's per-instance stats were not read
+    instances: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -285,7 +302,17 @@ def _finding_values(f: FindingLike) -> tuple[Any, ...]:
 
 
 def _metric_values(m: Metric) -> tuple[Any, ...]:
-    return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better))
+    return (m.run_spec, m.scenario, m.metric, m.value, int(m.lower_is_better), m.reason)
+
+
+def _replace_rows(
+    db: sqlite3.Connection, table: str, attempt: Attempt, values: list[tuple[Any, ...]]
+) -> None:
+    rows = [(attempt.entry, attempt.stage, attempt.id, *row) for row in values]
+    marks = ", ".join("?" * (3 + len(values[0]))) if values else ""
+    db.execute(f"DELETE FROM {table} WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage))
+    if rows:
+        db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
 
 
 class Store(SQLiteFile):
@@ -306,6 +333,7 @@ class Store(SQLiteFile):
             db.execute(_TIERS)
             db.execute(_DECISIONS)
             db.execute(_RESOURCES)
+            db.execute(_INSTANCE_VALUES)
 
     def _relative(self, path: Path | str | None) -> str | None:
         """Log paths inside RESULTS_DIR are kept relative, so the folder can be moved or served."""
@@ -425,8 +453,21 @@ class Store(SQLiteFile):
         self._replace("findings", attempt, [_finding_values(f) for f in findings])
 
     def record_metrics(self, attempt: Attempt, metrics: Iterable[Metric]) -> None:
-        """Replace the entry's metrics for this stage with `metrics` (one per run spec)."""
-        self._replace("metrics", attempt, [_metric_values(m) for m in metrics])
+        """Replace the entry's metrics for this stage with `metrics` (one per run spec), and
+        their per-instance values, in one transaction."""
+        metrics = list(metrics)
+        instances = [
+            (attempt.entry, attempt.stage, m.run_spec, instance, value)
+            for m in metrics
+            for instance, value in m.instances.items()
+        ]
+        with self._write() as db:
+            _replace_rows(db, "metrics", attempt, [_metric_values(m) for m in metrics])
+            db.execute(
+                "DELETE FROM instance_values WHERE entry = ? AND stage = ?",
+                (attempt.entry, attempt.stage),
+            )
+            db.executemany("INSERT INTO instance_values VALUES (?, ?, ?, ?, ?)", instances)
 
     def record_tier(self, entry: str, stage: str, tier: int, budget: int) -> None:
         """`entry` was evaluated on tier `tier` (1-based) of a coarse-to-fine run, on `budget`."""
@@ -476,14 +517,8 @@ class Store(SQLiteFile):
 
     def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
         """Replace an entry's rows of `table` for this stage, in one transaction."""
-        rows = [(attempt.entry, attempt.stage, attempt.id, *row) for row in values]
-        marks = ", ".join("?" * (3 + len(values[0]))) if values else ""
         with self._write() as db:
-            db.execute(
-                f"DELETE FROM {table} WHERE entry = ? AND stage = ?", (attempt.entry, attempt.stage)
-            )
-            if rows:
-                db.executemany(f"INSERT INTO {table} VALUES ({marks})", rows)
+            _replace_rows(db, table, attempt, values)
 
     def record_gateway_stats(
         self, attempt: Attempt, stats: GatewayStats, log_path: Path | str | None = None
@@ -519,6 +554,17 @@ class Store(SQLiteFile):
 
     def is_finished(self, entry: str, stage: str, step: Step) -> bool:
         return self.finished_step(entry, stage, step) is not None
+
+    def step_durations(self, step: Step) -> list[float]:
+        """How long every run of `step` that ended (ok or failed) took, any entry and stage."""
+        rows = self._read(
+            "SELECT duration_s FROM steps WHERE step = ? AND status IN (?, ?) "
+            "AND duration_s IS NOT NULL",
+            step.value,
+            StepStatus.OK.value,
+            StepStatus.FAILED.value,
+        )
+        return [row["duration_s"] for row in rows]
 
     def latest_steps(self, entry: str, stage: str) -> dict[Step, StepRecord]:
         """The latest record of each step, whatever its status (for reports)."""
@@ -579,15 +625,22 @@ class Store(SQLiteFile):
     def metrics(self, stage: str) -> dict[str, list[Metric]]:
         """entry -> its metrics in this stage, for every entry that has any."""
         rows = self._read(
-            "SELECT entry, run_spec, scenario, metric, value, lower_is_better FROM metrics "
+            "SELECT entry, run_spec, scenario, metric, value, lower_is_better, reason FROM metrics "
             "WHERE stage = ? ORDER BY entry, run_spec",
             stage,
         )
+        instances: dict[tuple[str, str], dict[str, float]] = {}
+        for row in self._read(
+            "SELECT entry, run_spec, instance, value FROM instance_values WHERE stage = ?", stage
+        ):
+            key = (row["entry"], row["run_spec"])
+            instances.setdefault(key, {})[row["instance"]] = row["value"]
         by_entry: dict[str, list[Metric]] = {}
         for row in rows:
             values = dict(row)
             entry = values.pop("entry")
             values["lower_is_better"] = bool(values["lower_is_better"])
+            values["instances"] = instances.get((entry, values["run_spec"]), {})
             by_entry.setdefault(entry, []).append(Metric(**values))
         return by_entry
 

@@ -1,6 +1,7 @@
 """What the commands share: the options of an evaluation (declared once, so `harness run`,
 `serve`, `plan` and `reproduce` cannot drift apart), the RunOptions they build, the executor they
-name, and one way to end with an error (on stderr, with the error's exit code).
+name, one way to end with an error (on stderr, with the error's exit code), and how progress and
+the leaderboard print (as plain lines when stdout is no terminal).
 
 Exit codes, for every command (also in the README):
     0    ok
@@ -12,17 +13,21 @@ Exit codes, for every command (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from harness.competition import stages_text, tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
+from harness.leaderboard import Leaderboard, to_plain_text, to_rich
 from harness.run.adaptive import Adaptive
 from harness.run.executor import Executor, LocalExecutor
 from harness.run.health import HealthSchedule
@@ -205,6 +210,46 @@ def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Exe
 
         return lambda: RayExecutor(ray_address)
     raise ConfigError(f"--executor takes local or ray, got {name!r}")
+
+
+def print_leaderboard(console: Console, board: Leaderboard, paths: list[Path]) -> None:
+    """The leaderboard as a table on a terminal; elsewhere (CI logs, `| tee`, a file), where rich
+    would fold every cell into 80 columns, as Markdown: one line per entry."""
+    if console.is_terminal:
+        console.print(to_rich(board))
+    else:
+        console.print(to_plain_text(board), markup=False, highlight=False, soft_wrap=True)
+    console.print(
+        "wrote " + ", ".join(str(path) for path in paths), highlight=False, soft_wrap=True
+    )
+
+
+@contextmanager
+def progress_lines(console: Console) -> Iterator[Callable[[str, str], None]]:
+    """Shows each entry's step as it starts (the callback takes entry and step): a spinner line
+    per entry on a terminal; elsewhere (CI logs, `| tee`, a file) one plain, timed line per
+    step, never a spinner frame."""
+    if not console.is_terminal:
+        started = time.monotonic()
+
+        def line(entry: str, step: str) -> None:
+            elapsed = time.strftime("%H:%M:%S", time.gmtime(time.monotonic() - started))
+            console.print(
+                f"{elapsed} {entry}: {step}", markup=False, highlight=False, soft_wrap=True
+            )
+
+        yield line
+        return
+    columns = SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn()
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, TaskID] = {}
+
+        def update(entry: str, step: str) -> None:
+            if entry not in tasks:
+                tasks[entry] = progress.add_task(entry)
+            progress.update(tasks[entry], description=f"{entry}: {step}")
+
+        yield update
 
 
 def abort(exc: HarnessError, *details: str, exit_code: int | None = None) -> NoReturn:

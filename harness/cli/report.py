@@ -7,12 +7,11 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from harness.cli._common import abort
+from harness.cli._common import abort, print_leaderboard
 from harness.competition import TRACKS
 from harness.errors import HarnessError
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard, parse_prices
-from harness.leaderboard.text import to_rich
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -47,6 +46,4 @@ def main(
             board = build_leaderboard(store, track=track, prices=prices)
     except HarnessError as exc:
         abort(exc)
-    paths = write_leaderboard(board, results_dir)
-    console.print(to_rich(board))
-    console.print("wrote " + ", ".join(f"[bold]{path}[/]" for path in paths))
+    print_leaderboard(console, board, write_leaderboard(board, results_dir))

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from harness.cli._common import (
     INTERRUPTED,
@@ -36,6 +35,8 @@ from harness.cli._common import (
     Track,
     abort,
     executor_factory,
+    print_leaderboard,
+    progress_lines,
     run_options,
     schedule_option,
 )
@@ -43,7 +44,6 @@ from harness.errors import ConfigError, HarnessError, disk_full
 from harness.infra.gpus import detect_gpus, parse_gpus
 from harness.leaderboard import write_leaderboard
 from harness.leaderboard.build import build_leaderboard
-from harness.leaderboard.text import to_rich
 from harness.run.adaptive import Adaptive, run_adaptive
 from harness.run.driver import exit_code, run_entries
 from harness.run.tiers import Tiers, run_tiers
@@ -155,16 +155,7 @@ def main(
             allow_network=allow_network,
             build_secrets=_secrets(build_secret),
         )
-        with Progress(
-            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console
-        ) as progress:
-            tasks: dict[str, TaskID] = {}
-
-            def on_progress(entry: str, step: str) -> None:
-                if entry not in tasks:
-                    tasks[entry] = progress.add_task(entry)
-                progress.update(tasks[entry], description=f"{entry}: {step}")
-
+        with progress_lines(console) as on_progress:
             if plan is None:
                 outcomes = run_entries(
                     entries_dir, options, executor=make_executor(), on_progress=on_progress
@@ -192,10 +183,7 @@ def main(
         )
         # Worker threads may still wait on a build or HELM subprocess: do not wait for them.
         os._exit(INTERRUPTED)
-    console.print(to_rich(board))
+    print_leaderboard(console, board, paths)
     skipped = sum(o.skipped for o in outcomes)
-    console.print(
-        f"{len(outcomes)} entries ({skipped} already finished, kept); wrote "
-        + ", ".join(str(p) for p in paths)
-    )
+    console.print(f"{len(outcomes)} entries ({skipped} already finished, kept)")
     raise typer.Exit(exit_code(outcomes))

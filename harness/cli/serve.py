@@ -1,4 +1,5 @@
-"""`harness serve`: the evaluation service teams queue their entries on (API and web pages).
+"""`harness serve`: the evaluation service teams queue their entries on (API and web pages);
+`harness serve backup` and `harness serve restore`: its databases copied and brought back.
 
 SIGTERM or SIGINT stops it cleanly: the server shuts down, the containers of the entries being
 evaluated are removed and those entries are queued again at their place; it then exits with 0.
@@ -7,6 +8,7 @@ evaluated are removed and those entries are queued again at their place; it then
 from __future__ import annotations
 
 import os
+import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,9 +45,11 @@ from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError, HarnessError
 from harness.infra.lock import command_line, hold_results_lock
 from harness.service.api import create_app
+from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
-from harness.service.queue import Queue
+from harness.service.notify import Notifier, SmtpSettings
+from harness.service.queue import LEASE_S, Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from harness.store import Store
 
@@ -56,8 +60,29 @@ EPILOG = """**Examples**
     harness serve --data /srv/harness --run-specs open --max-eval-instances 50 --jobs 2
 
     harness serve --data /srv/harness --run-specs offline --base-image harness-base:bookworm \\
-        --quota 5 --port 8080
+        --quota 5 --port 8080 --backup-every 6h --backup-keep 28
+
+    harness serve backup --data /srv/harness               # into /srv/harness/backups/STAMP/
+
+    harness serve restore /srv/harness/backups/20261207T120000.000000Z --data /srv/harness
 """
+
+app = typer.Typer(
+    help="Serve the evaluation service (API, pages, queue); `backup` and `restore` its databases.",
+    epilog=EPILOG,
+)
+DATA_HELP = "Data folder: database, uploads, results store, logs."
+BACKUP_DIR_HELP = "Where backups go (default: DATA/backups)."
+BACKUP_KEEP_HELP = "Backups kept; older ones are removed."
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smh]?)")
+
+
+def parse_duration(text: str) -> float:
+    """`90`, `90s`, `30m`, `6h` -> seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ConfigError(f"--backup-every takes a duration such as 30m or 6h; got {text!r}")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 class _Stopped(BaseException):
@@ -87,10 +112,21 @@ def _stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def _read_token(path: Path) -> str:
+    """A secret from a file (never from the command line, where `ps` shows it)."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read --metrics-token-file {path}: {exc.strerror}") from exc
+    if len(token) < 16:
+        raise ConfigError(f"the metrics token in {path} is shorter than 16 characters")
+    return token
+
+
+@app.callback(invoke_without_command=True, epilog=EPILOG)
 def main(
-    data: Annotated[
-        Path, typer.Option(help="Data folder: database, uploads, results store, logs.")
-    ],
+    ctx: typer.Context,
+    data: Annotated[Path | None, typer.Option(help=DATA_HELP)] = None,
     host: str = typer.Option("127.0.0.1", help="Address to listen on (keep it local behind TLS)."),
     port: int = typer.Option(8000, help="Port to listen on."),
     stage: Stage = "open",
@@ -114,12 +150,40 @@ def main(
     health_interval: HealthInterval = 120,
     mem_limit: MemLimit = None,
     max_sequence_length: MaxSequenceLength = 4096,
+    lease_seconds: float = typer.Option(
+        LEASE_S,
+        help="A running entry whose evaluation shows no sign of life (frozen) this long is "
+        "stopped and queued again.",
+    ),
+    smtp_host: str | None = typer.Option(
+        None, help="An SMTP server for notification emails to teams' addresses; default: none."
+    ),
+    smtp_port: int = typer.Option(25, help="The SMTP server's port."),
+    smtp_from: str = typer.Option("harness@localhost", help="The notification emails' sender."),
+    metrics_token_file: Path | None = typer.Option(
+        None,
+        help="A file holding the token a scraper sends (Authorization: Bearer) to read /metrics "
+        "from elsewhere than this machine's loopback interface.",
+    ),
+    backup_every: str | None = typer.Option(
+        None, help="Back up the databases this often (90s, 30m, 6h); default: never."
+    ),
+    backup_dir: Path | None = typer.Option(None, help=BACKUP_DIR_HELP),
+    backup_keep: int = typer.Option(DEFAULT_KEEP, help=BACKUP_KEEP_HELP),
 ) -> None:
     """Serve the JSON API (/api/v1) and web pages; evaluate queued entries in order."""
+    if ctx.invoked_subcommand is not None:
+        return
     console = Console(stderr=True)
     try:
+        if data is None:
+            raise ConfigError("harness serve needs --data (see --help)")
         if jobs < 0 or quota < 0:
             raise ConfigError("--jobs and --quota cannot be negative")
+        if lease_seconds <= 0:
+            raise ConfigError("--lease-seconds must be positive")
+        every_s = parse_duration(backup_every) if backup_every is not None else None
+        metrics_token = _read_token(metrics_token_file) if metrics_token_file else None
         config = ServiceConfig(
             data_dir=data,
             stage=stage,
@@ -154,12 +218,27 @@ def main(
             ServiceDB(data) as db,
             Store(config.results) as store,
         ):
-            queue = Queue(db, store, options, make_executor() if jobs else None, config.zip_path)
+            smtp = SmtpSettings(smtp_host, smtp_port, smtp_from) if smtp_host else None
+            notifier = Notifier(db, smtp=smtp)
+            queue = Queue(
+                db,
+                store,
+                options,
+                make_executor() if jobs else None,
+                config.zip_path,
+                lease_s=lease_seconds,
+                notifier=notifier,
+            )
+            backups = (
+                Scheduled(data, backup_dir or data / "backups", every_s=every_s, keep=backup_keep)
+                if every_s is not None
+                else None
+            )
             try:
                 queue.start()
                 console.print(f"serving http://{host}:{port} (data in {data}, {jobs} worker(s))")
                 uvicorn.run(
-                    create_app(Service(config, db, store, queue)),
+                    create_app(Service(config, db, store, queue), metrics_token=metrics_token),
                     host=host,
                     port=port,
                     log_level="warning",
@@ -167,7 +246,10 @@ def main(
             except _Stopped as signalled:
                 console.print(f"[yellow]stopping[/] ({signalled}): removing containers")
             finally:
+                if backups is not None:
+                    backups.stop()
                 stopped = queue.close()
+                notifier.close()
             console.print("stopped: containers removed; running entries queued again")
     except HarnessError as exc:
         abort(exc)
@@ -178,3 +260,31 @@ def main(
         # Evaluations that did not end in time are queued again already; their threads may still
         # wait on a subprocess, and the interpreter would join them at exit.
         os._exit(0)
+
+
+@app.command("backup", epilog=EPILOG)
+def backup_command(
+    data: Annotated[Path, typer.Option(help=DATA_HELP)],
+    backup_dir: Path | None = typer.Option(None, help=BACKUP_DIR_HELP),
+    keep: int = typer.Option(DEFAULT_KEEP, help=BACKUP_KEEP_HELP),
+) -> None:
+    """Copy the service's databases now (SQLite's online backup: the service may be running)."""
+    try:
+        path = take_backup(data, backup_dir or data / "backups", keep=keep)
+    except HarnessError as exc:
+        abort(exc)
+    print(path)
+
+
+@app.command("restore", epilog=EPILOG)
+def restore_command(
+    backup: Annotated[Path, typer.Argument(help="A backup folder (`harness serve backup`).")],
+    data: Annotated[Path, typer.Option(help=DATA_HELP)],
+) -> None:
+    """Bring a backup back, after checking it; the service must be stopped. What the data folder
+    held is backed up first, into DATA/before-restore/."""
+    try:
+        saved = restore(backup, data)
+    except HarnessError as exc:
+        abort(exc)
+    Console(stderr=True).print(f"restored {backup} into {data}; what it held is in {saved}")

@@ -1,4 +1,4 @@
-"""`harness teams add|list|revoke`: the teams of an evaluation service (`harness serve`)."""
+"""`harness teams add|list|revoke|webhook`: the teams of an evaluation service (`harness serve`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from harness.cli._common import abort
-from harness.errors import HarnessError
+from harness.errors import ConfigError, HarnessError
 from harness.service.db import ServiceDB
 
 EPILOG = """**Examples**
@@ -22,6 +22,9 @@ EPILOG = """**Examples**
     harness teams list --data /srv/harness
 
     harness teams revoke team-a --data /srv/harness
+
+    harness teams webhook team-a --url https://ci.team-a.org/hook --secret-file hook.secret \\
+        --data /srv/harness
 """
 
 app = typer.Typer(
@@ -75,3 +78,26 @@ def revoke(name: str = typer.Argument(..., help="The team to revoke."), data: Pa
     except HarnessError as exc:
         abort(exc)
     typer.echo(f"revoked team {name}")
+
+
+@app.command("webhook", epilog=EPILOG)
+def webhook(
+    name: str = typer.Argument(..., help="The team."),
+    url: str = typer.Option(..., help="Where its notifications are POSTed."),
+    secret_file: Path = typer.Option(
+        ..., help="A file holding the secret deliveries are signed with (16+ characters)."
+    ),
+    data: Path = DATA,
+) -> None:
+    """Send a team's notifications (scored, failed, flagged, re-queued) to a webhook, each signed
+    with HMAC-SHA256 of its body (header X-Harness-Signature-256)."""
+    try:
+        try:
+            secret = secret_file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --secret-file {secret_file}: {exc.strerror}") from exc
+        with ServiceDB(data) as db:
+            db.set_webhook(name, url, secret)
+    except HarnessError as exc:
+        abort(exc)
+    typer.echo(f"team {name}: notifications go to {url}")

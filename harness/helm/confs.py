@@ -198,6 +198,11 @@ def write_helm_conf(
                 "groups": [entry.scenario],
             }
         )
+    return write_helm_entries(dest, entries)
+
+
+def write_helm_entries(dest: Path, entries: Sequence[dict[str, Any]]) -> Path:
+    """Write HELM run entries (description, priority, groups) as a HELM conf at `dest`."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     # JSON is valid HOCON; one entry a line keeps the file readable next to the run's log.
     lines = ",\n".join(f"  {json.dumps(entry)}" for entry in entries)

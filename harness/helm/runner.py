@@ -6,8 +6,13 @@ One HELM run lives in one folder, the working directory of `helm-run`:
     RUN_DIR/prod_env/model_metadata.yaml
     RUN_DIR/prod_env/tokenizer_configs.yaml
     RUN_DIR/run_specs.conf                    the conf with per-run-spec budgets (`write_helm_conf`)
+    RUN_DIR/run_specs.fitting.conf            the same without the run specs refused because
+                                              they cannot fit the context (helm/fit.py)
     RUN_DIR/helm-run.log                      everything HELM printed, every attempt
+    RUN_DIR/run_spec_limits/limits.json       each run's output tokens and shortest prompt
+                                              (`run_spec_limits`), with its own prod_env/
     RUN_DIR/benchmark_output/runs/SUITE/RUN/stats.json     read by `read_metrics`
+    RUN_DIR/benchmark_output/runs/SUITE/RUN/per_instance_stats.json   its per-instance values
 
 The run-spec confs it runs are harness/helm/confs.py's. Each written entry carries its scenario as a
 HELM group; HELM appends `groups=SCENARIO` to the run's name, which is how a run (finished or
@@ -37,6 +42,7 @@ from harness.helm.confs import MAIN_METRICS
 from harness.infra.lock import die_with_parent
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "local_tasks.py"
+LIMITS_HELPER = PLUGIN.with_name("run_spec_limits.py")
 _CHECKOUT = Path(__file__).resolve().parents[2]  # where `make setup` puts .venv-helm
 SUITE = "harness"
 MODEL_ORG = "harness"
@@ -193,7 +199,9 @@ class RunResult:
     `run_spec` names the run without the model, so the same run spec of different entries
     compares; `value` (higher is better for every metric chosen here) is the mean over the
     `instances` of `split` ("test", "valid" or "test+valid"), None when the run failed or lacks
-    the metric, and `error` then says why.
+    the metric, and `error` then says why. `per_instance` holds the same metric per instance id
+    (averaged over HELM's train trials), what the leaderboard's bootstrap resamples; empty when
+    HELM's per_instance_stats.json is unreadable.
     """
 
     run: str
@@ -205,6 +213,7 @@ class RunResult:
     split: str | None = None
     instances: int = 0
     error: str | None = None
+    per_instance: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -295,6 +304,70 @@ def run_helm(
     elif returncode != 0 and not runs:
         error = _last_exception(text.splitlines()) or f"helm-run exited with {returncode}"
     return HelmRun(returncode, timed_out, log, output_dir, tuple(runs), error, stopped)
+
+
+@dataclass(frozen=True)
+class RunSpecLimit:
+    """What one run of a conf asks of the model's context, as HELM builds its run spec.
+
+    `run` describes the run as `read_metrics` would (no value yet), `label` names its run spec
+    as people know it (`gsm`, without the model, groups and instance count the harness sets),
+    `prompt` is the text every prompt of the run holds at least (instructions and prefixes, no
+    instance, no in-context example).
+    """
+
+    description: str  # the entry of the HELM conf it comes from, as helm-run reads it
+    label: str
+    run: RunResult
+    max_tokens: int
+    prompt: str
+
+
+def run_spec_limits(
+    run_dir: Path,
+    conf: Path,
+    endpoint: HelmEndpoint,
+    *,
+    timeout_s: float = 600,
+    offline: bool = True,
+    bin_dir: Path | None = None,
+) -> list[RunSpecLimit]:
+    """Every run `helm-run` would make of `conf` for `endpoint` in `run_dir`, with its output
+    tokens and shortest prompt.
+
+    HELM's own run-spec functions build them (helm_plugins/run_spec_limits.py, in the HELM
+    environment), so no number is copied here. Nothing calls the endpoint: this may run before
+    the entry is served. An entry HELM cannot build is left out: helm-run reports its error when
+    it gets there. InfrastructureError when the helper itself fails.
+    """
+    python = check_helm(bin_dir) / "python"
+    folder = run_dir / "run_spec_limits"
+    # Its own registry files: the entry's prod_env/ is written once the gateway is up.
+    write_prod_env(folder / "prod_env", [endpoint])
+    result = folder / "limits.json"
+    result.unlink(missing_ok=True)
+    command = [
+        str(python), str(LIMITS_HELPER), str(conf.resolve()), endpoint.model,
+        str(folder / "prod_env"), str(result), str(PLUGIN),
+    ]  # fmt: skip
+    log = folder / "helper.log"
+    returncode, ended = _run_tool(command, run_dir, log, timeout_s, offline)
+    if returncode != 0 or ended != "exited" or not result.is_file():
+        tail = log.read_text(errors="replace")[-2000:]
+        raise InfrastructureError(f"reading the run specs' limits from HELM failed:\n{tail}")
+    limits = []
+    for entry in json.loads(result.read_text())["entries"]:
+        for run in entry.get("run_specs", []):
+            limits.append(
+                RunSpecLimit(
+                    description=entry["description"],
+                    label=run["label"],
+                    run=_describe_run(run["name"]),
+                    max_tokens=int(run["max_tokens"]),
+                    prompt=run["prompt"],
+                )
+            )
+    return limits
 
 
 def summarize_helm(
@@ -415,43 +488,22 @@ def read_metrics(
         except (OSError, ValueError):
             results.append(replace(result, error="HELM's stats.json of this run is unreadable"))
             continue
-        metric = (
-            (metrics or {}).get(result.scenario)
-            or MAIN_METRICS.get(result.scenario)
-            or MAIN_METRICS.get(result.run_spec.split(":", 1)[0])
-        )
-        results.append(_main_value(result, stats, metric))
+        result = _main_value(result, stats, main_metric(result, metrics))
+        if result.ok and result.metric and result.split:
+            per_instance = _per_instance(run_dir, result.metric, result.split.split("+"))
+            result = replace(result, per_instance=per_instance)
+        results.append(result)
     return results
 
 
-def read_instance_values(
-    output_dir: Path, metrics: Mapping[str, str], suite: str = SUITE
-) -> dict[str, list[float]]:
-    """Per-instance values of each finished run's main metric (`metrics`: run spec -> metric,
-    as stored), from HELM's per_instance_stats.json: what a bootstrap over instances resamples.
-    A run whose file is missing or unreadable is left out."""
-    values: dict[str, list[float]] = {}
-    runs_dir = output_dir / "runs" / suite
-    for run_dir in sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []:
-        run_spec = _describe_run(run_dir.name).run_spec
-        if run_spec not in metrics:
-            continue
-        try:
-            rows = json.loads((run_dir / "per_instance_stats.json").read_text())
-        except (OSError, ValueError):
-            continue
-        found = [
-            float(stat["mean"])
-            for row in rows
-            for stat in row.get("stats", [])
-            if stat["name"]["name"] == metrics[run_spec]
-            and stat["name"].get("split") in SPLITS
-            and "perturbation" not in stat["name"]
-            and stat.get("count")
-        ]
-        if found:
-            values[run_spec] = found
-    return values
+def main_metric(run: RunResult, metrics: Mapping[str, str] | None = None) -> str | None:
+    """The metric a run is scored on: its scenario's in `metrics` (`RunSpecConf.metrics()`),
+    else `MAIN_METRICS` by scenario or run-spec name; None: the first of FALLBACK_METRICS."""
+    return (
+        (metrics or {}).get(run.scenario)
+        or MAIN_METRICS.get(run.scenario)
+        or MAIN_METRICS.get(run.run_spec.split(":", 1)[0])
+    )
 
 
 def _describe_run(run: str) -> RunResult:
@@ -496,6 +548,30 @@ def _main_value(result: RunResult, stats: list[dict[str, Any]], metric: str | No
             )  # fmt: skip
     wanted = metric or " or ".join(FALLBACK_METRICS)
     return replace(result, metric=metric, error=f"stats.json has no {wanted} on {SPLITS}")
+
+
+def _per_instance(run_dir: Path, metric: str, splits: Sequence[str]) -> dict[str, float]:
+    """instance id -> the mean of `metric` over its unperturbed train trials on `splits`."""
+    try:
+        records = json.loads((run_dir / "per_instance_stats.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    sums: dict[str, list[float]] = {}
+    for record in records if isinstance(records, list) else []:
+        if not isinstance(record, dict) or record.get("perturbation"):
+            continue
+        for stat in record.get("stats") or []:
+            name = stat.get("name") or {}
+            if (
+                name.get("name") == metric
+                and name.get("split") in splits
+                and "perturbation" not in name
+                and stat.get("count")
+                and isinstance(stat.get("mean"), int | float)
+                and math.isfinite(stat["mean"])
+            ):
+                sums.setdefault(str(record.get("instance_id")), []).append(stat["mean"])
+    return {instance: math.fsum(means) / len(means) for instance, means in sums.items()}
 
 
 def _run_errors(log_text: str) -> dict[str, str]:

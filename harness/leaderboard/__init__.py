@@ -3,10 +3,11 @@ table), HTML pages and SVG figures; one rendering for `harness report`, `harness
 and releases. The modules form a chain, each importing only those before it:
 
     scoring   the competition's arithmetic: win rates, stage scores, standings, rank agreement
+    intervals a bootstrap over the evaluated instances: score and rank intervals, ties
     model     the Leaderboard, Row and StageRow dataclasses
     build     build_leaderboard(store): the model from a results store
     table     cells and columns as strings, shared by the renderers
-    text      to_markdown, to_json, to_rich
+    text      to_markdown, to_json, to_rich, to_plain_text (no terminal: one line per entry)
     figures   SVG figures
     html      to_html, entry_pages
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from harness.leaderboard.build import build_leaderboard, parse_prices
 from harness.leaderboard.html import entry_pages, to_html
 from harness.leaderboard.model import Leaderboard
-from harness.leaderboard.text import to_json, to_markdown, to_rich
+from harness.leaderboard.text import to_json, to_markdown, to_plain_text, to_rich
 
 __all__ = [
     "OUTPUTS",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_prices",
     "to_json",
     "to_markdown",
+    "to_plain_text",
     "to_rich",
     "write_leaderboard",
 ]

@@ -6,7 +6,9 @@
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
 steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
 harness measured, not what servers claim); cost from those times, training hours from `harness
-reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price. An entry
+reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price; each
+stage score's and rank's 95% intervals from a bootstrap over the stored per-instance values
+(intervals.py). An entry
 is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
 every other entry is listed below the ranked ones with its status and reason. Links to logs are
 relative to RESULTS_DIR, so the folder can be copied or served as it is. Rendered by text.py
@@ -17,12 +19,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from harness.competition import STAGE_MINUTES, STAGE_NAMES, TRACKS
 from harness.errors import ConfigError
+from harness.leaderboard.intervals import StageIntervals, stage_intervals
 from harness.leaderboard.model import (
     Cost,
     Efficiency,
@@ -153,14 +156,18 @@ def _cost(
     return Cost(track, price, eval_hours, train_hours, usd)
 
 
+@dataclass
+class _Scored:
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)  # stage -> entry -> score
+    win_rates: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    scenarios: dict[str, list[str]] = field(default_factory=dict)
+    intervals: dict[str, StageIntervals] = field(default_factory=dict)
+
+
 def _stage_scores(
-    store: Store, stages: list[str], keep: Collection[str]
-) -> tuple[
-    dict[str, dict[str, float]], dict[str, dict[str, dict[str, float]]], dict[str, list[str]]
-]:
-    scores: dict[str, dict[str, float]] = {}
-    win_rates: dict[str, dict[str, dict[str, float]]] = {}
-    scenarios: dict[str, list[str]] = {}
+    store: Store, stages: list[str], keep: Collection[str], *, intervals: bool
+) -> _Scored:
+    scored = _Scored()
     for stage in stages:
         metrics = {entry: ms for entry, ms in store.metrics(stage).items() if entry in keep}
         # A tiered run (--tiers): each tier's run specs count as one, later tiers rank first.
@@ -181,11 +188,17 @@ def _stage_scores(
         if reached:
             lower = {name: spec.lower_is_better for name, spec in run_specs.items()}
             values = ranked_by_tier(values, reached, lower)
-        scored = score_stage(values, run_specs)
-        scores[stage] = scored.scores
-        win_rates[stage] = scored.scenario_win_rates
-        scenarios[stage] = sorted({spec.scenario for spec in run_specs.values()})
-    return scores, win_rates, scenarios
+        stage_scores = score_stage(values, run_specs)
+        scored.scores[stage] = stage_scores.scores
+        scored.win_rates[stage] = stage_scores.scenario_win_rates
+        scored.scenarios[stage] = sorted({spec.scenario for spec in run_specs.values()})
+        if not intervals:
+            continue
+        instances = {entry: {m.run_spec: m.instances for m in ms} for entry, ms in metrics.items()}
+        drawn = stage_intervals(values, instances, run_specs)
+        if drawn is not None:
+            scored.intervals[stage] = drawn
+    return scored
 
 
 def _levels(store: Store, stage: str, keep: Collection[str]) -> dict[str, int]:
@@ -205,13 +218,16 @@ def build_leaderboard(
     entries: Collection[str] | None = None,
     track: str | None = None,
     prices: Mapping[str, float] = DEFAULT_PRICES,
+    intervals: bool = True,
 ) -> Leaderboard:
     """The leaderboard of `entries` (default: every entry in the store), ranked among themselves.
 
-    `track` prices the GPU-hours (a reproduction's own track is used when it is None)."""
+    `track` prices the GPU-hours (a reproduction's own track is used when it is None);
+    `intervals=False` skips the bootstrap (seconds for a large field) when only ranks matter."""
     keep = set(store.entries()) if entries is None else set(entries) & set(store.entries())
     stages = [stage for stage in STAGE_NAMES if stage in store.stages()]
-    scores, win_rates, scenarios = _stage_scores(store, stages, keep)
+    scored = _stage_scores(store, stages, keep, intervals=intervals)
+    scores, win_rates, scenarios = scored.scores, scored.win_rates, scored.scenarios
     final = {s.entry: s for s in standings(scores.get("open"), scores.get("closed"))}
     results = {stage: store.results(stage) for stage in stages}
     all_metrics = {stage: store.metrics(stage) for stage in stages}
@@ -251,7 +267,9 @@ def build_leaderboard(
                     for name, values in sorted(by_scenario.items())
                 },
                 run_specs={
-                    m.run_spec: RunSpecResult(m.scenario, m.metric, m.value, m.lower_is_better)
+                    m.run_spec: RunSpecResult(
+                        m.scenario, m.metric, m.value, m.lower_is_better, m.reason
+                    )
                     for m in metrics
                 },
                 efficiency=_efficiency(
@@ -272,6 +290,11 @@ def build_leaderboard(
                     if entry in tiers[stage]
                     else ""
                 ),
+                interval=(
+                    scored.intervals[stage].entries.get(entry)
+                    if stage in scored.intervals
+                    else None
+                ),
             )
         standing = final.get(entry)
         rows.append(
@@ -290,4 +313,11 @@ def build_leaderboard(
         else None
     )
     costs = [row.cost.usd for row in rows if row.cost.usd is not None]
-    return Leaderboard(stages, rows, scenarios, agreement, sum(costs) if costs else None)
+    return Leaderboard(
+        stages,
+        rows,
+        scenarios,
+        agreement,
+        sum(costs) if costs else None,
+        bootstrap={stage: intervals.bootstrap for stage, intervals in scored.intervals.items()},
+    )

@@ -111,18 +111,37 @@ def stage_agreement(board: Leaderboard) -> str:
 
 
 def score_against_time(board: Leaderboard) -> str:
-    """Each stage score against the evaluation's wall time: is a higher score a slower one?"""
+    """Each stage score (with its 95% interval where known) against the evaluation's wall time:
+    is a higher score a slower one?"""
     figure, axes = _figure()
     drawn = False
-    for stage in board.stages:
-        points = [
-            (eval_s / 60, score, row.entry)
+    for k, stage in enumerate(board.stages):
+        color = f"C{k}"
+        rows = [
+            (eval_s / 60, score, row.entry, row.stages[stage].interval)
             for row in board.rows
             if (score := row.stages[stage].score) is not None
             and (eval_s := row.stages[stage].efficiency.eval_s)
         ]
+        points = [(x, y, entry) for x, y, entry, _ in rows]
         if points:
-            axes.scatter([x for x, _, _ in points], [y for _, y, _ in points], s=20, label=stage)
+            axes.scatter(
+                [x for x, _, _ in points], [y for _, y, _ in points], s=20, label=stage, color=color
+            )
+            bars = [(x, y, i) for x, y, _, i in rows if i is not None]
+            if bars:  # the score's 95% interval (intervals.py), in the stage's colour
+                axes.errorbar(
+                    [x for x, _, _ in bars],
+                    [y for _, y, _ in bars],
+                    yerr=[
+                        [max(y - i.low, 0.0) for _, y, i in bars],
+                        [max(i.high - y, 0.0) for _, y, i in bars],
+                    ],
+                    fmt="none",
+                    ecolor=color,
+                    elinewidth=0.8,
+                    capsize=2,
+                )
             for x, y, entry in points:
                 axes.annotate(entry, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
             drawn = True

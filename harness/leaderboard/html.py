@@ -20,10 +20,12 @@ import jinja2
 from markupsafe import Markup
 
 from harness.leaderboard.figures import figures
+from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard, Row
 from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
     agreement_line,
+    bootstrap_line,
     cells,
     columns,
     efficiency_cells,
@@ -55,7 +57,7 @@ def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[st
     texts = cells(board, row)
     found = row.scenarios
     titles = [""] * len(texts)
-    first_scenario = len(texts) - 2 - len(board.columns)
+    first_scenario = columns(board).index(board.columns[0]) if board.columns else 0
     for offset, name in enumerate(board.columns):
         result = found.get(name)
         if result is not None:
@@ -96,6 +98,7 @@ def to_html(
             for row in board.rows
         ],
         agreement=agreement_line(board),
+        bootstrap=bootstrap_line(board),
         prices=prices or "the track's price (no track given: `harness report --track`)",
         total_usd=number(board.total_usd, 4),
         efficiency_columns=EFFICIENCY_COLUMNS,
@@ -109,6 +112,18 @@ def to_html(
     if not standalone:
         return body
     return _TEMPLATES.get_template("leaderboard.html.j2").render(body=Markup(body))
+
+
+def _interval_text(interval: ScoreInterval | None) -> str:
+    if interval is None:
+        return ""
+    ranks = (
+        f"rank {interval.rank_low}"
+        if interval.rank_low == interval.rank_high
+        else f"ranks {interval.rank_low} to {interval.rank_high}"
+    )
+    tied = f"; tied with {', '.join(interval.tied_with)}" if interval.tied else ""
+    return f"score {number(interval.low)} to {number(interval.high)}, {ranks}{tied}"
 
 
 def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
@@ -144,6 +159,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
                     "scenario": r.scenario,
                     "metric": r.metric,
                     "value": "no value" if r.value is None else f"{r.value:.4f}",
+                    "reason": r.reason or "",
                 }
                 for name, r in sorted(stage_row.run_specs.items())
             ],
@@ -154,6 +170,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
                 }
                 for f in stage_row.findings
             ],
+            "interval": _interval_text(stage_row.interval),
             "requests_href": log_link(stage_row.logs["requests"])
             if "requests" in stage_row.logs
             else None,

@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from harness.leaderboard.intervals import Bootstrap, ScoreInterval
 from harness.leaderboard.scoring import RankAgreement
 
 
@@ -26,6 +27,7 @@ class RunSpecResult:
     metric: str
     value: float | None
     lower_is_better: bool
+    reason: str | None = None  # why it has no value, or was refused and scored 0
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,8 @@ class StageRow:
     # "2/2 (600)": the coarse-to-fine tier reached and its budget (--tiers); an adaptive run
     # adds its verdict: "3/5 (240) in"
     tier: str = ""
+    # the score's and rank's 95% intervals (intervals.py); None: not ranked, or nothing resampled
+    interval: ScoreInterval | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,7 @@ class Leaderboard:
     scenarios: dict[str, list[str]]  # stage -> its scenarios
     agreement: RankAgreement | None  # open vs closed, when both stages have scores
     total_usd: float | None
+    bootstrap: dict[str, Bootstrap] = field(default_factory=dict)  # stage -> how its intervals came
     generated_at: float = field(default_factory=time.time)
 
     @property

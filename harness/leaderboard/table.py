@@ -20,10 +20,62 @@ def _tiered(board: Leaderboard) -> bool:
     return any(stage.tier for row in board.rows for stage in row.stages.values())
 
 
+def _interval_columns(board: Leaderboard) -> list[str]:
+    """Two columns per stage with intervals: the score's and the rank's."""
+    if len(board.stages) == 1:
+        return ["Score 95%", "Rank 95%"] if board.bootstrap else []
+    return [
+        f"{stage.capitalize()} {what} 95%"
+        for stage in board.stages
+        if stage in board.bootstrap
+        for what in ("score", "rank")
+    ]
+
+
+def _interval_cells(board: Leaderboard, row: Row) -> list[str]:
+    texts = []
+    for stage in board.stages:
+        if stage not in board.bootstrap:
+            continue
+        interval = row.stages[stage].interval if stage in row.stages else None
+        if interval is None:
+            texts += ["", ""]
+            continue
+        ranks = (
+            str(interval.rank_low)
+            if interval.rank_low == interval.rank_high
+            else f"{interval.rank_low}-{interval.rank_high}"
+        )
+        texts += [
+            f"[{number(interval.low)}, {number(interval.high)}]",
+            f"{ranks} tied" if interval.tied else ranks,
+        ]
+    return texts
+
+
+def bootstrap_line(board: Leaderboard) -> str:
+    """How the intervals were drawn, in a sentence under the table."""
+    if not board.bootstrap:
+        return ""
+    parts = [
+        f"{stage}: {b.instances} instances, {b.resamples} resamples, seed {b.seed}"
+        for stage, b in board.bootstrap.items()
+    ]
+    confidence = next(iter(board.bootstrap.values())).confidence
+    return (
+        f"{confidence:.0%} intervals: a percentile bootstrap over the evaluated instances, the "
+        f"same draw for every entry ({'; '.join(parts)}). Tied: the interval of the score "
+        "difference with another entry contains 0."
+    )
+
+
 def columns(board: Leaderboard) -> list[str]:
     stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
     tier = ["Tier"] if _tiered(board) else []
-    return ["Rank", "Entry", "Score", *stage_scores, *board.columns, *tier, "Status", "Reason"]
+    return [
+        "Rank", "Entry", "Score", *stage_scores, *_interval_columns(board), *board.columns, *tier,
+        "Status", "Reason",
+    ]  # fmt: skip
 
 
 def cells(board: Leaderboard, row: Row) -> list[str]:
@@ -39,8 +91,8 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
         ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
     )
     return [
-        rank, row.entry, number(row.final), *stage_scores, *win_rates, *tier, row.status,
-        row.reason,
+        rank, row.entry, number(row.final), *stage_scores, *_interval_cells(board, row),
+        *win_rates, *tier, row.status, row.reason,
     ]  # fmt: skip
 
 

@@ -1,5 +1,5 @@
-"""The leaderboard as text: Markdown (leaderboard.md), JSON (leaderboard.json) and a rich table
-for the terminal."""
+"""The leaderboard as text: Markdown (leaderboard.md), JSON (leaderboard.json), a rich table for
+the terminal and a Markdown table for output that is no terminal."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
     agreement_line,
+    bootstrap_line,
     cells,
     columns,
     efficiency_cells,
@@ -20,28 +21,29 @@ from harness.leaderboard.table import (
     number,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: stages carry `interval` (score and rank intervals, ties), `bootstrap`
 TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
 
 
-def to_markdown(board: Leaderboard) -> str:
+def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def escape(cell: str) -> str:
         return cell.replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
 
-    def table(header: list[str], rows: list[list[str]]) -> list[str]:
-        return [
-            "| " + " | ".join(escape(c) for c in header) + " |",
-            "|" + "|".join("---" for _ in header) + "|",
-            *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows),
-        ]
+    return [
+        "| " + " | ".join(escape(c) for c in header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+        *("| " + " | ".join(escape(c) for c in row) + " |" for row in rows),
+    ]
 
+
+def to_markdown(board: Leaderboard) -> str:
     lines = [
         "# Leaderboard",
         "",
         f"Stages: {', '.join(board.stages) or 'none'}. Generated {generated(board)}. "
         "Scenario columns: mean win rate.",
         "",
-        *table(
+        *_markdown_table(
             [*columns(board), "Cost (USD)", "Logs"],
             [
                 [
@@ -53,13 +55,15 @@ def to_markdown(board: Leaderboard) -> str:
             ],
         ),
     ]
+    if board.bootstrap:
+        lines += ["", bootstrap_line(board)]
     if board.total_usd is not None:
         lines += ["", f"Total cost: USD {board.total_usd:.4f} of GPU time."]
     if board.agreement:
         lines += ["", agreement_line(board)]
     efficiency = [efficiency_cells(row, stage) for row in board.rows for stage in row.stages]
     if efficiency:
-        lines += ["", "## Efficiency", "", *table(EFFICIENCY_COLUMNS, efficiency)]
+        lines += ["", "## Efficiency", "", *_markdown_table(EFFICIENCY_COLUMNS, efficiency)]
     return "\n".join(lines) + "\n"
 
 
@@ -72,11 +76,16 @@ def to_json(board: Leaderboard) -> str:
             unanswered=row.unanswered,
             scenarios={name: asdict(result) for name, result in row.scenarios.items()},
         )
+        for stage, stage_row in row.stages.items():
+            if stage_row.interval is not None:
+                data["stages"][stage]["interval"]["tied"] = stage_row.interval.tied
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
-def to_rich(board: Leaderboard) -> Table:
-    # A terminal fits a few scenario columns; a real stage's dozen are left to the files.
+def _printed(board: Leaderboard) -> tuple[list[int], str]:
+    """The columns `harness run` and `report` print (indexes into `columns(board)`) and the
+    caption under them. A terminal fits a few scenario columns; a stage's dozen are left to the
+    files."""
     shown = set(board.columns) if len(board.columns) <= TERMINAL_SCENARIOS else set()
     caption = " ".join(
         part
@@ -88,15 +97,31 @@ def to_rich(board: Leaderboard) -> Table:
             else "",
             f"Total cost: USD {board.total_usd:.4f}." if board.total_usd is not None else "",
             agreement_line(board),
+            bootstrap_line(board),
         )
         if part
     )
-    table = Table(title="Leaderboard", caption=caption)
     keep = [
         index
         for index, column in enumerate(columns(board))
         if column in shown or column not in board.columns
     ]
+    return keep, caption
+
+
+def to_plain_text(board: Leaderboard) -> str:
+    """What `to_rich` shows, as a Markdown table: one line per entry, however long its name and
+    reason, for output that is no terminal (CI logs, `| tee`, a file)."""
+    keep, caption = _printed(board)
+    header = columns(board)
+    rows = [[cells(board, row)[index] for index in keep] for row in board.rows]
+    table = _markdown_table([header[index] for index in keep], rows)
+    return "\n".join(["Leaderboard", "", *table, *(["", caption] if caption else [])])
+
+
+def to_rich(board: Leaderboard) -> Table:
+    keep, caption = _printed(board)
+    table = Table(title="Leaderboard", caption=caption)
     for index in keep:
         column = columns(board)[index]
         table.add_column(column, overflow="fold", max_width=50 if column == "Reason" else None)

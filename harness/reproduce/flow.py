@@ -66,7 +66,6 @@ from harness.checks import TRAINING_RECORD, Limits, extract_zip
 from harness.errors import ConfigError
 from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.helm.packs import verify_pack
-from harness.helm.runner import read_instance_values
 from harness.infra import docker as engine
 from harness.infra.lock import command_line, hold_results_lock
 from harness.reproduce.curves import (
@@ -246,15 +245,13 @@ def _place_weights(weights: Path, copy: Path, model_dir: str) -> None:
             path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
 
 
-def _noise(name: str, options: ReproduceOptions, original: _Original) -> dict[str, Interval]:
-    """The original's evaluation noise: a bootstrap over its instances, per scenario."""
-    output = options.results / "helm" / entry_slug(name) / options.stage / "benchmark_output"
-    mine = original.metrics[name]
-    values = read_instance_values(output, {m.run_spec: m.metric for m in mine if m.metric})
+def _noise(name: str, original: _Original) -> dict[str, Interval]:
+    """The original's evaluation noise: a bootstrap over its instances (the per-instance values
+    the store keeps with its metrics), per scenario."""
     strata: dict[str, list[list[float]]] = {}
-    for metric in mine:
-        if metric.run_spec in values:
-            strata.setdefault(metric.scenario, []).append(values[metric.run_spec])
+    for metric in original.metrics[name]:
+        if metric.instances:
+            strata.setdefault(metric.scenario, []).append(list(metric.instances.values()))
     return {scenario: bootstrap_interval(found) for scenario, found in strata.items()}
 
 
@@ -453,7 +450,7 @@ def _reproduce(
         finally:
             with suppress(Exception):
                 sdk.images.remove(image, force=True)
-        noise = _noise(name, options, original)
+        noise = _noise(name, original)
         verdict, reason, judgements = judge(comparisons, options.tolerance, noise)
         notes = [f"run {i + 1} ended {r.note}" for i, r in enumerate(runs) if r.note]
         if options.replay:

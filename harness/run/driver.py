@@ -30,7 +30,8 @@ from harness.checks import discover
 from harness.infra.lock import command_line, hold_results_lock
 from harness.run.executor import Executor, LocalExecutor
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, StoreRecorder
+from harness.run.pipeline import Ending, EntryJob
+from harness.run.recorder import StoreRecorder
 from harness.store import (
     Attempt,
     Status,

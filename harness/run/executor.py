@@ -18,7 +18,8 @@ from typing import Protocol
 
 from harness.infra import docker as engine
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, Machine, Recorder, evaluate_entry
+from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
+from harness.run.recorder import Recorder
 
 
 class Executor(Protocol):

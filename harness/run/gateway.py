@@ -14,6 +14,10 @@ run when a /process request keeps failing. The gateway sits in between, on 127.0
   and answer 504 when they expire;
 - an entry's error status, or an entry that cannot be reached, is passed on as an error: HELM
   retries, and fails the run if it persists (that is the entry's failure, not a 0 score);
+- runaway tokenization: HELM fits a prompt into the context by cutting it and asking /tokenize
+  after every cut, forever when the prompt can never fit. Once /tokenize requests outnumber
+  `tokenize_allowance` plus TOKENIZE_PER_ANSWER per answered /process, the gateway answers them
+  429 at once without asking the entry and sets `runaway`, the reason the caller stops HELM with;
 - each request's real latency is measured, and a JSONL request log is written with secrets
   redacted (`harness.secrets.redact`); an answered /process line also counts its tokens:
   `completion_tokens` (the tokens the entry returned, less an echoed prompt) and `prompt_tokens`
@@ -55,6 +59,12 @@ from harness.store import GatewayStats
 
 EMPTY_COMPLETION: dict[str, Any] = {"text": "", "tokens": [], "logprob": 0.0, "request_time": 0.0}
 TOKENIZED_PROMPTS = 256  # /tokenize answers remembered to count the tokens of the next /process
+# HELM asks /tokenize a few times per prompt (once more per in-context example it drops, and to
+# cut a prompt that is too long); a cached /process answer (a rerun, a later tier) never reaches
+# the gateway, so the bound is generous: far above what HELM needs, far below a runaway's rate.
+TOKENIZE_PER_ANSWER = 50
+# A run's first answers come after HELM prepared all of its prompts: the allowance covers that.
+MIN_TOKENIZE_INSTANCES = 20
 PROXIED = {"/process": "POST", "/tokenize": "POST", "/decode": "POST", "/health": "GET"}
 
 
@@ -63,6 +73,13 @@ class Outcome(StrEnum):
     AFTER_DEADLINE = "after-deadline"  # /process after the deadline: answered empty at once
     TIMED_OUT = "timed-out"  # no answer in time: /process answered empty, others 504
     ERROR = "error"  # the entry answered an error status or could not be reached
+    REFUSED = "refused"  # /tokenize past the runaway bound: answered 429, the entry not asked
+
+
+def tokenize_allowance(instances: int) -> int:
+    """/tokenize requests allowed before any /process answer, for runs of at most `instances`
+    instances each (the `Gateway` argument)."""
+    return TOKENIZE_PER_ANSWER * max(instances, MIN_TOKENIZE_INSTANCES)
 
 
 def percentile(sorted_values: list[float], p: float) -> float | None:
@@ -157,14 +174,22 @@ class Gateway:
         process_timeout_s: float = 600.0,
         tokenizer_timeout_s: float = 30.0,
         excerpt_chars: int = 80,
+        tokenize_allowance: int | None = None,
     ) -> None:
-        """`deadline` is a `time.monotonic()` value: the end of the stage's time limit."""
+        """`deadline` is a `time.monotonic()` value: the end of the stage's time limit.
+        `tokenize_allowance`: /tokenize requests allowed before any /process is answered (None:
+        no bound); the caller may set it later, once it knows how many instances a run has."""
         self.upstream_url = upstream_url.rstrip("/")
         self.deadline = deadline
         self.request_log = request_log
         self.process_timeout_s = process_timeout_s
         self.tokenizer_timeout_s = tokenizer_timeout_s
         self.excerpt_chars = excerpt_chars
+        self.tokenize_allowance = tokenize_allowance
+        # Why the gateway stopped forwarding /tokenize (None: it did not); see the docstring.
+        self.runaway: str | None = None
+        self._tokenized = 0
+        self._answered = 0
         self._records: list[_Record] = []
         self._lock = threading.Lock()
         self._log: IO[str] | None = None
@@ -177,7 +202,7 @@ class Gateway:
         self._token_counts: dict[str, int] = {}
         handlers: dict[str, Callable[[Request], Awaitable[Response]]] = {
             "/process": self._process,
-            "/tokenize": self._forward_with_tokenizer_timeout,
+            "/tokenize": self._tokenize,
             "/decode": self._forward_with_tokenizer_timeout,
             "/health": self._forward_with_tokenizer_timeout,
         }
@@ -233,7 +258,7 @@ class Gateway:
                 r.outcome in (Outcome.AFTER_DEADLINE, Outcome.TIMED_OUT) for r in process
             ),
             errors=sum(
-                r.outcome is Outcome.ERROR
+                r.outcome in (Outcome.ERROR, Outcome.REFUSED)
                 or (r.outcome is Outcome.TIMED_OUT and r.endpoint != "/process")
                 for r in records
             ),
@@ -261,6 +286,25 @@ class Gateway:
             return JSONResponse(EMPTY_COMPLETION)
         # A request in flight when the deadline passes is cut off then, not after its own timeout.
         return await self._forward(request, body, min(self.process_timeout_s, remaining))
+
+    async def _tokenize(self, request: Request) -> Response:
+        body = await request.body()
+        with self._lock:
+            self._tokenized += 1
+            allowed = self.tokenize_allowance
+            if allowed is not None and self.runaway is None:
+                allowed += TOKENIZE_PER_ANSWER * self._answered
+                if self._tokenized > allowed:
+                    self.runaway = (
+                        f"runaway tokenization: {self._tokenized - 1} /tokenize requests for "
+                        f"{self._answered} answered /process (HELM cuts prompts that cannot fit "
+                        "the context over and over); the evaluation was stopped"
+                    )
+            refused = self.runaway is not None
+        if refused:
+            self._record(request, body, 429, 0.0, Outcome.REFUSED)
+            return JSONResponse({"detail": self.runaway}, 429)
+        return await self._forward(request, body, self.tokenizer_timeout_s)
 
     async def _forward_with_tokenizer_timeout(self, request: Request) -> Response:
         return await self._forward(request, await request.body(), self.tokenizer_timeout_s)
@@ -309,6 +353,7 @@ class Gateway:
         record = _Record(request.url.path, status, latency_s, outcome)
         with self._lock:
             self._records.append(record)
+            self._answered += record.endpoint == "/process" and outcome is Outcome.ANSWERED
         line = {
             "time": time.time(),
             "endpoint": record.endpoint,

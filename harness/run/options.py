@@ -12,8 +12,14 @@ from pathlib import Path
 
 from harness.competition import STAGE_MINUTES, TRACK_GPU_GIB, stages_text, tracks_text
 from harness.errors import ConfigError
-from harness.helm.confs import SHIPPED_CONFS, RunSpecConf, load_conf, shipped_conf
-from harness.helm.packs import Pack, nested_counts, verify_pack
+from harness.helm.confs import (
+    SHIPPED_CONFS,
+    RunSpecConf,
+    load_conf,
+    shipped_conf,
+    write_helm_conf,
+)
+from harness.helm.packs import Pack, install_pack, nested_counts, verify_pack
 from harness.run.health import HealthSchedule
 
 
@@ -79,6 +85,23 @@ class RunOptions:
         conf of `run_specs` or the stage. A pack is verified once per call: hashing it is I/O."""
         pack = self.pack()
         return pack, pack.run_spec_conf() if pack else load_conf(self.conf_path())
+
+    def write_helm_conf(self, run_dir: Path) -> tuple[Path, RunSpecConf]:
+        """Write the HELM conf of one entry's run into `run_dir` (helm-run's working folder):
+        the pack's sample installed there, the replayed `helm_conf`, or `run_specs` under the
+        budget. Returns its path and the run specs scored."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        pack, conf_spec = self.scored_run_specs()
+        conf = run_dir / "run_specs.conf"
+        if pack is not None:
+            conf = install_pack(pack, run_dir, self.budget, helm_conf=self.helm_conf)
+        elif self.helm_conf is not None:
+            conf.write_bytes(self.helm_conf.read_bytes())
+        else:
+            write_helm_conf(
+                conf_spec, conf, max_eval_instances=self.max_eval_instances, budget=self.budget
+            )
+        return conf, conf_spec
 
     def __post_init__(self) -> None:
         if self.track not in TRACK_GPU_GIB:

@@ -4,8 +4,7 @@
 
 `evaluate_entry(job, recorder, machine)` runs those steps on `machine` (its Docker engine, network
 and GPUs) and returns how the entry ended. It never writes the results store itself: it tells a
-`Recorder`, which is the store for the local executor (`StoreRecorder`, live) and a list of records
-for workers that cannot reach the store (`BufferedRecorder`, replayed by the driver). A failing
+`Recorder` (recorder.py). A failing
 entry is an ending, not a crash: the steps' failures become a status and a reason.
 """
 
@@ -15,34 +14,38 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
 from harness.errors import DiskFullError, InfrastructureError, disk_full
-from harness.helm.confs import write_helm_conf
-from harness.helm.packs import install_pack
-from harness.helm.runner import SUITE, HelmEndpoint, HelmRun, run_helm, write_prod_env
+from harness.helm.fit import Fit, entry_tokenizer, limits_in_background, refuse_unfit
+from harness.helm.runner import (
+    SUITE,
+    HelmEndpoint,
+    HelmRun,
+    RunSpecLimit,
+    run_helm,
+    write_prod_env,
+)
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.run.gateway import Gateway
+from harness.run.gateway import Gateway, tokenize_allowance
 from harness.run.health import wait_healthy
 from harness.run.options import RunOptions
+from harness.run.recorder import Recorder
 from harness.secrets import redact
 from harness.store import (
     RUN_LABEL,
-    Attempt,
-    FindingLike,
     GatewayStats,
     Metric,
     Status,
     Step,
-    Store,
     entry_slug,
 )
 
@@ -91,117 +94,6 @@ class EntryJob:
         """Deterministic: a retry (another attempt, a Ray task re-run after its node died)
         replaces what an earlier one left on the same engine instead of running beside it."""
         return f"harness-{self.run_id}-{entry_slug(self.name)}-{self.stage}"
-
-
-# -- what the pipeline tells as it goes ---------------------------------------------------------
-
-
-class Recorder(Protocol):
-    """Where the pipeline writes its steps and results (`at`: when it happened, time.time())."""
-
-    def start_step(self, step: Step, at: float) -> int: ...
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None: ...
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None: ...
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None: ...
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None: ...
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None: ...
-
-
-class StoreRecorder:
-    """Writes one attempt's records straight into the results store."""
-
-    def __init__(
-        self,
-        store: Store,
-        attempt: Attempt,
-        on_progress: Callable[[str, str], None] = lambda entry, step: None,
-    ) -> None:
-        self.store = store
-        self.attempt = attempt
-        self.on_progress = on_progress
-
-    def start_step(self, step: Step, at: float) -> int:
-        self.on_progress(self.attempt.entry, step.value)
-        return self.store.start_step(self.attempt, step, at=at)
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None:
-        self.store.finish_step(step_id, ok=ok, detail=detail, log_path=log_path, at=at)
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None:
-        self.store.record_findings(self.attempt, findings)
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None:
-        self.store.record_metrics(self.attempt, metrics)
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
-        self.store.record_gateway_stats(self.attempt, stats, log_path)
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None:
-        self.store.record_resources(
-            self.attempt.entry,
-            self.attempt.stage,
-            image_bytes=image_bytes,
-            gpu_peak_bytes=gpu_peak_bytes,
-        )
-
-
-@dataclass
-class BufferedRecorder:
-    """Keeps the calls as picklable records; `replay` hands them to another recorder later."""
-
-    calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
-
-    def _keep(self, method: str, *args: Any, **kwargs: Any) -> None:
-        self.calls.append((method, args, kwargs))
-
-    def start_step(self, step: Step, at: float) -> int:
-        self._keep("start_step", step, at)
-        return len(self.calls) - 1  # a step id is the index of its start record
-
-    def finish_step(
-        self, step_id: int, *, ok: bool, detail: str, log_path: Path | None, at: float
-    ) -> None:
-        self._keep("finish_step", step_id, ok=ok, detail=detail, log_path=log_path, at=at)
-
-    def record_findings(self, findings: Sequence[FindingLike]) -> None:
-        from harness.store import Finding
-
-        kept = [Finding(f.rule, str(f.severity), f.path, f.line, f.message) for f in findings]
-        self._keep("record_findings", kept)
-
-    def record_metrics(self, metrics: Sequence[Metric]) -> None:
-        self._keep("record_metrics", list(metrics))
-
-    def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None:
-        self._keep("record_gateway_stats", stats, log_path)
-
-    def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
-    ) -> None:
-        self._keep("record_resources", image_bytes=image_bytes, gpu_peak_bytes=gpu_peak_bytes)
-
-    def replay(self, recorder: Recorder) -> None:
-        step_ids: dict[int, int] = {}
-        for index, (method, args, kwargs) in enumerate(self.calls):
-            if method == "start_step":
-                step_ids[index] = recorder.start_step(*args, **kwargs)
-            elif method == "finish_step":
-                recorder.finish_step(step_ids[args[0]], **kwargs)
-            else:
-                getattr(recorder, method)(*args, **kwargs)
 
 
 # -- the machine a job runs on ------------------------------------------------------------------
@@ -286,6 +178,14 @@ class Machine:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+class _HelmConf(NamedTuple):
+    """The HELM conf an entry is scored on, written before it is served."""
+
+    path: Path
+    metrics: dict[str, str]  # RunSpecConf.metrics()
+    limits: Callable[[], list[RunSpecLimit]]  # its runs' limits, read in the background
+
+
 class _Ended(Exception):
     """An entry reached its final status before the last step."""
 
@@ -359,11 +259,12 @@ class _Pipeline:
         dockerfile = self._check()
         root = self._context(tmp)
         image = self._build(root, dockerfile)
+        helm_conf = self._helm_conf()
         # The GPU is held while the entry is served only: other entries build meanwhile.
         with self.machine.gpus.lease(self.machine.stopping) as gpu:
             served = self._serve(image, gpu)
             try:
-                return self._evaluate(served, gpu)
+                return self._evaluate(served, gpu, helm_conf)
             finally:
                 self._release(served)
 
@@ -495,10 +396,29 @@ class _Pipeline:
                 raise _Ended(Status.UNHEALTHY, health.reason)
             return served
 
-    def _evaluate(self, served: engine.RunningContainer, gpu: int | None) -> Ending:
+    def _endpoint(self, url: str) -> HelmEndpoint:
+        return HelmEndpoint(
+            self.job.name,
+            url,
+            max_sequence_length=self.options.max_sequence_length,
+            # Nested samples (a pack's, a later tier's) ask again what was answered before.
+            cache_requests=self.options.instances is not None or self.options.tier is not None,
+        )
+
+    def _helm_conf(self) -> _HelmConf:
+        """Write the HELM conf and start reading its runs' limits (harness/helm/fit.py),
+        which takes HELM seconds: meanwhile the entry is served."""
         run_dir = self.job.helm_dir
-        run_dir.mkdir(parents=True, exist_ok=True)
-        pack, conf_spec = self.options.scored_run_specs()
+        conf, conf_spec = self.options.write_helm_conf(run_dir)
+        # Nothing calls this endpoint: the gateway's URL is known once the entry is served.
+        endpoint = self._endpoint("http://127.0.0.1")
+        limits = limits_in_background(run_dir, conf, endpoint, offline=self.options.helm_offline)
+        return _HelmConf(conf, conf_spec.metrics(), limits)
+
+    def _evaluate(
+        self, served: engine.RunningContainer, gpu: int | None, helm_conf: _HelmConf
+    ) -> Ending:
+        run_dir = self.job.helm_dir
         deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
@@ -515,45 +435,39 @@ class _Pipeline:
             ) as gateway,
         ):
             detail.append(sampling)
-            endpoint = HelmEndpoint(
-                self.job.name,
-                gateway.url,
-                max_sequence_length=self.options.max_sequence_length,
-                # Nested samples (a pack's, a later tier's) ask again what was answered before.
-                cache_requests=pack is not None or self.options.tier is not None,
-            )
+            endpoint = self._endpoint(gateway.url)
             write_prod_env(run_dir / "prod_env", [endpoint])
-            conf = run_dir / "run_specs.conf"
-            if pack is not None:
-                conf = install_pack(
-                    pack, run_dir, self.options.budget, helm_conf=self.options.helm_conf
-                )
-            elif self.options.helm_conf is not None:
-                conf.write_bytes(self.options.helm_conf.read_bytes())
-            else:
-                write_helm_conf(
-                    conf_spec,
-                    conf,
-                    max_eval_instances=self.options.max_eval_instances,
-                    budget=self.options.budget,
-                )
+            # Run specs that cannot fit the context are refused: HELM would loop on them.
+            fit = refuse_unfit(
+                helm_conf.path,
+                helm_conf.limits,
+                max_sequence_length=self.options.max_sequence_length,
+                count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
+                metrics=helm_conf.metrics,
+            )
+            gateway.tokenize_allowance = tokenize_allowance(fit.largest)
+            detail.extend(filter(None, [fit.detail]))
             if sampler:
                 sampler.start()
             try:
                 helm = run_helm(
                     run_dir,
-                    conf,
+                    fit.conf,
                     [endpoint.model],
                     max_eval_instances=self.options.max_eval_instances,
                     timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
-                    metrics=conf_spec.metrics(),
+                    metrics=helm_conf.metrics,
                     offline=self.options.helm_offline,
-                    # Nobody answers HELM any more: its retries would take minutes per request.
-                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
+                    # Nobody answers HELM any more: its retries would take minutes each.
+                    should_stop=lambda: (
+                        self.machine.should_stop()
+                        or not served.alive()
+                        or gateway.runaway is not None
+                    ),
                     suite=SUITE
                     if self.options.tier is None
                     else f"{SUITE}-tier{self.options.tier}",
-                    cache_instances=pack is not None,
+                    cache_instances=self.options.instances is not None,
                 )
             finally:
                 if sampler:
@@ -565,9 +479,19 @@ class _Pipeline:
             raise gateway.log_error
         self.recorder.record_gateway_stats(stats, request_log)
         self.recorder.record_metrics(
-            [Metric(r.run_spec, r.scenario, r.metric or "", r.value) for r in helm.runs]
+            [
+                Metric(
+                    r.run_spec,
+                    r.scenario,
+                    r.metric or "",
+                    r.value,
+                    reason=r.error and redact(r.error),
+                    instances=r.per_instance,
+                )
+                for r in (*helm.runs, *fit.refused)
+            ]
         )
-        return self._verdict(served, helm, stats, sampler)
+        return self._verdict(served, helm, stats, sampler, fit, gateway.runaway)
 
     def _verdict(
         self,
@@ -575,6 +499,8 @@ class _Pipeline:
         helm: HelmRun,
         stats: GatewayStats,
         sampler: GpuMemorySampler | None,
+        fit: Fit,
+        runaway: str | None,
     ) -> Ending:
         state = served.state()
         if state.get("Status") == engine.REMOVED:
@@ -588,6 +514,11 @@ class _Pipeline:
         if sampler and (over := sampler.over_budget(budget)):
             return Ending(over.status, over.reason)
         scored = [run for run in helm.runs if run.ok]
+        if runaway is not None:
+            return Ending(
+                Status.EVAL_FAILED,
+                f"{runaway}; {len(scored)} of {len(helm.runs)} run(s) had finished",
+            )
         if helm.killed or helm.stopped:
             # Only runs HELM finished count, but a run it never reached must not go unnoticed.
             return Ending(
@@ -600,11 +531,13 @@ class _Pipeline:
                 f"HELM was stopped {self.options.helm_grace_s:.0f} s past the deadline; "
                 f"{len(scored)} run(s) had finished",
             )
-        if not scored:
+        if not scored and not fit.refused:
             why = helm.error or "; ".join(sorted({str(r.error) for r in helm.runs})) or "no runs"
             return Ending(Status.EVAL_FAILED, f"HELM scored no run: {why}")
         failed = len(helm.runs) - len(scored)
         summary = f"{len(scored)} run(s) scored" + (f", {failed} failed" if failed else "")
+        if fit.refused:
+            summary += f", {fit.summary()}"
         if stats.unanswered:
             return Ending(
                 Status.EVAL_TIMEOUT,

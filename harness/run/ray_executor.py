@@ -33,14 +33,8 @@ from typing import Any
 from harness.errors import ConfigError, InfrastructureError
 from harness.infra import docker as engine
 from harness.run.options import RunOptions
-from harness.run.pipeline import (
-    BufferedRecorder,
-    Ending,
-    EntryJob,
-    Machine,
-    Recorder,
-    evaluate_entry,
-)
+from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
+from harness.run.recorder import BufferedRecorder, Recorder
 from harness.store import RUN_LABEL
 
 NODE_LABEL = "org.harness.ray-node"

@@ -68,11 +68,31 @@ class SubmissionDetail(SubmissionSummary):
     score: float | None  # mean over scenarios; the leaderboard ranks by win rates instead
 
 
+class ScoreInterval(BaseModel):
+    """A stage score's and rank's 95% bootstrap intervals; `tied_with`: teams whose order
+    against this one the evaluated instances cannot tell apart."""
+
+    low: float
+    high: float
+    rank_low: int
+    rank_high: int
+    tied: bool
+    tied_with: list[str]
+
+
+class Bootstrap(BaseModel):
+    resamples: int
+    seed: int
+    confidence: float
+    instances: int
+
+
 class LeaderboardRow(BaseModel):
     rank: int | None
     team: str
     score: float | None
     scenarios: dict[str, float | None]  # scenario -> mean win rate
+    intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
 
 
 class LeaderboardOut(BaseModel):
@@ -80,6 +100,7 @@ class LeaderboardOut(BaseModel):
     stages: list[str]
     scenarios: list[str]  # `stage/scenario` when both stages are scored
     rows: list[LeaderboardRow]
+    bootstrap: dict[str, Bootstrap]  # stage -> how its intervals were drawn
 
 
 _UPLOAD_BODY = {
@@ -207,8 +228,10 @@ def api_router(service: Service) -> APIRouter:
     return router
 
 
-def create_app(service: Service) -> FastAPI:
-    from harness.service import web
+def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI:
+    """The service's app; `metrics_token` lets a scraper from elsewhere than the loopback
+    interface read /metrics."""
+    from harness.service import metrics, web
 
     app = FastAPI(
         title="harness serve",
@@ -221,4 +244,5 @@ def create_app(service: Service) -> FastAPI:
     app.state.service = service
     app.include_router(api_router(service))
     web.register(app, service)
+    metrics.register(app, service, metrics_token)
     return app

@@ -18,7 +18,7 @@ import secrets
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from fastapi import HTTPException, Request
 
 from harness.competition import TRACK_NAMES
 from harness.leaderboard.build import build_leaderboard
+from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
 from harness.service.db import QuotaExceeded, ServiceDB, State, Submission, Team
@@ -108,6 +109,8 @@ class Service:
             if sub.state is State.QUEUED:
                 partial.replace(self.config.zip_path(sub.id))
                 self.queue.wake()
+            else:
+                self.queue.notify(sub.id, "flagged")
             return sub
         except QuotaExceeded as exc:
             raise HTTPException(
@@ -235,7 +238,8 @@ class Service:
             if sub.track == track and sub.visibility == "published"
         }
         best: dict[str, str] = {}
-        for row in build_leaderboard(self.store, entries=published, track=track).rows:
+        field = build_leaderboard(self.store, entries=published, track=track, intervals=False)
+        for row in field.rows:
             if row.rank is not None:  # ranked rows come first, best first
                 best.setdefault(published[row.entry].team, row.entry)
         board = build_leaderboard(self.store, entries=best.values(), track=track)
@@ -245,7 +249,10 @@ class Service:
                 entry=published[row.entry].team,
                 stages={
                     stage: replace(
-                        stage_row, logs={}, steps=[replace(s, log=None) for s in stage_row.steps]
+                        stage_row,
+                        logs={},
+                        steps=[replace(s, log=None) for s in stage_row.steps],
+                        interval=_with_teams(stage_row.interval, published),
                     )
                     for stage, stage_row in row.stages.items()
                 },
@@ -254,6 +261,15 @@ class Service:
             if row.rank is not None
         ]
         return replace(board, rows=rows)
+
+
+def _with_teams(
+    interval: ScoreInterval | None, published: dict[str, Submission]
+) -> ScoreInterval | None:
+    """An interval whose ties name teams, as the rows do, not submission ids."""
+    if interval is None:
+        return None
+    return replace(interval, tied_with=tuple(published[s].team for s in interval.tied_with))
 
 
 def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
@@ -271,9 +287,19 @@ def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
                     name: result.win_rate if (result := row.scenarios.get(name)) else None
                     for name in board.columns
                 },
+                "intervals": {
+                    stage: {
+                        **asdict(interval),
+                        "tied_with": list(interval.tied_with),
+                        "tied": interval.tied,
+                    }
+                    for stage, stage_row in row.stages.items()
+                    if (interval := stage_row.interval) is not None
+                },
             }
             for row in board.rows
         ],
+        "bootstrap": {stage: asdict(method) for stage, method in board.bootstrap.items()},
     }
 
 

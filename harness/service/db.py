@@ -7,7 +7,9 @@ nothing it had answered.
 
     teams        name, email, sha256 of the token, admin flag, revoked time
     sessions     sha256 of a web session id -> team, expiry
-    submissions  id, team, track, visibility, state, result status and reason, times, quota flag
+    webhooks     a team's webhook URL and the secret its deliveries are signed with
+    submissions  id, team, track, visibility, state, result status and reason, times, quota flag,
+                 and while running its lease: the worker running it and its last heartbeat
 
 A submission's `state` is where it is in the service (queued -> running -> finished, or cancelled,
 or flagged at upload and never queued); `status` and `reason` are the harness's result when it
@@ -34,7 +36,16 @@ from harness.errors import ConfigError
 from harness.infra.sqlite import SQLiteFile
 
 DB_FILENAME = "service.sqlite"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 3
+# Statements that bring a database of version N (the key) to N + 1.
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        "ALTER TABLE submissions ADD COLUMN worker TEXT",
+        "ALTER TABLE submissions ADD COLUMN heartbeat_at REAL",
+    ),
+    2: ("CREATE TABLE IF NOT EXISTS webhooks (team_id INTEGER PRIMARY KEY "
+        "REFERENCES teams(id), url TEXT NOT NULL, secret TEXT NOT NULL)",),
+}  # fmt: skip
 TOKEN_PREFIX = "hst_"
 SESSION_S = 7 * 24 * 3600
 
@@ -81,7 +92,14 @@ CREATE TABLE submissions (
     created_at REAL NOT NULL,
     queued_at REAL NOT NULL,
     started_at REAL,
-    finished_at REAL
+    finished_at REAL,
+    worker TEXT,
+    heartbeat_at REAL
+);
+CREATE TABLE webhooks (
+    team_id INTEGER PRIMARY KEY REFERENCES teams(id),
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL
 );
 CREATE INDEX submissions_by_queue ON submissions (state, queued_at, seq);
 CREATE INDEX submissions_by_team ON submissions (team_id, track, created_at);
@@ -132,6 +150,8 @@ class Submission:
     queued_at: float
     started_at: float | None
     finished_at: float | None
+    worker: str | None = None  # while running: who runs it (host/pid)
+    heartbeat_at: float | None = None  # while running: the lease's last renewal
 
 
 class QuotaExceeded(Exception):
@@ -145,7 +165,7 @@ class QuotaExceeded(Exception):
 _SUBMISSION_COLUMNS = (
     "s.seq, s.id, t.name AS team, s.track, s.visibility, s.state, s.status, s.reason, "
     "s.findings, s.filename, s.size, s.counts, s.runs, s.created_at, s.queued_at, "
-    "s.started_at, s.finished_at"
+    "s.started_at, s.finished_at, s.worker, s.heartbeat_at"
 )
 
 
@@ -163,7 +183,7 @@ class ServiceDB(SQLiteFile):
     def __init__(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         super().__init__(data_dir / DB_FILENAME)
-        self._create_or_migrate(_SCHEMA, SCHEMA_VERSION, what="data folder")
+        self._create_or_migrate(_SCHEMA, SCHEMA_VERSION, _MIGRATIONS, what="data folder")
 
     # -- teams and sessions -----------------------------------------------------------------------
 
@@ -182,6 +202,31 @@ class ServiceDB(SQLiteFile):
         except sqlite3.IntegrityError as exc:
             raise ConfigError(f"a team named {name!r} exists already") from exc
         return token
+
+    def set_webhook(self, name: str, url: str, secret: str) -> None:
+        """Send the team's notifications to `url`, signed with `secret`."""
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"a webhook URL starts with http:// or https://; got {url!r}")
+        if len(secret) < 16:
+            raise ConfigError("a webhook secret has at least 16 characters")
+        with self._write() as db:
+            row = db.execute("SELECT id FROM teams WHERE name = ?", (name,)).fetchone()
+            if row is None:
+                raise ConfigError(f"no team named {name!r}")
+            db.execute(
+                "INSERT INTO webhooks (team_id, url, secret) VALUES (?, ?, ?) ON CONFLICT "
+                "(team_id) DO UPDATE SET url = excluded.url, secret = excluded.secret",
+                (row["id"], url, secret),
+            )
+
+    def webhook(self, name: str) -> tuple[str, str] | None:
+        """The team's webhook URL and secret, if it has one."""
+        rows = self._read(
+            "SELECT w.url, w.secret FROM webhooks w JOIN teams t ON t.id = w.team_id "
+            "WHERE t.name = ?",
+            name,
+        )
+        return (rows[0]["url"], rows[0]["secret"]) if rows else None
 
     def teams(self) -> list[Team]:
         rows = self._read(
@@ -364,8 +409,9 @@ class ServiceDB(SQLiteFile):
         )
         return [float(row[0]) for row in rows]
 
-    def claim_next(self) -> Submission | None:
-        """Move the first queued submission to running; None when the queue is empty."""
+    def claim_next(self, worker: str | None = None) -> Submission | None:
+        """Move the first queued submission to running, its lease held by `worker` from now;
+        None when the queue is empty."""
         with self._write() as db:
             row = db.execute(
                 "SELECT id FROM submissions WHERE state = ? ORDER BY queued_at, seq LIMIT 1",
@@ -373,11 +419,36 @@ class ServiceDB(SQLiteFile):
             ).fetchone()
             if row is None:
                 return None
+            now = time.time()
             db.execute(
-                "UPDATE submissions SET state = ?, started_at = ?, runs = runs + 1 WHERE id = ?",
-                (State.RUNNING.value, time.time(), row["id"]),
+                "UPDATE submissions SET state = ?, started_at = ?, runs = runs + 1, worker = ?, "
+                "heartbeat_at = ? WHERE id = ?",
+                (State.RUNNING.value, now, worker, now, row["id"]),
             )
         return self.submission(row["id"])
+
+    def beat(self, sub_ids: list[str], worker: str) -> None:
+        """Renew the leases of these running submissions: `worker` still runs them."""
+        if not sub_ids:
+            return
+        with self._write() as db:
+            db.execute(
+                "UPDATE submissions SET heartbeat_at = ?, worker = ? WHERE state = ? "
+                f"AND id IN ({', '.join('?' * len(sub_ids))})",
+                (time.time(), worker, State.RUNNING.value, *sub_ids),
+            )
+
+    def lapsed(self, before: float) -> list[Submission]:
+        """Running submissions whose lease was last renewed before `before` (a timestamp)."""
+        return [
+            _submission(row)
+            for row in self._read(
+                f"SELECT {_SUBMISSION_COLUMNS} FROM submissions s JOIN teams t ON t.id = s.team_id "
+                "WHERE s.state = ? AND COALESCE(s.heartbeat_at, s.started_at) < ?",
+                State.RUNNING.value,
+                before,
+            )
+        ]
 
     def finish(self, sub_id: str, status: str, reason: str) -> bool:
         """Record a running submission's result; False when it was no longer running."""
@@ -412,11 +483,15 @@ class ServiceDB(SQLiteFile):
             )
         return was
 
-    def requeue(self, sub_id: str, *, keep_place: bool) -> bool:
+    def requeue(self, sub_id: str, *, keep_place: bool, reason: str = "") -> bool:
         """Queue a submission again: a running one interrupted by a restart keeps its place; an
-        admin's re-run of a finished or cancelled one goes to the end. False when not allowed."""
-        fields = "state = ?, status = NULL, reason = '', started_at = NULL, finished_at = NULL"
-        params: list[Any] = [State.QUEUED.value]
+        admin's re-run of a finished or cancelled one goes to the end. False when not allowed.
+        `reason` says why, to the team, until it runs again."""
+        fields = (
+            "state = ?, status = NULL, reason = ?, started_at = NULL, finished_at = NULL, "
+            "worker = NULL, heartbeat_at = NULL"
+        )
+        params: list[Any] = [State.QUEUED.value, reason]
         if not keep_place:
             fields += ", queued_at = ?"
             params.append(time.time())

@@ -18,11 +18,21 @@ engine (preparing the executor again every ENGINE_RETRY_S) before it takes anyth
 a full disk under the data folder: an entry whose start or ending cannot be recorded goes back
 to its place (as soon as the service's database can be written again), and the queue takes
 nothing for DISK_RETRY_S after each write that found no space.
+
+No entry stays running forever. Each running entry holds a lease in the database, renewed every
+heartbeat by this queue while its evaluation is not frozen (leases.py: a process in its HELM folder
+stopped by a signal); a lease that lapses (`lease_s` without renewal) ends the entry: its processes
+are killed, its containers removed, and it goes back to its place, an infrastructure failure
+that does not count against the team (its reason says so until it runs again). An entry running
+past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
+reason. The ending its worker sends later is discarded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +45,12 @@ from harness.errors import DiskFullError, InfrastructureError
 from harness.infra import docker as engine
 from harness.run.executor import Executor
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, StoreRecorder
+from harness.run.pipeline import Ending, EntryJob
+from harness.run.recorder import StoreRecorder
 from harness.secrets import redact
+from harness.service import leases
 from harness.service.db import ServiceDB, State, Submission
+from harness.service.notify import Notifier
 from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
 log = logging.getLogger("harness.service")
@@ -49,6 +62,9 @@ DISK_RETRY_S = 30.0
 # How long a stopping service waits for its interrupted evaluations to end (their containers are
 # removed first, so they end within seconds unless a build or HELM does not notice).
 STOP_WAIT_S = 20.0
+# A running entry's lease: how long it lasts without renewal, and the most between renewals.
+LEASE_S = 120.0
+HEARTBEAT_S = 10.0
 
 
 class Queue:
@@ -59,9 +75,14 @@ class Queue:
         options: RunOptions,
         executor: Executor | None,
         zip_path: Callable[[str], Path],
+        *,
+        lease_s: float = LEASE_S,
+        ceiling_s: float | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         """`options` are the evaluation's, for every track (the track is the submission's);
-        `executor` None (`--jobs 0`) accepts submissions and runs none."""
+        `executor` None (`--jobs 0`) accepts submissions and runs none. `ceiling_s` defaults to
+        leases.ceiling_s(options)."""
         self.db = db
         self.store = store
         self.options = options
@@ -72,6 +93,15 @@ class Queue:
         pack = options.pack()
         self.instances_sha256 = pack.sha256 if pack else None
         self._running: dict[str, Future[Ending]] = {}
+        self._attempts: dict[str, Attempt] = {}
+        # Futures of entries ended by their lease or ceiling: what they end with is discarded.
+        self._abandoned: set[Future[Ending]] = set()
+        self.lease_s = lease_s
+        self.heartbeat_s = min(HEARTBEAT_S, lease_s / 4)
+        self.ceiling_s = ceiling_s if ceiling_s is not None else leases.ceiling_s(options)
+        self.worker = f"{socket.gethostname()}/{os.getpid()}"
+        self.notifier = notifier
+        self._next_beat = 0.0
         self._retry_at: float | None = None  # set while the engine is away
         self._disk_retry_at = 0.0  # after a write found the disk full
         # Running in the database, not here: a full disk kept their ending from being recorded.
@@ -127,11 +157,24 @@ class Queue:
         with self._lock:
             if sub_id not in self._running:
                 return
-        image = EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id).image
+        self._remove_entry_containers(sub_id)
+
+    def _job(self, sub_id: str) -> EntryJob:
+        return EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id)
+
+    def _remove_entry_containers(self, sub_id: str) -> None:
+        image = self._job(sub_id).image
         try:
             _remove_containers({"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image})
         except Exception:  # already gone, or on another machine: the result is discarded anyway
-            log.warning("could not remove the container of cancelled %s", sub_id)
+            log.warning("could not remove the container of %s", sub_id)
+
+    def leases(self) -> dict[str, tuple[str | None, float | None]]:
+        """submission id -> (worker, last heartbeat) of what runs, for the admin page."""
+        return {
+            sub.id: (sub.worker, sub.heartbeat_at)
+            for sub in self.db.submissions(states=(State.RUNNING,))
+        }
 
     def close(self) -> bool:
         """Stop taking submissions and stop what runs: its containers are removed and its
@@ -166,6 +209,7 @@ class Queue:
         while not self._closing.is_set():
             try:
                 self._fill()
+                self._watch()
             except Exception:  # a failing database or engine must not end the service's queue
                 log.exception("the queue loop failed; retrying")
             self._wake.wait(POLL_S)
@@ -199,7 +243,7 @@ class Queue:
                 with self._lock:
                     if len(self._running) >= self.jobs:
                         return
-                sub = self.db.claim_next()
+                sub = self.db.claim_next(self.worker)
                 if sub is None:
                     return
                 try:
@@ -210,6 +254,68 @@ class Queue:
         except DiskFullError as exc:
             log.error("the queue waits %.0f s: %s", DISK_RETRY_S, exc)
             self._disk_retry_at = time.monotonic() + DISK_RETRY_S
+
+    def _watch(self) -> None:
+        """Renew the leases of what runs here and is not frozen; end what lapsed or ran past its
+        ceiling."""
+        with self._lock:
+            running = list(self._running)
+        if time.monotonic() >= self._next_beat:
+            self._next_beat = time.monotonic() + self.heartbeat_s
+            alive = [
+                sub_id
+                for sub_id in running
+                if not leases.frozen(leases.entry_processes(self._job(sub_id).helm_dir))
+            ]
+            self.db.beat(alive, self.worker)
+        for sub in self.db.lapsed(time.time() - self.lease_s):
+            if sub.id in running:
+                self._end(
+                    sub.id,
+                    f"re-queued: its evaluation sent no heartbeat for {self.lease_s:g} s "
+                    "(frozen or gone); an infrastructure failure, not counted against the team",
+                )
+        now = time.time()
+        for sub in self.db.submissions(states=(State.RUNNING,)):
+            if sub.id in running and sub.started_at and now - sub.started_at > self.ceiling_s:
+                self._end(
+                    sub.id,
+                    f"stopped at its ceiling of {self.ceiling_s:g} s (build limit, health "
+                    "checks, the stage's limit and a margin)",
+                    status=Status.EVAL_TIMEOUT,
+                )
+
+    def _end(self, sub_id: str, reason: str, *, status: Status | None = None) -> None:
+        """Stop a running entry here: its processes killed, its containers removed; then back to
+        its place in the queue (`status` None) or finished with `status`."""
+        with self._lock:
+            future = self._running.pop(sub_id, None)
+            attempt = self._attempts.pop(sub_id, None)
+            if future is None or attempt is None:
+                return
+            self._abandoned.add(future)
+        log.warning("%s: %s", sub_id, reason)
+        leases.kill(leases.entry_processes(self._job(sub_id).helm_dir))
+        self._remove_entry_containers(sub_id)
+        if status is None:
+            self.store.finish_attempt(attempt)
+            self.db.requeue(sub_id, keep_place=True, reason=reason)
+            self.notify(sub_id, "requeued")
+        else:
+            self.store.record_status(attempt, status, reason)
+            self.db.finish(sub_id, status.value, reason)
+            self.notify(sub_id, "failed")
+        self._wake.set()
+
+    def notify(self, sub_id: str, what: str) -> None:
+        """Tell the submission's team (notify.py), when the service notifies: queued for
+        delivery elsewhere, so that a failing receiver never holds up the queue."""
+        if self.notifier is None or (sub := self.db.submission(sub_id)) is None:
+            return
+        try:
+            self.notifier.entry(sub, what)
+        except Exception:
+            log.exception("%s: the team could not be notified", sub_id)
 
     def _disk_full(self, sub_id: str, attempt: Attempt, exc: DiskFullError) -> None:
         """The ending could not be recorded: the submission goes back to its place once the
@@ -237,9 +343,14 @@ class Queue:
         future = self.executor.submit(job, StoreRecorder(self.store, attempt))
         with self._lock:
             self._running[sub.id] = future
+            self._attempts[sub.id] = attempt
         future.add_done_callback(lambda done: self._finished(sub.id, attempt, done))
 
     def _finished(self, sub_id: str, attempt: Attempt, future: Future[Ending]) -> None:
+        with self._lock:
+            if future in self._abandoned:  # ended by its lease or ceiling already
+                self._abandoned.discard(future)
+                return
         if self._closing.is_set():
             # Stopped by the service's own shutdown: not the entry's result. It stays running in
             # the database and is queued again at its place on the next start.
@@ -270,7 +381,9 @@ class Queue:
             self._done(sub_id)
             return
         try:
-            self.db.finish(sub_id, status.value, reason)  # False when it was cancelled meanwhile
+            # False when it was cancelled meanwhile
+            if self.db.finish(sub_id, status.value, reason):
+                self.notify(sub_id, "scored" if status is Status.SCORED else "failed")
         except DiskFullError as exc:
             log.error("%s: %s", sub_id, exc)
             self._disk_retry_at = time.monotonic() + DISK_RETRY_S
@@ -280,6 +393,7 @@ class Queue:
     def _done(self, sub_id: str) -> None:
         with self._lock:
             self._running.pop(sub_id, None)
+            self._attempts.pop(sub_id, None)
         self._wake.set()
 
 

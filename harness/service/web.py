@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,9 @@ def register(app: FastAPI, service: Service) -> None:
             "admin.html",
             queue=[service.describe(s, details=False) for s in service.db.queue()],
             workers=service.queue.workers(),
+            leases=service.queue.leases(),
+            lease_s=service.queue.lease_s,
+            now=time.time(),
             recent=[service.describe(s, details=False) for s in service.db.submissions()[:50]],
             teams=service.db.teams(),
             refresh=REFRESH_S * 2,

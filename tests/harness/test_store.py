@@ -22,7 +22,7 @@ from tests.conftest import fill_disk
 
 METRICS = [
     Metric("mmlu:subject=anatomy", "mmlu", "exact_match", 0.5),
-    Metric("gsm:", "gsm8k", "final_number_exact_match", None),
+    Metric("gsm:", "gsm8k", "final_number_exact_match", None, reason="HELM did not finish"),
     Metric("ppl:", "lm", "perplexity", 12.5, lower_is_better=True),
 ]
 
@@ -177,7 +177,8 @@ def _stop_inside_a_write(results_dir: Path, ready: multiprocessing.synchronize.E
     with store._write() as db:  # the store's own transaction, held open on purpose
         db.execute("DELETE FROM metrics")
         db.execute(
-            "INSERT INTO metrics VALUES ('busy', 'open', ?, 'x', 's', 'm', 1.0, 0)", (busy.id,)
+            "INSERT INTO metrics VALUES ('busy', 'open', ?, 'x', 's', 'm', 1.0, 0, NULL)",
+            (busy.id,),
         )
         ready.set()
         time.sleep(600)
@@ -259,22 +260,30 @@ def test_a_version_1_store_is_migrated(tmp_path: Path) -> None:
         db.executescript(
             "CREATE TABLE attempts (id INTEGER PRIMARY KEY, entry TEXT NOT NULL, "
             "stage TEXT NOT NULL, started_at REAL NOT NULL, finished_at REAL);"
-            "INSERT INTO attempts VALUES (1, 'alpha', 'open', 0, 1); PRAGMA user_version = 1;"
+            "INSERT INTO attempts VALUES (1, 'alpha', 'open', 0, 1);"
+            "CREATE TABLE metrics (entry TEXT NOT NULL, stage TEXT NOT NULL, attempt_id INTEGER "
+            "NOT NULL, run_spec TEXT NOT NULL, scenario TEXT NOT NULL, metric TEXT NOT NULL, "
+            "value REAL, lower_is_better INTEGER NOT NULL, PRIMARY KEY (entry, stage, run_spec));"
+            "INSERT INTO metrics VALUES ('alpha', 'open', 1, 'gsm', 'gsm', 'exact_match', 0.5, 0);"
+            "PRAGMA user_version = 1;"
         )
     with Store(tmp_path) as store, closing(sqlite3.connect(store.path)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
         assert db.execute("SELECT status, instances_sha256 FROM attempts").fetchall() == [
             (None, None)
         ]
+        # Metrics stored before run specs carried a reason have none.
+        assert store.metrics("open") == {"alpha": [Metric("gsm", "gsm", "exact_match", 0.5)]}
 
 
 def test_a_version_2_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> None:
     with Store(tmp_path) as store:
         store.add_entry("alpha", "a")
         store.start_attempt("alpha", "open")
-    # Back to what a version-2 store looked like: no instances_sha256 column.
+    # Back to what a version-2 store looked like: no instances_sha256 column, no metric reasons.
     with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
         db.execute("ALTER TABLE attempts DROP COLUMN instances_sha256")
+        db.execute("ALTER TABLE metrics DROP COLUMN reason")
         db.execute("PRAGMA user_version = 2")
         db.commit()
     with Store(tmp_path) as store:
@@ -283,7 +292,7 @@ def test_a_version_2_store_gains_the_pack_hash_of_attempts(tmp_path: Path) -> No
         assert store.instances_sha256("alpha", "open") == "ab" * 32
         assert store.instances_sha256("alpha", "closed") is None
     with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == 4
 
 
 def test_resources_update_only_what_each_call_gives_and_old_stores_gain_the_table(

@@ -16,7 +16,6 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
@@ -30,7 +29,6 @@ from harness.helm.runner import (
     RunResult,
     check_helm,
     model_name,
-    read_instance_values,
     read_metrics,
     run_helm,
     summarize_helm,
@@ -175,6 +173,34 @@ def test_read_metrics_says_why_a_run_has_no_value(tmp_path: Path) -> None:
     assert local.error == "stats.json has no rouge_2 on ('test', 'valid')" and not local.ok
     assert mmlu.error == "stopped by the time limit"
     assert read_metrics(tmp_path / "elsewhere") == []
+
+
+def test_read_metrics_reads_the_main_metric_per_instance(tmp_path: Path) -> None:
+    output = recorded_runs(tmp_path)
+    [folder] = (output / "runs" / "harness").glob("synthetic*")
+
+    def record(instance: str, trial: int, value: float, **extra: object) -> dict[str, object]:
+        stats = [
+            {"name": {"name": "quasi_exact_match", "split": "test"}, "count": 1, "mean": value},
+            {"name": {"name": "exact_match", "split": "test"}, "count": 1, "mean": 1 - value},
+        ]
+        return {"instance_id": instance, "train_trial_index": trial, "stats": stats, **extra}
+
+    records = [
+        record("id1", 0, 1.0),
+        record("id1", 1, 0.0),  # a second train trial: the instance's value is their mean
+        record("id2", 0, 1.0),
+        record("id2", 0, 0.0, perturbation={"name": "typos"}),  # a perturbed copy: not counted
+        {"instance_id": "id3", "train_trial_index": 0, "stats": []},  # no value on it
+    ]
+    (folder / "per_instance_stats.json").write_text(json.dumps(records))
+    synthetic = read_metrics(output)[2]
+    assert synthetic.metric == "quasi_exact_match"
+    assert synthetic.per_instance == {"id1": 0.5, "id2": 1.0}
+
+    (folder / "per_instance_stats.json").write_text("[{")  # cut short: the value still counts
+    synthetic = read_metrics(output)[2]
+    assert synthetic.ok and synthetic.per_instance == {}
 
 
 def test_read_metrics_trusts_only_runs_helm_finished(tmp_path: Path) -> None:
@@ -340,6 +366,9 @@ def test_helm_run_scores_offline_and_local_tasks_and_resumes(
         assert result.ok and result.metric == metric and result.model == endpoint.model
         assert result.value is not None and 0.0 <= result.value <= 1.0
         assert result.instances == 3 and result.split == "test"
+        # What the leaderboard's bootstrap resamples: one value per instance, averaging to it.
+        assert len(result.per_instance) == 3
+        assert sum(result.per_instance.values()) / 3 == pytest.approx(result.value)
     assert runs["qa"].run_spec == "local_task:name=qa,max_eval_instances=3"
     assert "OfflineModeIsEnabled" in (runs["mmlu_pro"].error or "")
 
@@ -409,31 +438,3 @@ def test_helm_run_that_fails_before_any_run_reports_why(helm_bin: Path, tmp_path
                    bin_dir=helm_bin)  # fmt: skip
     assert run.returncode != 0 and not run.timed_out and run.runs == ()
     assert run.error == "ValueError: Unknown run spec name: nope"
-
-
-def test_read_instance_values_takes_each_instances_main_metric(tmp_path: Path) -> None:
-    runs = tmp_path / "runs" / "harness"
-
-    def stat(name: str, mean: float, **extra: Any) -> dict[str, Any]:
-        return {"name": {"name": name, "split": "test", **extra}, "count": 1, "mean": mean}
-
-    good = runs / "local_task:name=a,max_eval_instances=3,model=harness_x,groups=local_task"
-    good.mkdir(parents=True)
-    rows = [
-        {"instance_id": f"id{i}", "stats": [stat("exact_match", v), stat("num_references", 3)]}
-        for i, v in enumerate([1.0, 0.0, 1.0])
-    ]
-    rows[0]["stats"].append(stat("exact_match", 0.0, perturbation={"name": "typo"}))
-    (good / "per_instance_stats.json").write_text(json.dumps(rows))
-    broken = runs / "mmlu:subject=x,model=harness_x,groups=mmlu"
-    broken.mkdir()
-    (broken / "per_instance_stats.json").write_text("[{cut short")
-    unasked = runs / "gsm:model=harness_x,groups=gsm"
-    unasked.mkdir()
-
-    values = read_instance_values(
-        tmp_path,
-        {"local_task:name=a,max_eval_instances=3": "exact_match", "mmlu:subject=x": "exact_match"},
-    )
-    assert values == {"local_task:name=a,max_eval_instances=3": [1.0, 0.0, 1.0]}
-    assert read_instance_values(tmp_path / "nothing", {"gsm": "exact_match"}) == {}

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from html.parser import HTMLParser
 from pathlib import Path
@@ -13,7 +16,7 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT, FIGURES
-from harness.leaderboard.html import to_html
+from harness.leaderboard.html import entry_page, to_html
 from harness.leaderboard.text import to_json, to_markdown
 from harness.store import GatewayStats, Metric, Status, Step, Store
 
@@ -368,3 +371,38 @@ def test_the_terminal_leaves_many_scenario_columns_to_the_files(tmp_path: Path) 
     assert "9 scenario columns: see leaderboard.html" in result.output
     assert "scenario8" not in result.output
     assert "scenario8" in (tmp_path / "leaderboard.md").read_text()
+
+
+def test_piped_output_keeps_each_entry_on_one_line(tmp_path: Path) -> None:
+    names = ["team-" + "alpha" * 8, "team-" + "beta" * 9, "team-unbuildable-" + "x" * 30]
+    reason = "gsm: max_tokens 400 does not fit a 256-token context"
+    with Store(tmp_path) as store:
+        for value, name in zip((0.9, 0.1, None), names, strict=True):
+            store.add_entry(name, name)
+            attempt = store.start_attempt(name, "open")
+            if value is None:
+                store.record_status(attempt, Status.BUILD_FAILED, BAD_REASON + " " * 3 + "z" * 90)
+                continue
+            metrics = [Metric("mmlu:a", "mmlu", "exact_match", value),
+                       Metric("gsm", "gsm", "exact_match", 0.0, reason=reason)]  # fmt: skip
+            store.record_metrics(attempt, metrics)
+            store.record_status(attempt, Status.SCORED, f"1 run(s) scored, 1 refused ({reason})")
+    # A pipe, as in CI logs or `| tee`: not a terminal, whatever width it would have.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "harness"), "report", str(tmp_path)],
+        capture_output=True, text=True, env={**os.environ, "COLUMNS": "80"}, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for name in names:
+        [row] = [line for line in lines if name in line]
+        assert row.startswith("| ") and row.endswith(" |")
+    # Win rates: mmlu 1 (the higher value), gsm 0.5 (both refused: a tie at 0); score sqrt(0.5).
+    assert f"| 1 | {names[0]} | 0.707 | 0.500 | 1.000 | scored | 1 run(s) scored" in result.stdout
+    assert "z" * 90 in result.stdout
+    assert f"wrote {tmp_path / 'leaderboard.md'}, " in result.stdout
+    # Each run spec's reason is kept with its value and shown on the entry's page.
+    board = json.loads((tmp_path / "leaderboard.json").read_text())
+    gsm = board["rows"][0]["stages"]["open"]["run_specs"]["gsm"]
+    assert (gsm["value"], gsm["reason"]) == (0.0, reason)
+    assert f"<td>{reason}</td>" in (tmp_path / entry_page(names[0])).read_text()

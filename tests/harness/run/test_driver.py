@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -28,8 +29,17 @@ from harness.leaderboard.build import build_leaderboard
 from harness.run.driver import RunOptions, exit_code, run_entries
 from harness.run.executor import LocalExecutor
 from harness.run.health import HealthSchedule
-from harness.run.pipeline import BufferedRecorder, EntryJob
-from harness.store import RUN_LABEL, STORE_FILENAME, Status, Store, entry_slug, results_id
+from harness.run.pipeline import EntryJob
+from harness.run.recorder import BufferedRecorder
+from harness.store import (
+    RUN_LABEL,
+    STORE_FILENAME,
+    Status,
+    Step,
+    Store,
+    entry_slug,
+    results_id,
+)
 from harness.submission.render import DEFAULT_BASE_IMAGE
 from tests._wait import until
 from tests.conftest import REPO, TEST_LABELS, fill_disk
@@ -257,7 +267,7 @@ def test_cli_reports_usage_errors_with_exit_code_2(tmp_path: Path) -> None:
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 2
-    assert "unknown track" in result.stdout
+    assert "unknown track" in result.stderr and result.stdout == ""
 
 
 def test_a_malformed_zip_is_flagged_with_its_findings_recorded(
@@ -311,6 +321,63 @@ def test_a_vanished_container_ends_only_that_entry(
         "during evaluation: the container disappeared (removed from outside the harness)"
     )
     assert labelled_containers(docker_client, out) == []
+
+
+def test_a_run_spec_that_cannot_fit_the_context_is_refused_and_scored_0(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    make_entry(entries, "good", "answer-a")
+    (tmp_path / "long.jsonl").write_text('{"input": "Write a story.", "answer": "Once"}\n')
+    # max_tokens 400 leaves no room for a prompt in the 256-token context `options` gives.
+    long = '{description: "local_task:path=long.jsonl,name=long,max_tokens=400", scenario: "long"}'
+    conf = tmp_path / "with-long.conf"
+    conf.write_text(write_conf(tmp_path, 3).read_text().replace("}]", f"}}, {long}]"))
+
+    [outcome] = run_entries(entries, options(tmp_path, base_image, run_specs=str(conf)))
+
+    reason = "local_task:name=long: max_tokens 400 does not fit a 256-token context"
+    assert outcome.status is Status.SCORED
+    assert outcome.reason.startswith(f"1 run(s) scored, 1 refused and scored 0 ({reason}); ")
+    with Store(tmp_path / "results") as store:
+        metrics = {m.scenario: m for m in store.metrics("open")["good"]}
+        board = build_leaderboard(store)
+        evaluate = store.latest_steps("good", "open")[Step.EVALUATE]
+    assert (metrics["long"].value, metrics["long"].reason) == (0.0, reason)
+    assert (metrics["local_task"].value, metrics["local_task"].reason) == (1.0, None)
+    assert "1 run spec(s) refused (too long)" in evaluate.detail
+    shown = board.rows[0].stages["open"].run_specs
+    assert shown["local_task:name=long,max_eval_instances=3"].reason == reason
+    requests = tmp_path / "results" / "logs" / entry_slug("good") / "open" / "requests.jsonl"
+    endpoints = [json.loads(line)["endpoint"] for line in requests.read_text().splitlines()]
+    assert endpoints.count("/process") == 3 and endpoints.count("/tokenize") < 20 * 3
+
+
+def test_piped_run_prints_plain_progress_and_one_line_per_entry(
+    tmp_path: Path, base_image: str, docker_client: Any, helm_bin: Path
+) -> None:
+    entries = tmp_path / "entries"
+    missing = "an-entry-whose-name-is-longer-than-a-folded-column"
+    (entries / missing).mkdir(parents=True)
+    leaky = make_entry(entries, "another-entry-with-a-name-far-too-long-to-fold", "answer-a")
+    (leaky / "login.py").write_text(f'HF_TOKEN = "{TOKEN}"\n')
+    # A pipe, as in CI logs or `| tee`: not a terminal.
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "harness"), "run", str(entries), "--track", "4090",
+         "--stage", "open", "--out", str(tmp_path / "results"), "--run-specs", "offline"],
+        capture_output=True, text=True, cwd=REPO, env={**os.environ, "COLUMNS": "80"},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    # Progress: one timed line per step started, no spinner frames (braille characters).
+    for name in (missing, leaky.name):
+        assert any(re.fullmatch(rf"\d\d:\d\d:\d\d {name}: check", line) for line in lines)
+    assert not any("\u2800" <= char <= "\u28ff" for char in result.stdout)
+    for name, status in [(missing, "no-dockerfile"), (leaky.name, "flagged")]:
+        [row] = [line for line in lines if line.startswith("| ") and name in line]
+        assert f"| {name} |" in row and f"| {status} |" in row
+    assert "2 entries (0 already finished, kept)" in result.stdout
+    assert TOKEN not in result.stdout
 
 
 def test_a_full_disk_ends_the_run_with_exit_code_3_and_a_rerun_finishes_the_rest(

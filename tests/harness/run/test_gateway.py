@@ -19,7 +19,15 @@ import httpx
 import pytest
 from fastapi import FastAPI, HTTPException
 
-from harness.run.gateway import EMPTY_COMPLETION, Gateway, ThreadedServer, percentile
+from harness.run.gateway import (
+    EMPTY_COMPLETION,
+    MIN_TOKENIZE_INSTANCES,
+    TOKENIZE_PER_ANSWER,
+    Gateway,
+    ThreadedServer,
+    percentile,
+    tokenize_allowance,
+)
 
 ENTRY_DELAY_S = 0.05  # every /process takes this long, while it claims it took no time
 SLOW_S = 30.0  # how long the entry takes on "slow" prompts, and hangs on "hang" ones
@@ -206,6 +214,43 @@ def test_the_request_log_counts_prompt_and_completion_tokens(
     counts = [(line.get("prompt_tokens"), line.get("completion_tokens")) for line in lines]
     # "echo one two three" is 4 words; an echoed prompt of unknown length leaves both unknown.
     assert counts == [(None, None), (3, 4), (None, 3), (3, 4), (None, None), (None, None)]
+
+
+def test_runaway_tokenization_is_refused_and_reported(
+    entry_url: str, tmp_path: Path, client: httpx.Client
+) -> None:
+    with _gateway(entry_url, tmp_path, deadline_in_s=60, tokenize_allowance=3) as gateway:
+        allowed = [client.post(f"{gateway.url}/tokenize", json={"text": "a b"}) for _ in range(3)]
+        assert gateway.runaway is None
+        # Every answered /process allows TOKENIZE_PER_ANSWER more.
+        client.post(f"{gateway.url}/process", json={"prompt": "go"})
+        allowed += [
+            client.post(f"{gateway.url}/tokenize", json={"text": "a b"})
+            for _ in range(TOKENIZE_PER_ANSWER)
+        ]
+        assert gateway.runaway is None
+        refused = [client.post(f"{gateway.url}/tokenize", json={"text": "a b"}) for _ in range(2)]
+        # The entry still answers what is not /tokenize: HELM is stopped by the caller.
+        decoded = client.post(f"{gateway.url}/decode", json={"tokens": ["a"]})
+        stats = gateway.stats()
+    assert [r.status_code for r in allowed] == [200] * (3 + TOKENIZE_PER_ANSWER)
+    assert [r.status_code for r in refused] == [429, 429]
+    assert gateway.runaway == (
+        f"runaway tokenization: {3 + TOKENIZE_PER_ANSWER} /tokenize requests for 1 answered "
+        "/process (HELM cuts prompts that cannot fit the context over and over); the evaluation "
+        "was stopped"
+    )
+    assert refused[0].json()["detail"] == gateway.runaway
+    assert decoded.json()["text"] == "a"
+    assert (stats.answered, stats.errors) == (1, 2)
+    lines = [json.loads(line) for line in gateway.request_log.read_text().splitlines()]
+    assert [line["outcome"] for line in lines[-3:-1]] == ["refused", "refused"]
+
+
+def test_tokenize_allowance_covers_a_run_prepared_before_its_first_answer() -> None:
+    floor = MIN_TOKENIZE_INSTANCES * TOKENIZE_PER_ANSWER
+    assert tokenize_allowance(0) == tokenize_allowance(1) == floor
+    assert tokenize_allowance(1000) == 1000 * TOKENIZE_PER_ANSWER
 
 
 def test_stop_closes_the_port(entry_url: str, tmp_path: Path, client: httpx.Client) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from harness.run.driver import run_entries
 from harness.run.options import RunOptions
-from harness.run.pipeline import BufferedRecorder, Ending, EntryJob, Recorder, StoreRecorder
+from harness.run.pipeline import Ending, EntryJob
+from harness.run.recorder import BufferedRecorder, Recorder, StoreRecorder
 from harness.store import Finding, Metric, Status, Step, StepStatus, Store
 
 

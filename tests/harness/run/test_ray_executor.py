@@ -21,7 +21,8 @@ import pytest
 from harness.errors import InfrastructureError
 from harness.run.driver import run_entries
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, Machine, Recorder
+from harness.run.pipeline import Ending, EntryJob, Machine
+from harness.run.recorder import Recorder
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
 from tests.conftest import IN_CI, TEST_LABELS
 

@@ -13,7 +13,8 @@ from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.scoring import RunSpec, ranked_by_tier, same_run_spec, score_stage
 from harness.leaderboard.text import to_markdown
 from harness.run.options import RunOptions
-from harness.run.pipeline import Ending, EntryJob, Recorder
+from harness.run.pipeline import Ending, EntryJob
+from harness.run.recorder import Recorder
 from harness.run.tiers import Estimate, Tiers, compute_used, estimate, in_contention, run_tiers
 from harness.store import Metric, Status, Step, Store
 

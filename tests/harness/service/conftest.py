@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import hmac
 import io
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,12 +22,14 @@ import httpx
 import pytest
 
 from harness.service.db import ServiceDB
+from harness.service.notify import SIGNATURE_HEADER, signature
 from harness.store import RUN_LABEL, results_id
 from tests._wait import until
 from tests.conftest import REPO
 from tests.harness.run.test_driver import make_entry
 
 HARNESS = Path(sys.executable).parent / "harness"
+SECRET = "webhook-secret-of-team-a"  # the Receiver's webhook secret
 
 
 def free_port() -> int:
@@ -162,3 +168,50 @@ def _remove_containers(data_dirs: set[Path]) -> None:
         for container in sdk.containers.list(all=True, filters={"label": label}):
             container.remove(force=True)
     sdk.close()
+
+
+class Receiver(ThreadingHTTPServer):
+    """Answers 500 to the first delivery of each event (so it is retried), then 200; keeps the
+    deliveries whose signature verifies and counts those that do not."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[dict[str, Any]] = []
+        self.seen: dict[str, int] = {}
+        self.bad_signatures = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                expected = signature(SECRET, body)
+                if not hmac.compare_digest(self.headers.get(SIGNATURE_HEADER, ""), expected):
+                    receiver.bad_signatures += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                delivery = self.headers["X-Harness-Delivery"]
+                receiver.seen[delivery] = receiver.seen.get(delivery, 0) + 1
+                if receiver.seen[delivery] == 1:
+                    self.send_response(500)
+                else:
+                    receiver.deliveries.append(json.loads(body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None: ...
+
+        super().__init__(("127.0.0.1", 0), Handler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    server = Receiver()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()

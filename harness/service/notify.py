@@ -1,0 +1,129 @@
+"""Telling teams what happened to their entries: a signed webhook and/or an email per event.
+
+    notifier = Notifier(db, smtp=SmtpSettings("127.0.0.1", 25, "harness@example.org"))
+    notifier.entry(sub, "scored")          # queued for delivery; returns at once
+    notifier.close()
+
+Events: `entry.scored`, `entry.failed` (any other result), `entry.flagged` (refused at upload),
+`entry.requeued` (its lease lapsed: not the team's fault). A webhook is a JSON POST of
+
+    {"event": "entry.scored", "submission": "sub-…", "team": "team-a", "track": "4090",
+     "status": "scored", "reason": "…", "at": "2026-12-07T12:00:00+00:00"}
+
+with `X-Harness-Event`, `X-Harness-Delivery` (one id per event, the same on every retry) and
+`X-Harness-Signature-256: sha256=<hex HMAC-SHA256 of the body under the team's webhook secret>`.
+It carries no token and no secret (reasons are redacted). A failed delivery is retried RETRIES
+times with exponential backoff from BACKOFF_S, in a pool of its own: a receiver that is down
+delays nothing in the queue. Email goes to the team's address through the SMTP server of
+`harness serve --smtp-host`, when set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import smtplib
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.message import EmailMessage
+
+import httpx
+
+from harness.secrets import redact
+from harness.service.db import ServiceDB, Submission
+
+log = logging.getLogger("harness.service")
+RETRIES = 5
+BACKOFF_S = 1.0
+TIMEOUT_S = 10.0
+SIGNATURE_HEADER = "X-Harness-Signature-256"
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    host: str
+    port: int
+    sender: str
+
+
+def signature(secret: str, body: bytes) -> str:
+    """The value of SIGNATURE_HEADER for `body`; receivers compare theirs in constant time."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Notifier:
+    def __init__(
+        self,
+        db: ServiceDB,
+        *,
+        smtp: SmtpSettings | None = None,
+        retries: int = RETRIES,
+        backoff_s: float = BACKOFF_S,
+    ) -> None:
+        self.db, self.smtp, self.retries, self.backoff_s = db, smtp, retries, backoff_s
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="notify")
+
+    def entry(self, sub: Submission, what: str) -> None:
+        """Tell `sub`'s team that it was `what`: scored, failed, flagged or requeued."""
+        payload = {
+            "event": f"entry.{what}",
+            "submission": sub.id,
+            "team": sub.team,
+            "track": sub.track,
+            "status": sub.status or sub.state.value,
+            "reason": redact(sub.reason),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        webhook = self.db.webhook(sub.team)
+        if webhook is not None:
+            self._pool.submit(self._post, *webhook, payload)
+        email = next((t.email for t in self.db.teams() if t.name == sub.team), None)
+        if email and self.smtp is not None:
+            self._pool.submit(self._mail, self.smtp, email, payload)
+
+    def _post(self, url: str, secret: str, payload: dict[str, str]) -> None:
+        body = json.dumps(payload, sort_keys=True).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "X-Harness-Event": payload["event"],
+            "X-Harness-Delivery": str(uuid.uuid4()),
+            SIGNATURE_HEADER: signature(secret, body),
+        }
+        for attempt in range(self.retries + 1):
+            try:
+                answer = httpx.post(url, content=body, headers=headers, timeout=TIMEOUT_S)
+                if answer.is_success:
+                    return
+                problem = f"HTTP {answer.status_code}"
+            except httpx.HTTPError as exc:
+                problem = type(exc).__name__
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        log.warning("webhook of %s for %s gave up: %s", payload["team"], payload["event"], problem)
+
+    def _mail(self, smtp: SmtpSettings, to: str, payload: dict[str, str]) -> None:
+        message = EmailMessage()
+        message["From"], message["To"] = smtp.sender, to
+        message["Subject"] = f"[harness] {payload['submission']}: {payload['status']}"
+        message.set_content(
+            f"Your entry {payload['submission']} ({payload['track']}) was {payload['event']}.\n"
+            f"Status: {payload['status']}\n{payload['reason']}\n"
+        )
+        for attempt in range(self.retries + 1):
+            try:
+                with smtplib.SMTP(smtp.host, smtp.port, timeout=TIMEOUT_S) as server:
+                    server.send_message(message)
+                return
+            except (OSError, smtplib.SMTPException) as exc:
+                problem = type(exc).__name__
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2**attempt)
+        log.warning("email to %s for %s gave up: %s", payload["team"], payload["event"], problem)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
