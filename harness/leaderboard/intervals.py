@@ -13,6 +13,8 @@ recomputes each entry's run-spec means, then the competition's win rates and sta
 
     stage = stage_intervals(values, instances, run_specs)   # the leaderboard, per stage
     low, high = mean_interval([1.0, 0.0, 1.0])                # the mean of one sample
+    interval = stratified_interval([[1.0, 0.0], [0.5]])       # a mean of strata's means, with
+                                                              # its standard error (reproduce)
     low, high = difference_interval(ours, theirs)             # paired by instance id: ours - theirs
 
 The same inputs give the same intervals (seeded). A run spec an entry has no per-instance values
@@ -98,6 +100,39 @@ def mean_interval(
     counts = _counts(np.random.default_rng(seed), sample.size, resamples)
     low, high = _bounds(counts @ sample / sample.size, confidence)
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bootstrap estimate: the value, its standard error and its percentile interval."""
+
+    value: float
+    standard_error: float
+    low: float
+    high: float
+
+
+def stratified_interval(
+    strata: Sequence[Sequence[float]],
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    confidence: float = CONFIDENCE,
+) -> Interval:
+    """The mean of the strata's means (a scenario's score over its run specs), each stratum's
+    values resampled on their own: a stratum of one value counts with that value every time.
+    (scipy's `bootstrap` refuses strata of one, which small instance budgets have.)"""
+    groups = [np.asarray(values, dtype=float) for values in strata]
+    if not groups or any(group.size == 0 for group in groups):
+        raise ValueError("every stratum needs at least one value")
+    rng = np.random.default_rng(seed)
+    means = sum(
+        (_counts(rng, group.size, resamples) @ group / group.size for group in groups),
+        start=np.zeros(resamples),
+    ) / len(groups)
+    low, high = _bounds(means, confidence)
+    value = float(np.mean([group.mean() for group in groups]))
+    return Interval(value, float(means.std(ddof=1)), float(low), float(high))
 
 
 def difference_interval(

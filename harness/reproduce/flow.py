@@ -68,6 +68,7 @@ from harness.helm.confs import SHIPPED_CONFS, load_conf, shipped_conf
 from harness.helm.packs import verify_pack
 from harness.infra import docker as engine
 from harness.infra.lock import command_line, hold_results_lock
+from harness.leaderboard.intervals import Interval, stratified_interval
 from harness.reproduce.curves import (
     METRICS_FILE,
     RECORD_FILE,
@@ -91,11 +92,7 @@ from harness.reproduce.options import (
     tail,
     write_reports,
 )
-from harness.reproduce.stats import (
-    Interval,
-    Judgement,
-    bootstrap_interval,
-)
+from harness.reproduce.stats import BOOTSTRAP_RESAMPLES, Judgement
 from harness.reproduce.training import build_training_image, hash_files, train
 from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries
@@ -252,7 +249,10 @@ def _noise(name: str, original: _Original) -> dict[str, Interval]:
     for metric in original.metrics[name]:
         if metric.instances:
             strata.setdefault(metric.scenario, []).append(list(metric.instances.values()))
-    return {scenario: bootstrap_interval(found) for scenario, found in strata.items()}
+    return {
+        scenario: stratified_interval(found, resamples=BOOTSTRAP_RESAMPLES)
+        for scenario, found in strata.items()
+    }
 
 
 def _read(path: Path) -> str:

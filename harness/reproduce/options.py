@@ -21,8 +21,9 @@ import yaml
 from harness.checks import MANIFEST, clean_relative
 from harness.competition import GIB
 from harness.errors import ConfigError
+from harness.leaderboard.intervals import Interval
 from harness.reproduce.curves import DEFAULT_LOSS_TOLERANCE, CurveComparison, relative_difference
-from harness.reproduce.stats import CONFIDENCE, TRIM_FROM, Interval, Judgement
+from harness.reproduce.stats import CONFIDENCE, TRIM_FROM, Judgement
 from harness.run.driver import RunOptions
 from harness.run.health import HealthSchedule
 from harness.secrets import redact

@@ -5,8 +5,8 @@ runs fall short of the original by more than training and evaluation noise expla
    its run specs' means, so each run spec's instances are resampled on their own (a stratified
    bootstrap) and the scenario score recomputed; the spread of those scores is what scoring the
    same model on another draw of instances would move it by. scipy's `bootstrap` refuses strata of
-   one instance, which small instance budgets have, hence the few lines here. The lead may unify
-   this with the leaderboard's intervals (issue 24) behind `bootstrap_interval`.
+   one instance, which small instance budgets have: leaderboard/intervals.py's
+   `stratified_interval`, the one bootstrap of the harness, does it.
 2. The test: the runs' mean against the original's score, one-sided (does the reproduction fall
    short?), Welch's t statistic with the runs' own variance and the original's bootstrap variance
    (known, so it adds no degrees of freedom). With five runs or more, the best and the worst are
@@ -26,8 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-BOOTSTRAP_RESAMPLES = 2000
-BOOTSTRAP_SEED = 0  # the same results give the same interval in every report
+BOOTSTRAP_RESAMPLES = 2000  # a noise floor read from the interval's tails: more than the board
 CONFIDENCE = 0.95
 ALPHA = 0.05
 TRIM_FROM = 5  # runs from which the best and the worst are dropped
@@ -36,39 +35,6 @@ REPRODUCED = "reproduced"
 WITHIN_NOISE = "within-noise"
 DIFFERS = "differs"
 VERDICT_ORDER = (REPRODUCED, WITHIN_NOISE, DIFFERS)  # from best to worst
-
-
-@dataclass(frozen=True)
-class Interval:
-    """A bootstrap estimate: the score, its standard error and its percentile interval."""
-
-    value: float
-    standard_error: float
-    low: float
-    high: float
-
-
-def bootstrap_interval(
-    strata: Sequence[Sequence[float]],
-    *,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    confidence: float = CONFIDENCE,
-    seed: int = BOOTSTRAP_SEED,
-) -> Interval:
-    """The mean of the strata's means, with each stratum's values resampled on their own."""
-    groups = [np.asarray(values, dtype=float) for values in strata]
-    if not groups or any(group.size == 0 for group in groups):
-        raise ValueError("every stratum needs at least one value")
-    rng = np.random.default_rng(seed)
-    means = np.zeros(resamples)
-    for group in groups:
-        picks = rng.integers(0, group.size, size=(resamples, group.size))
-        means += group[picks].mean(axis=1)
-    means /= len(groups)
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(means, [tail, 100 - tail])
-    value = float(np.mean([group.mean() for group in groups]))
-    return Interval(value, float(means.std(ddof=1)), float(low), float(high))
 
 
 @dataclass(frozen=True)

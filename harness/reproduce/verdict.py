@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from harness.leaderboard.intervals import Interval
 from harness.leaderboard.scoring import RunSpec, ranks, score_stage
 from harness.reproduce.options import Comparison, ScenarioComparison, Verdict
-from harness.reproduce.stats import VERDICT_ORDER, Interval, Judgement, judge_runs, worst
+from harness.reproduce.stats import VERDICT_ORDER, Judgement, judge_runs, worst
 from harness.store import Metric
 
 STAGE_SCORE = "stage score"

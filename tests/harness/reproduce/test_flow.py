@@ -21,6 +21,7 @@ from harness.cli import app
 from harness.errors import ConfigError
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.infra.docker import build
+from harness.leaderboard.intervals import Interval
 from harness.reproduce.curves import Point, compare_curves, describe, read_curve, read_seed
 from harness.reproduce.flow import reproduce_entry
 from harness.reproduce.options import (
@@ -34,7 +35,6 @@ from harness.reproduce.options import (
     to_json,
     to_markdown,
 )
-from harness.reproduce.stats import Interval
 from harness.reproduce.training import hash_files
 from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries

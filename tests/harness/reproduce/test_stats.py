@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.leaderboard.intervals import stratified_interval
 from harness.reproduce.stats import (
     DIFFERS,
     REPRODUCED,
     WITHIN_NOISE,
-    bootstrap_interval,
     judge_runs,
     shortfall_p_value,
     trimmed,
@@ -22,24 +22,24 @@ from harness.reproduce.stats import (
 
 def test_the_bootstrap_error_of_a_mean_of_coin_flips_is_the_binomial_one() -> None:
     flips = [1.0] * 240 + [0.0] * 160  # p = 0.6 over 400 instances
-    interval = bootstrap_interval([flips])
+    interval = stratified_interval([flips])
     expected = math.sqrt(0.6 * 0.4 / 400)
     assert interval.value == pytest.approx(0.6)
     assert interval.standard_error == pytest.approx(expected, rel=0.1)
     assert interval.low < 0.6 < interval.high
     assert interval.high - interval.low == pytest.approx(2 * 1.96 * expected, rel=0.15)
-    assert bootstrap_interval([flips]) == interval  # seeded: the same report every time
+    assert stratified_interval([flips]) == interval  # seeded: the same report every time
 
 
 def test_strata_are_resampled_apart_and_a_single_instance_adds_no_noise() -> None:
     # A scenario of two run specs: means 1.0 (one instance) and 0.5; the score is 0.75.
-    interval = bootstrap_interval([[1.0], [0.0, 1.0] * 50])
+    interval = stratified_interval([[1.0], [0.0, 1.0] * 50])
     assert interval.value == pytest.approx(0.75)
     # Only the second stratum varies, and it weighs a half.
     assert interval.standard_error == pytest.approx(0.5 * math.sqrt(0.25 / 100), rel=0.15)
-    assert bootstrap_interval([[0.3, 0.3]]).standard_error == pytest.approx(0.0, abs=1e-12)
+    assert stratified_interval([[0.3, 0.3]]).standard_error == pytest.approx(0.0, abs=1e-12)
     with pytest.raises(ValueError):
-        bootstrap_interval([[1.0], []])
+        stratified_interval([[1.0], []])
 
 
 def test_without_evaluation_noise_the_test_is_the_one_sample_t_test() -> None:
