@@ -8,7 +8,7 @@ pinned by hash and scored offline.
                                                        examples (its run-spec function reads them)
     PACK/tasks/NAME.jsonl                              local task files (their run spec reads them)
 
-`build_pack` runs `helm_plugins/sample_instances.py` in the HELM environment over raw data laid
+`build_pack` runs `plugins/sample_instances.py` in the HELM environment over raw data laid
 out like HELM's `benchmark_output/scenarios/`; `verify_pack` refuses a pack whose files changed;
 `install_pack` puts a pack into a HELM run folder so that helm-run evaluates exactly its
 instances (or, under a smaller budget, the first of them: `nested_counts`) and downloads nothing.

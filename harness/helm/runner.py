@@ -335,7 +335,7 @@ def run_spec_limits(
     """Every run `helm-run` would make of `conf` for `endpoint` in `run_dir`, with its output
     tokens and shortest prompt.
 
-    HELM's own run-spec functions build them (helm_plugins/run_spec_limits.py, in the HELM
+    HELM's own run-spec functions build them (plugins/run_spec_limits.py, in the HELM
     environment), so no number is copied here. Nothing calls the endpoint: this may run before
     the entry is served. An entry HELM cannot build is left out: helm-run reports its error when
     it gets there. InfrastructureError when the helper itself fails.

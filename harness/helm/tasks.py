@@ -3,7 +3,7 @@
 The 2023 held-out tasks were SAMSum, corr2cause, ETHICS and MATH with chain of thought. HELM
 0.5.16 has no SAMSum or corr2cause scenario, scores every ETHICS reference wrong (its label is
 read as a string and compared with an integer) and loads MATH from a hub data set that is no
-longer published; so each is converted into the JSONL that `helm_plugins/local_tasks.py` reads:
+longer published; so each is converted into the JSONL that `helm/plugins/local_tasks.py` reads:
 
     samsum      SAMSum json (a list of {id, dialogue, summary})        -> generation, ROUGE
     corr2cause  corr2cause csv (columns input, label: 1 = valid)       -> multiple choice No/Yes
