@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +44,7 @@ import numpy as np
 from harness.errors import ConfigError
 from harness.leaderboard.scoring import RunSpec
 from harness.run.options import RunOptions
+from harness.run.tiers import run_level
 from harness.store import Decision, Metric, Status, Store
 
 if TYPE_CHECKING:
@@ -271,7 +272,6 @@ def run_adaptive(
     that a restart would redraw.
     """
     from harness.infra.lock import command_line, hold_results_lock
-    from harness.run.driver import run_entries
 
     cap = None if options.instances is not None else options.max_eval_instances
     rounds = adaptive.rounds
@@ -290,18 +290,17 @@ def run_adaptive(
             again = (
                 set() if only is None else {e for e in only if reached.get(e, (0, 0))[0] < number}
             )
-            round_options = replace(
-                options, budget=budget, tier=number, force=options.force and number == 1
-            )
-            for outcome in run_entries(
+            ran = run_level(
                 entries_dir,
-                round_options,
-                executor=executor(),
+                options,
+                level=number,
+                budget=budget,
+                executor=executor,
                 on_progress=on_progress,
                 only=only,
                 again=again,
-            ):
-                outcomes[outcome.entry] = outcome
+            )
+            outcomes.update((outcome.entry, outcome) for outcome in ran)
             with Store(options.out) as store:
                 _record_round(store, options.stage, number, adaptive, cap)
     return list(outcomes.values())

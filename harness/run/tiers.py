@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -169,7 +169,6 @@ def run_tiers(
     restarted run skips what a tier already did and re-evaluates only what it had not.
     """
     from harness.infra.lock import command_line, hold_results_lock
-    from harness.run.driver import run_entries
 
     # One lock over every tier: no other harness slips in between two of them.
     with hold_results_lock(options.out, command_line()):
@@ -187,16 +186,42 @@ def run_tiers(
                     }
                 only = in_contention(_estimates(behind), tiers)
                 again = {entry for entry in only if reached.get(entry, (0, 0))[0] < tier}
-            tier_options = replace(
-                options, budget=budget, tier=tier, force=options.force and tier == 1
-            )
-            for outcome in run_entries(
+            ran = run_level(
                 entries_dir,
-                tier_options,
-                executor=executor(),
+                options,
+                level=tier,
+                budget=budget,
+                executor=executor,
                 on_progress=on_progress,
                 only=only,
                 again=again,
-            ):
-                outcomes[outcome.entry] = outcome
+            )
+            outcomes.update((outcome.entry, outcome) for outcome in ran)
     return list(outcomes.values())
+
+
+def run_level(
+    entries_dir: Path,
+    options: RunOptions,
+    *,
+    level: int,
+    budget: int,
+    executor: Callable[[], Executor],
+    on_progress: Callable[[str, str], None],
+    only: Collection[str] | None,
+    again: Collection[str],
+) -> list[EntryOutcome]:
+    """One tier (or adaptive round) `level`: the entries `only` (None: every one) on the first
+    `budget` instances of the pack; `again` are those whose earlier level fell short of this one
+    (evaluated again, not resumed). `--force` applies to the first level only."""
+    from harness.run.driver import run_entries
+
+    level_options = replace(options, budget=budget, tier=level, force=options.force and level == 1)
+    return run_entries(
+        entries_dir,
+        level_options,
+        executor=executor(),
+        on_progress=on_progress,
+        only=only,
+        again=again,
+    )
