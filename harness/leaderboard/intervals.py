@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.stats import rankdata
 
 from harness.leaderboard.scoring import RunSpec
 
@@ -194,6 +193,9 @@ def _win_rates(values: Array, lower_is_better: bool) -> Array:
     size = values.shape[1]
     if size == 1:
         return present.astype(float)
+    # scipy.stats takes ~0.5 s to import: not at the start of every command.
+    from scipy.stats import rankdata
+
     # Average ranks among the present entries (1-based) count wins as 1 and ties as 1/2.
     ranked = rankdata(-values if lower_is_better else values, axis=1, nan_policy="omit")
     missing = size - present.sum(axis=1, keepdims=True)
@@ -235,6 +237,8 @@ def stage_intervals(
     with np.errstate(divide="ignore"):
         logs = np.log(means)
     scores = np.where((means > 0).all(axis=2), np.exp(logs.mean(axis=2)), 0.0)
+    from scipy.stats import rankdata
+
     ranks = rankdata(-scores, axis=1, method="min")
     low, high = _bounds(scores, confidence)
     rank_low, rank_high = _bounds(ranks.astype(float), confidence)

@@ -24,7 +24,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 BOOTSTRAP_RESAMPLES = 2000  # a noise floor read from the interval's tails: more than the board
 CONFIDENCE = 0.95
@@ -71,6 +70,9 @@ def shortfall_p_value(runs: Sequence[float], original: float, noise: float) -> f
     t = (mean - original) / math.sqrt(total)
     # Welch-Satterthwaite; the original's variance is known, so only the runs' carries df.
     df = math.inf if run_var == 0 else total**2 / (run_var**2 / (n - 1))
+    # scipy.stats takes ~0.5 s to import: not at the start of every command.
+    from scipy import stats
+
     return float(stats.t.cdf(t, df))
 
 
@@ -99,6 +101,8 @@ def judge_runs(
     if shortfall <= tolerance:
         verdict = REPRODUCED
     elif p_value is None:
+        from scipy import stats
+
         verdict = WITHIN_NOISE if shortfall <= stats.norm.ppf(0.975) * noise else DIFFERS
     else:
         verdict = WITHIN_NOISE if p_value >= alpha else DIFFERS
