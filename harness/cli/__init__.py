@@ -10,11 +10,13 @@ import typer
 
 from harness.cli import (
     check,
+    competition,
     instances,
     plan,
     report,
     reproduce,
     run,
+    select,
     serve,
     status,
     submission,
@@ -49,5 +51,7 @@ app.add_typer(instances.app, name="instances")
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(serve.app, name="serve")
 app.add_typer(teams.app, name="teams")
+app.add_typer(competition.app, name="competition")
 app.command("submit", epilog=submit.EPILOG)(submit.main)
 app.command("status", epilog=status.EPILOG)(status.main)
+app.command("select", epilog=select.EPILOG)(select.main)

@@ -12,6 +12,7 @@ import re
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -44,11 +45,13 @@ from harness.cli._common import (
 from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError, HarnessError
 from harness.infra.lock import command_line, hold_results_lock
+from harness.run.options import RunOptions
 from harness.service.api import create_app
 from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
 from harness.service.notify import Notifier, SmtpSettings
+from harness.service.phases import Competition, PhaseClock, load_competition
 from harness.service.queue import LEASE_S, Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from harness.store import Store
@@ -61,6 +64,8 @@ EPILOG = """**Examples**
 
     harness serve --data /srv/harness --run-specs offline --base-image harness-base:bookworm \\
         --quota 5 --port 8080 --backup-every 6h --backup-keep 28
+
+    harness serve --data /srv/harness --competition competition.yaml   # phases, finals, facts
 
     harness serve backup --data /srv/harness               # into /srv/harness/backups/STAMP/
 
@@ -83,6 +88,22 @@ def parse_duration(text: str) -> float:
     if match is None or float(match.group(1)) <= 0:
         raise ConfigError(f"--backup-every takes a duration such as 30m or 6h; got {text!r}")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def phase_run_options(
+    competition: Competition | None, options: RunOptions
+) -> dict[str, RunOptions]:
+    """Each phase's evaluation: the command line's, on the phase's stage, scoring the phase's
+    run specs or pack when it names them."""
+    if competition is None:
+        return {}
+    chosen = {}
+    for phase in competition.phases:
+        own = replace(options, stage=phase.harness_stage)
+        if phase.run_specs or phase.instances:
+            own = replace(own, run_specs=phase.run_specs, instances=phase.instances)
+        chosen[phase.name] = own
+    return chosen
 
 
 class _Stopped(BaseException):
@@ -170,6 +191,12 @@ def main(
     ),
     backup_dir: Path | None = typer.Option(None, help=BACKUP_DIR_HELP),
     backup_keep: int = typer.Option(DEFAULT_KEEP, help=BACKUP_KEEP_HELP),
+    competition: Path | None = typer.Option(
+        None,
+        help="A competition file (YAML): phases with dates, what each scores, visibility, "
+        "quotas, the final's selection, a fact sheet. Its quotas replace --quota; a phase "
+        "without run_specs or instances scores those of the command line.",
+    ),
 ) -> None:
     """Serve the JSON API (/api/v1) and web pages; evaluate queued entries in order."""
     if ctx.invoked_subcommand is not None:
@@ -189,6 +216,7 @@ def main(
             stage=stage,
             quota=quota,
             max_upload_bytes=int(max_upload_mb * 1024**2),
+            competition=load_competition(competition) if competition else None,
         )
         # The track is each submission's; the first only stands in until then.
         options = run_options(
@@ -210,7 +238,9 @@ def main(
             mem_limit=mem_limit,
             max_sequence_length=max_sequence_length,
         )
-        options.scored_run_specs()  # a bad conf or pack is a usage error before anything starts
+        phase_options = phase_run_options(config.competition, options)
+        for checked in [options, *phase_options.values()]:
+            checked.scored_run_specs()  # a bad conf or pack is a usage error before anything runs
         make_executor = executor_factory(executor, ray_address, max(jobs, 1))
         with (
             _stop_on_signals(),
@@ -220,6 +250,11 @@ def main(
         ):
             smtp = SmtpSettings(smtp_host, smtp_port, smtp_from) if smtp_host else None
             notifier = Notifier(db, smtp=smtp)
+            clock = None
+            if config.competition is not None:
+                # The commands (`harness competition advance`) read it from the database.
+                db.set_state("competition", config.competition.model_dump_json())
+                clock = PhaseClock(db, store, config.competition, notifier)
             queue = Queue(
                 db,
                 store,
@@ -228,6 +263,8 @@ def main(
                 config.zip_path,
                 lease_s=lease_seconds,
                 notifier=notifier,
+                phase_options=phase_options,
+                on_tick=clock.tick if clock else None,
             )
             backups = (
                 Scheduled(data, backup_dir or data / "backups", every_s=every_s, keep=backup_keep)

@@ -219,13 +219,18 @@ def build_leaderboard(
     track: str | None = None,
     prices: Mapping[str, float] = DEFAULT_PRICES,
     intervals: bool = True,
+    only_stages: Collection[str] | None = None,
 ) -> Leaderboard:
     """The leaderboard of `entries` (default: every entry in the store), ranked among themselves.
+
+    `only_stages` limits it to those stages (default: every stage the store holds): a competition's
+    open phase shows its open stage while the hidden final stage is being scored.
 
     `track` prices the GPU-hours (a reproduction's own track is used when it is None);
     `intervals=False` skips the bootstrap (seconds for a large field) when only ranks matter."""
     keep = set(store.entries()) if entries is None else set(entries) & set(store.entries())
-    stages = [stage for stage in STAGE_NAMES if stage in store.stages()]
+    only = set(STAGE_NAMES if only_stages is None else only_stages)
+    stages = [stage for stage in STAGE_NAMES if stage in store.stages() and stage in only]
     scored = _stage_scores(store, stages, keep, intervals=intervals)
     scores, win_rates, scenarios = scored.scores, scored.win_rates, scored.scenarios
     final = {s.entry: s for s in standings(scores.get("open"), scores.get("closed"))}

@@ -13,7 +13,6 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
-from harness.competition import TRACK_NAMES
 from harness.service.core import Service, leaderboard_json
 from harness.service.db import Team
 
@@ -58,6 +57,16 @@ class SubmissionSummary(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    phase: str  # the competition phase it was submitted in (or re-run for, a final run)
+    final_of: str | None  # a final run: the submission it re-runs
+    # What its ending cost the team: quota (scored), failures (failed on its own), none (the
+    # infrastructure or an organizer ended it, a final run); null while it may still run.
+    charged: str | None
+    requeues: int  # times the infrastructure interrupted it and it went back to the queue
+    selected: bool  # chosen by the team for the final
+    facts: dict[str, str | int | float | None]  # its fact sheet
+    disqualified: str | None  # the organizers' reason
+    scores_hidden: bool  # its phase shows scores to the organizers only, until the reveal
 
 
 class SubmissionDetail(SubmissionSummary):
@@ -91,6 +100,7 @@ class LeaderboardRow(BaseModel):
     rank: int | None
     team: str
     score: float | None
+    facts: dict[str, str | int | float | None]  # the entry's fact sheet
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
 
@@ -103,28 +113,59 @@ class LeaderboardOut(BaseModel):
     bootstrap: dict[str, Bootstrap]  # stage -> how its intervals were drawn
 
 
-_UPLOAD_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file", "track"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "a zip"},
-                        "track": {"type": "string", "enum": list(TRACK_NAMES)},
-                        "visibility": {
-                            "type": "string",
-                            "enum": ["hidden", "published"],
-                            "default": "hidden",
-                        },
-                    },
-                }
-            }
+class TrackStanding(BaseModel):
+    per_day: int
+    left_today: int
+    next_slot_at: str
+    failures_per_week: int | None  # null: failures count against the daily quota
+    failures_used: int
+    failures_left: int | None
+    selected: int
+
+
+class FactField(BaseModel):
+    type: str
+    required: bool
+    help: str
+
+
+class Standing(BaseModel):
+    """The competition as the asking team sees it."""
+
+    competition: str
+    phase: str
+    stage: str
+    visibility: str  # organizers | team | public
+    final: bool
+    starts_at: str | None
+    ends_at: str | None
+    uploads_closed: str | None  # why no upload is taken now
+    next_phase: str | None
+    next_phase_starts_at: str | None
+    selection: int | None  # entries a team takes to the final
+    revealed: bool
+    facts: dict[str, FactField]  # the fact sheet each upload carries
+    tracks: dict[str, TrackStanding]
+
+
+def _upload_body(service: Service) -> dict[str, Any]:
+    """The upload's OpenAPI form, the competition's fact sheet fields included."""
+    form: dict[str, Any] = {
+        "type": "object",
+        "required": ["file", "track"],
+        "properties": {
+            "file": {"type": "string", "format": "binary", "description": "a zip"},
+            "track": {"type": "string", "enum": list(service.config.phases.tracks)},
+            "visibility": {"type": "string", "enum": ["hidden", "published"], "default": "hidden"},
         },
     }
-}
+    for name, fact in service.config.phases.facts.items():
+        kind = {"text": "string", "int": "integer", "float": "number"}[fact.type]
+        form["properties"][name] = {"type": kind, "description": fact.help or name}
+        if fact.required:
+            form["required"].append(name)
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": form}}}}
+
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"description": "no token, a wrong one or a revoked one"},
@@ -166,12 +207,19 @@ def api_router(service: Service) -> APIRouter:
         "/submissions",
         status_code=201,
         response_model=SubmissionSummary,
-        openapi_extra=_UPLOAD_BODY,
+        openapi_extra=_upload_body(service),
         responses={
             **_ERRORS,
             413: {"description": "the upload is over the size limit"},
-            422: {"description": "not a zip, a bad field, or flagged by the static checks"},
-            429: {"description": "the daily quota is used; `next_slot_at` says when it frees"},
+            409: {"description": "the phase takes no uploads now"},
+            422: {
+                "description": "not a zip, a bad field (a fact sheet's: `field` names it), or "
+                "flagged by the static checks"
+            },
+            429: {
+                "description": "the daily quota or the failure allowance is used; "
+                "`next_slot_at` says when a slot frees"
+            },
         },
     )
     async def submit(request: Request, team: Authed) -> dict[str, Any]:
@@ -187,17 +235,19 @@ def api_router(service: Service) -> APIRouter:
                     "findings": sub.findings,
                 },
             )
-        return service.describe(sub, details=False)
+        return service.describe(sub, team, details=False)
 
     @router.get("/submissions", response_model=list[SubmissionSummary], responses=_ERRORS)
     def mine(team: Authed) -> list[dict[str, Any]]:
         """The team's own submissions, newest first."""
-        return [service.describe(sub, details=False) for sub in service.db.submissions(team=team)]
+        return [
+            service.describe(sub, team, details=False) for sub in service.db.submissions(team=team)
+        ]
 
     @router.get("/submissions/{sub_id}", response_model=SubmissionDetail, responses=_ERRORS)
     def detail(sub_id: str, team: Authed) -> dict[str, Any]:
         """Status, place in the queue, steps, metrics and score."""
-        return service.describe(service.owned(team, sub_id))
+        return service.describe(service.owned(team, sub_id), team)
 
     @router.get("/submissions/{sub_id}/logs", response_model=dict[str, str], responses=_ERRORS)
     def logs(sub_id: str, team: Authed) -> dict[str, str]:
@@ -209,7 +259,7 @@ def api_router(service: Service) -> APIRouter:
     )
     def publish(sub_id: str, team: Authed) -> dict[str, Any]:
         """Show the result on the track's public leaderboard (the team's best one counts)."""
-        return service.describe(service.publish(team, sub_id), details=False)
+        return service.describe(service.publish(team, sub_id), team, details=False)
 
     @router.post(
         "/submissions/{sub_id}/cancel",
@@ -218,12 +268,37 @@ def api_router(service: Service) -> APIRouter:
     )
     def cancel(sub_id: str, team: Authed) -> dict[str, Any]:
         """Cancel a queued submission (its quota slot is given back) or a running one."""
-        return service.describe(service.cancel(team, sub_id), details=False)
+        return service.describe(service.cancel(team, sub_id), team, details=False)
+
+    @router.post(
+        "/submissions/{sub_id}/select",
+        response_model=SubmissionSummary,
+        responses={**_ERRORS, 409: {"description": "not scored, too many, or no final"}},
+    )
+    def select(sub_id: str, team: Authed) -> dict[str, Any]:
+        """Take a scored entry to the final (up to the final phase's `selection` per track);
+        without a choice, the team's best published entry goes."""
+        return service.describe(service.select(team, sub_id), team, details=False)
+
+    @router.post(
+        "/submissions/{sub_id}/unselect",
+        response_model=SubmissionSummary,
+        responses={**_ERRORS, 409: {"description": "the final started"}},
+    )
+    def unselect(sub_id: str, team: Authed) -> dict[str, Any]:
+        """Take an entry out of the team's selection for the final."""
+        return service.describe(service.select(team, sub_id, chosen=False), team, details=False)
+
+    @router.get("/competition", response_model=Standing, responses=_ERRORS)
+    def competition(team: Authed) -> dict[str, Any]:
+        """The current phase, its end, and what is left of the team's quota and failures."""
+        return service.standing(team)
 
     @router.get("/leaderboard/{track}", response_model=LeaderboardOut)
     def leaderboard(track: Track) -> dict[str, Any]:
-        """Public: published results only, each team's best, per-scenario win rates."""
-        return leaderboard_json(service.leaderboard(track), track)
+        """Public: published results only, each team's best, per-scenario win rates, when the
+        phase shows its scores publicly; after the reveal, the final ranking."""
+        return leaderboard_json(service.leaderboard(track), track, service.board_facts(track))
 
     return router
 

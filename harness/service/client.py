@@ -145,6 +145,12 @@ class ServiceClient:
                 )
         return answer
 
+    def select(self, sub_id: str, *, chosen: bool = True) -> dict[str, Any]:
+        """Select a scored submission for the final (`chosen` False: unselect it)."""
+        action = "select" if chosen else "unselect"
+        answer: dict[str, Any] = self._call("POST", f"/submissions/{sub_id}/{action}")
+        return answer
+
     def status(self, sub_id: str) -> dict[str, Any]:
         answer: dict[str, Any] = self._call("GET", f"/submissions/{sub_id}")
         return answer

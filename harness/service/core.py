@@ -6,7 +6,9 @@
                                 writes them; an entry there is named by its submission id
 
 Every lookup is scoped to the asking team: another team's submission does not exist for it (404),
-whatever its visibility. Admins see every submission.
+whatever its visibility. Admins see every submission. The competition's phases (phases.py) decide
+what an upload may be and cost, and who sees which scores: a phase whose visibility is
+`organizers` shows teams how their entries ended but not their scores until the reveal.
 """
 
 from __future__ import annotations
@@ -25,11 +27,20 @@ from typing import Any
 from fastapi import HTTPException, Request
 
 from harness.competition import TRACK_NAMES
+from harness.errors import ConfigError
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
-from harness.service.db import QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.phases import (
+    Competition,
+    Phase,
+    current_phase,
+    final_entries,
+    single_phase,
+    uploads_closed,
+)
 from harness.service.queue import Queue
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES, receive, static_findings
 from harness.store import Store
@@ -47,6 +58,11 @@ class ServiceConfig:
     stage: str = "open"
     quota: int = DEFAULT_QUOTA  # per team, per track, per UTC day
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    competition: Competition | None = None  # None: one open phase of `quota` a day
+
+    @property
+    def phases(self) -> Competition:
+        return self.competition or single_phase(self.quota)
 
     @property
     def uploads(self) -> Path:
@@ -87,13 +103,19 @@ class Service:
             upload = await receive(request, partial, self.config.max_upload_bytes)
             if fields_check is not None:
                 fields_check(upload.fields)
+            phase = self.phase()
+            if closed := uploads_closed(phase, time.time()):
+                raise HTTPException(409, closed)
+            tracks = self.config.phases.tracks
             track = upload.fields.get("track", "")
-            if track not in TRACK_NAMES:
-                raise HTTPException(422, f"track must be one of {', '.join(TRACK_NAMES)}")
+            if track not in tracks:
+                raise HTTPException(422, f"track must be one of {', '.join(tracks)}")
             visibility = upload.fields.get("visibility") or "hidden"
             if visibility not in VISIBILITIES:
                 raise HTTPException(422, f"visibility must be one of {', '.join(VISIBILITIES)}")
-            self.db.check_quota(team, track, self.config.quota)
+            facts = self.facts(upload.fields)
+            quota = phase.quota
+            self.db.check_quota(team, track, quota.per_day, quota.failures_per_week)
             findings = static_findings(partial) or None
             reason = _flag_reason(findings) if findings else ""
             sub = self.db.add_submission(
@@ -102,7 +124,10 @@ class Service:
                 visibility=visibility,
                 filename=upload.filename,
                 size=upload.size,
-                quota=self.config.quota,
+                quota=quota.per_day,
+                failures_per_week=quota.failures_per_week,
+                phase=phase.name,
+                facts=facts,
                 findings=findings,
                 reason=reason,
             )
@@ -121,6 +146,94 @@ class Service:
         finally:
             partial.unlink(missing_ok=True)
 
+    def facts(self, fields: dict[str, str]) -> dict[str, Any]:
+        """The upload's fact sheet, validated: a 422 names the field."""
+        facts = {}
+        for name, fact in self.config.phases.facts.items():
+            try:
+                facts[name] = fact.parse(name, fields.get(name))
+            except ValueError as exc:
+                raise HTTPException(422, {"message": str(exc), "field": name}) from None
+        return facts
+
+    # -- the competition --------------------------------------------------------------------------
+
+    def phase(self) -> Phase:
+        return current_phase(self.config.phases, self.db.state("phase"), time.time())
+
+    @property
+    def revealed(self) -> bool:
+        return self.db.state("revealed") is not None
+
+    def scores_hidden(self, sub: Submission, viewer: Team) -> bool:
+        """Whether `viewer` may not see `sub`'s scores yet (its phase shows them to organizers
+        only, and the results are not revealed)."""
+        if viewer.admin or self.revealed:
+            return False
+        phase = next((p for p in self.config.phases.phases if p.name == sub.phase), None)
+        return phase is not None and phase.visibility == "organizers"
+
+    def standing(self, team: Team) -> dict[str, Any]:
+        """The competition as `team` sees it: the current phase, its end, and per track what is
+        left of the team's daily quota and failure allowance."""
+        competition, phase, now = self.config.phases, self.phase(), time.time()
+        following = competition.next_phase(phase)
+        quota = phase.quota
+        tracks = {}
+        for track in competition.tracks:
+            used = self.db.used(team, track, Allowance(quota.per_day, quota.failures_per_week))
+            allowed = quota.failures_per_week
+            tracks[track] = {
+                "per_day": quota.per_day,
+                "left_today": max(0, quota.per_day - used.today),
+                "next_slot_at": _iso(used.next_slot),
+                "failures_per_week": allowed,
+                "failures_used": used.failures,
+                "failures_left": None if allowed is None else max(0, allowed - used.failures),
+                "selected": sum(
+                    1 for s in self.db.submissions(team=team) if s.track == track and s.selected
+                ),
+            }
+        return {
+            "competition": competition.name,
+            "phase": phase.name,
+            "stage": phase.harness_stage,
+            "visibility": phase.visibility,
+            "final": phase.final,
+            "starts_at": _iso(phase.start.timestamp()) if phase.start else None,
+            "ends_at": _iso(phase.end.timestamp()) if phase.end else None,
+            "uploads_closed": uploads_closed(phase, now),
+            "next_phase": following.name if following else None,
+            "next_phase_starts_at": _iso(following.start.timestamp())
+            if following and following.start
+            else None,
+            "selection": competition.phases[-1].selection,
+            "revealed": self.revealed,
+            "facts": {
+                name: {"type": f.type, "required": f.required, "help": f.help}
+                for name, f in competition.facts.items()
+            },
+            "tracks": tracks,
+        }
+
+    def select(self, team: Team, sub_id: str, *, chosen: bool = True) -> Submission:
+        """Select (or unselect) a scored entry for the final; 409 when there is no final or
+        it started already."""
+        sub = self.owned(team, sub_id)
+        final = self.config.phases.phases[-1]
+        if final.selection is None:
+            raise HTTPException(409, "this competition has no final phase to select entries for")
+        if self.phase().final:
+            raise HTTPException(409, "the final phase started: selections are closed")
+        if chosen:
+            try:
+                self.db.select(sub.id, final.selection)
+            except ConfigError as exc:
+                raise HTTPException(409, str(exc)) from None
+        else:
+            self.db.unselect(sub.id)
+        return self.owned(team, sub_id)
+
     # -- reading ----------------------------------------------------------------------------------
 
     def owned(self, team: Team, sub_id: str) -> Submission:
@@ -137,9 +250,12 @@ class Service:
         typical = statistics.median(durations) if durations else DEFAULT_RUN_S
         return typical * math.ceil(position / max(1, self.queue.jobs))
 
-    def describe(self, sub: Submission, *, details: bool = True) -> dict[str, Any]:
-        """A submission as the API returns it; `status` is the state until a result exists."""
+    def describe(self, sub: Submission, viewer: Team, *, details: bool = True) -> dict[str, Any]:
+        """A submission as the API returns it to `viewer`; `status` is the state until a result
+        exists; `charged` says what its ending cost the team (quota, failures, none; null while
+        it may still run)."""
         position = self.db.position(sub)
+        hidden = self.scores_hidden(sub, viewer)
         data: dict[str, Any] = {
             "id": sub.id,
             "team": sub.team,
@@ -154,8 +270,17 @@ class Service:
             "created_at": _iso(sub.created_at),
             "started_at": _iso(sub.started_at),
             "finished_at": _iso(sub.finished_at),
+            "phase": sub.phase,
+            "final_of": sub.final_of,
+            "charged": sub.charged,
+            "requeues": sub.requeues,
+            "selected": sub.selected,
+            "facts": sub.facts,
+            "disqualified": sub.disqualified,
+            "scores_hidden": hidden,
         }
-        steps = self.store.latest_steps(sub.id, self.config.stage) if sub.runs else {}
+        stage = self.queue.options_for(sub).stage
+        steps = self.store.latest_steps(sub.entry, stage) if sub.runs else {}
         running = [s.step.value for s in steps.values() if s.status.value == "running"]
         data["step"] = running[-1] if running and sub.state is State.RUNNING else None
         if not details:
@@ -171,7 +296,8 @@ class Service:
             }
             for record in steps.values()
         ]
-        metrics = self.store.metrics(self.config.stage).get(sub.id, []) if sub.runs else []
+        shown = sub.runs and not hidden
+        metrics = self.store.metrics(stage).get(sub.entry, []) if shown else []
         data["metrics"] = [
             {"run_spec": m.run_spec, "scenario": m.scenario, "metric": m.metric, "value": m.value}
             for m in metrics
@@ -188,7 +314,8 @@ class Service:
         if not sub.runs:
             return {}
         logs: dict[str, str] = {}
-        for step, record in self.store.latest_steps(sub.id, self.config.stage).items():
+        stage = self.queue.options_for(sub).stage
+        for step, record in self.store.latest_steps(sub.entry, stage).items():
             if not record.log_path:
                 continue
             path = self.config.results / record.log_path
@@ -207,7 +334,7 @@ class Service:
 
     def cancel(self, team: Team, sub_id: str) -> Submission:
         sub = self.owned(team, sub_id)
-        was = self.db.cancel(sub.id)
+        was = self.db.cancel(sub.id, by_organizer=team.admin and sub.team != team.name)
         if was is None:
             raise HTTPException(409, f"the submission is {sub.state.value}: nothing to cancel")
         if was is State.RUNNING:
@@ -223,57 +350,88 @@ class Service:
 
     # -- the leaderboard --------------------------------------------------------------------------
 
-    def leaderboard(self, track: str) -> Leaderboard:
-        """Published results of `track`, each team's best, ranked among themselves by the
-        harness's own scoring (the same Leaderboard as `harness report`).
+    def leaderboard(self, track: str, viewer: Team | None = None) -> Leaderboard:
+        """The track's leaderboard as `viewer` (None: the public) may see it: once revealed, the
+        final one (the stages combined with the competition's weights); else the published
+        results of the open phases, each team's best, ranked among themselves by the harness's
+        own scoring (the same Leaderboard as `harness report`), when the phase shows them
+        (`public`, or to an organizer).
 
         Entries are the submission ids in the store; rows are relabelled with the team's name
         and lose their log links (logs are private to the team).
         """
+        entries, stages = self.board_entries(track, viewer)
+        board = build_leaderboard(self.store, entries=entries, track=track, only_stages=stages)
+        return labelled(board, {entry: label for entry, (label, _) in entries.items()})
+
+    def board_entries(
+        self, track: str, viewer: Team | None = None
+    ) -> tuple[dict[str, tuple[str, Submission]], list[str]]:
+        """What `leaderboard` ranks: entry -> (its row's label, its submission), and the stages."""
         if track not in TRACK_NAMES:
             raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
+        if self.revealed:
+            return final_entries(self.db, track), list(self.config.phases.stages)
+        shown = [p for p in self.config.phases.phases if not p.final]
+        phase = self.phase() if not self.phase().final else shown[-1]
+        stages = [phase.harness_stage]
+        if phase.visibility != "public" and not (viewer and viewer.admin):
+            return {}, stages
         published = {
             sub.id: sub
             for sub in self.db.submissions(states=(State.FINISHED,))
-            if sub.track == track and sub.visibility == "published"
+            if sub.track == track and sub.visibility == "published" and not sub.final_run
         }
-        best: dict[str, str] = {}
-        field = build_leaderboard(self.store, entries=published, track=track, intervals=False)
+        best: dict[str, tuple[str, Submission]] = {}
+        field = build_leaderboard(
+            self.store, entries=published, track=track, intervals=False, only_stages=stages
+        )
         for row in field.rows:
-            if row.rank is not None:  # ranked rows come first, best first
-                best.setdefault(published[row.entry].team, row.entry)
-        board = build_leaderboard(self.store, entries=best.values(), track=track)
-        rows = [
-            replace(
-                row,
-                entry=published[row.entry].team,
-                stages={
-                    stage: replace(
-                        stage_row,
-                        logs={},
-                        steps=[replace(s, log=None) for s in stage_row.steps],
-                        interval=_with_teams(stage_row.interval, published),
-                    )
-                    for stage, stage_row in row.stages.items()
-                },
-            )
-            for row in board.rows
-            if row.rank is not None
-        ]
-        return replace(board, rows=rows)
+            team = published[row.entry].team
+            if row.rank is not None and team not in {label for label, _ in best.values()}:
+                best[row.entry] = (team, published[row.entry])  # ranked rows come best first
+        return best, stages
+
+    def board_facts(self, track: str, viewer: Team | None = None) -> dict[str, dict[str, Any]]:
+        """Each leaderboard row's fact sheet, by its label."""
+        entries, _ = self.board_entries(track, viewer)
+        return {label: sub.facts for label, sub in entries.values()}
 
 
-def _with_teams(
-    interval: ScoreInterval | None, published: dict[str, Submission]
-) -> ScoreInterval | None:
+def labelled(board: Leaderboard, labels: dict[str, str]) -> Leaderboard:
+    """Rows named by `labels` (entry -> team), without log links, ranked rows only."""
+    rows = [
+        replace(
+            row,
+            entry=labels[row.entry],
+            stages={
+                stage: replace(
+                    stage_row,
+                    logs={},
+                    steps=[replace(s, log=None) for s in stage_row.steps],
+                    interval=_with_teams(stage_row.interval, labels),
+                )
+                for stage, stage_row in row.stages.items()
+            },
+        )
+        for row in board.rows
+        if row.rank is not None
+    ]
+    return replace(board, rows=rows)
+
+
+def _with_teams(interval: ScoreInterval | None, labels: dict[str, str]) -> ScoreInterval | None:
     """An interval whose ties name teams, as the rows do, not submission ids."""
     if interval is None:
         return None
-    return replace(interval, tied_with=tuple(published[s].team for s in interval.tied_with))
+    return replace(interval, tied_with=tuple(labels.get(s, s) for s in interval.tied_with))
 
 
-def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
-    """The JSON API's view of a Leaderboard: one row per team, per-scenario win-rate columns."""
+def leaderboard_json(
+    board: Leaderboard, track: str, facts: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The JSON API's view of a Leaderboard: one row per team, per-scenario win-rate columns,
+    and each row's fact sheet (`facts`: label -> fields) as more columns."""
     return {
         "track": track,
         "stages": board.stages,
@@ -283,6 +441,7 @@ def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
                 "rank": row.rank,
                 "team": row.entry,
                 "score": row.final,
+                "facts": (facts or {}).get(row.entry, {}),
                 "scenarios": {
                     name: result.win_rate if (result := row.scenarios.get(name)) else None
                     for name in board.columns

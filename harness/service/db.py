@@ -9,7 +9,16 @@ nothing it had answered.
     sessions     sha256 of a web session id -> team, expiry
     webhooks     a team's webhook URL and the secret its deliveries are signed with
     submissions  id, team, track, visibility, state, result status and reason, times, quota flag,
-                 and while running its lease: the worker running it and its last heartbeat
+                 and while running its lease: the worker running it and its last heartbeat;
+                 the competition's phase it ran in, what it was charged (`charged`), its
+                 automatic re-queues, its fact sheet, the team's selection for the final, a
+                 disqualification's reason, and for a final run the submission it re-runs
+    competition  the phase entered and the reveal (key -> value; phases.py)
+
+What an entry costs its team (`charged`): nothing yet while it is queued or running (it holds a
+slot of the day meanwhile), `quota` once scored, `failures` once it failed on its own (the failure
+allowance when the phase has one, else the daily quota), `none` when the infrastructure or an
+organizer ended it, for a final run, and for a cancel before it started.
 
 A submission's `state` is where it is in the service (queued -> running -> finished, or cancelled,
 or flagged at upload and never queued); `status` and `reason` are the harness's result when it
@@ -25,7 +34,7 @@ import json
 import secrets
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -33,10 +42,10 @@ from typing import Any
 
 from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError
-from harness.infra.sqlite import SQLiteFile
+from harness.service.records import CompetitionRecords
 
 DB_FILENAME = "service.sqlite"
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # Statements that bring a database of version N (the key) to N + 1.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -45,7 +54,20 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     ),
     2: ("CREATE TABLE IF NOT EXISTS webhooks (team_id INTEGER PRIMARY KEY "
         "REFERENCES teams(id), url TEXT NOT NULL, secret TEXT NOT NULL)",),
+    3: (
+        *(f"ALTER TABLE submissions ADD COLUMN {column}" for column in (
+            "phase TEXT NOT NULL DEFAULT ''", "final_of TEXT", "charged TEXT", "disqualified TEXT",
+            "selected INTEGER NOT NULL DEFAULT 0", "requeues INTEGER NOT NULL DEFAULT 0",
+            "facts TEXT NOT NULL DEFAULT '{}'",
+        )),
+        "CREATE TABLE IF NOT EXISTS competition (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        "UPDATE submissions SET charged = CASE WHEN counts = 0 THEN 'none' WHEN status = "
+        "'scored' THEN 'quota' ELSE 'failures' END WHERE state NOT IN ('queued', 'running')",
+    ),
 }  # fmt: skip
+# An entry ended by the infrastructure goes back to the queue this many times on its own.
+MAX_REQUEUES = 1
+WEEK_S = 7 * 24 * 3600
 TOKEN_PREFIX = "hst_"
 SESSION_S = 7 * 24 * 3600
 
@@ -94,8 +116,16 @@ CREATE TABLE submissions (
     started_at REAL,
     finished_at REAL,
     worker TEXT,
-    heartbeat_at REAL
+    heartbeat_at REAL,
+    phase TEXT NOT NULL DEFAULT '',
+    final_of TEXT,
+    selected INTEGER NOT NULL DEFAULT 0,
+    charged TEXT,
+    requeues INTEGER NOT NULL DEFAULT 0,
+    facts TEXT NOT NULL DEFAULT '{{}}',
+    disqualified TEXT
 );
+CREATE TABLE competition (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE webhooks (
     team_id INTEGER PRIMARY KEY REFERENCES teams(id),
     url TEXT NOT NULL,
@@ -152,20 +182,57 @@ class Submission:
     finished_at: float | None
     worker: str | None = None  # while running: who runs it (host/pid)
     heartbeat_at: float | None = None  # while running: the lease's last renewal
+    phase: str = ""
+    final_of: str | None = None  # a final run: the submission it re-runs
+    selected: bool = False
+    charged: str | None = None  # quota | failures | none; None while it may still run
+    requeues: int = 0
+    facts: dict[str, Any] = field(default_factory=dict)
+    disqualified: str | None = None  # the reason
+
+    @property
+    def entry(self) -> str:
+        """Its name in the results store: a final run's results sit beside its original's, under
+        the final's stage, so that the stages combine."""
+        return self.final_of or self.id
+
+    @property
+    def final_run(self) -> bool:
+        return self.final_of is not None
 
 
 class QuotaExceeded(Exception):
-    """The team used its daily submissions on this track; `next_slot` is when one frees up."""
+    """The team used its daily submissions (or its failure allowance) on this track;
+    `next_slot` is when one frees up."""
 
-    def __init__(self, used: int, quota: int, next_slot: float) -> None:
-        super().__init__(f"{used} of {quota} submissions used today on this track")
+    def __init__(self, message: str, next_slot: float) -> None:
+        super().__init__(message)
         self.next_slot = next_slot
+
+
+@dataclass(frozen=True)
+class Allowance:
+    """A phase's quota as the database counts it (phases.Quota)."""
+
+    per_day: int
+    failures_per_week: int | None = None
+
+
+@dataclass(frozen=True)
+class Used:
+    """What a team used on a track: today's slots, and its failures of the last 7 days."""
+
+    today: int
+    failures: int
+    next_slot: float  # when a slot of the day frees (the next UTC midnight)
+    next_failure_slot: float | None  # when the oldest counted failure ages out
 
 
 _SUBMISSION_COLUMNS = (
     "s.seq, s.id, t.name AS team, s.track, s.visibility, s.state, s.status, s.reason, "
     "s.findings, s.filename, s.size, s.counts, s.runs, s.created_at, s.queued_at, "
-    "s.started_at, s.finished_at, s.worker, s.heartbeat_at"
+    "s.started_at, s.finished_at, s.worker, s.heartbeat_at, s.phase, s.final_of, s.selected, "
+    "s.charged, s.requeues, s.facts, s.disqualified"
 )
 
 
@@ -174,10 +241,12 @@ def _submission(row: sqlite3.Row) -> Submission:
     values["state"] = State(values["state"])
     values["findings"] = json.loads(values["findings"])
     values["counts"] = bool(values["counts"])
+    values["selected"] = bool(values["selected"])
+    values["facts"] = json.loads(values["facts"])
     return Submission(**values)
 
 
-class ServiceDB(SQLiteFile):
+class ServiceDB(CompetitionRecords):
     """The service's database; safe to share between threads of one process (one lock)."""
 
     def __init__(self, data_dir: Path) -> None:
@@ -296,6 +365,9 @@ class ServiceDB(SQLiteFile):
         filename: str,
         size: int,
         quota: int,
+        failures_per_week: int | None = None,
+        phase: str = "",
+        facts: dict[str, Any] | None = None,
         findings: list[dict[str, Any]] | None = None,
         reason: str = "",
     ) -> Submission:
@@ -309,11 +381,11 @@ class ServiceDB(SQLiteFile):
         flagged = findings is not None
         with self._write() as db:
             if not flagged:
-                self._check_quota(db, team, track, quota, now)
+                self._check_quota(db, team, track, Allowance(quota, failures_per_week), now)
             db.execute(
                 "INSERT INTO submissions (id, team_id, track, visibility, state, status, reason, "
-                "findings, filename, size, counts, created_at, queued_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "findings, filename, size, counts, created_at, queued_at, phase, facts, charged) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sub_id,
                     team.id,
@@ -328,27 +400,61 @@ class ServiceDB(SQLiteFile):
                     int(not flagged),
                     now,
                     now,
+                    phase,
+                    json.dumps(facts or {}),
+                    "none" if flagged else None,
                 ),
             )
         found = self.submission(sub_id)
         assert found is not None
         return found
 
-    def _check_quota(
-        self, db: sqlite3.Connection, team: Team, track: str, quota: int, now: float
-    ) -> None:
-        used = db.execute(
+    def _used(
+        self, db: sqlite3.Connection, team: Team, track: str, allowance: Allowance, now: float
+    ) -> Used:
+        # Pending entries hold a slot of the day; failures take one only without an allowance.
+        charged = "('quota', 'failures')" if allowance.failures_per_week is None else "('quota')"
+        today = db.execute(
             "SELECT COUNT(*) FROM submissions WHERE team_id = ? AND track = ? AND counts = 1 "
-            "AND created_at >= ?",
+            f"AND created_at >= ? AND (charged IS NULL OR charged IN {charged})",
             (team.id, track, day_start(now)),
         ).fetchone()[0]
-        if used >= quota:
-            raise QuotaExceeded(used, quota, next_day(now))
+        failures = db.execute(
+            "SELECT COUNT(*), MIN(finished_at) FROM submissions WHERE team_id = ? AND track = ? "
+            "AND charged = 'failures' AND finished_at >= ?",
+            (team.id, track, now - WEEK_S),
+        ).fetchone()
+        oldest = failures[1]
+        return Used(today, failures[0], next_day(now), oldest + WEEK_S if oldest else None)
 
-    def check_quota(self, team: Team, track: str, quota: int) -> None:
+    def _check_quota(
+        self, db: sqlite3.Connection, team: Team, track: str, allowance: Allowance, now: float
+    ) -> None:
+        used = self._used(db, team, track, allowance, now)
+        if used.today >= allowance.per_day:
+            raise QuotaExceeded(
+                f"{used.today} of {allowance.per_day} submissions used today on this track",
+                used.next_slot,
+            )
+        allowed = allowance.failures_per_week
+        if allowed is not None and used.failures >= allowed:
+            raise QuotaExceeded(
+                f"{used.failures} of {allowed} failures allowed in 7 days used on this track",
+                used.next_failure_slot or used.next_slot,
+            )
+
+    def check_quota(
+        self, team: Team, track: str, quota: int, failures_per_week: int | None = None
+    ) -> None:
         """Raise QuotaExceeded now, before an upload is read (the insert checks again)."""
         with self._lock:
-            self._check_quota(self._db, team, track, quota, time.time())
+            self._check_quota(
+                self._db, team, track, Allowance(quota, failures_per_week), time.time()
+            )
+
+    def used(self, team: Team, track: str, allowance: Allowance) -> Used:
+        with self._lock:
+            return self._used(self._db, team, track, allowance, time.time())
 
     def submission(self, sub_id: str) -> Submission | None:
         rows = self._read(
@@ -451,49 +557,55 @@ class ServiceDB(SQLiteFile):
         ]
 
     def finish(self, sub_id: str, status: str, reason: str) -> bool:
-        """Record a running submission's result; False when it was no longer running."""
+        """Record a running submission's result, and charge it: scored to the quota, any other
+        ending to the failure allowance (a final run, to nothing). False when it was no longer
+        running."""
         with self._write() as db:
             changed = db.execute(
-                "UPDATE submissions SET state = ?, status = ?, reason = ?, finished_at = ? "
-                "WHERE id = ? AND state = ?",
-                (State.FINISHED.value, status, reason, time.time(), sub_id, State.RUNNING.value),
-            ).rowcount
+                "UPDATE submissions SET state = ?, status = ?, reason = ?, finished_at = ?, "
+                "charged = CASE WHEN final_of IS NOT NULL THEN 'none' WHEN ? = 'scored' THEN "
+                "'quota' ELSE 'failures' END WHERE id = ? AND state = ?",
+                (State.FINISHED.value, status, reason, time.time(), status, sub_id,
+                 State.RUNNING.value),
+            ).rowcount  # fmt: skip
         return bool(changed)
 
-    def cancel(self, sub_id: str) -> State | None:
+    def cancel(self, sub_id: str, *, by_organizer: bool = False) -> State | None:
         """Cancel a queued or running submission; returns the state it was in, None if neither.
 
-        A cancel before the start gives the quota slot back; a running one keeps it used.
+        A cancel before the start gives the quota slot back; a running one cancelled by its team
+        keeps it used; an organizer's cancel never counts.
         """
         with self._write() as db:
             row = db.execute("SELECT state FROM submissions WHERE id = ?", (sub_id,)).fetchone()
             if row is None or row["state"] not in ACTIVE:
                 return None
             was = State(row["state"])
+            counts = was is State.RUNNING and not by_organizer
+            who = " by the organizers (not counted)" if by_organizer else ""
             db.execute(
-                "UPDATE submissions SET state = ?, reason = ?, finished_at = ?, counts = ? "
-                "WHERE id = ?",
-                (
-                    State.CANCELLED.value,
-                    f"cancelled while {was.value}",
-                    time.time(),
-                    int(was is State.RUNNING),
-                    sub_id,
-                ),
-            )
+                "UPDATE submissions SET state = ?, reason = ?, finished_at = ?, counts = ?, "
+                "charged = ? WHERE id = ?",
+                (State.CANCELLED.value, f"cancelled{who} while {was.value}", time.time(),
+                 int(counts), "quota" if counts else "none", sub_id),
+            )  # fmt: skip
         return was
 
-    def requeue(self, sub_id: str, *, keep_place: bool, reason: str = "") -> bool:
+    def requeue(
+        self, sub_id: str, *, keep_place: bool, reason: str = "", infrastructure: bool = False
+    ) -> bool:
         """Queue a submission again: a running one interrupted by a restart keeps its place; an
         admin's re-run of a finished or cancelled one goes to the end. False when not allowed.
-        `reason` says why, to the team, until it runs again."""
+        `reason` says why, to the team, until it runs again; `infrastructure` counts it among the
+        entry's automatic re-queues (MAX_REQUEUES)."""
         fields = (
             "state = ?, status = NULL, reason = ?, started_at = NULL, finished_at = NULL, "
-            "worker = NULL, heartbeat_at = NULL"
+            "worker = NULL, heartbeat_at = NULL, requeues = requeues + ?"
         )
-        params: list[Any] = [State.QUEUED.value, reason]
+        params: list[Any] = [State.QUEUED.value, reason, int(infrastructure)]
         if not keep_place:
-            fields += ", queued_at = ?"
+            # An admin's re-run is charged again by its new ending (a final run never is).
+            fields += ", queued_at = ?, charged = IIF(final_of IS NULL, NULL, 'none')"
             params.append(time.time())
         allowed = (State.RUNNING,) if keep_place else (State.FINISHED, State.CANCELLED)
         with self._write() as db:
@@ -502,6 +614,16 @@ class ServiceDB(SQLiteFile):
                 (*params, sub_id, allowed[0].value, allowed[-1].value),
             ).rowcount
         return bool(changed)
+
+    def give_up(self, sub_id: str, reason: str) -> None:
+        """End a running submission the infrastructure interrupted once too often: cancelled,
+        not counted."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE submissions SET state = ?, reason = ?, finished_at = ?, counts = 0, "
+                "charged = 'none' WHERE id = ? AND state = ?",
+                (State.CANCELLED.value, reason, time.time(), sub_id, State.RUNNING.value),
+            )
 
     def publish(self, sub_id: str) -> None:
         with self._write() as db:

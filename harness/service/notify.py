@@ -5,7 +5,10 @@
     notifier.close()
 
 Events: `entry.scored`, `entry.failed` (any other result), `entry.flagged` (refused at upload),
-`entry.requeued` (its lease lapsed: not the team's fault). A webhook is a JSON POST of
+`entry.requeued` (the infrastructure interrupted it: not the team's fault), `entry.cancelled`
+(interrupted once too often; not counted). A competition's events go to every team:
+`phase.started`, `phase.ended` and `results.revealed`, as
+`{"event", "competition", "phase", "ends_at", "at"}`. A webhook is a JSON POST of
 
     {"event": "entry.scored", "submission": "sub-…", "team": "team-a", "track": "4090",
      "status": "scored", "reason": "…", "at": "2026-12-07T12:00:00+00:00"}
@@ -27,6 +30,7 @@ import logging
 import smtplib
 import time
 import uuid
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -86,11 +90,28 @@ class Notifier:
         if email and self.smtp is not None:
             self._pool.submit(self._mail, self.smtp, email, payload)
 
-    def _post(self, url: str, secret: str, payload: dict[str, str]) -> None:
+    def competition(self, event: str, competition: str, phase: str, ends_at: str | None) -> None:
+        """Tell every active team of a phase event or the reveal."""
+        payload = {
+            "event": event,
+            "competition": competition,
+            "phase": phase,
+            "ends_at": ends_at,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        for team in self.db.teams():
+            if team.revoked_at is not None:
+                continue
+            if (webhook := self.db.webhook(team.name)) is not None:
+                self._pool.submit(self._post, *webhook, {**payload, "team": team.name})
+            if team.email and self.smtp is not None:
+                self._pool.submit(self._mail, self.smtp, team.email, {**payload, "team": team.name})
+
+    def _post(self, url: str, secret: str, payload: Mapping[str, str | None]) -> None:
         body = json.dumps(payload, sort_keys=True).encode()
         headers = {
             "Content-Type": "application/json",
-            "X-Harness-Event": payload["event"],
+            "X-Harness-Event": str(payload["event"]),
             "X-Harness-Delivery": str(uuid.uuid4()),
             SIGNATURE_HEADER: signature(secret, body),
         }
@@ -106,14 +127,19 @@ class Notifier:
                 time.sleep(self.backoff_s * 2**attempt)
         log.warning("webhook of %s for %s gave up: %s", payload["team"], payload["event"], problem)
 
-    def _mail(self, smtp: SmtpSettings, to: str, payload: dict[str, str]) -> None:
+    def _mail(self, smtp: SmtpSettings, to: str, payload: Mapping[str, str | None]) -> None:
         message = EmailMessage()
         message["From"], message["To"] = smtp.sender, to
-        message["Subject"] = f"[harness] {payload['submission']}: {payload['status']}"
-        message.set_content(
-            f"Your entry {payload['submission']} ({payload['track']}) was {payload['event']}.\n"
-            f"Status: {payload['status']}\n{payload['reason']}\n"
-        )
+        if "submission" in payload:
+            message["Subject"] = f"[harness] {payload['submission']}: {payload['status']}"
+            message.set_content(
+                f"Your entry {payload['submission']} ({payload['track']}) was "
+                f"{payload['event']}.\nStatus: {payload['status']}\n{payload['reason']}\n"
+            )
+        else:
+            message["Subject"] = f"[harness] {payload['competition']}: {payload['event']}"
+            ends = f" It ends {payload['ends_at']}." if payload["ends_at"] else ""
+            message.set_content(f"{payload['event']}: phase {payload['phase']}.{ends}\n")
         for attempt in range(self.retries + 1):
             try:
                 with smtplib.SMTP(smtp.host, smtp.port, timeout=TIMEOUT_S) as server:

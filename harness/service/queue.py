@@ -23,7 +23,10 @@ No entry stays running forever. Each running entry holds a lease in the database
 heartbeat by this queue while its evaluation is not frozen (leases.py: a process in its HELM folder
 stopped by a signal); a lease that lapses (`lease_s` without renewal) ends the entry: its processes
 are killed, its containers removed, and it goes back to its place, an infrastructure failure
-that does not count against the team (its reason says so until it runs again). An entry running
+that does not count against the team (its reason says so until it runs again). An entry that the
+infrastructure interrupts (a lapsed lease, a killed service, a lost engine, a harness crash) goes
+back to the queue MAX_REQUEUES time(s) on its own and its team is told; the next time it is
+cancelled, not counted, and the team asked to submit it again. An entry running
 past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
 reason. The ending its worker sends later is discarded.
 """
@@ -35,7 +38,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, wait
 from contextlib import suppress
 from dataclasses import replace
@@ -49,7 +52,7 @@ from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import StoreRecorder
 from harness.secrets import redact
 from harness.service import leases
-from harness.service.db import ServiceDB, State, Submission
+from harness.service.db import MAX_REQUEUES, ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
@@ -79,10 +82,14 @@ class Queue:
         lease_s: float = LEASE_S,
         ceiling_s: float | None = None,
         notifier: Notifier | None = None,
+        phase_options: Mapping[str, RunOptions] | None = None,
+        on_tick: Callable[[], None] | None = None,
     ) -> None:
         """`options` are the evaluation's, for every track (the track is the submission's);
+        `phase_options` a competition phase's own (its stage, run specs or pack), by phase name;
         `executor` None (`--jobs 0`) accepts submissions and runs none. `ceiling_s` defaults to
-        leases.ceiling_s(options)."""
+        the longest leases.ceiling_s of the options. `on_tick()` runs on each turn of the loop
+        (the competition's clock)."""
         self.db = db
         self.store = store
         self.options = options
@@ -90,15 +97,23 @@ class Queue:
         self.jobs = options.jobs if executor is not None else 0
         self.zip_path = zip_path
         self.run_id = results_id(options.out)
-        pack = options.pack()
-        self.instances_sha256 = pack.sha256 if pack else None
+        self.phase_options = dict(phase_options or {})
+        self.on_tick = on_tick
+        self._packs = {
+            name: pack.sha256 if (pack := opts.pack()) else None
+            for name, opts in {"": options, **self.phase_options}.items()
+        }
         self._running: dict[str, Future[Ending]] = {}
         self._attempts: dict[str, Attempt] = {}
         # Futures of entries ended by their lease or ceiling: what they end with is discarded.
         self._abandoned: set[Future[Ending]] = set()
         self.lease_s = lease_s
         self.heartbeat_s = min(HEARTBEAT_S, lease_s / 4)
-        self.ceiling_s = ceiling_s if ceiling_s is not None else leases.ceiling_s(options)
+        self.ceiling_s = (
+            ceiling_s
+            if ceiling_s is not None
+            else max(leases.ceiling_s(o) for o in [options, *self.phase_options.values()])
+        )
         self.worker = f"{socket.gethostname()}/{os.getpid()}"
         self.notifier = notifier
         self._next_beat = 0.0
@@ -132,11 +147,32 @@ class Queue:
     def _settle(self, sub: Submission) -> None:
         """A submission the database says runs, and nothing runs: its result if it was stored
         since it started, else back to its place in the queue."""
-        stored = self.store.results(self.options.stage).get(sub.id)
+        stored = self.store.results(self.options_for(sub).stage).get(sub.entry)
         if stored is not None and sub.started_at and stored.updated_at >= sub.started_at:
             self.db.finish(sub.id, stored.status.value, stored.reason)
         else:
-            self.db.requeue(sub.id, keep_place=True)
+            self._requeue(sub.id, "re-queued: the service stopped while it ran")
+
+    def options_for(self, sub: Submission) -> RunOptions:
+        """The evaluation's options for `sub`: its phase's, else the service's."""
+        return self.phase_options.get(sub.phase, self.options)
+
+    def _requeue(self, sub_id: str, reason: str) -> None:
+        """The infrastructure ended it: back to its place, not counted, MAX_REQUEUES times;
+        then cancelled, not counted. Its team is told either way."""
+        sub = self.db.submission(sub_id)
+        if sub is None:
+            return
+        if sub.requeues < MAX_REQUEUES:
+            self.db.requeue(sub_id, keep_place=True, reason=reason, infrastructure=True)
+            self.notify(sub_id, "requeued")
+        else:
+            self.db.give_up(
+                sub_id,
+                f"{reason}; interrupted by the infrastructure {sub.requeues + 1} times, so it "
+                "is not run again: not counted, submit it again",
+            )
+            self.notify(sub_id, "cancelled")
 
     def wake(self) -> None:
         self._wake.set()
@@ -160,7 +196,10 @@ class Queue:
         self._remove_entry_containers(sub_id)
 
     def _job(self, sub_id: str) -> EntryJob:
-        return EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id)
+        sub = self.db.submission(sub_id)
+        if sub is None:
+            return EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id)
+        return EntryJob(sub.entry, self.zip_path(sub.entry), self.options_for(sub), self.run_id)
 
     def _remove_entry_containers(self, sub_id: str) -> None:
         image = self._job(sub_id).image
@@ -239,6 +278,8 @@ class Queue:
                 if (sub := self.db.submission(sub_id)) and sub.state is State.RUNNING:
                     self._settle(sub)
                 self._unsettled.discard(sub_id)
+            if self.on_tick is not None:
+                self.on_tick()
             while self.executor is not None and not self._closing.is_set() and self._engine_ready():
                 with self._lock:
                     if len(self._running) >= self.jobs:
@@ -299,8 +340,7 @@ class Queue:
         self._remove_entry_containers(sub_id)
         if status is None:
             self.store.finish_attempt(attempt)
-            self.db.requeue(sub_id, keep_place=True, reason=reason)
-            self.notify(sub_id, "requeued")
+            self._requeue(sub_id, reason)
         else:
             self.store.record_status(attempt, status, reason)
             self.db.finish(sub_id, status.value, reason)
@@ -328,17 +368,18 @@ class Queue:
 
     def _launch(self, sub: Submission) -> None:
         assert self.executor is not None
-        path = self.zip_path(sub.id)
-        self.store.add_entry(sub.id, path)
+        path = self.zip_path(sub.entry)
+        options = self.options_for(sub)
+        self.store.add_entry(sub.entry, path)
         attempt = self.store.start_attempt(
-            sub.id, self.options.stage, instances_sha256=self.instances_sha256
+            sub.entry, options.stage, instances_sha256=self._packs.get(sub.phase, self._packs[""])
         )
         job = EntryJob(
-            name=sub.id,
+            name=sub.entry,
             path=path,
-            options=replace(self.options, track=sub.track),
+            options=replace(options, track=sub.track),
             run_id=self.run_id,
-            reuse_build=False,
+            reuse_build=sub.final_run and _reuse_image(sub, job_stage=options.stage),
         )
         future = self.executor.submit(job, StoreRecorder(self.store, attempt))
         with self._lock:
@@ -366,12 +407,16 @@ class Queue:
             # the queue waits for the engine before it takes anything again.
             log.warning("%s re-queued: %s", sub_id, exc)
             self.store.finish_attempt(attempt)
-            self.db.requeue(sub_id, keep_place=True)
+            self._requeue(sub_id, f"re-queued: the engine went away ({redact(str(exc))})")
             self._retry_at = time.monotonic() + ENGINE_RETRY_S
             self._done(sub_id)
             return
-        except Exception as exc:  # a bug in one evaluation: a result, so the queue goes on
-            status, reason = Status.EVAL_FAILED, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # a bug in the harness, not the entry's fault: the queue goes on
+            log.exception("%s: the evaluation crashed", sub_id)
+            self.store.finish_attempt(attempt)
+            self._requeue(sub_id, f"re-queued: the harness crashed ({type(exc).__name__})")
+            self._done(sub_id)
+            return
         reason = redact(reason)
         # The store first: a service killed between the two writes finds the result on restart.
         try:
@@ -395,6 +440,24 @@ class Queue:
             self._running.pop(sub_id, None)
             self._attempts.pop(sub_id, None)
         self._wake.set()
+
+
+def _reuse_image(sub: Submission, *, job_stage: str, from_stage: str = "open") -> bool:
+    """Tag a final run's image from its original's, so that the final runs the very image that
+    was scored (no rebuild) when this machine's engine kept it; False when it did not."""
+    source = EntryJob(sub.entry, Path(), RunOptions(sub.track, from_stage, Path()), "").image
+    target = EntryJob(sub.entry, Path(), RunOptions(sub.track, job_stage, Path()), "").image
+    try:
+        sdk = engine.client()
+    except InfrastructureError:
+        return False
+    try:
+        repository, tag = target.rsplit(":", 1)
+        return bool(sdk.images.get(source).tag(repository, tag))
+    except Exception:  # not kept (or another machine's): the final run builds it again
+        return False
+    finally:
+        sdk.close()
 
 
 def _remove_containers(filters: dict[str, str]) -> None:

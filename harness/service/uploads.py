@@ -23,7 +23,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from harness.checks import check_entry
 
 DEFAULT_MAX_UPLOAD_BYTES = 2 * 1024**3
-# Form fields besides the file are short words (track, visibility).
+# Form fields besides the file are short: track, visibility, a competition's fact sheet.
 _MAX_FIELD_BYTES = 1024
 
 
@@ -62,7 +62,7 @@ async def receive(request: Request, into: Path, limit: int) -> Upload:
         request.headers,
         _limited(request, limit),
         max_files=1,
-        max_fields=8,
+        max_fields=40,
         max_part_size=_MAX_FIELD_BYTES,
     )
     try:

@@ -77,7 +77,10 @@ def register(app: FastAPI, service: Service) -> None:
         return team
 
     def page(request: Request, name: str, status: int = 200, **context: Any) -> HTMLResponse:
-        context.update(team=signed_in(request), csrf=_csrf(request), tracks=TRACK_NAMES)
+        team = signed_in(request)
+        # Every page of a signed-in team says where the competition stands for it.
+        standing = service.standing(team) if team is not None else None
+        context.update(team=team, csrf=_csrf(request), tracks=TRACK_NAMES, standing=standing)
         response = templates.TemplateResponse(request, name, context, status_code=status)
         if new := request.state.__dict__.get("new_csrf"):
             _cookie(response, request, CSRF_COOKIE, new, 7 * 24 * 3600)
@@ -97,10 +100,21 @@ def register(app: FastAPI, service: Service) -> None:
 
     @app.get("/leaderboard/{track}", include_in_schema=False)
     def leaderboard(request: Request, track: str) -> HTMLResponse:
-        board = service.leaderboard(track)
+        viewer = signed_in(request)
+        board = service.leaderboard(track, viewer)
         # `harness report`'s own rendering, embedded: entries link nowhere (logs are private).
         body = to_html(board, standalone=False, entry_link=lambda entry: None)
-        return page(request, "leaderboard.html", track=track, board=Markup(body))
+        return page(
+            request,
+            "leaderboard.html",
+            track=track,
+            board=Markup(body),
+            ranked=bool(board.rows),
+            facts=service.board_facts(track, viewer),
+            fact_names=list(service.config.phases.facts),
+            phase=service.phase(),
+            revealed=service.revealed,
+        )
 
     @app.get("/static/board.css", include_in_schema=False)
     def board_css() -> Response:
@@ -133,7 +147,7 @@ def register(app: FastAPI, service: Service) -> None:
         return response
 
     def my_submissions(request: Request, team: Team, status: int = 200, **extra: Any) -> Response:
-        subs = [service.describe(s, details=False) for s in service.db.submissions(team=team)]
+        subs = [service.describe(s, team, details=False) for s in service.db.submissions(team=team)]
         active = any(not s["finished"] for s in subs)
         return page(
             request,
@@ -171,7 +185,7 @@ def register(app: FastAPI, service: Service) -> None:
         return page(
             request,
             "submission.html",
-            sub=service.describe(sub),
+            sub=service.describe(sub, team),
             logs=service.logs(sub),
             refresh=REFRESH_S if sub.state in ACTIVE else None,
         )
@@ -184,6 +198,8 @@ def register(app: FastAPI, service: Service) -> None:
             service.publish(team, sub_id)
         elif action == "cancel":
             service.cancel(team, sub_id)
+        elif action in ("select", "unselect"):
+            service.select(team, sub_id, chosen=action == "select")
         elif action == "rerun" and team.admin:
             service.owned(team, sub_id)
             service.rerun(sub_id)
@@ -200,12 +216,14 @@ def register(app: FastAPI, service: Service) -> None:
         return page(
             request,
             "admin.html",
-            queue=[service.describe(s, details=False) for s in service.db.queue()],
+            queue=[service.describe(s, team, details=False) for s in service.db.queue()],
             workers=service.queue.workers(),
             leases=service.queue.leases(),
             lease_s=service.queue.lease_s,
             now=time.time(),
-            recent=[service.describe(s, details=False) for s in service.db.submissions()[:50]],
+            recent=[
+                service.describe(s, team, details=False) for s in service.db.submissions()[:50]
+            ],
             teams=service.db.teams(),
             refresh=REFRESH_S * 2,
         )
