@@ -127,6 +127,14 @@ class Competition(_Strict):
             raise ValueError(f"tracks are one or more of {', '.join(TRACK_NAMES)}; got {tracks}")
         return tracks
 
+    @field_validator("facts")
+    @classmethod
+    def _fields(cls, facts: dict[str, Fact]) -> dict[str, Fact]:
+        for name in facts:
+            if not name.isidentifier() or name in _FORM_FIELDS:
+                raise ValueError(f"field {name!r}: an identifier, and not one of {_FORM_FIELDS}")
+        return facts
+
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         names = [p.name for p in self.phases]
@@ -142,9 +150,6 @@ class Competition(_Strict):
                 raise ValueError(f"phase {after.name!r} needs a `start` (the one before has one)")
             if before.start and after.start and after.start < (before.end or before.start):
                 raise ValueError(f"phase {after.name!r} starts before {before.name!r} ends")
-        for name in self.facts:
-            if not name.isidentifier() or name in _FORM_FIELDS:
-                raise ValueError(f"fact sheet field {name!r}: an identifier, not a form field")
         return self
 
     def phase(self, name: str) -> Phase:
@@ -189,6 +194,7 @@ def load_competition(path: Path) -> Competition:
     except ValidationError as exc:
         problems = [
             f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
+            + (f" (got {error['input']!r})" if isinstance(error["input"], str | int) else "")
             for error in exc.errors()
         ]
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None

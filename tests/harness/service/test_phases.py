@@ -1,0 +1,198 @@
+"""The competition file, the phase that is current, and what an entry's ending costs its team
+(the service's database, no engine)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from harness.errors import ConfigError
+from harness.run.options import RunOptions
+from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State
+from harness.service.phases import current_phase, load_competition, uploads_closed
+from harness.service.queue import Queue
+from harness.store import Store
+
+COMPETITION = """
+name: llm-efficiency-2026
+tracks: ["4090"]
+phases:
+  - name: open
+    start: 2026-11-01T00:00:00Z
+    end: 2026-11-30T00:00:00Z
+    run_specs: open.conf
+    visibility: public
+    quota: {per_day: 2, failures_per_week: 3}
+  - name: final
+    start: 2026-12-01T00:00:00
+    instances: closed-pack
+    visibility: organizers
+    selection: 1
+facts:
+  base_model: {type: text, help: the approved base model}
+  lora_r: {type: int}
+  training_hours: {type: float, required: false}
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "competition.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_a_competition_file_loads_with_its_phases_in_order(tmp_path: Path) -> None:
+    (tmp_path / "open.conf").write_text("entries: []\n")
+    competition = load_competition(write(tmp_path, COMPETITION))
+    open_, final = competition.phases
+    assert (open_.harness_stage, final.harness_stage) == ("open", "closed")
+    assert final.final and not open_.final and final.selection == 1
+    # A date without a zone is UTC; relative paths are the file's neighbours.
+    assert final.start == datetime(2026, 12, 1, tzinfo=UTC)
+    assert open_.run_specs == str(tmp_path / "open.conf")
+    assert final.instances == tmp_path / "closed-pack"
+    assert competition.stages == ["open", "closed"]
+    assert competition.facts["lora_r"].parse("lora_r", "16") == 16
+    assert competition.facts["training_hours"].parse("training_hours", "") is None
+    with pytest.raises(ValueError, match="'lora_r' takes an int"):
+        competition.facts["lora_r"].parse("lora_r", "sixteen")
+    with pytest.raises(ValueError, match="'base_model' is required"):
+        competition.facts["base_model"].parse("base_model", None)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("per_day: 2", "per_day: -1"), "phases.0.quota.per_day"),
+        (("visibility: public", "visibility: everyone"), "phases.0.visibility"),
+        (("    selection: 1", "    selection: 1\n    colour: red"), "phases.1.colour"),
+        (("instances: closed-pack", "instances: p\n    run_specs: c.conf"), "not both"),
+        (('tracks: ["4090"]', 'tracks: ["H100"]'), "tracks"),
+        (("start: 2026-12-01T00:00:00", "start: 2026-11-15T00:00:00"), "starts before"),
+        (("  lora_r: {type: int}", "  track: {type: int}"), "facts"),
+    ],
+)
+def test_a_bad_competition_file_is_refused_naming_the_key(
+    tmp_path: Path, change: tuple[str, str], named: str
+) -> None:
+    with pytest.raises(ConfigError, match=named) as refused:
+        load_competition(write(tmp_path, COMPETITION.replace(*change)))
+    assert str(tmp_path / "competition.yaml") in str(refused.value)
+
+
+def test_a_final_phase_must_come_last(tmp_path: Path) -> None:
+    text = COMPETITION.replace("    quota: {per_day: 2, failures_per_week: 3}", "    selection: 2")
+    with pytest.raises(ConfigError, match="only the last phase may be a final one"):
+        load_competition(write(tmp_path, text))
+
+
+def test_the_current_phase_follows_the_clock_or_a_later_phase_entered_by_hand(
+    tmp_path: Path,
+) -> None:
+    competition = load_competition(write(tmp_path, COMPETITION))
+    november = datetime(2026, 11, 10, tzinfo=UTC).timestamp()
+    december = datetime(2026, 12, 2, tzinfo=UTC).timestamp()
+    assert current_phase(competition, None, november).name == "open"
+    assert current_phase(competition, None, december).name == "final"
+    assert current_phase(competition, "final", november).name == "final"
+    assert current_phase(competition, "open", december).name == "final"  # never back
+    open_, final = competition.phases
+    assert uploads_closed(open_, november) is None
+    assert "ended" in (
+        uploads_closed(open_, datetime(2026, 11, 30, 1, tzinfo=UTC).timestamp()) or ""
+    )
+    assert "takes no uploads" in (uploads_closed(final, december) or "")
+
+
+def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path) -> None:
+    allowance = Allowance(per_day=2, failures_per_week=1)
+    with ServiceDB(tmp_path) as db:
+        db.add_team("team-a")
+        team = db.teams()[0]
+
+        def submit() -> str:
+            return db.add_submission(
+                team, track="4090", visibility="hidden", filename="e.zip", size=1,
+                quota=allowance.per_day, failures_per_week=allowance.failures_per_week,
+            ).id  # fmt: skip
+
+        def end(status: str) -> str:
+            sub_id = submit()
+            claimed = db.claim_next()
+            assert claimed is not None and claimed.id == sub_id
+            assert db.finish(sub_id, status, "")
+            return sub_id
+
+        scored = end("scored")
+        assert db.submission(scored).charged == "quota"  # type: ignore[union-attr]
+        failed = end("build-failed")
+        assert db.submission(failed).charged == "failures"  # type: ignore[union-attr]
+        # The failure left the second slot of the day free, but the allowance of one failure
+        # is used: no upload until it ages out.
+        assert db.used(team, "4090", allowance).today == 1
+        with pytest.raises(QuotaExceeded, match="1 of 1 failures allowed in 7 days") as refused:
+            submit()
+        week = timedelta(days=7).total_seconds()
+        assert refused.value.next_slot == pytest.approx(time.time() + week, abs=60)
+        # Without an allowance (no competition file) a failure takes a slot of the day, as
+        # before competitions existed.
+        assert db.used(team, "4090", Allowance(per_day=2)).today == 2
+
+
+def test_an_entry_the_infrastructure_interrupts_is_requeued_once_then_cancelled_uncounted(
+    tmp_path: Path,
+) -> None:
+    with ServiceDB(tmp_path / "data") as db, Store(tmp_path / "results") as store:
+        db.add_team("team-a")
+        team = db.teams()[0]
+        sub = db.add_submission(
+            team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=1
+        )
+        queue = Queue(
+            db, store, RunOptions("4090", "open", tmp_path / "results"), None, lambda s: Path(s)
+        )
+        assert db.claim_next() is not None
+        queue.recover()  # as a restarted service does: nothing runs it any more
+        again = db.submission(sub.id)
+        assert again is not None
+        assert (again.state, again.requeues, again.charged) == (State.QUEUED, 1, None)
+        assert "the service stopped" in again.reason
+        assert db.claim_next() is not None
+        queue.recover()
+        ended = db.submission(sub.id)
+        assert ended is not None
+        assert (ended.state, ended.charged, ended.counts) == (State.CANCELLED, "none", False)
+        assert "not counted" in ended.reason
+        # Its slot of the day is free again.
+        assert db.used(team, "4090", Allowance(per_day=1)).today == 0
+
+
+def test_selection_is_limited_and_final_runs_are_queued_once(tmp_path: Path) -> None:
+    with ServiceDB(tmp_path) as db:
+        db.add_team("team-a")
+        team = db.teams()[0]
+        ids = []
+        for _ in range(3):
+            ids.append(
+                db.add_submission(
+                    team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=5
+                ).id
+            )
+            assert db.claim_next() is not None
+            db.finish(ids[-1], "scored" if len(ids) < 3 else "oom", "")
+        db.select(ids[0], limit=1)
+        with pytest.raises(ConfigError, match="1 of 1 entries already selected"):
+            db.select(ids[1], limit=1)
+        with pytest.raises(ConfigError, match="only a scored submission"):
+            db.select(ids[2], limit=2)
+        run = db.add_final_run(ids[0], "final")
+        assert run is not None and db.add_final_run(ids[0], "final") is None
+        final = db.submission(run)
+        assert final is not None and final.entry == ids[0] and final.final_run
+        assert (final.state, final.charged, final.phase) == (State.QUEUED, "none", "final")
+        assert db.enter_phase("final", ["open", "final"])
+        assert not db.enter_phase("open", ["open", "final"])  # never back
+        assert db.state("phase") == "final"
