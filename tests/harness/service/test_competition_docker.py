@@ -1,0 +1,149 @@
+"""A whole competition on a real `harness serve --competition`, the real Docker engine and real
+HELM, two teams with stand-in entries that build in seconds (tests/harness/data/entries): the open
+phase with a failing build (charged to the failure allowance, not the quota) and an evaluation
+interrupted by killing the service (re-run, charged once), selections, the final phase on a second
+instance pack entered by `harness competition advance`, finalists re-run on the same images with
+their scores hidden from the teams, and the reveal combining the stages."""
+
+from __future__ import annotations
+
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.helm.confs import load_conf
+from harness.helm.packs import build_pack
+from harness.service.db import ServiceDB
+from tests._wait import until
+from tests.harness.run.test_driver import write_conf
+from tests.harness.service.conftest import HARNESS, SECRET, Receiver, Serve, stand_in_zip
+from tests.harness.service.test_service_docker import containers, evaluating, finished
+
+pytestmark = [pytest.mark.docker, pytest.mark.helm]
+NO_SUCH = "RUN python3 -m venv /v && /v/bin/pip install --no-index nosuchpkg==1.0\n"
+
+
+def final_pack(tmp_path: Path, helm_bin: Path) -> Path:
+    """The final phase's instances: a pack of another local task than the open phase's."""
+    folder = tmp_path / "closed-task"
+    folder.mkdir()
+    conf = load_conf(write_conf(folder, 4))
+    data = tmp_path / "closed-data"
+    data.mkdir()
+    return build_pack(
+        conf, budget=2, data_dir=data, out=tmp_path / "closed-pack", bin_dir=helm_bin
+    ).path
+
+
+def competition_file(tmp_path: Path, pack: Path) -> Path:
+    now = datetime.now(UTC)
+    path = tmp_path / "competition.yaml"
+    path.write_text(
+        f"""
+name: test-cup
+tracks: ["4090"]
+phases:
+  - name: open
+    start: {(now - timedelta(hours=1)).isoformat()}
+    end: {(now + timedelta(days=7)).isoformat()}
+    visibility: public
+    quota: {{per_day: 3, failures_per_week: 2}}
+  - name: final
+    start: {(now + timedelta(days=8)).isoformat()}
+    instances: {pack}
+    visibility: organizers
+    selection: 1
+"""
+    )
+    return path
+
+
+def harness(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(HARNESS), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_a_whole_competition_from_the_open_phase_to_the_reveal(
+    serve: Serve,
+    tmp_path: Path,
+    base_image: str,
+    docker_client: Any,
+    helm_bin: Path,
+    receiver: Receiver,
+) -> None:
+    competition = competition_file(tmp_path, final_pack(tmp_path, helm_bin))
+    served = serve(*evaluating(["--competition", str(competition)], base_image, tmp_path))
+    alice, bob = served.add_team("alice"), served.add_team("bob")
+    admin = served.add_team("organizers", admin=True)
+    with ServiceDB(served.data) as db:
+        db.set_webhook("alice", receiver.url, SECRET)
+
+    # -- the open phase --------------------------------------------------------------------------
+    good = served.submit(alice, stand_in_zip(tmp_path, "good"), visibility="published").json()
+    wrong = served.submit(bob, stand_in_zip(tmp_path, "wrong", "answer-c"), visibility="published")
+    broken = served.submit(bob, stand_in_zip(tmp_path, "broken", dockerfile_extra=NO_SUCH)).json()
+    slow = served.submit(alice, stand_in_zip(tmp_path, "slow", "slow")).json()
+    assert served.wait_for(alice, good["id"], finished)["status"] == "scored"
+    assert served.wait_for(bob, wrong.json()["id"], finished)["status"] == "scored"
+    failed = served.wait_for(bob, broken["id"], finished)
+    assert (failed["status"], failed["charged"]) == ("build-failed", "failures")
+    with served.client(bob) as client:
+        standing = client.get("/api/v1/competition").json()["tracks"]["4090"]
+    # Bob's failed build took no slot of the day: only his scored entry did.
+    assert (standing["left_today"], standing["failures_used"]) == (2, 1)
+
+    # The service is killed while alice's slow entry is evaluated: it runs again, once charged.
+    served.wait_for(alice, slow["id"], lambda a: a["step"] == "evaluate")
+    served.kill()
+    served = serve(*served.args, data=served.data)
+    rerun = served.wait_for(alice, slow["id"], finished)
+    assert (rerun["status"], rerun["requeues"], rerun["charged"]) == ("scored", 1, "quota")
+    with served.client(alice) as client:
+        assert client.get("/api/v1/competition").json()["tracks"]["4090"]["left_today"] == 1
+        assert client.post(f"/api/v1/submissions/{good['id']}/select").json()["selected"]
+        board = client.get("/api/v1/leaderboard/4090").json()
+    assert [(r["rank"], r["team"]) for r in board["rows"]] == [(1, "alice"), (2, "bob")]
+    assert board["stages"] == ["open"]
+
+    # -- the final phase: bob chose nothing, so his best published entry goes ------------------
+    advanced = harness("competition", "advance", "--data", str(served.data))
+    assert advanced.returncode == 0, advanced.stderr
+    runs = [line.split()[-1] for line in advanced.stdout.splitlines() if "final run" in line]
+    assert len(runs) == 2
+    ended = [served.wait_for(admin, run, finished) for run in runs]
+    assert [e["status"] for e in ended] == ["scored", "scored"]
+    assert {e["final_of"] for e in ended} == {good["id"], wrong.json()["id"]}
+    # The same images ran: no build step in the final runs.
+    assert all("build" not in [s["step"] for s in e["steps"]] for e in ended)
+    assert all(e["metrics"] for e in ended)  # the organizers see the scores
+    alices = next(e for e in ended if e["team"] == "alice")
+    with served.client(alice) as client:
+        hidden = client.get(f"/api/v1/submissions/{alices['id']}").json()
+        assert (hidden["scores_hidden"], hidden["metrics"], hidden["score"]) == (True, [], None)
+        assert client.get("/api/v1/leaderboard/4090").json()["stages"] == ["open"]
+    assert containers(docker_client, served) == []
+
+    # -- the reveal -------------------------------------------------------------------------------
+    revealed = harness("competition", "reveal", "--data", str(served.data))
+    assert revealed.returncode == 0, revealed.stderr
+    assert "final ranking, track 4090" in revealed.stdout
+    assert (served.data / "final" / "4090" / "leaderboard.json").is_file()
+    with served.client(alice) as client:
+        final = client.get("/api/v1/leaderboard/4090").json()
+        shown = client.get(f"/api/v1/submissions/{alices['id']}").json()
+    assert final["stages"] == ["open", "closed"]
+    assert [(r["rank"], r["team"]) for r in final["rows"]] == [(1, "alice"), (2, "bob")]
+    assert not shown["scores_hidden"] and shown["metrics"]
+    events = until(
+        lambda: (
+            [d["event"] for d in receiver.deliveries]
+            if "results.revealed" in [d["event"] for d in receiver.deliveries]
+            else None
+        ),
+        "alice heard of the reveal",
+        timeout_s=60,
+    )
+    assert {"phase.started", "phase.ended", "entry.scored", "entry.requeued"} <= set(events or [])
+    assert receiver.bad_signatures == 0
