@@ -334,6 +334,8 @@ class Service:
 
     def cancel(self, team: Team, sub_id: str) -> Submission:
         sub = self.owned(team, sub_id)
+        if sub.final_run and not team.admin:
+            raise HTTPException(409, "a final run is the organizers' to cancel")
         was = self.db.cancel(sub.id, by_organizer=team.admin and sub.team != team.name)
         if was is None:
             raise HTTPException(409, f"the submission is {sub.state.value}: nothing to cancel")
@@ -372,8 +374,7 @@ class Service:
             raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
         if self.revealed:
             return final_entries(self.db, track), list(self.config.phases.stages)
-        shown = [p for p in self.config.phases.phases if not p.final]
-        phase = self.phase() if not self.phase().final else shown[-1]
+        phase = self.board_phase()
         stages = [phase.harness_stage]
         if phase.visibility != "public" and not (viewer and viewer.admin):
             return {}, stages
@@ -391,6 +392,12 @@ class Service:
             if row.rank is not None and team not in {label for label, _ in best.values()}:
                 best[row.entry] = (team, published[row.entry])  # ranked rows come best first
         return best, stages
+
+    def board_phase(self) -> Phase:
+        """The phase whose results the leaderboard shows before the reveal: the current one, or
+        during the final the last open one (the final's scores wait for the reveal)."""
+        current = self.phase()
+        return current if not current.final else self.config.phases.phases[-2]
 
     def board_facts(self, track: str, viewer: Team | None = None) -> dict[str, dict[str, Any]]:
         """Each leaderboard row's fact sheet, by its label."""

@@ -21,7 +21,6 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
-from harness.competition import TRACK_NAMES
 from harness.leaderboard.html import to_html
 from harness.service.core import Service
 from harness.service.db import ACTIVE, Team
@@ -80,7 +79,9 @@ def register(app: FastAPI, service: Service) -> None:
         team = signed_in(request)
         # Every page of a signed-in team says where the competition stands for it.
         standing = service.standing(team) if team is not None else None
-        context.update(team=team, csrf=_csrf(request), tracks=TRACK_NAMES, standing=standing)
+        context.update(
+            team=team, csrf=_csrf(request), tracks=service.config.phases.tracks, standing=standing
+        )
         response = templates.TemplateResponse(request, name, context, status_code=status)
         if new := request.state.__dict__.get("new_csrf"):
             _cookie(response, request, CSRF_COOKIE, new, 7 * 24 * 3600)
@@ -96,7 +97,7 @@ def register(app: FastAPI, service: Service) -> None:
 
     @app.get("/", include_in_schema=False)
     def home() -> RedirectResponse:
-        return RedirectResponse(f"/leaderboard/{TRACK_NAMES[0]}", status_code=303)
+        return RedirectResponse(f"/leaderboard/{service.config.phases.tracks[0]}", status_code=303)
 
     @app.get("/leaderboard/{track}", include_in_schema=False)
     def leaderboard(request: Request, track: str) -> HTMLResponse:
@@ -112,7 +113,8 @@ def register(app: FastAPI, service: Service) -> None:
             ranked=bool(board.rows),
             facts=service.board_facts(track, viewer),
             fact_names=list(service.config.phases.facts),
-            phase=service.phase(),
+            phase=service.board_phase(),
+            final=service.phase().final,
             revealed=service.revealed,
         )
 

@@ -141,6 +141,8 @@ def test_phases_quotas_facts_selection_and_the_final_through_the_api(
         first["id"], "final", "queued", "none",
     )  # fmt: skip
     assert run["scores_hidden"] and run["metrics"] == []
+    with served.client(alice) as client:
+        assert client.post(f"/api/v1/submissions/{run['id']}/cancel").status_code == 409
     assert standing["final"] and "takes no uploads" in standing["uploads_closed"]
     assert upload(served, alice, entry, **FACTS).status_code == 409
     events = until(
