@@ -12,9 +12,11 @@ import pytest
 from harness.errors import ConfigError
 from harness.run.options import RunOptions
 from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State
-from harness.service.phases import current_phase, load_competition, uploads_closed
+from harness.service.notify import Notifier
+from harness.service.phases import PhaseClock, current_phase, load_competition, uploads_closed
 from harness.service.queue import Queue
 from harness.store import Store
+from tests.harness.service.conftest import SECRET, Receiver
 
 COMPETITION = """
 name: llm-efficiency-2026
@@ -196,3 +198,40 @@ def test_selection_is_limited_and_final_runs_are_queued_once(tmp_path: Path) -> 
         assert db.enter_phase("final", ["open", "final"])
         assert not db.enter_phase("open", ["open", "final"])  # never back
         assert db.state("phase") == "final"
+
+
+def test_the_clock_enters_a_phase_at_its_start_and_tells_each_event_once(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    now = datetime.now(UTC)
+    text = (
+        COMPETITION.replace("2026-11-01T00:00:00Z", (now - timedelta(days=9)).isoformat())
+        .replace("2026-11-30T00:00:00Z", (now - timedelta(days=2)).isoformat())
+        .replace("2026-12-01T00:00:00", (now - timedelta(days=1)).isoformat())
+    )
+    competition = load_competition(write(tmp_path, text))
+    with ServiceDB(tmp_path / "data") as db, Store(tmp_path / "results") as store:
+        db.add_team("alice")
+        db.set_webhook("alice", receiver.url, SECRET)
+        team = db.teams()[0]
+        sub = db.add_submission(
+            team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=1
+        )
+        assert db.claim_next() is not None and db.finish(sub.id, "scored", "")
+        db.select(sub.id, limit=1)
+        notifier = Notifier(db, backoff_s=0.05)
+        clock = PhaseClock(db, store, competition, notifier)
+        clock.tick()
+        assert db.state("phase") == "final"
+        runs = [s for s in db.submissions() if s.final_of == sub.id]
+        assert [(r.state, r.phase) for r in runs] == [(State.QUEUED, "final")]
+        db.set_state("revealed", now.isoformat())
+        clock.tick()
+        clock.tick()
+        # Every delivery the ticks queued, retried to its end: a duplicate would be among them.
+        notifier._pool.shutdown(wait=True)
+    assert sorted((d["event"], d["phase"]) for d in receiver.deliveries) == [
+        ("phase.started", "final"),
+        ("results.revealed", "final"),
+    ]
+    assert receiver.bad_signatures == 0
