@@ -6,7 +6,8 @@
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
 steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
 harness measured, not what servers claim); cost from those times, training hours from `harness
-reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price; each
+reproduce` (RESULTS_DIR/reproduce/*/reproduction.json, which also gives each reproduced entry's
+verdict) and a per-track hourly GPU price; each
 stage score's and rank's 95% intervals from a bootstrap over the stored per-instance values
 (intervals.py). An entry
 is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
@@ -304,6 +305,7 @@ def build_leaderboard(
                 final=standing.final if standing else None,
                 stages=stage_rows,
                 cost=_cost(stage_rows, reproductions.get(entry), track, prices),
+                reproduction=(reproductions.get(entry) or {}).get("verdict"),
             )
         )
     rows.sort(key=lambda row: (row.rank is None, row.rank or 0, row.entry))

@@ -95,6 +95,8 @@ class Row:
     final: float | None
     stages: dict[str, StageRow]
     cost: Cost
+    # `harness reproduce`'s verdict on the entry (its reproduce/<slug>/reproduction.json), if any
+    reproduction: str | None = None
 
     @property
     def status(self) -> str:

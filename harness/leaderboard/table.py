@@ -69,12 +69,20 @@ def bootstrap_line(board: Leaderboard) -> str:
     )
 
 
+def _reproduced(board: Leaderboard) -> bool:
+    return any(row.reproduction for row in board.rows)
+
+
+REPRODUCTION_COLUMN = "Reproduction"  # the verdict of `harness reproduce`, where it ran
+
+
 def columns(board: Leaderboard) -> list[str]:
     stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
     tier = ["Tier"] if _tiered(board) else []
+    reproduction = [REPRODUCTION_COLUMN] if _reproduced(board) else []
     return [
         "Rank", "Entry", "Score", *stage_scores, *_interval_columns(board), *board.columns, *tier,
-        "Status", "Reason",
+        *reproduction, "Status", "Reason",
     ]  # fmt: skip
 
 
@@ -90,9 +98,10 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
     tier = (
         ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
     )
+    reproduction = [row.reproduction or ""] if _reproduced(board) else []
     return [
         rank, row.entry, number(row.final), *stage_scores, *_interval_cells(board, row),
-        *win_rates, *tier, row.status, row.reason,
+        *win_rates, *tier, *reproduction, row.status, row.reason,
     ]  # fmt: skip
 
 
