@@ -117,11 +117,12 @@ def main(
     try:
         if top is not None and results is not None:
             raise ConfigError("with --top, the results folder is the argument: leave out --results")
-        if top is None and results is None:
+        results = entry if top is not None else results
+        if results is None:
             raise ConfigError("give the original run's results folder: --results RESULTS_DIR")
         options = ReproduceOptions(
             track=track,
-            results=entry if top is not None else results,  # type: ignore[arg-type]
+            results=results,
             stage=stage,
             time_limit_s=parse_duration(time_limit),
             tolerance=tolerance,

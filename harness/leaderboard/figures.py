@@ -259,7 +259,7 @@ def scores_with_intervals(rows: Sequence[ScoreRow]) -> str:
                          label=f"run {k + 1}")  # fmt: skip
         axes.set_xticks(list(xs), [r.name for r in rows])
         axes.tick_params(axis="x", labelrotation=30, labelsize=8)
-        axes.set_ylabel("mean main metric")
+        axes.set_ylabel("score")
         axes.legend(fontsize=8)
     axes.set_title("Scores: the original (95% interval) and each run", fontsize=10)
     return _svg(figure)
