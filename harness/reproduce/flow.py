@@ -7,14 +7,15 @@ What the organizers of the NeurIPS 2023 challenge did by hand for every top entr
       ─> `harness run`'s pipeline on the copy, replaying the original run's HELM conf
       ─> compare with the original ─> reproduction.md, reproduction.json
 
-Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every call):
+Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every call, after
+removing the containers and volumes a killed call left):
 
     train-build.log, train.log    the training image's build and the training run (redacted)
     weights/                      the produced weights, as the training container left them
     work/<entry>-reproduced/      the entry's copy the inference image is built from
     results.sqlite, logs/, helm/  the copy's run, a results folder like `harness run --out`'s
     seeds.json, record/           the seeds drawn before training; the run's own record
-    reproduction.json, .md        the report
+    reproduction.md, .html, .json the report (report.py; the JSON last: it marks it finished)
 
 An entry may describe its training in entry.yaml; every key is optional, the defaults fit the
 submissions our templates render:

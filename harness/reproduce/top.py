@@ -113,7 +113,7 @@ def reproduce_top(
     """Reproduce the `top` best entries of `options.results` (see the module docstring).
 
     `executor`: where the jobs run (default: one at a time on this machine); started and closed
-    here. `on_progress(entry, message)`: each entry's start and verdict. Raises ConfigError
+    here. `on_progress(entry, message)`: each entry queued, kept or judged. Raises ConfigError
     (bad input, nothing started) and InfrastructureError (the jobs' machines failed); an
     entry's own failure is its verdict."""
     if top < 1:
@@ -159,7 +159,7 @@ def _run(
     try:
         futures: dict[Future[Reproduction], str] = {}
         for name, path in pending:
-            on_progress(name, "reproducing")
+            on_progress(name, "queued")
             futures[executor.submit_task(functools.partial(_job, path, options))] = name
         for future in as_completed(futures):
             result = future.result()  # an exception ends the batch: the finished ones are kept

@@ -116,7 +116,7 @@ def test_top_2_reproduces_both_and_a_killed_run_resumes_without_redoing_one(
 
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "tiny-a: kept: reproduced (finished earlier)" in rerun.stdout
-    assert "tiny-b: reproducing" in rerun.stdout and "tiny-a: reproducing" not in rerun.stdout
+    assert "tiny-b: queued" in rerun.stdout and "tiny-a: queued" not in rerun.stdout
     assert (first / "reproduction.json").read_bytes() == finished
     assert (first / "reproduction.json").stat().st_mtime_ns == finished_at
     assert json.loads((second / "reproduction.json").read_text())["verdict"] == "reproduced"
