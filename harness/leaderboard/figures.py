@@ -201,7 +201,7 @@ def figures(board: Leaderboard) -> dict[str, str]:
 
 
 def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> str:
-    """Training loss per step: the first curve (the original's) dashed in black, every other
+    """Training loss per step: the first curve (the original's) dashed in black over every other
     (each reproduced run) in its own colour."""
     figure, axes = _figure()
     drawn = {label: points for label, points in curves.items() if points}
@@ -209,7 +209,12 @@ def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> str:
         _empty(axes, "No loss curve: no training logged its steps (metrics.jsonl).")
     else:
         for k, (label, points) in enumerate(drawn.items()):
-            style = {"color": "black", "linestyle": "--"} if k == 0 else {"color": f"C{k - 1}"}
+            # The original on top, dashed: a run that matches it exactly still shows both.
+            style = (
+                {"color": "black", "linestyle": "--", "zorder": 3}
+                if k == 0
+                else {"color": f"C{k - 1}", "zorder": 2}
+            )
             steps = [step for step, _ in points]
             losses = [loss for _, loss in points]
             axes.plot(steps, losses, label=label, linewidth=1.2, **style)  # type: ignore[arg-type]
@@ -256,7 +261,7 @@ def scores_with_intervals(rows: Sequence[ScoreRow]) -> str:
             found = [(x + 0.08 * (k + 1), r.runs[k]) for x, r in zip(xs, rows, strict=True)
                      if k < len(r.runs)]  # fmt: skip
             axes.scatter([x for x, _ in found], [y for _, y in found], s=18, color=f"C{k}",
-                         label=f"run {k + 1}")  # fmt: skip
+                         label="reproduced" if runs == 1 else f"run {k + 1}")  # fmt: skip
         axes.set_xticks(list(xs), [r.name for r in rows])
         axes.tick_params(axis="x", labelrotation=30, labelsize=8)
         axes.set_ylabel("score")
