@@ -31,6 +31,7 @@ from harness.leaderboard.table import (
     efficiency_cells,
     generated,
     number,
+    struck,
 )
 from harness.store import entry_slug
 
@@ -48,9 +49,11 @@ def entry_page(entry: str) -> str:
     return f"{ENTRY_PAGES}/{entry_slug(entry)}.html"
 
 
-def _cell(text: str, *, title: str = "", href: str | None = None) -> dict[str, Any]:
+def _cell(
+    text: str, *, title: str = "", href: str | None = None, struck: bool = False
+) -> dict[str, Any]:
     numeric = text != "" and text.replace(".", "", 1).lstrip("-").isdigit()
-    return {"text": text, "title": title, "href": href, "numeric": numeric}
+    return {"text": text, "title": title, "href": href, "numeric": numeric, "struck": struck}
 
 
 def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[str, Any]]:
@@ -64,8 +67,15 @@ def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[st
             value = "no value" if result.value is None else f"{result.value:.4f}"
             titles[first_scenario + offset] = f"{result.metric}: {value}"
     return [
-        _cell(text, title=title, href=entry_link(row.entry) if index == 1 else None)
-        for index, (text, title) in enumerate(zip(texts, titles, strict=True))
+        _cell(
+            text,
+            title=title,
+            href=entry_link(row.entry) if index == 1 else None,
+            struck=strike and text != "",
+        )
+        for index, (text, title, strike) in enumerate(
+            zip(texts, titles, struck(board, row), strict=True)
+        )
     ]
 
 
@@ -93,6 +103,7 @@ def to_html(
             {
                 "entry": row.entry,
                 "ranked": row.rank is not None,
+                "disqualified": row.disqualified is not None,
                 "cells": _score_cells(board, row, entry_link),
             }
             for row in board.rows
@@ -182,6 +193,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
         back=back,
         rank=row.rank,
         final=number(row.final),
+        disqualified=row.disqualified,
         cost=cost_text,
         stages=stages,
     )

@@ -93,6 +93,7 @@ class LeaderboardRow(BaseModel):
     score: float | None
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
+    disqualified: str | None = None  # the organizers' reason; such a row has no rank
 
 
 class LeaderboardOut(BaseModel):
