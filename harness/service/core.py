@@ -4,6 +4,7 @@
     DATA_DIR/uploads/ID.zip     the entries as received
     DATA_DIR/results/           the harness results store, logs and HELM runs, as `harness run`
                                 writes them; an entry there is named by its submission id
+    DATA_DIR/releases/VERSION/  frozen final leaderboards (leaderboard/release.py), read-only
 
 Every lookup is scoped to the asking team: another team's submission does not exist for it (404),
 whatever its visibility. Admins see every submission.
@@ -55,6 +56,11 @@ class ServiceConfig:
     @property
     def results(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def releases(self) -> Path:
+        """Frozen releases (`harness competition release`), served at /releases/VERSION."""
+        return self.data_dir / "releases"
 
     def zip_path(self, sub_id: str) -> Path:
         return self.uploads / f"{sub_id}.zip"
