@@ -10,6 +10,7 @@ and releases. The modules form a chain, each importing only those before it:
     text      to_markdown, to_json, to_rich, to_plain_text (no terminal: one line per entry)
     figures   SVG figures
     html      to_html, entry_pages
+    release   write_release, verify_release: a frozen release of boards (over write_leaderboard)
 
     board = build_leaderboard(store)
     paths = write_leaderboard(board, results_dir)

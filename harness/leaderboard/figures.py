@@ -20,7 +20,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.leaderboard.model import Leaderboard
+from harness.leaderboard.model import Leaderboard, Row
 from harness.leaderboard.scoring import ranks
 
 FIGURE_WIDTH_PT = 432  # 6 x 4 inches at SVG's 72 points per inch: 576 x 384 CSS pixels
@@ -46,6 +46,11 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
+def _competing(board: Leaderboard) -> list[Row]:
+    """The rows the score figures draw: a disqualified entry is out of the field."""
+    return [row for row in board.rows if row.disqualified is None]
+
+
 def _empty(axes: Axes, message: str) -> None:
     axes.set_axis_off()
     axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, color="#555")
@@ -58,7 +63,7 @@ def scenario_distribution(board: Leaderboard) -> str:
     points = [
         (index, result.win_rate)
         for index, name in enumerate(names)
-        for row in board.rows
+        for row in _competing(board)
         if (result := row.scenarios.get(name)) is not None and result.win_rate is not None
     ]
     if not points:
@@ -79,7 +84,9 @@ def stage_agreement(board: Leaderboard) -> str:
     """Open vs closed rank of each entry scored in both: the paper's overfitting figure."""
     figure, axes = _figure()
     scores = {
-        stage: {row.entry: s for row in board.rows if (s := row.stages[stage].score) is not None}
+        stage: {
+            row.entry: s for row in _competing(board) if (s := row.stages[stage].score) is not None
+        }
         for stage in ("open", "closed")
         if stage in board.stages
     }
@@ -123,7 +130,7 @@ def score_against_time(board: Leaderboard) -> str:
         color = f"C{k}"
         rows = [
             (eval_s / 60, score, row.entry, row.stages[stage].interval)
-            for row in board.rows
+            for row in _competing(board)
             if (score := row.stages[stage].score) is not None
             and (eval_s := row.stages[stage].efficiency.eval_s)
         ]

@@ -35,6 +35,7 @@ from harness.leaderboard.table import (
     efficiency_cells,
     generated,
     number,
+    struck,
 )
 from harness.store import entry_slug
 
@@ -58,9 +59,11 @@ def entry_page(entry: str) -> str:
     return f"{ENTRY_PAGES}/{entry_slug(entry)}.html"
 
 
-def _cell(text: str, *, title: str = "", href: str | None = None) -> dict[str, Any]:
+def _cell(
+    text: str, *, title: str = "", href: str | None = None, struck: bool = False
+) -> dict[str, Any]:
     numeric = text != "" and text.replace(".", "", 1).lstrip("-").isdigit()
-    return {"text": text, "title": title, "href": href, "numeric": numeric}
+    return {"text": text, "title": title, "href": href, "numeric": numeric, "struck": struck}
 
 
 def reproduction_page(entry: str) -> str:
@@ -84,8 +87,10 @@ def _score_cells(
             value = "no value" if result.value is None else f"{result.value:.4f}"
             titles[first_scenario + offset] = f"{result.metric}: {value}"
     return [
-        _cell(text, title=title, href=links.get(index))
-        for index, (text, title) in enumerate(zip(texts, titles, strict=True))
+        _cell(text, title=title, href=links.get(index), struck=strike and text != "")
+        for index, (text, title, strike) in enumerate(
+            zip(texts, titles, struck(board, row), strict=True)
+        )
     ]
 
 
@@ -118,6 +123,7 @@ def to_html(
             {
                 "entry": row.entry,
                 "ranked": row.rank is not None,
+                "disqualified": row.disqualified is not None,
                 "cells": _score_cells(board, row, entry_link, reproduction_link),
             }
             for row in board.rows
@@ -207,6 +213,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
         back=back,
         rank=row.rank,
         final=number(row.final),
+        disqualified=row.disqualified,
         cost=cost_text,
         stages=stages,
     )

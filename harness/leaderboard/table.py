@@ -86,6 +86,20 @@ def columns(board: Leaderboard) -> list[str]:
     ]  # fmt: skip
 
 
+# A disqualified row's status; its Reason cell holds the organizers' reason.
+DISQUALIFIED = "disqualified"
+_NOT_STRUCK = 2  # the last columns, Status and Reason: they say why the rest is struck through
+
+
+def struck(board: Leaderboard, row: Row) -> list[bool]:
+    """Which of `cells(board, row)` the renderers strike through: a disqualified entry's name
+    and numbers."""
+    count = len(columns(board))
+    # A reproduction's verdict, before them, is no number of the entry's either.
+    kept = _NOT_STRUCK + (1 if _reproduced(board) else 0)
+    return [row.disqualified is not None and index < count - kept for index in range(count)]
+
+
 def cells(board: Leaderboard, row: Row) -> list[str]:
     stage_scores = (
         [number(row.stages[stage].score) for stage in board.stages] if len(board.stages) > 1 else []
@@ -99,9 +113,12 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
         ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
     )
     reproduction = [row.reproduction or ""] if _reproduced(board) else []
+    status, reason = (
+        (row.status, row.reason) if row.disqualified is None else (DISQUALIFIED, row.disqualified)
+    )
     return [
         rank, row.entry, number(row.final), *stage_scores, *_interval_cells(board, row),
-        *win_rates, *tier, *reproduction, row.status, row.reason,
+        *win_rates, *tier, *reproduction, status, reason,
     ]  # fmt: skip
 
 

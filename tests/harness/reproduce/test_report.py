@@ -15,6 +15,7 @@ import pytest
 from harness.leaderboard import build_leaderboard, to_json, write_leaderboard
 from harness.leaderboard.figures import FIGURE_HEIGHT_PT, FIGURE_WIDTH_PT
 from harness.leaderboard.intervals import Interval
+from harness.leaderboard.table import columns, struck
 from harness.reproduce.curves import Point
 from harness.reproduce.options import Reproduction, Verdict
 from harness.reproduce.report import TopEntry, write_combined, write_reports
@@ -153,6 +154,12 @@ def test_the_combined_report_and_the_leaderboard_show_each_verdict(tmp_path: Pat
     page = (results / "leaderboard.html").read_text()
     assert f'<a href="reproduce/{entry_slug("B")}/reproduction.html">differs</a>' in page
     assert "| Reproduction | Status | Reason |" in (results / "leaderboard.md").read_text()
+    # A disqualified entry's numbers are struck through; its verdict, like its status, is not.
+    with Store(results) as store:
+        board = build_leaderboard(store, disqualified={"B": "broke the rules"})
+    row = next(r for r in board.rows if r.entry == "B")
+    marks = dict(zip(columns(board), struck(board, row), strict=True))
+    assert marks["Entry"] and not marks["Reproduction"] and not marks["Status"]
 
 
 @pytest.mark.browser
