@@ -29,7 +29,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
 from harness.leaderboard import Leaderboard, to_plain_text, to_rich
 from harness.run.adaptive import Adaptive
-from harness.run.executor import Executor, LocalExecutor
+from harness.run.executor import LocalExecutor, TaskExecutor
 from harness.run.health import HealthSchedule
 from harness.run.options import RunOptions
 from harness.run.tiers import Tiers
@@ -201,7 +201,7 @@ def schedule_option(
     return Tiers.parse(tiers, keep=keep, keep_top=keep_top)
 
 
-def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], Executor]:
+def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], TaskExecutor]:
     """What `--executor` names."""
     if name == "local":
         return lambda: LocalExecutor(jobs)

@@ -1,11 +1,14 @@
-"""`harness competition advance|reveal|disqualify`: the organizers' steps of a competition run by
-`harness serve --competition FILE` (phases.py), on its data folder, while it runs or not.
+"""`harness competition`: the organizers' steps on an evaluation service's data folder, while the
+service runs or not.
 
-`advance` enters the next phase now (a final phase queues each finalist's final run); `reveal`
-publishes the final ranking (the stages combined with the competition's weights) and writes it
-under DATA/final/TRACK/; `disqualify` marks an entry with a reason (it is kept, and left out of
-the final ranking). The running service notices and tells the teams (phase started, results
-revealed).
+`advance` enters the next phase of a competition run by `harness serve --competition FILE`
+(phases.py) now: a final phase queues each finalist's final run. `disqualify` marks an entry with
+a reason (it is kept, struck through with it, unranked). `reveal` shows the final ranking (the
+stages combined with the competition's weights) and makes every score public; the running service
+notices and tells the teams. `release` freezes the public leaderboard of every track (after the
+reveal, the final ranking) into DATA/releases/VERSION (what `harness serve` serves at
+/releases/VERSION), with a manifest holding every file's sha256; `verify` checks a release, or a
+copy of one, against its manifest.
 """
 
 from __future__ import annotations
@@ -17,15 +20,27 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from harness.cli._common import abort, print_leaderboard
 from harness.errors import ConfigError, HarnessError
-from harness.leaderboard import write_leaderboard
-from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.model import Leaderboard
-from harness.service.core import labelled
-from harness.service.db import ACTIVE, ServiceDB
-from harness.service.phases import Competition, current_phase, enter_phase, final_entries
+from harness.leaderboard.release import check_version, read_manifest, verify_release, write_release
+from harness.service.core import (
+    DEFAULT_QUOTA,
+    ServiceConfig,
+    current_leaderboard,
+    final_leaderboard,
+)
+from harness.service.db import ACTIVE, DB_FILENAME, ServiceDB
+from harness.service.phases import (
+    Competition,
+    current_phase,
+    disqualifications,
+    enter_phase,
+    saved_competition,
+    single_phase,
+)
 from harness.store import Store
 
 EPILOG = """**Examples**
@@ -36,24 +51,41 @@ EPILOG = """**Examples**
         --data /srv/harness
 
     harness competition reveal --data /srv/harness
+
+    harness competition release v1 --data /srv/harness      # into /srv/harness/releases/v1
+
+    harness competition verify /srv/harness/releases/v1
+
+    harness competition verify ./v1-copy --manifest-sha256 3f5c...   # the published sha256
 """
 
 app = typer.Typer(
-    help="The organizers' steps of a competition: advance, disqualify, reveal.",
+    help="Run a competition on `harness serve`'s data: advance, disqualify, reveal, release, "
+    "verify.",
     epilog=EPILOG,
     no_args_is_help=True,
 )
-Data = Annotated[Path, typer.Option(help="The service's data folder (`harness serve --data`).")]
+Data = Annotated[
+    Path, typer.Option(help="The service's data folder (as given to `harness serve`).")
+]
 
 
 def _competition(db: ServiceDB) -> Competition:
-    saved = db.state("competition")
-    if saved is None:
+    competition = saved_competition(db)
+    if competition is None:
         raise ConfigError(
             "this data folder has no competition: start `harness serve --competition FILE "
             "--data DIR` on it first"
         )
-    return Competition.model_validate_json(saved)
+    return competition
+
+
+def _service_db(data: Path) -> ServiceDB:
+    if not (data / DB_FILENAME).is_file():
+        raise ConfigError(
+            f"{data} holds no {DB_FILENAME}: give the folder `harness serve --data` uses"
+        )
+    return ServiceDB(data)
 
 
 @app.command("advance", epilog=EPILOG)
@@ -61,7 +93,7 @@ def advance(data: Data) -> None:
     """Enter the next phase now, whatever its start date; entering the final phase queues a final
     run of each team's selected entries (or its best published one)."""
     try:
-        with ServiceDB(data) as db, Store(data / "results") as store:
+        with _service_db(data) as db, Store(ServiceConfig(data).results) as store:
             competition = _competition(db)
             phase = current_phase(competition, db.state("phase"), time.time())
             following = competition.next_phase(phase)
@@ -81,33 +113,23 @@ def disqualify(
     reason: Annotated[str, typer.Option(help="Why: shown beside the entry.")],
     data: Data,
 ) -> None:
-    """Mark a submission disqualified with a reason: it is kept, and ranked no more."""
+    """Mark a submission disqualified with a reason: it is kept, shown struck through with the
+    reason, and ranked no more."""
     try:
-        with ServiceDB(data) as db:
+        with _service_db(data) as db:
             db.disqualify(sub_id, reason)
     except HarnessError as exc:
         abort(exc)
     typer.echo(f"disqualified {sub_id}: {reason}")
 
 
-def final_boards(db: ServiceDB, store: Store, competition: Competition) -> dict[str, Leaderboard]:
-    """Each track's final leaderboard: its finalists ranked by the stages combined."""
-    boards = {}
-    for track in competition.tracks:
-        entries = final_entries(db, track)
-        if entries:
-            board = build_leaderboard(store, entries=entries, track=track)
-            boards[track] = labelled(board, {e: label for e, (label, _) in entries.items()})
-    return boards
-
-
 @app.command("reveal", epilog=EPILOG)
 def reveal(data: Data) -> None:
-    """Reveal the final results: every team sees every score, the leaderboard becomes the final
-    ranking of the finalists, written under DATA/final/TRACK/."""
+    """Reveal the final results: every team sees every score, and the leaderboard becomes the
+    final ranking of the finalists (printed here; `release` freezes it)."""
     console = Console()
     try:
-        with ServiceDB(data) as db, Store(data / "results") as store:
+        with _service_db(data) as db, Store(ServiceConfig(data).results) as store:
             competition = _competition(db)
             phase = current_phase(competition, db.state("phase"), time.time())
             if not phase.final:
@@ -121,10 +143,68 @@ def reveal(data: Data) -> None:
                     f"{len(waiting)} final run(s) still queued or running ({', '.join(waiting)}): "
                     "reveal once they ended"
                 )
-            boards = final_boards(db, store, competition)
+            out = disqualifications(db)
+            boards = {
+                track: final_leaderboard(db, store, competition, track, disqualified=out)[0]
+                for track in competition.tracks
+            }
             db.set_state("revealed", datetime.now(UTC).isoformat(timespec="seconds"))
     except HarnessError as exc:
         abort(exc)
     for track, board in boards.items():
         console.print(f"final ranking, track {track}:", highlight=False)
-        print_leaderboard(console, board, write_leaderboard(board, data / "final" / track))
+        print_leaderboard(console, board, [])
+
+
+@app.command("release", epilog=EPILOG)
+def release(
+    version: str = typer.Argument(..., help="The release's name: v1, 2026-final, ..."),
+    *,
+    data: Data,
+    out: Path | None = typer.Option(
+        None,
+        help="Where releases go; the release is OUT/VERSION. Default: DATA/releases, which "
+        "`harness serve` serves at /releases/VERSION.",
+    ),
+) -> None:
+    """Freeze every track's public leaderboard (after `reveal`, the final ranking) as JSON,
+    Markdown and HTML with entry pages and figures, and a manifest: images, instance packs,
+    versions, verdicts, every file's sha256."""
+    try:
+        check_version(version)
+        config = ServiceConfig(data)
+        boards: dict[str, Leaderboard] = {}
+        ids: dict[str, dict[str, str]] = {}
+        with _service_db(data) as db, Store(config.results, create=False) as store:
+            competition = saved_competition(db) or single_phase(DEFAULT_QUOTA)
+            for track in competition.tracks:
+                boards[track], ids[track] = current_leaderboard(db, store, competition, track)
+            folder = (out or config.releases) / version
+            made = write_release(version, boards, store, folder, ids=ids)
+    except HarnessError as exc:
+        abort(exc)
+    typer.echo(f"released {version} in {made.path}: {made.files} files and manifest.json")
+    typer.echo(f"manifest sha256 (publish it): {made.manifest_sha256}")
+
+
+@app.command("verify", epilog=EPILOG)
+def verify(
+    release_dir: Path = typer.Argument(..., help="A release folder, or a copy of one."),
+    manifest_sha256: str | None = typer.Option(
+        None, help="The manifest's published sha256: the manifest itself is checked too."
+    ),
+) -> None:
+    """Check every file of a release against its manifest; exit 1 naming each changed, missing
+    or extra file."""
+    try:
+        problems = verify_release(release_dir, manifest_sha256=manifest_sha256)
+        files = len(read_manifest(release_dir)["files"]) if not problems else 0
+    except HarnessError as exc:
+        abort(exc)
+    if problems:
+        console = Console(stderr=True, highlight=False)
+        for problem in problems:
+            console.print(Text(str(problem)))  # a file name may hold rich's [brackets]
+        console.print(f"{len(problems)} file(s) differ from the release's manifest")
+        raise typer.Exit(1)
+    typer.echo(f"ok: {files} files as released")

@@ -103,6 +103,7 @@ class LeaderboardRow(BaseModel):
     facts: dict[str, str | int | float | None]  # the entry's fact sheet
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
+    disqualified: str | None = None  # the organizers' reason; such a row has no rank
 
 
 class LeaderboardOut(BaseModel):
@@ -297,8 +298,10 @@ def api_router(service: Service) -> APIRouter:
     @router.get("/leaderboard/{track}", response_model=LeaderboardOut)
     def leaderboard(track: Track) -> dict[str, Any]:
         """Public: published results only, each team's best, per-scenario win rates, when the
-        phase shows its scores publicly; after the reveal, the final ranking."""
-        return leaderboard_json(service.leaderboard(track), track, service.board_facts(track))
+        phase shows its scores publicly; after the reveal, the final ranking. A disqualified
+        entry's row has its reason and no rank."""
+        board, ids = service.board(track)
+        return leaderboard_json(board, track, service.facts_of(ids))
 
     return router
 
@@ -306,7 +309,7 @@ def api_router(service: Service) -> APIRouter:
 def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI:
     """The service's app; `metrics_token` lets a scraper from elsewhere than the loopback
     interface read /metrics."""
-    from harness.service import metrics, web
+    from harness.service import metrics, releases, web
 
     app = FastAPI(
         title="harness serve",
@@ -320,4 +323,5 @@ def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI
     app.include_router(api_router(service))
     web.register(app, service)
     metrics.register(app, service, metrics_token)
+    releases.register(app, service.config.releases)
     return app

@@ -4,6 +4,7 @@
     DATA_DIR/uploads/ID.zip     the entries as received
     DATA_DIR/results/           the harness results store, logs and HELM runs, as `harness run`
                                 writes them; an entry there is named by its submission id
+    DATA_DIR/releases/VERSION/  frozen final leaderboards (leaderboard/release.py), read-only
 
 Every lookup is scoped to the asking team: another team's submission does not exist for it (404),
 whatever its visibility. Admins see every submission. The competition's phases (phases.py) decide
@@ -19,7 +20,7 @@ import math
 import secrets
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from harness.service.phases import (
     Competition,
     Phase,
     current_phase,
+    disqualifications,
     final_entries,
     single_phase,
     uploads_closed,
@@ -71,6 +73,11 @@ class ServiceConfig:
     @property
     def results(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def releases(self) -> Path:
+        """Frozen releases (`harness competition release`), served at /releases/VERSION."""
+        return self.data_dir / "releases"
 
     def zip_path(self, sub_id: str) -> Path:
         return self.uploads / f"{sub_id}.zip"
@@ -352,61 +359,141 @@ class Service:
 
     # -- the leaderboard --------------------------------------------------------------------------
 
-    def leaderboard(self, track: str, viewer: Team | None = None) -> Leaderboard:
-        """The track's leaderboard as `viewer` (None: the public) may see it: once revealed, the
-        final one (the stages combined with the competition's weights); else the published
-        results of the open phases, each team's best, ranked among themselves by the harness's
-        own scoring (the same Leaderboard as `harness report`), when the phase shows them
-        (`public`, or to an organizer).
+    def leaderboard(
+        self,
+        track: str,
+        viewer: Team | None = None,
+        *,
+        disqualified: Mapping[str, str] | None = None,
+    ) -> Leaderboard:
+        """The track's leaderboard as `viewer` (None: the public) may see it (`board`)."""
+        return self.board(track, viewer, disqualified=disqualified)[0]
 
-        Entries are the submission ids in the store; rows are relabelled with the team's name
-        and lose their log links (logs are private to the team).
-        """
-        entries, stages = self.board_entries(track, viewer)
-        board = build_leaderboard(self.store, entries=entries, track=track, only_stages=stages)
-        return labelled(board, {entry: label for entry, (label, _) in entries.items()})
-
-    def board_entries(
-        self, track: str, viewer: Team | None = None
-    ) -> tuple[dict[str, tuple[str, Submission]], list[str]]:
-        """What `leaderboard` ranks: entry -> (its row's label, its submission), and the stages."""
-        if track not in TRACK_NAMES:
-            raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
-        if self.revealed:
-            return final_entries(self.db, track), list(self.config.phases.stages)
-        phase = self.board_phase()
-        stages = [phase.harness_stage]
-        if phase.visibility != "public" and not (viewer and viewer.admin):
-            return {}, stages
-        published = {
-            sub.id: sub
-            for sub in self.db.submissions(states=(State.FINISHED,))
-            if sub.track == track and sub.visibility == "published" and not sub.final_run
-        }
-        best: dict[str, tuple[str, Submission]] = {}
-        field = build_leaderboard(
-            self.store, entries=published, track=track, intervals=False, only_stages=stages
+    def board(
+        self,
+        track: str,
+        viewer: Team | None = None,
+        *,
+        disqualified: Mapping[str, str] | None = None,
+    ) -> tuple[Leaderboard, dict[str, str]]:
+        """`current_leaderboard` as `viewer` (None: the public) may see it."""
+        admin = viewer is not None and viewer.admin
+        return current_leaderboard(
+            self.db, self.store, self.config.phases, track, admin=admin, disqualified=disqualified
         )
-        for row in field.rows:
-            team = published[row.entry].team
-            if row.rank is not None and team not in {label for label, _ in best.values()}:
-                best[row.entry] = (team, published[row.entry])  # ranked rows come best first
-        return best, stages
 
     def board_phase(self) -> Phase:
-        """The phase whose results the leaderboard shows before the reveal: the current one, or
-        during the final the last open one (the final's scores wait for the reveal)."""
-        current = self.phase()
-        return current if not current.final else self.config.phases.phases[-2]
+        return board_phase(self.config.phases, self.phase())
 
-    def board_facts(self, track: str, viewer: Team | None = None) -> dict[str, dict[str, Any]]:
-        """Each leaderboard row's fact sheet, by its label."""
-        entries, _ = self.board_entries(track, viewer)
-        return {label: sub.facts for label, sub in entries.values()}
+    def facts_of(self, ids: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+        """Each leaderboard row's fact sheet, by its label (`ids`: label -> submission id)."""
+        return {
+            label: sub.facts for label, sub_id in ids.items() if (sub := self.db.submission(sub_id))
+        }
+
+
+def board_phase(competition: Competition, current: Phase) -> Phase:
+    """The phase whose results the leaderboard shows before the reveal: the current one, or
+    during the final the last open one (the final's scores wait for the reveal)."""
+    return current if not current.final else competition.phases[-2]
+
+
+def current_leaderboard(
+    db: ServiceDB,
+    store: Store,
+    competition: Competition,
+    track: str,
+    *,
+    admin: bool = False,
+    disqualified: Mapping[str, str] | None = None,
+) -> tuple[Leaderboard, dict[str, str]]:
+    """The track's leaderboard as the public (or an organizer: `admin`) may see it now, and each
+    row's submission id (label -> id): once the results are revealed, the final ranking
+    (`final_leaderboard`); before, the published results of the phase the board shows
+    (`published_leaderboard`), when that phase shows its scores publicly (or to an organizer).
+    `disqualified` (submission id -> reason) defaults to the organizers' disqualifications."""
+    if track not in TRACK_NAMES:
+        raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
+    if disqualified is None:
+        disqualified = disqualifications(db)
+    if db.state("revealed") is not None:
+        return final_leaderboard(db, store, competition, track, disqualified=disqualified)
+    phase = board_phase(competition, current_phase(competition, db.state("phase"), time.time()))
+    if phase.visibility != "public" and not admin:
+        return labelled(build_leaderboard(store, entries=(), track=track), {}), {}
+    return published_leaderboard(
+        db, store, track, disqualified=disqualified, only_stages=[phase.harness_stage]
+    )
+
+
+def published_leaderboard(
+    db: ServiceDB,
+    store: Store,
+    track: str,
+    *,
+    disqualified: Mapping[str, str] | None = None,
+    only_stages: list[str] | None = None,
+) -> tuple[Leaderboard, dict[str, str]]:
+    """Published results of `track`, each team's best, ranked among themselves by the harness's
+    own scoring (the same Leaderboard as `harness report`), and each row's submission id; the
+    results of `only_stages` (default: every stage; a final run's are never among them).
+
+    Entries are the submission ids in the store; rows are relabelled with the team's name and
+    lose their log links (logs are private to the team). `disqualified` (submission id -> the
+    organizers' reason): such an entry is never a team's best; a team whose every ranked entry
+    is disqualified is shown once, struck through with the reason, unranked.
+    """
+    if track not in TRACK_NAMES:
+        raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
+    published = {
+        sub.id: sub
+        for sub in db.submissions(states=(State.FINISHED,))
+        if sub.track == track and sub.visibility == "published" and not sub.final_run
+    }
+    out = {sub_id: reason for sub_id, reason in (disqualified or {}).items() if sub_id in published}
+    best: dict[str, str] = {}
+    field = build_leaderboard(
+        store,
+        entries=published,
+        track=track,
+        intervals=False,
+        disqualified=out,
+        only_stages=only_stages,
+    )
+    for row in field.rows:
+        # Ranked rows come first, best first; then the disqualified, best first.
+        if row.rank is not None or row.disqualified is not None:
+            best.setdefault(published[row.entry].team, row.entry)
+    board = build_leaderboard(
+        store, entries=best.values(), track=track, disqualified=out, only_stages=only_stages
+    )
+    labels = {sub_id: published[sub_id].team for sub_id in best.values()}
+    return labelled(board, labels), {team: sub_id for sub_id, team in labels.items()}
+
+
+def final_leaderboard(
+    db: ServiceDB,
+    store: Store,
+    competition: Competition,
+    track: str,
+    *,
+    disqualified: Mapping[str, str] | None = None,
+) -> tuple[Leaderboard, dict[str, str]]:
+    """The finalists of `track` ranked by the competition's stages combined with their weights
+    (1/3 open + 2/3 closed), and each row's submission id; a disqualified finalist is shown
+    struck through with its reason, unranked."""
+    entries = final_entries(db, track)
+    out = {entry: reason for entry, reason in (disqualified or {}).items() if entry in entries}
+    board = build_leaderboard(
+        store, entries=entries, track=track, disqualified=out, only_stages=competition.stages
+    )
+    labels = {entry: label for entry, (label, _) in entries.items()}
+    return labelled(board, labels), {label: sub.id for label, sub in entries.values()}
 
 
 def labelled(board: Leaderboard, labels: dict[str, str]) -> Leaderboard:
-    """Rows named by `labels` (entry -> team), without log links, ranked rows only."""
+    """Rows named by `labels` (entry -> team), without log links: the ranked and the
+    disqualified ones."""
     rows = [
         replace(
             row,
@@ -422,7 +509,7 @@ def labelled(board: Leaderboard, labels: dict[str, str]) -> Leaderboard:
             },
         )
         for row in board.rows
-        if row.rank is not None
+        if row.rank is not None or row.disqualified is not None
     ]
     return replace(board, rows=rows)
 
@@ -449,6 +536,7 @@ def leaderboard_json(
                 "team": row.entry,
                 "score": row.final,
                 "facts": (facts or {}).get(row.entry, {}),
+                "disqualified": row.disqualified,
                 "scenarios": {
                     name: result.win_rate if (result := row.scenarios.get(name)) else None
                     for name in board.columns

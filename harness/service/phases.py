@@ -214,6 +214,13 @@ def load_competition(path: Path) -> Competition:
     return competition.model_copy(update={"phases": phases})
 
 
+def saved_competition(db: ServiceDB) -> Competition | None:
+    """The competition `harness serve --competition` runs on this database (it saves it at start
+    for the commands), None for a service without one."""
+    saved = db.state("competition")
+    return Competition.model_validate_json(saved) if saved is not None else None
+
+
 def current_phase(competition: Competition, entered: str | None, now: float) -> Phase:
     """The latest phase whose start has passed, or `entered` (by hand) when that is later."""
     by_time = 0
@@ -285,15 +292,13 @@ def enter_phase(db: ServiceDB, store: Store, competition: Competition, phase: Ph
 
 
 def final_entries(db: ServiceDB, track: str) -> dict[str, tuple[str, Submission]]:
-    """The finalists of `track` the final ranking ranks: store entry -> (its row's label: the
-    team, or `team (id)` for a team with several, its original submission). Disqualified
-    entries are left out (`disqualified` lists them)."""
+    """The finalists of `track`, disqualified ones too: store entry -> (its row's label: the
+    team, or `team (id)` for a team with several, its original submission)."""
     originals = [
         original
         for run in db.submissions()
         if run.final_of and run.track == track
         and (original := db.submission(run.final_of)) is not None
-        and not original.disqualified
     ]  # fmt: skip
     teams = [sub.team for sub in originals]
     return {
@@ -302,8 +307,9 @@ def final_entries(db: ServiceDB, track: str) -> dict[str, tuple[str, Submission]
     }
 
 
-def disqualified(db: ServiceDB) -> list[Submission]:
-    return [sub for sub in db.submissions() if sub.disqualified and not sub.final_run]
+def disqualifications(db: ServiceDB) -> dict[str, str]:
+    """Submission id -> the organizers' reason, for each disqualified submission."""
+    return {sub.id: sub.disqualified for sub in db.submissions() if sub.disqualified}
 
 
 class PhaseClock:
