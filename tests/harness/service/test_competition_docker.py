@@ -3,10 +3,12 @@ HELM, two teams with stand-in entries that build in seconds (tests/harness/data/
 phase with a failing build (charged to the failure allowance, not the quota) and an evaluation
 interrupted by killing the service (re-run, charged once), selections, the final phase on a second
 instance pack entered by `harness competition advance`, finalists re-run on the same images with
-their scores hidden from the teams, and the reveal combining the stages."""
+their scores hidden from the teams, a disqualification, the reveal combining the stages, and a
+frozen release verified, then tampered with."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -125,16 +127,22 @@ def test_a_whole_competition_from_the_open_phase_to_the_reveal(
         assert client.get("/api/v1/leaderboard/4090").json()["stages"] == ["open"]
     assert containers(docker_client, served) == []
 
-    # -- the reveal -------------------------------------------------------------------------------
+    # -- a disqualification, the reveal, a frozen release ----------------------------------------
+    bobs = wrong.json()["id"]
+    out = harness("competition", "disqualify", bobs, "--reason", "trained on the test set",
+                  "--data", str(served.data))  # fmt: skip
+    assert out.returncode == 0, out.stderr
     revealed = harness("competition", "reveal", "--data", str(served.data))
     assert revealed.returncode == 0, revealed.stderr
     assert "final ranking, track 4090" in revealed.stdout
-    assert (served.data / "final" / "4090" / "leaderboard.json").is_file()
     with served.client(alice) as client:
         final = client.get("/api/v1/leaderboard/4090").json()
         shown = client.get(f"/api/v1/submissions/{alices['id']}").json()
     assert final["stages"] == ["open", "closed"]
-    assert [(r["rank"], r["team"]) for r in final["rows"]] == [(1, "alice"), (2, "bob")]
+    assert [(r["rank"], r["team"], r["disqualified"]) for r in final["rows"]] == [
+        (1, "alice", None),
+        (None, "bob", "trained on the test set"),
+    ]
     assert not shown["scores_hidden"] and shown["metrics"]
     events = until(
         lambda: (
@@ -147,3 +155,25 @@ def test_a_whole_competition_from_the_open_phase_to_the_reveal(
     )
     assert {"phase.started", "phase.ended", "entry.scored", "entry.requeued"} <= set(events or [])
     assert receiver.bad_signatures == 0
+
+    released = harness("competition", "release", "v1", "--data", str(served.data))
+    assert released.returncode == 0, released.stderr
+    release = served.data / "releases" / "v1"
+    manifest = json.loads((release / "manifest.json").read_text())
+    entries = manifest["tracks"]["4090"]["entries"]
+    assert [(e["name"], e["entry"], e["rank"]) for e in entries] == [
+        ("alice", good["id"], 1),
+        ("bob", bobs, None),
+    ]
+    # The final ran the image the open phase scored.
+    stages = entries[0]["stages"]
+    assert stages["open"]["image_id"] == stages["closed"]["image_id"] is not None
+    assert stages["closed"]["instances_sha256"] is not None
+    with served.client() as client:
+        page = client.get("/releases/v1/4090/leaderboard.md")
+    assert page.status_code == 200 and "trained on the test set" in page.text
+    assert harness("competition", "verify", str(release)).returncode == 0
+    board = release / "4090" / "leaderboard.json"
+    board.write_text(board.read_text().replace("alice", "mallory"))
+    tampered = harness("competition", "verify", str(release))
+    assert tampered.returncode == 1 and "4090/leaderboard.json" in tampered.stderr
