@@ -22,10 +22,19 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from harness.cli._common import abort, print_leaderboard
+from harness.cli._common import (
+    BaseImage,
+    ExecutorName,
+    RayAddress,
+    abort,
+    executor_factory,
+    print_leaderboard,
+)
 from harness.errors import ConfigError, HarnessError
 from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.release import check_version, read_manifest, verify_release, write_release
+from harness.reproduce import top
+from harness.reproduce.options import ReproduceOptions
 from harness.service.core import (
     DEFAULT_QUOTA,
     ServiceConfig,
@@ -50,7 +59,7 @@ EPILOG = """**Examples**
     harness competition disqualify sub-0123456789ab --reason "trained on the test set" \\
         --data /srv/harness
 
-    harness competition reveal --data /srv/harness
+    harness competition reveal --data /srv/harness --reproduce-top 3   # service stopped
 
     harness competition release v1 --data /srv/harness      # into /srv/harness/releases/v1
 
@@ -124,10 +133,24 @@ def disqualify(
 
 
 @app.command("reveal", epilog=EPILOG)
-def reveal(data: Data) -> None:
+def reveal(
+    data: Data,
+    reproduce_top: int = typer.Option(
+        0,
+        help="Then reproduce the K best finalists of each track (`harness reproduce --top`: one "
+        "GPU each, through --executor) against their final stage; the service must be stopped "
+        "meanwhile (it holds the results folder).",
+    ),
+    base_image: BaseImage = None,
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = "auto",
+) -> None:
     """Reveal the final results: every team sees every score, and the leaderboard becomes the
-    final ranking of the finalists (printed here; `release` freezes it)."""
+    final ranking of the finalists (printed here; `release` freezes it), with each reproduced
+    finalist's verdict."""
     console = Console()
+    if reproduce_top < 0:
+        abort(ConfigError(f"--reproduce-top must be 0 or more, got {reproduce_top}"))
     try:
         with _service_db(data) as db, Store(ServiceConfig(data).results) as store:
             competition = _competition(db)
@@ -145,15 +168,41 @@ def reveal(data: Data) -> None:
                 )
             out = disqualifications(db)
             boards = {
-                track: final_leaderboard(db, store, competition, track, disqualified=out)[0]
+                track: final_leaderboard(db, store, competition, track, disqualified=out)
                 for track in competition.tracks
             }
             db.set_state("revealed", datetime.now(UTC).isoformat(timespec="seconds"))
+        for track, (board, ids) in boards.items():
+            console.print(f"final ranking, track {track}:", highlight=False)
+            print_leaderboard(console, board, [])
+            if reproduce_top:
+                final = competition.phases[-1]
+                options = ReproduceOptions(
+                    track=track,
+                    results=ServiceConfig(data).results,
+                    stage=final.harness_stage,
+                    instances=final.instances,
+                    base_image=base_image,
+                )
+                # The store names an entry by its submission; its zip is where the store says.
+                ranked = [
+                    (row.rank, ids[row.entry], ServiceConfig(data).zip_path(ids[row.entry]))
+                    for row in board.rows
+                    if row.rank is not None
+                ]
+                report = top.reproduce_top(
+                    reproduce_top,
+                    options,
+                    executor=executor_factory(executor, ray_address, 1)(),
+                    candidates=ranked,
+                    on_progress=lambda entry, message: console.print(
+                        f"{entry}: {message}", markup=False, highlight=False
+                    ),
+                )
+                for entry in report.entries:
+                    console.print(f"{entry.rank}. {entry.entry}: {entry.verdict}", highlight=False)
     except HarnessError as exc:
         abort(exc)
-    for track, board in boards.items():
-        console.print(f"final ranking, track {track}:", highlight=False)
-        print_leaderboard(console, board, [])
 
 
 @app.command("release", epilog=EPILOG)

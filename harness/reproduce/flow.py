@@ -416,11 +416,14 @@ def reproduce_locked(
     entry: Path,
     options: ReproduceOptions,
     on_progress: Callable[[str], None] = lambda step: None,
+    *,
+    name: str | None = None,
 ) -> Reproduction:
     """`reproduce_entry` for a caller that holds the results folder's lock (`--top` holds it
     for all its entries); the entry's folder under RESULTS_DIR/reproduce/ is redone. Its
-    reproduction.json, written last and whole, marks it finished."""
-    name = entry.name
+    reproduction.json, written last and whole, marks it finished. `name`: the entry's name in
+    the store when it is not the entry's file name (the service names entries by submission)."""
+    name = name or entry.name
     slug = entry_slug(name)
     out = options.results / "reproduce" / slug
     sdk = engine.client()

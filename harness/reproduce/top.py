@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, replace
@@ -56,9 +56,9 @@ class TopReport:
         return 0 if all(e.verdict in PASSING for e in self.entries) else 1
 
 
-def _job(entry: Path, options: ReproduceOptions, gpu: int | None) -> Reproduction:
+def _job(name: str, entry: Path, options: ReproduceOptions, gpu: int | None) -> Reproduction:
     """One entry's reproduction, on the GPU its job holds (None: the machine has none)."""
-    return reproduce_locked(entry, replace(options, gpus=() if gpu is None else (gpu,)))
+    return reproduce_locked(entry, replace(options, gpus=() if gpu is None else (gpu,)), name=name)
 
 
 def _ranked(options: ReproduceOptions, top: int) -> list[tuple[int, str, Path]]:
@@ -109,20 +109,25 @@ def reproduce_top(
     executor: TaskExecutor | None = None,
     force: bool = False,
     on_progress: Callable[[str, str], None] = lambda entry, message: None,
+    candidates: Sequence[tuple[int, str, Path]] | None = None,
 ) -> TopReport:
     """Reproduce the `top` best entries of `options.results` (see the module docstring).
 
     `executor`: where the jobs run (default: one at a time on this machine); started and closed
     here. `on_progress(entry, message)`: each entry queued, kept or judged. Raises ConfigError
     (bad input, nothing started) and InfrastructureError (the jobs' machines failed); an
-    entry's own failure is its verdict."""
+    entry's own failure is its verdict. `candidates`: the entries to choose from, (rank, name in the
+    store, where the entry is), best first, when the caller ranks them (a competition's final
+    ranking among its finalists); default: the store's leaderboard."""
     if top < 1:
         raise ConfigError(f"--top must be 1 or more, got {top}")
     if not options.results.is_dir():
         raise ConfigError(f"no results folder {options.results}")
     folder = options.results / "reproduce"
     with hold_results_lock(options.results, command_line()):
-        chosen = _ranked(options, top)
+        chosen = list(candidates[:top]) if candidates is not None else _ranked(options, top)
+        if not chosen:
+            raise ConfigError("no ranked entry to reproduce")
         entries = {
             name: TopEntry(
                 rank,
@@ -160,7 +165,7 @@ def _run(
         futures: dict[Future[Reproduction], str] = {}
         for name, path in pending:
             on_progress(name, "queued")
-            futures[executor.submit_task(functools.partial(_job, path, options))] = name
+            futures[executor.submit_task(functools.partial(_job, name, path, options))] = name
         for future in as_completed(futures):
             result = future.result()  # an exception ends the batch: the finished ones are kept
             on_progress(futures[future], f"{result.verdict.value}: {result.reason}")

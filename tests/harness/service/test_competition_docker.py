@@ -3,12 +3,15 @@ HELM, two teams with stand-in entries that build in seconds (tests/harness/data/
 phase with a failing build (charged to the failure allowance, not the quota) and an evaluation
 interrupted by killing the service (re-run, charged once), selections, the final phase on a second
 instance pack entered by `harness competition advance`, finalists re-run on the same images with
-their scores hidden from the teams, a disqualification, the reveal combining the stages, and a
-frozen release verified, then tampered with."""
+their scores hidden from the teams, a disqualification, the reveal combining the stages with the
+reproduction of the top finalist (a stand-in has no training to reproduce: the verdict says so),
+and a frozen release verified, then tampered with."""
 
 from __future__ import annotations
 
 import json
+import re
+import signal
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -132,9 +135,18 @@ def test_a_whole_competition_from_the_open_phase_to_the_reveal(
     out = harness("competition", "disqualify", bobs, "--reason", "trained on the test set",
                   "--data", str(served.data))  # fmt: skip
     assert out.returncode == 0, out.stderr
-    revealed = harness("competition", "reveal", "--data", str(served.data))
-    assert revealed.returncode == 0, revealed.stderr
+    # The reproduction needs the results folder the service holds: it is stopped meanwhile.
+    served.process.send_signal(signal.SIGTERM)
+    assert served.process.wait(timeout=120) == 0
+    revealed = harness(
+        "competition", "reveal", "--data", str(served.data), "--reproduce-top", "1",
+        "--base-image", base_image,
+    )  # fmt: skip
+    assert revealed.returncode == 0, revealed.stderr + revealed.stdout
     assert "final ranking, track 4090" in revealed.stdout
+    verdict = re.search(rf"^1\. {good['id']}: (\S+)$", revealed.stdout, re.MULTILINE)
+    assert verdict is not None, revealed.stdout
+    served = serve(*served.args, data=served.data)
     with served.client(alice) as client:
         final = client.get("/api/v1/leaderboard/4090").json()
         shown = client.get(f"/api/v1/submissions/{alices['id']}").json()
@@ -161,6 +173,9 @@ def test_a_whole_competition_from_the_open_phase_to_the_reveal(
     release = served.data / "releases" / "v1"
     manifest = json.loads((release / "manifest.json").read_text())
     entries = manifest["tracks"]["4090"]["entries"]
+    # The top finalist's reproduction and its verdict are on the final board and released.
+    assert entries[0]["reproduction"]["verdict"] == verdict[1]
+    assert entries[1]["reproduction"] is None
     assert [(e["name"], e["entry"], e["rank"]) for e in entries] == [
         ("alice", good["id"], 1),
         ("bob", bobs, None),
