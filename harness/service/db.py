@@ -141,6 +141,14 @@ def hash_secret(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def _charged_at_upload(flagged: bool, failures_per_week: int | None) -> str | None:
+    """What an upload costs when received: nothing yet when queued (its ending decides);
+    flagged by the checks, a failure where the phase counts failures apart, else nothing."""
+    if not flagged:
+        return None
+    return "failures" if failures_per_week is not None else "none"
+
+
 def day_start(now: float) -> float:
     """Midnight UTC of the day `now` falls in: quotas count per UTC day."""
     day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
@@ -374,7 +382,8 @@ class ServiceDB(CompetitionRecords):
         """Queue a submission, or record one flagged at upload when `findings` is given.
 
         The quota count and the insert are one transaction: concurrent uploads of one team cannot
-        both take its last slot. Flagged entries take no slot (they never reach a GPU).
+        both take its last slot. Flagged entries take no slot of the day (they never reach a
+        GPU); where the phase has a failure allowance they count against it (their own failure).
         """
         now = time.time()
         sub_id = "sub-" + secrets.token_hex(6)
@@ -384,8 +393,8 @@ class ServiceDB(CompetitionRecords):
                 self._check_quota(db, team, track, Allowance(quota, failures_per_week), now)
             db.execute(
                 "INSERT INTO submissions (id, team_id, track, visibility, state, status, reason, "
-                "findings, filename, size, counts, created_at, queued_at, phase, facts, charged) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "findings, filename, size, counts, created_at, queued_at, phase, facts, charged, "
+                "finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     sub_id,
                     team.id,
@@ -402,7 +411,8 @@ class ServiceDB(CompetitionRecords):
                     now,
                     phase,
                     json.dumps(facts or {}),
-                    "none" if flagged else None,
+                    _charged_at_upload(flagged, failures_per_week),
+                    now if flagged else None,
                 ),
             )
         found = self.submission(sub_id)

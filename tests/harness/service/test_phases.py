@@ -128,14 +128,22 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
             assert db.finish(sub_id, status, "")
             return sub_id
 
+        # Flagged at upload (a leaked token, say): no slot of the day, one failure.
+        flagged = db.add_submission(
+            team, track="4090", visibility="hidden", filename="e.zip", size=1,
+            quota=allowance.per_day, failures_per_week=1, findings=[{"rule": "hf-token"}],
+        )  # fmt: skip
+        assert (flagged.charged, db.used(team, "4090", allowance).failures) == ("failures", 1)
+        assert db.used(team, "4090", allowance).today == 0
+        allowance = Allowance(per_day=2, failures_per_week=2)
         scored = end("scored")
         assert db.submission(scored).charged == "quota"  # type: ignore[union-attr]
         failed = end("build-failed")
         assert db.submission(failed).charged == "failures"  # type: ignore[union-attr]
-        # The failure left the second slot of the day free, but the allowance of one failure
-        # is used: no upload until it ages out.
+        # The failure left the second slot of the day free, but the allowance of two failures
+        # is used: no upload until the oldest ages out.
         assert db.used(team, "4090", allowance).today == 1
-        with pytest.raises(QuotaExceeded, match="1 of 1 failures allowed in 7 days") as refused:
+        with pytest.raises(QuotaExceeded, match="2 of 2 failures allowed in 7 days") as refused:
             submit()
         week = timedelta(days=7).total_seconds()
         assert refused.value.next_slot == pytest.approx(time.time() + week, abs=60)
