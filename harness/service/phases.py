@@ -235,6 +235,8 @@ def uploads_closed(phase: Phase, now: float) -> str | None:
     """Why `phase` takes no upload now, or None when it does."""
     if phase.final:
         return f"the final phase {phase.name!r} takes no uploads: selected entries are re-run"
+    if phase.start is not None and now < phase.start.timestamp():
+        return f"the phase {phase.name!r} starts at {phase.start.isoformat()}"
     if phase.end is not None and now >= phase.end.timestamp():
         return f"the phase {phase.name!r} ended at {phase.end.isoformat()}"
     return None
@@ -327,6 +329,8 @@ class PhaseClock:
         now = time.time()
         entered = self.db.state("phase")
         phase = current_phase(self.competition, entered, now)
+        if entered is None and phase.start is not None and now < phase.start.timestamp():
+            return  # the competition has not begun
         if entered != phase.name:
             queued = enter_phase(self.db, self.store, self.competition, phase)
             log.info("phase %s started; %d final run(s) queued", phase.name, len(queued))

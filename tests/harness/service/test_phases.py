@@ -103,6 +103,9 @@ def test_the_current_phase_follows_the_clock_or_a_later_phase_entered_by_hand(
     assert current_phase(competition, "open", december).name == "final"  # never back
     open_, final = competition.phases
     assert uploads_closed(open_, november) is None
+    october = datetime(2026, 10, 1, tzinfo=UTC).timestamp()
+    assert current_phase(competition, None, october).name == "open"
+    assert "starts at 2026-11-01" in (uploads_closed(open_, october) or "")
     assert "ended" in (
         uploads_closed(open_, datetime(2026, 11, 30, 1, tzinfo=UTC).timestamp()) or ""
     )
