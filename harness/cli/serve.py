@@ -36,6 +36,7 @@ from harness.cli._common import (
     MemLimit,
     RayAddress,
     RunSpecs,
+    SharedStorage,
     Stage,
     abort,
     executor_factory,
@@ -134,6 +135,7 @@ def main(
     gpus: Gpus = None,
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
+    shared_storage: SharedStorage = False,
     quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and UTC day."),
     max_upload_mb: float = typer.Option(
         DEFAULT_MAX_UPLOAD_BYTES / 1024**2, help="Largest upload accepted, in MiB."
@@ -211,7 +213,11 @@ def main(
             max_sequence_length=max_sequence_length,
         )
         options.scored_run_specs()  # a bad conf or pack is a usage error before anything starts
-        make_executor = executor_factory(executor, ray_address, max(jobs, 1))
+        # Ray re-running an entry whose node died would race its lease: the lease re-queues it, and
+        # tells its team.
+        make_executor = executor_factory(
+            executor, ray_address, max(jobs, 1), shared_storage=shared_storage, node_retries=0
+        )
         with (
             _stop_on_signals(),
             hold_results_lock(config.results, command_line()),

@@ -427,15 +427,16 @@ class ServiceDB(SQLiteFile):
             )
         return self.submission(row["id"])
 
-    def beat(self, sub_ids: list[str], worker: str) -> None:
-        """Renew the leases of these running submissions: `worker` still runs them."""
+    def beat(self, sub_ids: list[str], worker: str, at: float | None = None) -> None:
+        """Renew the leases of these running submissions: `worker` still ran them `at`
+        (default: now)."""
         if not sub_ids:
             return
         with self._write() as db:
             db.execute(
                 "UPDATE submissions SET heartbeat_at = ?, worker = ? WHERE state = ? "
                 f"AND id IN ({', '.join('?' * len(sub_ids))})",
-                (time.time(), worker, State.RUNNING.value, *sub_ids),
+                (time.time() if at is None else at, worker, State.RUNNING.value, *sub_ids),
             )
 
     def lapsed(self, before: float) -> list[Submission]:

@@ -21,9 +21,12 @@ nothing for DISK_RETRY_S after each write that found no space.
 
 No entry stays running forever. Each running entry holds a lease in the database, renewed every
 heartbeat by this queue while its evaluation is not frozen (leases.py: a process in its HELM folder
-stopped by a signal); a lease that lapses (`lease_s` without renewal) ends the entry: its processes
-are killed, its containers removed, and it goes back to its place, an infrastructure failure
-that does not count against the team (its reason says so until it runs again). An entry running
+stopped by a signal), or, for an entry on another machine (a Ray node), from the heartbeats its
+task sends (`Executor.heartbeats`); a lease that lapses (`lease_s` without renewal) ends the
+entry: its processes are killed, the executor stops it where it runs (its containers removed),
+and it goes back to its place, an infrastructure failure that does not count against the team
+(its reason says so until it runs again). So does an entry whose machine the executor reports
+lost (EntryLost: its Ray node died), without waiting for the lease. An entry running
 past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
 reason. The ending its worker sends later is discarded.
 """
@@ -41,7 +44,7 @@ from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-from harness.errors import DiskFullError, InfrastructureError
+from harness.errors import DiskFullError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
 from harness.run.executor import Executor
 from harness.run.options import RunOptions
@@ -151,23 +154,22 @@ class Queue:
         """A running submission was cancelled: remove its container, so that its health wait or
         HELM run fails fast; its ending is then not recorded as the submission's result.
 
-        The executor seam stops everything at once only; one entry's container is found on this
-        machine's engine by its run label and image (a build under way runs to its end).
+        (A build under way runs to its end.)
         """
         with self._lock:
             if sub_id not in self._running:
                 return
-        self._remove_entry_containers(sub_id)
+        self._cancel(sub_id)
 
     def _job(self, sub_id: str) -> EntryJob:
         return EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id)
 
-    def _remove_entry_containers(self, sub_id: str) -> None:
-        image = self._job(sub_id).image
+    def _cancel(self, sub_id: str) -> None:
+        assert self.executor is not None  # something runs
         try:
-            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image})
-        except Exception:  # already gone, or on another machine: the result is discarded anyway
-            log.warning("could not remove the container of %s", sub_id)
+            self.executor.cancel(sub_id)
+        except Exception:  # the result is discarded anyway
+            log.warning("could not stop %s where it runs", sub_id, exc_info=True)
 
     def leases(self) -> dict[str, tuple[str | None, float | None]]:
         """submission id -> (worker, last heartbeat) of what runs, for the admin page."""
@@ -262,12 +264,17 @@ class Queue:
             running = list(self._running)
         if time.monotonic() >= self._next_beat:
             self._next_beat = time.monotonic() + self.heartbeat_s
+            elsewhere = self.executor.heartbeats() if self.executor is not None else {}
             alive = [
                 sub_id
                 for sub_id in running
-                if not leases.frozen(leases.entry_processes(self._job(sub_id).helm_dir))
+                if sub_id not in elsewhere
+                and not leases.frozen(leases.entry_processes(self._job(sub_id).helm_dir))
             ]
             self.db.beat(alive, self.worker)
+            for sub_id, beat in elsewhere.items():
+                if sub_id in running:
+                    self.db.beat([sub_id], beat.where, at=beat.at)
         for sub in self.db.lapsed(time.time() - self.lease_s):
             if sub.id in running:
                 self._end(
@@ -296,7 +303,7 @@ class Queue:
             self._abandoned.add(future)
         log.warning("%s: %s", sub_id, reason)
         leases.kill(leases.entry_processes(self._job(sub_id).helm_dir))
-        self._remove_entry_containers(sub_id)
+        self._cancel(sub_id)
         if status is None:
             self.store.finish_attempt(attempt)
             self.db.requeue(sub_id, keep_place=True, reason=reason)
@@ -360,6 +367,15 @@ class Queue:
         except DiskFullError as exc:
             self._disk_full(sub_id, attempt, exc)
             self._done(sub_id)
+            return
+        except EntryLost as exc:
+            # Its machine went away, not the engine of the others: no waiting for it.
+            self._end(
+                sub_id,
+                f"re-queued: {exc}; an infrastructure failure, not counted against the team",
+            )
+            with self._lock:
+                self._abandoned.discard(future)
             return
         except InfrastructureError as exc:
             # The engine went away, not the entry: it goes back to its place in the queue, and
