@@ -208,6 +208,8 @@ def _stop_on_node(job: EntryJob, token: str, shared_storage: bool) -> None:
 
     folder = job.helm_dir if shared_storage else _work_folder(job.run_id, token)
     processes.kill(processes.entry_processes(folder))
+    if not shared_storage:  # a task cancelled by force leaves its folder behind
+        shutil.rmtree(folder, ignore_errors=True)
     sdk = _engine()
     engine.remove_containers(sdk, {"label": f"{TASK_LABEL}={token}"})
     remove_orphans(sdk, job.run_id, _alive_nodes(ray))
