@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,19 +65,11 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
         name=job.container,
         labels={RUN_LABEL: job.run_id, **machine.labels, **TEST_LABELS},
     )
-    import subprocess
-
     job.helm_dir.mkdir(parents=True, exist_ok=True)
     helm_run = subprocess.Popen(["sleep", "600"], cwd=job.helm_dir, start_new_session=True)
-    (CONTROL / f"{job.name}.{len(runs) + 1}").write_text(
-        json.dumps(
-            {
-                "node": machine.labels["org.harness.ray-node"],
-                "pid": helm_run.pid,
-                "container": container.id,
-            }
-        )  # fmt: skip
-    )
+    node = machine.labels["org.harness.ray-node"]
+    told = {"node": node, "pid": helm_run.pid, "container": container.id}
+    (CONTROL / f"{job.name}.{len(runs) + 1}").write_text(json.dumps(told))
     helm_run.wait()  # until it is killed
     recorder.finish_step(step, ok=False, detail="killed", log_path=None, at=time.time())
     return Ending(Status.EVAL_FAILED, "its HELM run was killed")
