@@ -398,7 +398,7 @@ def _translate(exc: BaseException) -> BaseException:
     """A task that ran out of retries: the fleet failed, not the entry."""
     name = type(exc).__name__
     if name in ("NodeDiedError", "WorkerCrashedError", "OwnerDiedError", "TaskCancelledError"):
-        log.warning("a Ray task was lost: %s", exc)
+        log.warning("a Ray task was lost: %s: %s", name, exc)
         lost = EntryLost(f"its Ray task was lost ({name})")
         lost.__cause__ = exc
         return lost
