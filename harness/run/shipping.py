@@ -10,7 +10,8 @@
 Each travels as one gzip-compressed tar through Ray's object store (bounded by the caps, which
 count the files before compression). The receiving side unpacks regular files and folders only,
 each under a folder it expects: an absolute path, a `..`, a link or a device in the archive, or
-more bytes than the cap, refuses the whole archive before anything is written. Links in what is
+more bytes than the cap, refuses the whole archive before anything is written; a link already
+on the receiving side is never followed. Links in what is
 sent are not followed: they stay behind.
 
     inputs = ship_inputs(job)                   driver
@@ -81,7 +82,8 @@ def unpack(data: bytes, root: Path, roots: Sequence[str], cap_bytes: int) -> lis
     """Unpack `data` (a gzip tar) into `root`, every member under one of `roots` (relative
     folders); returns the files written. Raises ValueError before writing anything when a
     member is not a plain file or folder under them or the files add up to more than
-    `cap_bytes`; files already there are replaced, a link in their place removed first."""
+    `cap_bytes`, and from the first member whose way down `root` passes through a link already
+    there; files already there are replaced, a link in their place removed first."""
     with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
         members = archive.getmembers()
         paths = [_member_path(member, roots) for member in members]
