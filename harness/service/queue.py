@@ -306,8 +306,9 @@ class Queue:
         self._cancel(sub_id)
         if status is None:
             self.store.finish_attempt(attempt)
-            self.db.requeue(sub_id, keep_place=True, reason=reason)
-            self.notify(sub_id, "requeued")
+            # Not when it was cancelled meanwhile (a cancelled Ray task ends as lost).
+            if self.db.requeue(sub_id, keep_place=True, reason=reason):
+                self.notify(sub_id, "requeued")
         else:
             self.store.record_status(attempt, status, reason)
             self.db.finish(sub_id, status.value, reason)

@@ -28,7 +28,7 @@ from harness.run import processes
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine
 from harness.run.recorder import Recorder
-from harness.service.db import ServiceDB, State
+from harness.service.db import ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
@@ -75,6 +75,18 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
     return Ending(Status.EVAL_FAILED, "its HELM run was killed")
 
 
+class Told(Notifier):
+    """Keeps what the queue asked to tell, as it asks (deliveries follow in a pool)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.told: list[tuple[str, str]] = []
+
+    def entry(self, sub: Submission, what: str) -> None:
+        self.told.append((what, sub.id))
+        super().entry(sub, what)
+
+
 @pytest.fixture
 def cluster(base_image: str) -> Any:
     from ray import cloudpickle
@@ -95,7 +107,7 @@ def cluster(base_image: str) -> Any:
     CONTROL.rmdir()
 
 
-def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry(
+def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry_a_cancel_does_not(
     cluster: Any, tmp_path: Path, receiver: Receiver, docker_client: Any
 ) -> None:
     from harness.run.ray_executor import RayExecutor
@@ -106,8 +118,8 @@ def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry(
     executor = RayExecutor(cluster.address, evaluate=stand_in, retries=0, heartbeat_s=HEARTBEAT_S)
     workers = {node.node_id: node for node in cluster.worker_nodes}
 
-    def run(number: int) -> dict[str, Any]:
-        marker = CONTROL / f"{sub.id}.{number}"
+    def run(number: int, sub_id: str | None = None) -> dict[str, Any]:
+        marker = CONTROL / f"{sub_id or sub.id}.{number}"
         until(marker.exists, f"run {number} started", timeout_s=120)
         return dict(json.loads(marker.read_text()))
 
@@ -122,7 +134,7 @@ def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry(
         sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
                                 size=1, quota=3)  # fmt: skip
         (tmp_path / f"{sub.id}.zip").write_bytes(b"stands in for the upload")
-        notifier = Notifier(db, retries=2, backoff_s=0.05)
+        notifier = Told(db, retries=2, backoff_s=0.05)
         queue = Queue(
             db, store, replace(options, jobs=1), executor, lambda s: tmp_path / f"{s}.zip",
             lease_s=LEASE_S, notifier=notifier,
@@ -169,6 +181,26 @@ def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry(
             assert "not counted against the team" in receiver.deliveries[1]["reason"]
             print("reasons:", [d.get("reason") for d in receiver.deliveries[:2]])
             until(lambda: containers() == [], "the dead node's container was removed")
+
+            # 3. A team cancels its running entry: stopped on its node, not re-queued.
+            other = db.add_submission(team, track="4090", visibility="hidden", filename="f.zip",
+                                      size=1, quota=3)  # fmt: skip
+            (tmp_path / f"{other.id}.zip").write_bytes(b"stands in for the upload")
+            cancelled = run(1, other.id)
+            assert db.cancel(other.id) is State.RUNNING
+            queue.stop(other.id)
+            until(lambda: containers() == [], "the cancelled entry's container was removed")
+            until(
+                lambda: all(running != other.id for _, running in queue.workers()),
+                "the queue let it go",
+            )
+            time.sleep(1.0)  # what the queue does after that (it would tell the team) is quick
+            assert ("requeued", other.id) not in notifier.told
+            until(
+                lambda: processes.state(cancelled["pid"]) in (None, "Z"),
+                "it was killed on its node",
+            )
+            assert (db.submission(other.id) or other).state is State.CANCELLED
             assert receiver.bad_signatures == 0
         finally:
             queue.close()
