@@ -18,6 +18,8 @@ steps); current facts (status, findings, metrics, gateway stats) are replaced pe
     decisions       an adaptive run's verdict on the entry after its last round (in, out, on)
                     and its chance of being in the top k then
     resources       the entry's image size and peak GPU memory per stage (None: not measured)
+    images          the Docker image ID (sha256 of its config: the content digest of a local
+                    build) the entry was served from per stage, for a release's manifest
 
 Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
 means not asking.
@@ -208,6 +210,14 @@ CREATE TABLE IF NOT EXISTS resources (
     PRIMARY KEY (entry, stage)
 )
 """
+_IMAGES = """
+CREATE TABLE IF NOT EXISTS images (
+    entry TEXT NOT NULL REFERENCES entries(name),
+    stage TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    PRIMARY KEY (entry, stage)
+)
+"""
 _INSTANCE_VALUES = """
 CREATE TABLE IF NOT EXISTS instance_values (
     entry TEXT NOT NULL REFERENCES entries(name),
@@ -333,6 +343,7 @@ class Store(SQLiteFile):
             db.execute(_TIERS)
             db.execute(_DECISIONS)
             db.execute(_RESOURCES)
+            db.execute(_IMAGES)
             db.execute(_INSTANCE_VALUES)
 
     def _relative(self, path: Path | str | None) -> str | None:
@@ -504,8 +515,10 @@ class Store(SQLiteFile):
         *,
         image_bytes: int | None = None,
         gpu_peak_bytes: int | None = None,
+        image_id: str | None = None,
     ) -> None:
-        """What the entry's image and evaluation took; None leaves the stored value as it was."""
+        """What the entry's image and evaluation took, and which image it was; None leaves the
+        stored value as it was."""
         with self._write() as db:
             db.execute(
                 "INSERT INTO resources (entry, stage, image_bytes, gpu_peak_bytes) "
@@ -514,6 +527,11 @@ class Store(SQLiteFile):
                 "gpu_peak_bytes = COALESCE(excluded.gpu_peak_bytes, gpu_peak_bytes)",
                 (entry, stage, image_bytes, gpu_peak_bytes),
             )
+            if image_id is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO images (entry, stage, image_id) VALUES (?, ?, ?)",
+                    (entry, stage, image_id),
+                )
 
     def _replace(self, table: str, attempt: Attempt, values: list[tuple[Any, ...]]) -> None:
         """Replace an entry's rows of `table` for this stage, in one transaction."""
@@ -666,6 +684,11 @@ class Store(SQLiteFile):
             stage,
         )
         return (rows[0]["image_bytes"], rows[0]["gpu_peak_bytes"]) if rows else (None, None)
+
+    def image_id(self, entry: str, stage: str) -> str | None:
+        """The ID (`sha256:...`) of the image this entry was last served from in this stage."""
+        rows = self._read("SELECT image_id FROM images WHERE entry = ? AND stage = ?", entry, stage)
+        return rows[0]["image_id"] if rows else None
 
     def gateway_stats(self, entry: str, stage: str) -> tuple[GatewayStats, str | None] | None:
         """The gateway's counts for this entry and stage, with its request log's path."""

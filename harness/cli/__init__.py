@@ -10,6 +10,7 @@ import typer
 
 from harness.cli import (
     check,
+    competition,
     instances,
     plan,
     report,
@@ -49,5 +50,6 @@ app.add_typer(instances.app, name="instances")
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(serve.app, name="serve")
 app.add_typer(teams.app, name="teams")
+app.add_typer(competition.app, name="competition")
 app.command("submit", epilog=submit.EPILOG)(submit.main)
 app.command("status", epilog=status.EPILOG)(status.main)

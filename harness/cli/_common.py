@@ -29,7 +29,7 @@ from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
 from harness.leaderboard import Leaderboard, to_plain_text, to_rich
 from harness.run.adaptive import Adaptive
-from harness.run.executor import Executor, LocalExecutor
+from harness.run.executor import LocalExecutor, TaskExecutor
 from harness.run.health import HealthSchedule
 from harness.run.options import RunOptions
 from harness.run.tiers import Tiers
@@ -215,7 +215,7 @@ def executor_factory(
     *,
     shared_storage: bool = False,
     node_retries: int | None = None,
-) -> Callable[[], Executor]:
+) -> Callable[[], TaskExecutor]:
     """What `--executor` names; `node_retries`: how often Ray re-runs an entry whose node died
     (None: the Ray executor's default)."""
     if name == "local":

@@ -1,19 +1,31 @@
-"""`harness reproduce`: re-run an entry's training, rebuild and re-score it, compare."""
+"""`harness reproduce`: re-run an entry's training, rebuild and re-score it, compare; with
+`--top K`, the K best entries of a results folder as jobs of an executor."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 
-from harness.cli._common import abort
+from harness.cli._common import (
+    INTERRUPTED,
+    ExecutorName,
+    RayAddress,
+    abort,
+    executor_factory,
+)
 from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
 from harness.infra.gpus import parse_gpus
 from harness.reproduce.curves import DEFAULT_LOSS_TOLERANCE
 from harness.reproduce.flow import reproduce_entry
 from harness.reproduce.options import DEFAULT_TOLERANCE, ReproduceOptions, parse_duration
+from harness.reproduce.top import PASSING, reproduce_top
+from harness.run.executor import TaskExecutor
 
 EPILOG = """**Examples**
 
@@ -28,6 +40,11 @@ EPILOG = """**Examples**
     harness reproduce entries/team-a --track 4090 --results results/ --replay
 
     harness reproduce entries/team-a --track 4090 --results results/ --runs 5
+
+    harness reproduce --top 3 results/ --track 4090 --time-limit 24h
+
+    harness reproduce --top 10 /shared/results/ --track A100 --runs 5 --executor ray \
+        --ray-address auto
 """
 
 
@@ -42,9 +59,23 @@ def _mounts(values: list[str]) -> dict[Path, str]:
 
 
 def main(
-    entry: Path = typer.Argument(..., help="The entry: a folder or .zip file."),
+    entry: Path = typer.Argument(
+        ..., help="The entry: a folder or .zip file; with --top, the results folder."
+    ),
     track: str = typer.Option(..., help=f"{tracks_text()}."),
-    results: Path = typer.Option(..., help="The original run's results folder (--out of run)."),
+    results: Path | None = typer.Option(
+        None, help="The original run's results folder (--out of run); not with --top."
+    ),
+    top: int | None = typer.Option(
+        None,
+        min=1,
+        help="Reproduce the K best entries of the results folder ENTRY, one job each, and "
+        "write one report; a rerun keeps the ones already finished.",
+    ),
+    executor: ExecutorName = "local",
+    ray_address: RayAddress = "auto",
+    jobs: int = typer.Option(1, min=1, help="With --top and --executor local: entries at once."),
+    force: bool = typer.Option(False, help="With --top: redo entries already reproduced."),
     stage: str = typer.Option("open", help="The stage whose run and scores are reproduced."),
     time_limit: str = typer.Option("24h", help="Training time limit, e.g. 24h, 90m, 30s."),
     tolerance: float = typer.Option(
@@ -81,9 +112,14 @@ def main(
     ),
 ) -> None:
     """Re-run ENTRY's training under the time limit, rebuild and re-score it, compare with its
-    original scores; writes reproduction.md and .json to RESULTS/reproduce/ENTRY/."""
+    original scores; writes reproduction.md, .html and .json to RESULTS/reproduce/ENTRY/."""
     console = Console()
     try:
+        if top is not None and results is not None:
+            raise ConfigError("with --top, the results folder is the argument: leave out --results")
+        results = entry if top is not None else results
+        if results is None:
+            raise ConfigError("give the original run's results folder: --results RESULTS_DIR")
         options = ReproduceOptions(
             track=track,
             results=results,
@@ -99,6 +135,8 @@ def main(
             loss_tolerance=loss_tolerance,
             runs=runs,
         )
+        if top is not None:
+            _top(console, top, options, executor_factory(executor, ray_address, jobs), force)
         with console.status("reproducing") as status:
             result = reproduce_entry(
                 entry, options, on_progress=lambda step: status.update(f"{entry.name}: {step}")
@@ -109,5 +147,35 @@ def main(
     console.print(f"[{color}]{result.verdict.value}[/]: {result.reason}")
     if result.log_tail:
         console.print(result.log_tail, markup=False, highlight=False)
-    console.print(f"wrote {result.folder / 'reproduction.md'} and reproduction.json")
+    console.print(f"wrote {result.folder / 'reproduction.md'}, .html and .json")
     raise typer.Exit(result.exit_code)
+
+
+def _top(
+    console: Console,
+    top: int,
+    options: ReproduceOptions,
+    make_executor: Callable[[], TaskExecutor],
+    force: bool,
+) -> NoReturn:
+    def progress(entry: str, message: str) -> None:
+        console.print(f"{entry}: {message}", markup=False, highlight=False)
+
+    try:
+        report = reproduce_top(
+            top, options, executor=make_executor(), force=force, on_progress=progress
+        )
+    except KeyboardInterrupt:
+        console.print("interrupted: the running reproductions were stopped; rerun to resume")
+        # Worker threads may still be unwinding from their removed containers: none of them may
+        # write a verdict now.
+        os._exit(INTERRUPTED)
+    if report.note:
+        console.print(report.note)
+    for entry in report.entries:
+        color = "green" if entry.verdict in PASSING else "red"
+        console.print(f"{entry.rank}. {entry.entry}: [{color}]{entry.verdict}[/]")
+    console.print(
+        f"wrote {', '.join(str(p) for p in report.paths)}; the leaderboard shows the verdicts"
+    )
+    raise typer.Exit(report.exit_code)

@@ -94,6 +94,23 @@ def check_helm(bin_dir: Path | None = None) -> Path:
     return bin_dir
 
 
+def helm_version(bin_dir: Path | None = None) -> str | None:
+    """The crfm-helm version installed beside helm-run (None: no HELM environment there)."""
+    python = (bin_dir or helm_bin_dir()) / "python"
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m; print(m.version('crfm-helm'))"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if done.returncode != 0:
+        return None
+    return done.stdout.strip() or None
+
+
 # --- prod_env: one model deployment per entry ------------------------------------------------
 
 

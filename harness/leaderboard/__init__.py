@@ -10,6 +10,7 @@ and releases. The modules form a chain, each importing only those before it:
     text      to_markdown, to_json, to_rich, to_plain_text (no terminal: one line per entry)
     figures   SVG figures
     html      to_html, entry_pages
+    release   write_release, verify_release: a frozen release of boards (over write_leaderboard)
 
     board = build_leaderboard(store)
     paths = write_leaderboard(board, results_dir)
@@ -17,6 +18,7 @@ and releases. The modules form a chain, each importing only those before it:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from harness.leaderboard.build import build_leaderboard, parse_prices
@@ -33,6 +35,7 @@ __all__ = [
     "to_markdown",
     "to_plain_text",
     "to_rich",
+    "write_files",
     "write_leaderboard",
 ]
 
@@ -44,11 +47,19 @@ def write_leaderboard(board: Leaderboard, results_dir: Path) -> list[Path]:
     RESULTS_DIR; returns the leaderboard files' paths."""
     outputs = dict(zip(OUTPUTS, (to_markdown(board), to_json(board), to_html(board)), strict=True))
     outputs.update(entry_pages(board))
+    write_files(results_dir, outputs)
+    return [results_dir / name for name in OUTPUTS]
+
+
+def write_files(folder: Path, outputs: Mapping[str, str]) -> list[Path]:
+    """Each text to its path relative to `folder`, in order, each written beside and renamed:
+    a reader never sees half a page (nor a crash leaves one)."""
+    paths = []
     for name, text in outputs.items():
-        path = results_dir / name
+        path = folder / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        # Written beside and renamed, so a reader never sees half a page.
         partial = path.with_suffix(path.suffix + ".partial")
         partial.write_text(text, encoding="utf-8")
         partial.replace(path)
-    return [results_dir / name for name in OUTPUTS]
+        paths.append(path)
+    return paths

@@ -6,11 +6,14 @@
 Every number comes from the results folder: scores from the stored metrics; efficiency from the
 steps' times, the gateway's request log, the image's size and the sampled GPU peak (what the
 harness measured, not what servers claim); cost from those times, training hours from `harness
-reproduce` (RESULTS_DIR/reproduce/*/reproduction.json) and a per-track hourly GPU price; each
+reproduce` (RESULTS_DIR/reproduce/*/reproduction.json, which also gives each reproduced entry's
+verdict) and a per-track hourly GPU price; each
 stage score's and rank's 95% intervals from a bootstrap over the stored per-instance values
 (intervals.py). An entry
 is ranked in a stage when it has metrics there (scored, eval-timeout, or flagged but evaluated);
-every other entry is listed below the ranked ones with its status and reason. Links to logs are
+every other entry is listed below the ranked ones with its status and reason. An entry the
+organizers disqualified (`disqualified=`) is listed after the ranked ones, struck through with
+their reason, and left out of the field the others are scored and ranked in. Links to logs are
 relative to RESULTS_DIR, so the folder can be copied or served as it is. Rendered by text.py
 (Markdown, JSON, the terminal) and html.py (pages, figures).
 """
@@ -219,16 +222,36 @@ def build_leaderboard(
     track: str | None = None,
     prices: Mapping[str, float] = DEFAULT_PRICES,
     intervals: bool = True,
+    disqualified: Mapping[str, str] | None = None,
 ) -> Leaderboard:
     """The leaderboard of `entries` (default: every entry in the store), ranked among themselves.
 
     `track` prices the GPU-hours (a reproduction's own track is used when it is None);
-    `intervals=False` skips the bootstrap (seconds for a large field) when only ranks matter."""
+    `intervals=False` skips the bootstrap (seconds for a large field) when only ranks matter;
+    `disqualified` (entry -> the organizers' reason) keeps those entries on the board, unranked
+    and out of the field the others are scored in."""
     keep = set(store.entries()) if entries is None else set(entries) & set(store.entries())
+    out = {entry: reason for entry, reason in (disqualified or {}).items() if entry in keep}
     stages = [stage for stage in STAGE_NAMES if stage in store.stages()]
-    scored = _stage_scores(store, stages, keep, intervals=intervals)
+    # Scored without the disqualified: win rates count against the field that competes.
+    scored = _stage_scores(store, stages, keep - out.keys(), intervals=intervals)
+    final = {s.entry: s for s in standings(scored.scores.get("open"), scored.scores.get("closed"))}
+    agreement = (
+        rank_agreement(scored.scores["open"], scored.scores["closed"])
+        if "open" in scored.scores and "closed" in scored.scores
+        else None
+    )
+    if out:
+        # Their own numbers: against the whole field, as they stood when disqualified.
+        whole = _stage_scores(store, stages, keep, intervals=False)
+        for stage, stage_scores in whole.scores.items():
+            for entry in out.keys() & stage_scores.keys():
+                scored.scores.setdefault(stage, {})[entry] = stage_scores[entry]
+                scored.win_rates.setdefault(stage, {})[entry] = whole.win_rates[stage][entry]
+        scored.scenarios = whole.scenarios
+        whole_final = standings(whole.scores.get("open"), whole.scores.get("closed"))
+        final |= {s.entry: s for s in whole_final if s.entry in out}
     scores, win_rates, scenarios = scored.scores, scored.win_rates, scored.scenarios
-    final = {s.entry: s for s in standings(scores.get("open"), scores.get("closed"))}
     results = {stage: store.results(stage) for stage in stages}
     all_metrics = {stage: store.metrics(stage) for stage in stages}
     tiers = {stage: store.tiers(stage) for stage in stages}
@@ -300,17 +323,23 @@ def build_leaderboard(
         rows.append(
             Row(
                 entry=entry,
-                rank=standing.rank if standing else None,
+                rank=standing.rank if standing and entry not in out else None,
                 final=standing.final if standing else None,
                 stages=stage_rows,
                 cost=_cost(stage_rows, reproductions.get(entry), track, prices),
+                disqualified=out.get(entry),
+                reproduction=(reproductions.get(entry) or {}).get("verdict"),
             )
         )
-    rows.sort(key=lambda row: (row.rank is None, row.rank or 0, row.entry))
-    agreement = (
-        rank_agreement(scores["open"], scores["closed"])
-        if "open" in scores and "closed" in scores
-        else None
+    # Ranked by rank, then the disqualified by their score, then the others by name.
+    rows.sort(
+        key=lambda row: (
+            row.rank is None,
+            row.disqualified is None,
+            row.rank or 0,
+            -(row.final or 0.0),
+            row.entry,
+        )
     )
     costs = [row.cost.usd for row in rows if row.cost.usd is not None]
     return Leaderboard(

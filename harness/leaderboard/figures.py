@@ -3,6 +3,8 @@ backend, text kept as text; nothing loaded from elsewhere), to be embedded inlin
 
     figures(board) -> {"scenarios": "<svg ...>", "stages": ..., "time": ..., "status": ...}
 
+    loss_curves(curves), scores_with_intervals(rows)    a reproduction's (reproduce/report.py)
+
 Each figure is FIGURE_WIDTH_PT x FIGURE_HEIGHT_PT whatever the data; with nothing to draw (one
 stage only, no scored entry) it says so in the figure instead of plotting an empty frame.
 """
@@ -11,12 +13,14 @@ from __future__ import annotations
 
 import io
 from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.leaderboard.model import Leaderboard
+from harness.leaderboard.model import Leaderboard, Row
 from harness.leaderboard.scoring import ranks
 
 FIGURE_WIDTH_PT = 432  # 6 x 4 inches at SVG's 72 points per inch: 576 x 384 CSS pixels
@@ -42,6 +46,11 @@ def _svg(figure: Figure) -> str:
     return text[text.index("<svg") :]
 
 
+def _competing(board: Leaderboard) -> list[Row]:
+    """The rows the score figures draw: a disqualified entry is out of the field."""
+    return [row for row in board.rows if row.disqualified is None]
+
+
 def _empty(axes: Axes, message: str) -> None:
     axes.set_axis_off()
     axes.text(0.5, 0.5, message, ha="center", va="center", wrap=True, color="#555")
@@ -54,7 +63,7 @@ def scenario_distribution(board: Leaderboard) -> str:
     points = [
         (index, result.win_rate)
         for index, name in enumerate(names)
-        for row in board.rows
+        for row in _competing(board)
         if (result := row.scenarios.get(name)) is not None and result.win_rate is not None
     ]
     if not points:
@@ -75,7 +84,9 @@ def stage_agreement(board: Leaderboard) -> str:
     """Open vs closed rank of each entry scored in both: the paper's overfitting figure."""
     figure, axes = _figure()
     scores = {
-        stage: {row.entry: s for row in board.rows if (s := row.stages[stage].score) is not None}
+        stage: {
+            row.entry: s for row in _competing(board) if (s := row.stages[stage].score) is not None
+        }
         for stage in ("open", "closed")
         if stage in board.stages
     }
@@ -119,7 +130,7 @@ def score_against_time(board: Leaderboard) -> str:
         color = f"C{k}"
         rows = [
             (eval_s / 60, score, row.entry, row.stages[stage].interval)
-            for row in board.rows
+            for row in _competing(board)
             if (score := row.stages[stage].score) is not None
             and (eval_s := row.stages[stage].efficiency.eval_s)
         ]
@@ -191,3 +202,76 @@ FIGURES = {
 def figures(board: Leaderboard) -> dict[str, str]:
     """Every figure's SVG, by name."""
     return {name: draw(board) for name, draw in FIGURES.items()}
+
+
+# -- a reproduction's figures (the report of `harness reproduce`): plain data in, the same look --
+
+
+def loss_curves(curves: Mapping[str, Sequence[tuple[int, float]]]) -> str:
+    """Training loss per step: the first curve (the original's) dashed in black over every other
+    (each reproduced run) in its own colour."""
+    figure, axes = _figure()
+    drawn = {label: points for label, points in curves.items() if points}
+    if not drawn:
+        _empty(axes, "No loss curve: no training logged its steps (metrics.jsonl).")
+    else:
+        for k, (label, points) in enumerate(drawn.items()):
+            # The original on top, dashed: a run that matches it exactly still shows both.
+            style = (
+                {"color": "black", "linestyle": "--", "zorder": 3}
+                if k == 0
+                else {"color": f"C{k - 1}", "zorder": 2}
+            )
+            steps = [step for step, _ in points]
+            losses = [loss for _, loss in points]
+            axes.plot(steps, losses, label=label, linewidth=1.2, **style)  # type: ignore[arg-type]
+        axes.set_xlabel("step")
+        axes.set_ylabel("training loss")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.legend(fontsize=8)
+    axes.set_title("Training loss", fontsize=10)
+    return _svg(figure)
+
+
+class ScoreRow(NamedTuple):
+    """One scenario of a reproduction: the original's score, its 95% interval (None: not
+    measured) and each reproduced run's score."""
+
+    name: str
+    original: float
+    low: float | None
+    high: float | None
+    runs: Sequence[float]
+
+
+def scores_with_intervals(rows: Sequence[ScoreRow]) -> str:
+    """Per scenario the original's score with its interval (black) and each run (dots)."""
+    figure, axes = _figure()
+    if not rows:
+        _empty(axes, "No scores: the reproduction never got to an evaluation.")
+    else:
+        xs = range(len(rows))
+        bars = [(x, r) for x, r in zip(xs, rows, strict=True) if r.low is not None]
+        axes.errorbar(
+            [x for x, _ in bars],
+            [r.original for _, r in bars],
+            yerr=[
+                [max(r.original - (r.low or 0.0), 0.0) for _, r in bars],
+                [max((r.high or 0.0) - r.original, 0.0) for _, r in bars],
+            ],
+            fmt="none", ecolor="black", elinewidth=0.8, capsize=3,
+        )  # fmt: skip
+        axes.scatter(xs, [r.original for r in rows], s=30, color="black", label="original")
+        runs = max(len(r.runs) for r in rows)
+        for k in range(runs):
+            # Runs side by side to the right of the original, so equal scores stay visible.
+            found = [(x + 0.08 * (k + 1), r.runs[k]) for x, r in zip(xs, rows, strict=True)
+                     if k < len(r.runs)]  # fmt: skip
+            axes.scatter([x for x, _ in found], [y for _, y in found], s=18, color=f"C{k}",
+                         label="reproduced" if runs == 1 else f"run {k + 1}")  # fmt: skip
+        axes.set_xticks(list(xs), [r.name for r in rows])
+        axes.tick_params(axis="x", labelrotation=30, labelsize=8)
+        axes.set_ylabel("score")
+        axes.legend(fontsize=8)
+    axes.set_title("Scores: the original (95% interval) and each run", fontsize=10)
+    return _svg(figure)

@@ -6,8 +6,11 @@ fetched (the templates are in templates/ beside this module, the figures come fr
             entry_link=lambda e: f"/entries/{e}")
     entry_pages(board)                              {"leaderboard/<slug>.html": page, ...}
     to_entry_html(row, back=URL, log_link=...)      one entry's page, links where you say
+    render_page(template, **context)                another report in the same style (a
+                                                    reproduction's: reproduction.html.j2)
 
-`entry_link(entry)` and `log_link(path)` say where links point (None: no link). By default they
+`entry_link(entry)`, `reproduction_link(entry)` (a reproduction's verdict) and `log_link(path)`
+say where links point (None: no link). By default they
 point into RESULTS_DIR, relative, so the folder can be opened from disk or served as it is.
 """
 
@@ -24,6 +27,7 @@ from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard, Row
 from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
+    REPRODUCTION_COLUMN,
     agreement_line,
     bootstrap_line,
     cells,
@@ -31,6 +35,7 @@ from harness.leaderboard.table import (
     efficiency_cells,
     generated,
     number,
+    struck,
 )
 from harness.store import entry_slug
 
@@ -43,18 +48,36 @@ _TEMPLATES = jinja2.Environment(
 Link = Callable[[str], str | None]
 
 
+def render_page(template: str, **context: Any) -> str:
+    """A page of templates/ filled with `context`: reports other than the leaderboard (the
+    reproduction's, harness/reproduce/report.py) drawn in its style."""
+    return _TEMPLATES.get_template(template).render(**context)
+
+
 def entry_page(entry: str) -> str:
     """An entry page's path relative to RESULTS_DIR."""
     return f"{ENTRY_PAGES}/{entry_slug(entry)}.html"
 
 
-def _cell(text: str, *, title: str = "", href: str | None = None) -> dict[str, Any]:
+def _cell(
+    text: str, *, title: str = "", href: str | None = None, struck: bool = False
+) -> dict[str, Any]:
     numeric = text != "" and text.replace(".", "", 1).lstrip("-").isdigit()
-    return {"text": text, "title": title, "href": href, "numeric": numeric}
+    return {"text": text, "title": title, "href": href, "numeric": numeric, "struck": struck}
 
 
-def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[str, Any]]:
+def reproduction_page(entry: str) -> str:
+    """An entry's reproduction page (`harness reproduce`) relative to RESULTS_DIR."""
+    return f"reproduce/{entry_slug(entry)}/reproduction.html"
+
+
+def _score_cells(
+    board: Leaderboard, row: Row, entry_link: Link, reproduction_link: Link
+) -> list[dict[str, Any]]:
     texts = cells(board, row)
+    links = {1: entry_link(row.entry)}
+    if row.reproduction and REPRODUCTION_COLUMN in columns(board):
+        links[columns(board).index(REPRODUCTION_COLUMN)] = reproduction_link(row.entry)
     found = row.scenarios
     titles = [""] * len(texts)
     first_scenario = columns(board).index(board.columns[0]) if board.columns else 0
@@ -64,8 +87,10 @@ def _score_cells(board: Leaderboard, row: Row, entry_link: Link) -> list[dict[st
             value = "no value" if result.value is None else f"{result.value:.4f}"
             titles[first_scenario + offset] = f"{result.metric}: {value}"
     return [
-        _cell(text, title=title, href=entry_link(row.entry) if index == 1 else None)
-        for index, (text, title) in enumerate(zip(texts, titles, strict=True))
+        _cell(text, title=title, href=links.get(index), struck=strike and text != "")
+        for index, (text, title, strike) in enumerate(
+            zip(texts, titles, struck(board, row), strict=True)
+        )
     ]
 
 
@@ -74,9 +99,14 @@ def to_html(
     *,
     standalone: bool = True,
     entry_link: Link = entry_page,
+    reproduction_link: Link | None = None,
 ) -> str:
     """The leaderboard as a standalone page, or (standalone=False) its body to embed; each entry
-    name links to `entry_link(entry)` (its page, which links its logs)."""
+    name links to `entry_link(entry)` (its page, which links its logs), a reproduction's verdict
+    to `reproduction_link(entry)` (default: its page in RESULTS_DIR on a standalone page, none
+    in an embedded body, whose host serves no RESULTS_DIR)."""
+    if reproduction_link is None:
+        reproduction_link = reproduction_page if standalone else lambda entry: None
     prices = ", ".join(
         f"track {track} USD {price:g}"
         for track, price in sorted(
@@ -93,7 +123,8 @@ def to_html(
             {
                 "entry": row.entry,
                 "ranked": row.rank is not None,
-                "cells": _score_cells(board, row, entry_link),
+                "disqualified": row.disqualified is not None,
+                "cells": _score_cells(board, row, entry_link, reproduction_link),
             }
             for row in board.rows
         ],
@@ -182,6 +213,7 @@ def to_entry_html(row: Row, *, back: str, log_link: Link) -> str:
         back=back,
         rank=row.rank,
         final=number(row.final),
+        disqualified=row.disqualified,
         cost=cost_text,
         stages=stages,
     )

@@ -95,6 +95,12 @@ class Row:
     final: float | None
     stages: dict[str, StageRow]
     cost: Cost
+    # Why the organizers disqualified the entry (None: not disqualified). It is kept on the board,
+    # struck through with this reason, and out of the ranking: rank None, scored by win rates
+    # against the whole field while the others are scored without it.
+    disqualified: str | None = None
+    # `harness reproduce`'s verdict on the entry (its reproduce/<slug>/reproduction.json), if any
+    reproduction: str | None = None
 
     @property
     def status(self) -> str:

@@ -69,13 +69,35 @@ def bootstrap_line(board: Leaderboard) -> str:
     )
 
 
+def _reproduced(board: Leaderboard) -> bool:
+    return any(row.reproduction for row in board.rows)
+
+
+REPRODUCTION_COLUMN = "Reproduction"  # the verdict of `harness reproduce`, where it ran
+
+
 def columns(board: Leaderboard) -> list[str]:
     stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
     tier = ["Tier"] if _tiered(board) else []
+    reproduction = [REPRODUCTION_COLUMN] if _reproduced(board) else []
     return [
         "Rank", "Entry", "Score", *stage_scores, *_interval_columns(board), *board.columns, *tier,
-        "Status", "Reason",
+        *reproduction, "Status", "Reason",
     ]  # fmt: skip
+
+
+# A disqualified row's status; its Reason cell holds the organizers' reason.
+DISQUALIFIED = "disqualified"
+_NOT_STRUCK = 2  # the last columns, Status and Reason: they say why the rest is struck through
+
+
+def struck(board: Leaderboard, row: Row) -> list[bool]:
+    """Which of `cells(board, row)` the renderers strike through: a disqualified entry's name
+    and numbers."""
+    count = len(columns(board))
+    # A reproduction's verdict, before them, is no number of the entry's either.
+    kept = _NOT_STRUCK + (1 if _reproduced(board) else 0)
+    return [row.disqualified is not None and index < count - kept for index in range(count)]
 
 
 def cells(board: Leaderboard, row: Row) -> list[str]:
@@ -90,9 +112,13 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
     tier = (
         ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
     )
+    reproduction = [row.reproduction or ""] if _reproduced(board) else []
+    status, reason = (
+        (row.status, row.reason) if row.disqualified is None else (DISQUALIFIED, row.disqualified)
+    )
     return [
         rank, row.entry, number(row.final), *stage_scores, *_interval_cells(board, row),
-        *win_rates, *tier, row.status, row.reason,
+        *win_rates, *tier, *reproduction, status, reason,
     ]  # fmt: skip
 
 

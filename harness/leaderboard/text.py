@@ -9,7 +9,7 @@ from dataclasses import asdict
 from rich.table import Table
 from rich.text import Text
 
-from harness.leaderboard.model import Leaderboard
+from harness.leaderboard.model import Leaderboard, Row
 from harness.leaderboard.table import (
     EFFICIENCY_COLUMNS,
     agreement_line,
@@ -19,9 +19,13 @@ from harness.leaderboard.table import (
     efficiency_cells,
     generated,
     number,
+    struck,
 )
 
-SCHEMA_VERSION = 3  # 3: stages carry `interval` (score and rank intervals, ties), `bootstrap`
+# 3: stages carry `interval` (score and rank intervals, ties), `bootstrap`;
+# 4: rows carry `disqualified` (the organizers' reason, or null) and `reproduction` (the verdict
+#    of `harness reproduce`, or null)
+SCHEMA_VERSION = 4
 TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
 
 
@@ -36,6 +40,14 @@ def _markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def _struck_cells(board: Leaderboard, row: Row) -> list[str]:
+    """`cells`, a disqualified entry's name and numbers ~~struck through~~."""
+    return [
+        f"~~{text}~~" if strike and text else text
+        for text, strike in zip(cells(board, row), struck(board, row), strict=True)
+    ]
+
+
 def to_markdown(board: Leaderboard) -> str:
     lines = [
         "# Leaderboard",
@@ -47,7 +59,7 @@ def to_markdown(board: Leaderboard) -> str:
             [*columns(board), "Cost (USD)", "Logs"],
             [
                 [
-                    *cells(board, row),
+                    *_struck_cells(board, row),
                     number(row.cost.usd, 4),
                     ", ".join(f"[{label}]({path})" for label, path in row.logs.items()),
                 ]
@@ -114,7 +126,7 @@ def to_plain_text(board: Leaderboard) -> str:
     reason, for output that is no terminal (CI logs, `| tee`, a file)."""
     keep, caption = _printed(board)
     header = columns(board)
-    rows = [[cells(board, row)[index] for index in keep] for row in board.rows]
+    rows = [[_struck_cells(board, row)[index] for index in keep] for row in board.rows]
     table = _markdown_table([header[index] for index in keep], rows)
     return "\n".join(["Leaderboard", "", *table, *(["", caption] if caption else [])])
 
@@ -126,10 +138,13 @@ def to_rich(board: Leaderboard) -> Table:
         column = columns(board)[index]
         table.add_column(column, overflow="fold", max_width=50 if column == "Reason" else None)
     for row in board.rows:
-        texts = cells(board, row)
+        texts, strike = cells(board, row), struck(board, row)
         # Text, not markup: a reason quoting a log may contain rich's [brackets].
         table.add_row(
-            *[Text(texts[index]) for index in keep],
+            *[
+                Text(texts[index], style="strike" if strike[index] and texts[index] else "")
+                for index in keep
+            ],
             style=None if row.rank is not None else "dim",
         )
     return table

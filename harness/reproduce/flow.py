@@ -7,14 +7,15 @@ What the organizers of the NeurIPS 2023 challenge did by hand for every top entr
       ─> `harness run`'s pipeline on the copy, replaying the original run's HELM conf
       ─> compare with the original ─> reproduction.md, reproduction.json
 
-Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every call):
+Everything lands in RESULTS_DIR/reproduce/<slug>/ (redone from scratch on every call, after
+removing the containers and volumes a killed call left):
 
     train-build.log, train.log    the training image's build and the training run (redacted)
     weights/                      the produced weights, as the training container left them
     work/<entry>-reproduced/      the entry's copy the inference image is built from
     results.sqlite, logs/, helm/  the copy's run, a results folder like `harness run --out`'s
     seeds.json, record/           the seeds drawn before training; the run's own record
-    reproduction.json, .md        the report
+    reproduction.md, .html, .json the report (report.py; the JSON last: it marks it finished)
 
 An entry may describe its training in entry.yaml; every key is optional, the defaults fit the
 submissions our templates render:
@@ -56,7 +57,7 @@ import os
 import shutil
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ from harness.reproduce.curves import (
     METRICS_FILE,
     RECORD_FILE,
     CurveComparison,
+    Point,
     compare_curves,
     describe,
     read_curve,
@@ -90,14 +92,14 @@ from harness.reproduce.options import (
     duration_text,
     load_manifest,
     tail,
-    write_reports,
 )
+from harness.reproduce.report import write_reports
 from harness.reproduce.stats import BOOTSTRAP_RESAMPLES, Judgement
 from harness.reproduce.training import build_training_image, hash_files, train
 from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries
 from harness.secrets import redact
-from harness.store import Metric, Status, Store, entry_slug
+from harness.store import RUN_LABEL, Metric, Status, Store, entry_slug, results_id
 
 # The training's environment a reproduction sets (templates/train/train.py reads them).
 SEED_ENV = "TRAIN_SEED"
@@ -331,7 +333,7 @@ def reproduce_entry(
             "with an earlier `harness run --out RESULTS_DIR`"
         )
     with hold_results_lock(options.results, command_line()):
-        return _reproduce(entry, options, on_progress)
+        return reproduce_locked(entry, options, on_progress)
 
 
 def _seeds(copy: Path, options: ReproduceOptions) -> list[int | None]:
@@ -399,12 +401,31 @@ def _train_and_score(
     return _Run(training, weights, metrics, note, seed_taken)
 
 
-def _reproduce(
-    entry: Path, options: ReproduceOptions, on_progress: Callable[[str], None]
+def remove_leftovers(sdk: Any, folder: Path) -> None:
+    """The containers and volumes of the reproduction into `folder` (RESULTS_DIR/reproduce/
+    <slug>): a killed one's, or (an interrupt) one still running. Its run label is on the
+    training's container and volume (through `labels`), and the copy's `harness run` puts it
+    on its containers (one run: into the same folder)."""
+    label = f"{RUN_LABEL}={results_id(folder)}"
+    engine.remove_containers(sdk, {"label": label})
+    for volume in sdk.volumes.list(filters={"label": label}):
+        engine.remove_quietly(volume)
+
+
+def reproduce_locked(
+    entry: Path,
+    options: ReproduceOptions,
+    on_progress: Callable[[str], None] = lambda step: None,
 ) -> Reproduction:
+    """`reproduce_entry` for a caller that holds the results folder's lock (`--top` holds it
+    for all its entries); the entry's folder under RESULTS_DIR/reproduce/ is redone. Its
+    reproduction.json, written last and whole, marks it finished."""
     name = entry.name
     slug = entry_slug(name)
     out = options.results / "reproduce" / slug
+    sdk = engine.client()
+    remove_leftovers(sdk, out)
+    options = replace(options, labels={**options.labels, RUN_LABEL: results_id(out)})
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
@@ -416,7 +437,6 @@ def _reproduce(
     (out / "seeds.json").write_text(json.dumps(seeds) + "\n")
     submitted = copy / manifest.model_dir
     submitted_weights = hash_files(submitted) if options.replay and submitted.is_dir() else None
-    sdk = engine.client()
     gpus = engine.resolve_gpus(sdk, options.gpus)
     context = (original, options, manifest, gpus[0] if gpus else None)
 
@@ -427,6 +447,7 @@ def _reproduce(
     noise: dict[str, Interval] = {}
     log_tail = ""
     stopped: Training | None = None
+    trained: list[Path] = []  # each run's folder, once its training started
     try:
         on_progress("building the training image")
         image = build_training_image(copy, manifest, slug, options, out)
@@ -437,6 +458,7 @@ def _reproduce(
                 run_copy = run_out / "work" / copy.name
                 if run_out != out:
                     shutil.copytree(copy, run_copy, symlinks=True)
+                trained.append(run_out)
                 try:
                     run = _train_and_score(
                         sdk, image, run_copy, run_out, seed, context, on_progress
@@ -501,6 +523,26 @@ def _reproduce(
         ),
         noise=noise,
         judgements=judgements,
+        request=options.request,
+        curves=_curves(copy, trained, options),
     )
     write_reports(result)
     return result
+
+
+def _curves(
+    copy: Path, trained: list[Path], options: ReproduceOptions
+) -> dict[str, tuple[Point, ...]]:
+    """The loss curves for the report: the entry's logged one, then each training's as far as
+    it logged (a failed run's too). One that cannot be read is left out: the report's pictures
+    are no reason to lose the verdict."""
+    label = "replay" if options.replay else "reproduced"
+    files = {"original": copy / TRAINING_RECORD[0]} | {
+        label if options.runs is None else f"run {i}": folder / "record" / METRICS_FILE
+        for i, folder in enumerate(trained, 1)
+    }
+    curves = {}
+    for name, path in files.items():
+        with suppress(ConfigError, OSError):
+            curves[name] = read_curve(path)
+    return {name: points for name, points in curves.items() if points}

@@ -1,5 +1,6 @@
 """What `harness reproduce` takes and gives: its options, an entry's training manifest
-(entry.yaml), the verdicts and the result, and the result's reports (reproduction.json, .md).
+(entry.yaml), the verdicts and the result, and the result as JSON and Markdown (report.py writes
+them, with the HTML page).
 
 Shared by the flow (flow.py) and the training run (training.py), which import these from here and
 not from each other. The keys and verdicts are described in flow.py's docstring.
@@ -22,11 +23,15 @@ from harness.checks import MANIFEST, clean_relative
 from harness.competition import GIB
 from harness.errors import ConfigError
 from harness.leaderboard.intervals import Interval
-from harness.reproduce.curves import DEFAULT_LOSS_TOLERANCE, CurveComparison, relative_difference
+from harness.reproduce.curves import (
+    DEFAULT_LOSS_TOLERANCE,
+    CurveComparison,
+    Point,
+    relative_difference,
+)
 from harness.reproduce.stats import CONFIDENCE, TRIM_FROM, Judgement
 from harness.run.driver import RunOptions
 from harness.run.health import HealthSchedule
-from harness.secrets import redact
 
 DEFAULT_TIME_LIMIT_S = 24 * 3600
 DEFAULT_TOLERANCE = 0.05
@@ -103,6 +108,11 @@ class ReproduceOptions:
         if self.replay and self.runs is not None:
             raise ConfigError("--replay re-runs the logged seed once; --runs draws fresh seeds")
 
+    @property
+    def request(self) -> str:
+        """What was asked, as a reproduction records it (`--top` redoes one asked otherwise)."""
+        return "replay" if self.replay else f"runs={self.runs}" if self.runs else "once"
+
 
 @dataclass(frozen=True)
 class Training:
@@ -172,6 +182,10 @@ class Reproduction:
     runs: tuple[RunScores, ...] = ()
     noise: dict[str, Interval] = field(default_factory=dict)  # the original's, per scenario
     judgements: dict[str, Judgement] = field(default_factory=dict)  # scenario -> judgement
+    request: str = "once"  # ReproduceOptions.request
+    # Loss per logged step: "original" (the entry's training/metrics.jsonl), then "run K" (or
+    # "replay") as each training logged it; a curve nobody logged is left out.
+    curves: dict[str, tuple[Point, ...]] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -412,10 +426,3 @@ def _curve_lines(result: Reproduction) -> list[str]:
             f"| {point.step} | {point.loss:.6g} | {_number(theirs, 6)} | {difference}{mark} |"
         )
     return [*lines, ""]
-
-
-def write_reports(result: Reproduction) -> list[Path]:
-    paths = [result.folder / "reproduction.json", result.folder / "reproduction.md"]
-    paths[0].write_text(redact(to_json(result)))
-    paths[1].write_text(redact(to_markdown(result)))
-    return paths

@@ -3,6 +3,7 @@ the machines that build, serve and score entries.
 
     Executor.start(options, run_id)     prepare the machines (leftovers of a killed run removed)
     Executor.submit(job, recorder)      evaluate one entry somewhere -> Future[Ending]
+    TaskExecutor.submit_task(task)      any other job on one GPU: task(gpu) -> Future[result]
     Executor.interrupt()                stop everything in flight (its containers removed)
     Executor.cancel(name)               stop one entry wherever it runs (its containers removed)
     Executor.heartbeats()               the last sign of life of entries running elsewhere
@@ -11,17 +12,25 @@ the machines that build, serve and score entries.
 `LocalExecutor` (the default) runs `pipeline.evaluate_entry` in threads against this machine's
 Docker engine. The driver owns the results store; an executor only hands records to the recorder
 it is given.
+
+`submit_task` is the seam for work that is not one evaluation (`harness reproduce --top` trains,
+builds and scores whole entries): `task(gpu)` runs where the executor puts it, with the GPU it
+holds for the task (None: the machine has none). A Ray task's callable and result are pickled.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import NamedTuple, Protocol
+from typing import NamedTuple, Protocol, TypeVar
 
 from harness.infra import docker as engine
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
 from harness.run.recorder import Recorder
+
+T = TypeVar("T")
+Task = Callable[[int | None], T]
 
 
 class Heartbeat(NamedTuple):
@@ -51,6 +60,12 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
+class TaskExecutor(Executor, Protocol):
+    """An executor that also runs tasks (both below do)."""
+
+    def submit_task(self, task: Task[T]) -> Future[T]: ...
+
+
 class LocalExecutor:
     """Evaluates up to `jobs` entries at once on this machine's Docker engine."""
 
@@ -72,6 +87,17 @@ class LocalExecutor:
             raise RuntimeError("LocalExecutor.start() was not called")
         self._jobs[job.name] = job
         return self._pool.submit(evaluate_entry, job, recorder, self.machine)
+
+    def submit_task(self, task: Task[T]) -> Future[T]:
+        if self.machine is None:
+            raise RuntimeError("LocalExecutor.start() was not called")
+        machine = self.machine
+
+        def on_a_gpu() -> T:
+            with machine.gpus.lease(machine.stopping) as gpu:
+                return task(gpu)
+
+        return self._pool.submit(on_a_gpu)
 
     def cancel(self, name: str) -> None:
         # Its health wait or HELM run then fails fast (a build under way runs to its end).

@@ -329,7 +329,7 @@ class _Pipeline:
         log = self.job.logs / "build.log"
         if self.job.reuse_build:
             with suppress(Exception):
-                self._record_image_size(self.machine.sdk.images.get(tag))
+                self._record_image(self.machine.sdk.images.get(tag))
                 return tag
         # HELM's request cache holds the answers of the image it is about to replace.
         shutil.rmtree(self.job.helm_dir / "prod_env" / "cache", ignore_errors=True)
@@ -358,11 +358,11 @@ class _Pipeline:
             if not result.ok:
                 failure = classify_build_log(log.read_text(errors="replace"))
                 raise _Ended(Status.BUILD_FAILED, f"{failure.cause.value}: {failure.reason}")
-            self._record_image_size(self.machine.sdk.images.get(tag))
+            self._record_image(self.machine.sdk.images.get(tag))
             return tag
 
-    def _record_image_size(self, image: Any) -> None:
-        self.recorder.record_resources(image_bytes=image.attrs.get("Size"))
+    def _record_image(self, image: Any) -> None:
+        self.recorder.record_resources(image_bytes=image.attrs.get("Size"), image_id=image.id)
 
     def _serve(self, image: str, gpu: int | None) -> engine.RunningContainer:
         with self._step(Step.SERVE, self.job.logs / "container.log") as detail:

@@ -53,7 +53,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.errors import ConfigError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
@@ -76,6 +76,7 @@ MAX_RETRIES = 3
 HEARTBEAT_S = 5.0
 
 Evaluate = Callable[[EntryJob, Recorder, Machine], Ending]
+T = TypeVar("T")
 
 
 def _ray() -> Any:
@@ -195,6 +196,15 @@ def _run_on_node(
         shutil.rmtree(work, ignore_errors=True)
     recorder.relocate(local.options.out, job.options.out)
     return ending, recorder, results
+
+
+def _task_on_node(task: Callable[[int | None], T]) -> T:
+    """A `submit_task` body, on the node Ray picked: the task gets the GPU Ray handed out (None
+    on a node without an NVIDIA runtime, as `_run_on_node` serves)."""
+    import ray
+
+    gpus = [int(g) for g in ray.get_gpu_ids()] if engine.has_nvidia_runtime(_engine()) else []
+    return task(gpus[0] if gpus else None)
 
 
 def _clean_node(run_id: str) -> int:
@@ -342,6 +352,31 @@ class RayExecutor:
             done.set_result(ending)
 
         ref.future().add_done_callback(replay)
+        return done
+
+    def submit_task(self, task: Callable[[int | None], T]) -> Future[T]:
+        """`task(gpu)` as a Ray task asking what an entry's evaluation asks: one GPU, no CPU,
+        one unit of the track's resource."""
+        if self._task is None:
+            raise RuntimeError("RayExecutor.start() was not called")
+        remote = self._ray.remote(_task_on_node).options(
+            num_gpus=1,
+            num_cpus=0,
+            resources={k: v for k, v in self._resources.items() if k != "GPU"},
+            max_retries=MAX_RETRIES,
+            retry_exceptions=False,
+        )
+        ref = remote.remote(task)
+        self._refs.append(ref)
+        done: Future[T] = Future()
+
+        def result(finished: Future[T]) -> None:
+            try:
+                done.set_result(finished.result())
+            except BaseException as exc:
+                done.set_exception(_translate(exc))
+
+        ref.future().add_done_callback(result)
         return done
 
     def heartbeats(self) -> dict[str, Heartbeat]:

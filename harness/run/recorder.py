@@ -32,7 +32,11 @@ class Recorder(Protocol):
     def record_gateway_stats(self, stats: GatewayStats, log_path: Path) -> None: ...
 
     def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+        self,
+        *,
+        image_bytes: int | None = None,
+        gpu_peak_bytes: int | None = None,
+        image_id: str | None = None,
     ) -> None: ...
 
 
@@ -68,13 +72,18 @@ class StoreRecorder:
         self.store.record_gateway_stats(self.attempt, stats, log_path)
 
     def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+        self,
+        *,
+        image_bytes: int | None = None,
+        gpu_peak_bytes: int | None = None,
+        image_id: str | None = None,
     ) -> None:
         self.store.record_resources(
             self.attempt.entry,
             self.attempt.stage,
             image_bytes=image_bytes,
             gpu_peak_bytes=gpu_peak_bytes,
+            image_id=image_id,
         )
 
 
@@ -109,9 +118,18 @@ class BufferedRecorder:
         self._keep("record_gateway_stats", stats, log_path)
 
     def record_resources(
-        self, *, image_bytes: int | None = None, gpu_peak_bytes: int | None = None
+        self,
+        *,
+        image_bytes: int | None = None,
+        gpu_peak_bytes: int | None = None,
+        image_id: str | None = None,
     ) -> None:
-        self._keep("record_resources", image_bytes=image_bytes, gpu_peak_bytes=gpu_peak_bytes)
+        self._keep(
+            "record_resources",
+            image_bytes=image_bytes,
+            gpu_peak_bytes=gpu_peak_bytes,
+            image_id=image_id,
+        )
 
     def relocate(self, old: Path, new: Path) -> None:
         """Log paths under `old` (a Ray node's results folder) point under `new` instead (the

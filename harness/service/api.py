@@ -93,6 +93,7 @@ class LeaderboardRow(BaseModel):
     score: float | None
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
+    disqualified: str | None = None  # the organizers' reason; such a row has no rank
 
 
 class LeaderboardOut(BaseModel):
@@ -231,7 +232,7 @@ def api_router(service: Service) -> APIRouter:
 def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI:
     """The service's app; `metrics_token` lets a scraper from elsewhere than the loopback
     interface read /metrics."""
-    from harness.service import metrics, web
+    from harness.service import metrics, releases, web
 
     app = FastAPI(
         title="harness serve",
@@ -245,4 +246,5 @@ def create_app(service: Service, *, metrics_token: str | None = None) -> FastAPI
     app.include_router(api_router(service))
     web.register(app, service)
     metrics.register(app, service, metrics_token)
+    releases.register(app, service.config.releases)
     return app

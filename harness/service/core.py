@@ -4,6 +4,7 @@
     DATA_DIR/uploads/ID.zip     the entries as received
     DATA_DIR/results/           the harness results store, logs and HELM runs, as `harness run`
                                 writes them; an entry there is named by its submission id
+    DATA_DIR/releases/VERSION/  frozen final leaderboards (leaderboard/release.py), read-only
 
 Every lookup is scoped to the asking team: another team's submission does not exist for it (404),
 whatever its visibility. Admins see every submission.
@@ -17,7 +18,7 @@ import math
 import secrets
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,11 @@ class ServiceConfig:
     @property
     def results(self) -> Path:
         return self.data_dir / "results"
+
+    @property
+    def releases(self) -> Path:
+        """Frozen releases (`harness competition release`), served at /releases/VERSION."""
+        return self.data_dir / "releases"
 
     def zip_path(self, sub_id: str) -> Path:
         return self.uploads / f"{sub_id}.zip"
@@ -223,44 +229,59 @@ class Service:
 
     # -- the leaderboard --------------------------------------------------------------------------
 
-    def leaderboard(self, track: str) -> Leaderboard:
-        """Published results of `track`, each team's best, ranked among themselves by the
-        harness's own scoring (the same Leaderboard as `harness report`).
+    def leaderboard(
+        self, track: str, *, disqualified: Mapping[str, str] | None = None
+    ) -> Leaderboard:
+        """Published results of `track`, each team's best: `published_leaderboard`'s board."""
+        return published_leaderboard(self.db, self.store, track, disqualified=disqualified)[0]
 
-        Entries are the submission ids in the store; rows are relabelled with the team's name
-        and lose their log links (logs are private to the team).
-        """
-        if track not in TRACK_NAMES:
-            raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
-        published = {
-            sub.id: sub
-            for sub in self.db.submissions(states=(State.FINISHED,))
-            if sub.track == track and sub.visibility == "published"
-        }
-        best: dict[str, str] = {}
-        field = build_leaderboard(self.store, entries=published, track=track, intervals=False)
-        for row in field.rows:
-            if row.rank is not None:  # ranked rows come first, best first
-                best.setdefault(published[row.entry].team, row.entry)
-        board = build_leaderboard(self.store, entries=best.values(), track=track)
-        rows = [
-            replace(
-                row,
-                entry=published[row.entry].team,
-                stages={
-                    stage: replace(
-                        stage_row,
-                        logs={},
-                        steps=[replace(s, log=None) for s in stage_row.steps],
-                        interval=_with_teams(stage_row.interval, published),
-                    )
-                    for stage, stage_row in row.stages.items()
-                },
-            )
-            for row in board.rows
-            if row.rank is not None
-        ]
-        return replace(board, rows=rows)
+
+def published_leaderboard(
+    db: ServiceDB, store: Store, track: str, *, disqualified: Mapping[str, str] | None = None
+) -> tuple[Leaderboard, dict[str, str]]:
+    """Published results of `track`, each team's best, ranked among themselves by the harness's
+    own scoring (the same Leaderboard as `harness report`), and each row's submission id.
+
+    Entries are the submission ids in the store; rows are relabelled with the team's name and
+    lose their log links (logs are private to the team). `disqualified` (submission id -> the
+    organizers' reason): such an entry is never a team's best; a team whose every ranked entry
+    is disqualified is shown once, struck through with the reason, unranked.
+    """
+    if track not in TRACK_NAMES:
+        raise HTTPException(404, f"no track {track!r}; tracks: {', '.join(TRACK_NAMES)}")
+    published = {
+        sub.id: sub
+        for sub in db.submissions(states=(State.FINISHED,))
+        if sub.track == track and sub.visibility == "published"
+    }
+    out = {sub_id: reason for sub_id, reason in (disqualified or {}).items() if sub_id in published}
+    best: dict[str, str] = {}
+    field = build_leaderboard(
+        store, entries=published, track=track, intervals=False, disqualified=out
+    )
+    for row in field.rows:
+        # Ranked rows come first, best first; then the disqualified, best first.
+        if row.rank is not None or row.disqualified is not None:
+            best.setdefault(published[row.entry].team, row.entry)
+    board = build_leaderboard(store, entries=best.values(), track=track, disqualified=out)
+    rows = [
+        replace(
+            row,
+            entry=published[row.entry].team,
+            stages={
+                stage: replace(
+                    stage_row,
+                    logs={},
+                    steps=[replace(s, log=None) for s in stage_row.steps],
+                    interval=_with_teams(stage_row.interval, published),
+                )
+                for stage, stage_row in row.stages.items()
+            },
+        )
+        for row in board.rows
+        if row.rank is not None or row.disqualified is not None
+    ]
+    return replace(board, rows=rows), {published[sub_id].team: sub_id for sub_id in best.values()}
 
 
 def _with_teams(
@@ -283,6 +304,7 @@ def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
                 "rank": row.rank,
                 "team": row.entry,
                 "score": row.final,
+                "disqualified": row.disqualified,
                 "scenarios": {
                     name: result.win_rate if (result := row.scenarios.get(name)) else None
                     for name in board.columns

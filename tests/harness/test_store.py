@@ -318,6 +318,26 @@ def test_resources_update_only_what_each_call_gives_and_old_stores_gain_the_tabl
         assert store.resources("alpha", "open") == (7, None)
 
 
+def test_the_image_id_is_kept_per_stage_and_old_stores_gain_the_table(tmp_path: Path) -> None:
+    first, second = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+    with Store(tmp_path) as store:
+        store.add_entry("alpha", "a")
+        assert store.image_id("alpha", "open") is None
+        store.record_resources("alpha", "open", image_bytes=1, image_id=first)
+        store.record_resources("alpha", "open", gpu_peak_bytes=2)  # no image given: kept
+        assert store.image_id("alpha", "open") == first
+        store.record_resources("alpha", "open", image_id=second)  # rebuilt: the new one
+        assert (store.image_id("alpha", "open"), store.image_id("alpha", "closed")) == (
+            second,
+            None,
+        )
+    with closing(sqlite3.connect(tmp_path / STORE_FILENAME)) as db:
+        db.execute("DROP TABLE images")
+        db.commit()
+    with Store(tmp_path) as store:
+        assert store.image_id("alpha", "open") is None
+
+
 def test_a_full_disk_keeps_what_was_recorded_and_records_once_space_is_freed(
     small_disk: Path,
 ) -> None:

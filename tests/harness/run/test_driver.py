@@ -148,6 +148,9 @@ def test_every_entry_ends_with_a_status_and_a_reason(
         metrics = store.metrics("open")
         good_resources = store.resources("good", "open")
         unresolvable_resources = store.resources("unresolvable", "open")
+        good_image, unresolvable_image = (
+            store.image_id(e, "open") for e in ("good", "unresolvable")
+        )
     ranked = [row.entry for row in board.rows]
     assert ranked[:2] == ["good", "wrong"]
     assert [m.value for m in metrics["good"]] == [1.0]
@@ -156,6 +159,8 @@ def test_every_entry_ends_with_a_status_and_a_reason(
     image_bytes, gpu_peak_bytes = good_resources
     assert image_bytes is not None and image_bytes > 0 and gpu_peak_bytes is None
     assert unresolvable_resources == (None, None)
+    # The image it was served from, by content (a release's manifest names it).
+    assert re.fullmatch(r"sha256:[0-9a-f]{64}", good_image or "") and unresolvable_image is None
     shown = next(row for row in board.rows if row.entry == "good").stages["open"].efficiency
     assert shown.image_bytes == image_bytes
     everything = "".join(

@@ -23,7 +23,7 @@ def test_buffered_records_replay_into_the_store_with_their_own_times(tmp_path: P
     build = buffered.start_step(Step.BUILD, at=102.0)
     buffered.finish_step(build, ok=False, detail="boom", log_path=tmp_path / "b.log", at=110.0)
     buffered.record_metrics([Metric("mmlu:subject=anatomy", "mmlu", "exact_match", 0.25)])
-    buffered.record_resources(image_bytes=5 * 2**30)
+    buffered.record_resources(image_bytes=5 * 2**30, image_id="sha256:" + "0" * 64)
     buffered.record_resources(gpu_peak_bytes=2**30)  # a later call: the image size stays
 
     travelled = pickle.loads(pickle.dumps(buffered))  # as a Ray task's return value would
@@ -40,6 +40,7 @@ def test_buffered_records_replay_into_the_store_with_their_own_times(tmp_path: P
         assert [f.rule for f in store.findings("team-a", "open")] == ["local-path"]
         assert store.metrics("open")["team-a"][0].value == 0.25
         assert store.resources("team-a", "open") == (5 * 2**30, 2**30)
+        assert store.image_id("team-a", "open") == "sha256:" + "0" * 64
 
 
 class _Answering:

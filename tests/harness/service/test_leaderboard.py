@@ -8,9 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness.leaderboard.html import to_html
+from harness.leaderboard.model import Leaderboard
 from harness.run.options import RunOptions
 from harness.service.api import LeaderboardOut
-from harness.service.core import Service, ServiceConfig, leaderboard_json
+from harness.service.core import Service, ServiceConfig, leaderboard_json, published_leaderboard
 from harness.service.db import ServiceDB
 from harness.service.queue import Queue
 from harness.store import Metric, Status, Store
@@ -18,15 +19,22 @@ from tests.harness.leaderboard.test_intervals import FIELD, RUN_SPECS, points
 from tests.harness.run.test_driver import write_conf
 
 
-def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> None:
+def _published_field(
+    tmp_path: Path, scored: list[tuple[str, str]], disqualified: dict[int, str] | None = None
+) -> tuple[Leaderboard, dict[str, str], list[str]]:
+    """Each (team, FIELD entry) a published submission of track 4090 with that entry's metrics,
+    recorded as the queue would; the board with `disqualified` (index in `scored` -> reason),
+    each row's submission id, and the submission ids in order."""
     config = ServiceConfig(tmp_path)
     options = RunOptions(
         track="4090", stage="open", out=config.results, run_specs=str(write_conf(tmp_path, 1))
     )
+    ids: list[str] = []
     with ServiceDB(tmp_path) as db, Store(config.results) as store:
         queue = Queue(db, store, options, None, config.zip_path)
-        for name in ("strong", "twin-a", "twin-b"):
-            team = db.team_for_token(db.add_team(name))
+        teams = {name: db.team_for_token(db.add_team(name)) for name in dict(scored)}
+        for team_name, name in scored:
+            team = teams[team_name]
             assert team is not None
             sub = db.add_submission(
                 team, track="4090", visibility="published", filename="e.zip", size=1, quota=5
@@ -44,8 +52,17 @@ def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> No
             )
             store.record_status(attempt, Status.SCORED, "")
             assert db.finish(sub.id, "scored", "")
-        board = Service(config, db, store, queue).leaderboard("4090")
+            ids.append(sub.id)
+        out = {ids[index]: reason for index, reason in (disqualified or {}).items()}
+        board = Service(config, db, store, queue).leaderboard("4090", disqualified=out)
+        _, row_ids = published_leaderboard(db, store, "4090", disqualified=out)
+    return board, row_ids, ids
 
+
+def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> None:
+    board, _, _ = _published_field(
+        tmp_path, [("strong", "strong"), ("twin-a", "twin-a"), ("twin-b", "twin-b")]
+    )
     document = leaderboard_json(board, "4090")
     LeaderboardOut.model_validate(document)  # what the API's response model accepts
     rows = {row["team"]: row for row in document["rows"]}
@@ -55,3 +72,31 @@ def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> No
     assert document["bootstrap"]["open"]["resamples"] > 0
     html = to_html(board, standalone=False)
     assert "2-3 tied" in html and "sub-" not in html
+
+
+def test_a_disqualified_entry_is_never_a_teams_best_and_is_shown_struck_when_it_was_its_only(
+    tmp_path: Path,
+) -> None:
+    # strong's strong entry is disqualified, its weak one stays; twin-a has only one entry.
+    board, row_ids, ids = _published_field(
+        tmp_path,
+        [("strong", "strong"), ("strong", "weak"), ("twin-a", "twin-a"), ("twin-b", "twin-b")],
+        disqualified={0: "copied another team's weights", 2: "trained on the test set"},
+    )
+    shown = [(row.entry, row.rank, row.disqualified) for row in board.rows]
+    assert shown == [
+        ("twin-b", 1, None),
+        ("strong", 2, None),  # its other entry, ranked against the field without the two
+        ("twin-a", None, "trained on the test set"),
+    ]
+    assert row_ids == {"twin-b": ids[3], "strong": ids[1], "twin-a": ids[2]}
+    document = leaderboard_json(board, "4090")
+    LeaderboardOut.model_validate(document)
+    assert [row["disqualified"] for row in document["rows"]] == [
+        None,
+        None,
+        "trained on the test set",
+    ]
+    html = to_html(board, standalone=False, entry_link=lambda entry: None)
+    assert "<del>twin-a</del>" in html and "trained on the test set" in html
+    assert "copied another team" not in html  # the team's row is its ranked entry
