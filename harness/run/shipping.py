@@ -35,7 +35,9 @@ from harness.errors import ConfigError, InfrastructureError
 from harness.helm.confs import SHIPPED_CONFS
 from harness.run.pipeline import EntryJob
 
-INPUTS_CAP_BYTES = 1024**3
+# The service's default upload limit and the checks' limit on an unpacked zip: any entry they
+# accept can travel.
+INPUTS_CAP_BYTES = 2 * 1024**3
 RESULTS_CAP_BYTES = 256 * 1024**2
 # What the leaderboard, the reports and `harness reproduce` read from an entry's HELM folder:
 # they always travel, whatever their size.
