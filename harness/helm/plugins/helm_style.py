@@ -82,8 +82,8 @@ def _completion(adapter: InContextLearningAdapter, instance: Instance) -> str:
     """What follows the prompt in HELM's own rendering of the instance as an in-context example,
     without the example's separator: the letter (multiple choice) or the reference text."""
     spec = adapter.adapter_spec
-    shown = adapter.construct_example_prompt(instance, include_output=True, reference_index=None)
-    asked = adapter.construct_example_prompt(instance, include_output=False, reference_index=None)
+    shown: str = adapter.construct_example_prompt(instance, True, None)
+    asked: str = adapter.construct_example_prompt(instance, False, None)
     if not shown.startswith(asked):
         raise ValueError("the adapter renders an example's input differently with its output")
     answer = shown[len(asked) :]
