@@ -57,9 +57,10 @@ from helm.common.object_spec import parse_object_spec
 from sample_instances import _ANY_MODEL, _without_model  # beside this file: the pack sampler
 
 SUPPORTED = (ADAPT_GENERATION, ADAPT_MULTIPLE_CHOICE_JOINT)
-# Per-row examples are drawn from this many train instances at most: HELM's sampler walks its
-# whole pool for every row, which over MMLU's auxiliary train set (~100K rows) would be quadratic.
-POOL = 256
+# Per-row examples are drawn from a random pool of this many train instances: HELM's sampler
+# walks its whole pool for every row, which over MMLU's auxiliary train set (~100K rows) would be
+# quadratic; 32 still lets it balance the labels of a few shots.
+POOL = 32
 
 
 def _adapter(description: str) -> tuple[Any, InContextLearningAdapter]:
@@ -111,10 +112,11 @@ def shape(request: dict[str, Any], output_path: str, out: Any) -> dict[str, Any]
     train = [instance for instance in instances if instance.split == TRAIN_SPLIT]
     name = _without_model(run_spec.name)
     shots = 0
+    position = {id(instance): i for i, instance in enumerate(train)}
     for index, instance in enumerate(targets):
-        others = [other for other in train if other is not instance]
         draw = random.Random(f"{request['seed']}:{index}")
-        pool = draw.sample(others, POOL) if len(others) > POOL else others
+        picked = draw.sample(range(len(train)), min(POOL + 1, len(train)))
+        pool = [train[i] for i in picked if i != position.get(id(instance))][:POOL]
         examples = (
             adapter.sample_examples(pool, seed=draw.randrange(2**31), sample_train=True)
             if spec.max_train_instances > 0
