@@ -6,8 +6,9 @@ the evaluation will send.
     harness data helm-style mmlu:subject=anatomy --data-dir RAW --out rows.jsonl [--shots K]
 
 Each row is `{"prompt", "completion", "scenario"}`: the training template reads it as format
-`prompt-completion`. The same command with `--split test` (or `valid`) writes a scenario's
-evaluation instances, which the template's `curation.decontaminate` accepts as a raw test split.
+`prompt-completion`. With `--split test --shots 0` it writes a scenario's evaluation instances
+alone, which the template's `curation.decontaminate` accepts as a raw test split (with shots,
+the prompts would also hold train-split examples, and training rows sharing them would go).
 """
 
 from __future__ import annotations
