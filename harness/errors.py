@@ -5,7 +5,8 @@
     │   └── PackError            a pack that is not what its manifest says (helm/packs.py)
     ├── Refused                  the evaluation service said no (service/client.py)
     └── InfrastructureError      Docker, HELM or another outside tool is unavailable (exit code 3)
-        └── DiskFullError        no space left where the results are written (exit code 3)
+        ├── DiskFullError        no space left where the results are written (exit code 3)
+        └── EntryLost            the machine evaluating an entry was lost (a Ray node died)
 
 A malformed or failing entry is not an error: it ends with a status and a reason, and the batch
 goes on. Docker exceptions are translated into these in infra/docker.py, subprocess ones where
@@ -38,6 +39,11 @@ class InfrastructureError(HarnessError):
     """An outside tool (Docker engine, HELM) is missing or not answering."""
 
     exit_code = 3
+
+
+class EntryLost(InfrastructureError):
+    """The machine evaluating an entry went away with it (a Ray node died, its task was lost):
+    the entry did nothing wrong, and the other machines are not affected."""
 
 
 class DiskFullError(InfrastructureError):

@@ -11,6 +11,7 @@ import typer
 from harness.cli import (
     check,
     competition,
+    data,
     instances,
     plan,
     report,
@@ -49,6 +50,7 @@ app.command("plan", epilog=plan.EPILOG)(plan.main)
 app.add_typer(submission.app, name="submission")
 app.add_typer(instances.app, name="instances")
 app.add_typer(tasks.app, name="tasks")
+app.add_typer(data.app, name="data")
 app.add_typer(serve.app, name="serve")
 app.add_typer(teams.app, name="teams")
 app.add_typer(competition.app, name="competition")

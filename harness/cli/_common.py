@@ -47,6 +47,13 @@ ExecutorName = Annotated[
     str, typer.Option("--executor", help="local (this machine) or ray (a Ray cluster).")
 ]
 RayAddress = Annotated[str, typer.Option(help="With --executor ray: auto or ray://HOST:PORT.")]
+SharedStorage = Annotated[
+    bool,
+    typer.Option(
+        help="With --executor ray: entries and results are on storage every node sees at the "
+        "same paths (NFS), so nothing travels with the tasks."
+    ),
+]
 MaxEvalInstances = Annotated[int, typer.Option(help="Instances per run spec, at most.")]
 Budget = Annotated[int | None, typer.Option(help="Instances per stage, spread over scenarios.")]
 RunSpecs = Annotated[
@@ -201,14 +208,28 @@ def schedule_option(
     return Tiers.parse(tiers, keep=keep, keep_top=keep_top)
 
 
-def executor_factory(name: str, ray_address: str, jobs: int) -> Callable[[], TaskExecutor]:
-    """What `--executor` names."""
+def executor_factory(
+    name: str,
+    ray_address: str,
+    jobs: int,
+    *,
+    shared_storage: bool = False,
+    node_retries: int | None = None,
+) -> Callable[[], TaskExecutor]:
+    """What `--executor` names; `node_retries`: how often Ray re-runs an entry whose node died
+    (None: the Ray executor's default)."""
     if name == "local":
+        if shared_storage:
+            raise ConfigError("--shared-storage goes with --executor ray")
         return lambda: LocalExecutor(jobs)
     if name == "ray":
-        from harness.run.ray_executor import RayExecutor  # Ray is imported only when asked for
+        from harness.run.ray_executor import (  # Ray is imported only when asked for
+            MAX_RETRIES,
+            RayExecutor,
+        )
 
-        return lambda: RayExecutor(ray_address)
+        retries = MAX_RETRIES if node_retries is None else node_retries
+        return lambda: RayExecutor(ray_address, shared_storage=shared_storage, retries=retries)
     raise ConfigError(f"--executor takes local or ray, got {name!r}")
 
 

@@ -29,6 +29,7 @@ from harness.cli._common import (
     MemLimit,
     RayAddress,
     RunSpecs,
+    SharedStorage,
     Stage,
     TargetTop,
     TierBudgets,
@@ -62,8 +63,11 @@ EPILOG = """**Examples**
 
     harness run entries/ --track 4090 --stage open --out results/ --gpus 0,1,2,3
 
-    harness run entries/ --track 4090 --stage open --out /shared/results/ --executor ray \\
+    harness run entries/ --track 4090 --stage open --out results/ --executor ray \\
         --ray-address auto --tiers 100,600 --keep-top 20
+
+    harness run /nfs/entries/ --track 4090 --stage open --out /nfs/results/ --executor ray \\
+        --shared-storage
 
     harness run entries/ --track 4090 --stage open --out results/ --tiers adaptive \\
         --budget 1200 --target-top 10 --confidence 0.95
@@ -91,6 +95,7 @@ def main(
     gpus: Gpus = None,
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
+    shared_storage: SharedStorage = False,
     tiers: TierBudgets = None,
     target_top: TargetTop = None,
     confidence: Confidence = None,
@@ -131,7 +136,7 @@ def main(
         )
         if isinstance(plan, Tiers) and budget is not None:
             raise ConfigError("--tiers sets the budgets: leave out --budget")
-        make_executor = executor_factory(executor, ray_address, jobs)
+        make_executor = executor_factory(executor, ray_address, jobs, shared_storage=shared_storage)
         options = run_options(
             track=track,
             stage=stage,

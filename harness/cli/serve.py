@@ -37,6 +37,7 @@ from harness.cli._common import (
     MemLimit,
     RayAddress,
     RunSpecs,
+    SharedStorage,
     Stage,
     abort,
     executor_factory,
@@ -155,6 +156,7 @@ def main(
     gpus: Gpus = None,
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
+    shared_storage: SharedStorage = False,
     quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and UTC day."),
     max_upload_mb: float = typer.Option(
         DEFAULT_MAX_UPLOAD_BYTES / 1024**2, help="Largest upload accepted, in MiB."
@@ -241,7 +243,11 @@ def main(
         phase_options = phase_run_options(config.competition, options)
         for checked in [options, *phase_options.values()]:
             checked.scored_run_specs()  # a bad conf or pack is a usage error before anything runs
-        make_executor = executor_factory(executor, ray_address, max(jobs, 1))
+        # Ray re-running an entry whose node died would race its lease: the lease re-queues it, and
+        # tells its team.
+        make_executor = executor_factory(
+            executor, ray_address, max(jobs, 1), shared_storage=shared_storage, node_retries=0
+        )
         with (
             _stop_on_signals(),
             hold_results_lock(config.results, command_line()),

@@ -335,7 +335,9 @@ def remove_containers(
     `ancestor`, ...), except those `keep` keeps; returns how many. One that someone else removes
     meanwhile counts as removed."""
     removed = 0
-    for container in sdk.containers.list(all=True, filters=dict(filters)):
+    # ignore_removed: the SDK inspects each container it lists, and another remover (a Ray
+    # task sweeping the same engine) may have taken one away in between.
+    for container in sdk.containers.list(all=True, filters=dict(filters), ignore_removed=True):
         if keep(container):
             continue
         with contextlib.suppress(Exception):  # being removed already: gone all the same

@@ -5,6 +5,8 @@ the machines that build, serve and score entries.
     Executor.submit(job, recorder)      evaluate one entry somewhere -> Future[Ending]
     TaskExecutor.submit_task(task)      any other job on one GPU: task(gpu) -> Future[result]
     Executor.interrupt()                stop everything in flight (its containers removed)
+    Executor.cancel(name)               stop one entry wherever it runs (its containers removed)
+    Executor.heartbeats()               the last sign of life of entries running elsewhere
     Executor.close()
 
 `LocalExecutor` (the default) runs `pipeline.evaluate_entry` in threads against this machine's
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from harness.infra import docker as engine
 from harness.run.options import RunOptions
@@ -31,12 +33,29 @@ T = TypeVar("T")
 Task = Callable[[int | None], T]
 
 
+class Heartbeat(NamedTuple):
+    """An entry's last sign of life: where it runs, and when (time.time() of this machine)."""
+
+    where: str
+    at: float
+
+
 class Executor(Protocol):
     def start(self, options: RunOptions, run_id: str) -> None: ...
 
     def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]: ...
 
     def interrupt(self) -> None: ...
+
+    def cancel(self, name: str) -> None:
+        """Stop the entry `name` (its job's name) wherever it runs, never raising; its future
+        then ends with whatever its pipeline makes of it."""
+        ...
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        """Entries running on other machines, by name. Entries on this machine are not listed:
+        whoever watches them looks at their processes here (run/processes.py)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -54,6 +73,7 @@ class LocalExecutor:
         self.jobs = jobs
         self.machine: Machine | None = None
         self._pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="entry")
+        self._jobs: dict[str, EntryJob] = {}
 
     def start(self, options: RunOptions, run_id: str) -> None:
         with engine.engine_calls("preparing this machine"):
@@ -65,6 +85,7 @@ class LocalExecutor:
     def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]:
         if self.machine is None:
             raise RuntimeError("LocalExecutor.start() was not called")
+        self._jobs[job.name] = job
         return self._pool.submit(evaluate_entry, job, recorder, self.machine)
 
     def submit_task(self, task: Task[T]) -> Future[T]:
@@ -77,6 +98,14 @@ class LocalExecutor:
                 return task(gpu)
 
         return self._pool.submit(on_a_gpu)
+
+    def cancel(self, name: str) -> None:
+        # Its health wait or HELM run then fails fast (a build under way runs to its end).
+        if self.machine is not None and (job := self._jobs.get(name)) is not None:
+            self.machine.remove_container(job.container)
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}
 
     def interrupt(self) -> None:
         # Removing the containers makes whatever the workers wait on fail fast.

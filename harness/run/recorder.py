@@ -2,7 +2,8 @@
 
 StoreRecorder      straight into the results store (the local executor, the service)
 BufferedRecorder   picklable records, replayed into a StoreRecorder by the driver
-                   (a Ray worker, which cannot reach the store)
+                   (a Ray worker, which cannot reach the store; `relocate` moves their log
+                   paths from the node's results folder to the driver's)
 """
 
 from __future__ import annotations
@@ -129,6 +130,20 @@ class BufferedRecorder:
             gpu_peak_bytes=gpu_peak_bytes,
             image_id=image_id,
         )
+
+    def relocate(self, old: Path, new: Path) -> None:
+        """Log paths under `old` (a Ray node's results folder) point under `new` instead (the
+        driver's, where the node's files were unpacked)."""
+
+        def moved(path: Any) -> Any:
+            if isinstance(path, Path) and path.is_relative_to(old):
+                return new / path.relative_to(old)
+            return path
+
+        self.calls = [
+            (method, tuple(moved(a) for a in args), {k: moved(v) for k, v in kwargs.items()})
+            for method, args, kwargs in self.calls
+        ]
 
     def replay(self, recorder: Recorder) -> None:
         step_ids: dict[int, int] = {}

@@ -543,15 +543,16 @@ class ServiceDB(CompetitionRecords):
             )
         return self.submission(row["id"])
 
-    def beat(self, sub_ids: list[str], worker: str) -> None:
-        """Renew the leases of these running submissions: `worker` still runs them."""
+    def beat(self, sub_ids: list[str], worker: str, at: float | None = None) -> None:
+        """Renew the leases of these running submissions: `worker` still ran them `at`
+        (default: now)."""
         if not sub_ids:
             return
         with self._write() as db:
             db.execute(
                 "UPDATE submissions SET heartbeat_at = ?, worker = ? WHERE state = ? "
                 f"AND id IN ({', '.join('?' * len(sub_ids))})",
-                (time.time(), worker, State.RUNNING.value, *sub_ids),
+                (time.time() if at is None else at, worker, State.RUNNING.value, *sub_ids),
             )
 
     def lapsed(self, before: float) -> list[Submission]:
@@ -625,15 +626,16 @@ class ServiceDB(CompetitionRecords):
             ).rowcount
         return bool(changed)
 
-    def give_up(self, sub_id: str, reason: str) -> None:
+    def give_up(self, sub_id: str, reason: str) -> bool:
         """End a running submission the infrastructure interrupted once too often: cancelled,
-        not counted."""
+        not counted. False when it was no longer running."""
         with self._write() as db:
-            db.execute(
+            changed = db.execute(
                 "UPDATE submissions SET state = ?, reason = ?, finished_at = ?, counts = 0, "
                 "charged = 'none' WHERE id = ? AND state = ?",
                 (State.CANCELLED.value, reason, time.time(), sub_id, State.RUNNING.value),
-            )
+            ).rowcount
+        return bool(changed)
 
     def publish(self, sub_id: str) -> None:
         with self._write() as db:

@@ -21,12 +21,15 @@ nothing for DISK_RETRY_S after each write that found no space.
 
 No entry stays running forever. Each running entry holds a lease in the database, renewed every
 heartbeat by this queue while its evaluation is not frozen (leases.py: a process in its HELM folder
-stopped by a signal); a lease that lapses (`lease_s` without renewal) ends the entry: its processes
-are killed, its containers removed, and it goes back to its place, an infrastructure failure
-that does not count against the team (its reason says so until it runs again). An entry that the
-infrastructure interrupts (a lapsed lease, a killed service, a lost engine, a harness crash) goes
-back to the queue MAX_REQUEUES time(s) on its own and its team is told; the next time it is
-cancelled, not counted, and the team asked to submit it again. An entry running
+stopped by a signal), or, for an entry on another machine (a Ray node), from the heartbeats its
+task sends (`Executor.heartbeats`); a lease that lapses (`lease_s` without renewal) ends the
+entry: its processes are killed, the executor stops it where it runs (its containers removed),
+and it goes back to its place, an infrastructure failure that does not count against the team
+(its reason says so until it runs again). So does an entry whose machine the executor reports
+lost (EntryLost: its Ray node died), without waiting for the lease. An entry that the
+infrastructure interrupts (a lapsed lease, a lost node or engine, a killed service, a harness
+crash) goes back to the queue MAX_REQUEUES time(s) on its own and its team is told; the next time
+it is cancelled, not counted, and the team asked to submit it again. An entry running
 past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
 reason. The ending its worker sends later is discarded.
 """
@@ -44,7 +47,7 @@ from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 
-from harness.errors import DiskFullError, InfrastructureError
+from harness.errors import DiskFullError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
 from harness.run.executor import Executor
 from harness.run.options import RunOptions
@@ -163,15 +166,15 @@ class Queue:
         sub = self.db.submission(sub_id)
         if sub is None:
             return
+        # Neither when it was cancelled meanwhile (a cancelled Ray task ends as lost).
         if sub.requeues < MAX_REQUEUES:
-            self.db.requeue(sub_id, keep_place=True, reason=reason, infrastructure=True)
-            self.notify(sub_id, "requeued")
-        else:
-            self.db.give_up(
-                sub_id,
-                f"{reason}; interrupted by the infrastructure {sub.requeues + 1} times, so it "
-                "is not run again: not counted, submit it again",
-            )
+            if self.db.requeue(sub_id, keep_place=True, reason=reason, infrastructure=True):
+                self.notify(sub_id, "requeued")
+        elif self.db.give_up(
+            sub_id,
+            f"{reason}; interrupted by the infrastructure {sub.requeues + 1} times, so it is not "
+            "run again: not counted, submit it again",
+        ):
             self.notify(sub_id, "cancelled")
 
     def wake(self) -> None:
@@ -187,13 +190,12 @@ class Queue:
         """A running submission was cancelled: remove its container, so that its health wait or
         HELM run fails fast; its ending is then not recorded as the submission's result.
 
-        The executor seam stops everything at once only; one entry's container is found on this
-        machine's engine by its run label and image (a build under way runs to its end).
+        (A build under way runs to its end.)
         """
         with self._lock:
             if sub_id not in self._running:
                 return
-        self._remove_entry_containers(sub_id)
+        self._cancel(sub_id)
 
     def _job(self, sub_id: str) -> EntryJob:
         sub = self.db.submission(sub_id)
@@ -201,12 +203,12 @@ class Queue:
             return EntryJob(sub_id, self.zip_path(sub_id), self.options, self.run_id)
         return EntryJob(sub.entry, self.zip_path(sub.entry), self.options_for(sub), self.run_id)
 
-    def _remove_entry_containers(self, sub_id: str) -> None:
-        image = self._job(sub_id).image
+    def _cancel(self, sub_id: str) -> None:
+        assert self.executor is not None  # something runs
         try:
-            _remove_containers({"label": f"{RUN_LABEL}={self.run_id}", "ancestor": image})
-        except Exception:  # already gone, or on another machine: the result is discarded anyway
-            log.warning("could not remove the container of %s", sub_id)
+            self.executor.cancel(self._job(sub_id).name)
+        except Exception:  # the result is discarded anyway
+            log.warning("could not stop %s where it runs", sub_id, exc_info=True)
 
     def leases(self) -> dict[str, tuple[str | None, float | None]]:
         """submission id -> (worker, last heartbeat) of what runs, for the admin page."""
@@ -303,12 +305,19 @@ class Queue:
             running = list(self._running)
         if time.monotonic() >= self._next_beat:
             self._next_beat = time.monotonic() + self.heartbeat_s
+            # Heartbeats name jobs: a final run's job is named by the entry it re-runs.
+            jobs = {sub_id: self._job(sub_id) for sub_id in running}
+            elsewhere = self.executor.heartbeats() if self.executor is not None else {}
             alive = [
                 sub_id
-                for sub_id in running
-                if not leases.frozen(leases.entry_processes(self._job(sub_id).helm_dir))
+                for sub_id, job in jobs.items()
+                if job.name not in elsewhere
+                and not leases.frozen(leases.entry_processes(job.helm_dir))
             ]
             self.db.beat(alive, self.worker)
+            for sub_id, job in jobs.items():
+                if (beat := elsewhere.get(job.name)) is not None:
+                    self.db.beat([sub_id], beat.where, at=beat.at)
         for sub in self.db.lapsed(time.time() - self.lease_s):
             if sub.id in running:
                 self._end(
@@ -337,7 +346,7 @@ class Queue:
             self._abandoned.add(future)
         log.warning("%s: %s", sub_id, reason)
         leases.kill(leases.entry_processes(self._job(sub_id).helm_dir))
-        self._remove_entry_containers(sub_id)
+        self._cancel(sub_id)
         if status is None:
             self.store.finish_attempt(attempt)
             self._requeue(sub_id, reason)
@@ -401,6 +410,15 @@ class Queue:
         except DiskFullError as exc:
             self._disk_full(sub_id, attempt, exc)
             self._done(sub_id)
+            return
+        except EntryLost as exc:
+            # Its machine went away, not the engine of the others: no waiting for it.
+            self._end(
+                sub_id,
+                f"re-queued: {exc}; an infrastructure failure, not counted against the team",
+            )
+            with self._lock:
+                self._abandoned.discard(future)
             return
         except InfrastructureError as exc:
             # The engine went away, not the entry: it goes back to its place in the queue, and

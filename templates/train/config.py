@@ -48,9 +48,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Fields(Strict):
+    """Which columns of a row hold what, for rows in no known format (OpenOrca's
+    system_prompt/question/response, CNN/DailyMail's article/highlights, ...)."""
+
+    prompt: str | list[str] = Field(description="a column, or columns joined by blank lines")
+    completion: str
+    system: str | None = None
+
+
 class DatasetSpec(Strict):
-    source: str = Field(description="local jsonl/json/parquet path, or hub `owner/name@revision`")
-    format: Literal[FORMATS]  # type: ignore[valid-type]
+    source: str = Field(
+        description="local jsonl/json/parquet file, a local data set folder (hub layout), "
+        "or hub `owner/name@revision`"
+    )
+    format: Literal[FORMATS] | None = None  # type: ignore[valid-type]
+    fields: Fields | None = None
+    name: str | None = Field(default=None, description="the data set's config (gsm8k: main)")
     split: str = "train"
     weight: float | None = Field(default=None, gt=0)
     max_samples: int | None = Field(default=None, gt=0)
@@ -63,9 +77,11 @@ class DatasetSpec(Strict):
         return data
 
     @model_validator(mode="after")
-    def _one_way_to_size(self) -> DatasetSpec:
+    def _one_way_each(self) -> DatasetSpec:
         if self.weight is not None and self.max_samples is not None:
             raise ValueError("give `weight` or `max_samples`, not both")
+        if (self.format is None) == (self.fields is None):
+            raise ValueError("give `format` or a `fields` map, one of them")
         return self
 
     @property
@@ -76,7 +92,9 @@ class DatasetSpec(Strict):
 class Curation(Strict):
     dedup: bool = True
     near_dup_threshold: float | None = Field(default=0.8, gt=0, le=1)
-    eval_prompts: str | None = None
+    decontaminate: list[str] = Field(
+        default=[], description="instance packs and raw test splits (files or folders)"
+    )
     contamination_ngram: int = Field(default=13, ge=4)
 
 

@@ -2,37 +2,48 @@
 
     python data.py --config config.yaml [--tokenizer PATH]   # preview: counts + curated.jsonl
 
-Order of the pipeline, and why: every dataset is converted to one prompt/response form; empty and
+Order of the pipeline, and why: every dataset is converted to one prompt/response form (a known
+format, or a `fields` map naming the columns; a system prompt leads the prompt); empty and
 over-long examples are dropped; exact then near duplicates are removed across all datasets (the
 first occurrence wins, so list the dataset you trust most first); examples sharing a long n-gram
-with an evaluation prompt are dropped; only then is the seeded mixture drawn, so that upsampling a
-dataset (weight > 1) is not undone by deduplication. Every drop is counted per dataset, printed and
-saved as JSON.
+with an evaluated instance (`curation.decontaminate`) are dropped; only then is the seeded mixture
+drawn, so that upsampling a dataset (weight > 1) is not undone by deduplication. Every drop is
+counted per dataset (contamination also per evaluated scenario), printed and saved as JSON. A
+dataset left with no usable example stops the run, naming it and why.
+
+Near duplicates are judged on what each example has of its own: lines that recur in other
+examples (a task's instructions, shared in-context examples, `Answer:`) are set aside first, so
+templated task data such as HELM-shaped few-shot prompts is not collapsed, while a copy with a
+word changed in its own text still is.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import random
 import re
 import sys
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from config import ConfigError, DatasetSpec, TrainConfig, apply_template, load_config
+from config import HUB_ID, ConfigError, DatasetSpec, TrainConfig, apply_template, load_config
 
 USER_ROLES = {"human", "user", "prompter"}
 ASSISTANT_ROLES = {"gpt", "assistant", "bot", "model"}
 GUANACO_TURN = re.compile(r"###\s*(Human|Assistant):", re.IGNORECASE)
 WORD = re.compile(r"\w+")
 SHINGLE = 3  # words per shingle: one changed word in a 40-word text keeps Jaccard near 0.85
-BANDS, ROWS = 16, 8  # LSH over 128 MinHash values; pairs above ~0.7 Jaccard become candidates
+# LSH over 128 MinHash values in 32 bands of 4: a pair at Jaccard 0.8 becomes a candidate with
+# probability 1 - 1e-7, at 0.3 with 0.23 (candidates are then compared exactly).
+BANDS, ROWS = 32, 4
+PACK_MANIFEST = "manifest.json"  # an instance pack (harness instances build) holds this file
 
 
 @dataclass(frozen=True)
@@ -46,17 +57,25 @@ class Example:
 
 
 def read_rows(spec: DatasetSpec) -> list[dict[str, Any]]:
-    """Rows of a local jsonl/json/parquet file, or of a hub dataset pinned as id@revision."""
-    if not spec.on_hub:
-        return _read_local(Path(spec.source).expanduser())
-    name, _, revision = spec.source.partition("@")
+    """Rows of a local jsonl/json/parquet file, or of a data set (config `name`, `split`) in a
+    local folder laid out like a hub repository or on the hub pinned as id@revision."""
+    path = Path(spec.source).expanduser()
+    if path.is_file():
+        return _read_local(path)
+    if not spec.on_hub and not path.is_dir():
+        hint = ""
+        if HUB_ID.match(spec.source) and not path.suffix:
+            hint = "; a hub data set must be pinned: owner/name@<commit sha>"
+        raise ConfigError(f"dataset {spec.source}: no such file or folder{hint}")
+    name, _, revision = spec.source.partition("@") if spec.on_hub else (str(path), "", "")
     import datasets
 
     try:
-        table = datasets.load_dataset(name, revision=revision, split=spec.split)
+        table = datasets.load_dataset(name, spec.name, revision=revision or None, split=spec.split)
     except Exception as exc:  # datasets raises many unrelated types when offline or misnamed
         raise ConfigError(
-            f"cannot load hub dataset {spec.source!r} (split {spec.split!r}): {exc}"
+            f"cannot load dataset {spec.source!r} (config {spec.name!r}, split {spec.split!r}): "
+            f"{type(exc).__name__}: {exc}"
         ) from None
     return [dict(row) for row in table]
 
@@ -104,16 +123,20 @@ def _join(*parts: str) -> str:
 
 
 def _from_turns(turns: list[tuple[str, str]]) -> tuple[str, str]:
-    """The last assistant turn is the response; earlier turns, labelled, form the prompt."""
+    """The last assistant turn is the response; earlier turns, labelled, form the prompt, after
+    any system prompt."""
+    system = [text for role, text in turns if role == "system"]
+    turns = [turn for turn in turns if turn[0] != "system"]
     while turns and turns[-1][0] != "assistant":
         turns = turns[:-1]
     if not turns:
         return "", ""
     history, (_, response) = turns[:-1], turns[-1]
     if len(history) == 1:
-        return history[0][1], response
+        return _join(*system, history[0][1]), response
     labels = {"user": "User", "assistant": "Assistant"}
-    return "\n\n".join(f"{labels[role]}: {text}" for role, text in history), response
+    labelled = (f"{labels[role]}: {text}" for role, text in history)
+    return _join(*system, *labelled), response
 
 
 def _role(name: str) -> str:
@@ -137,7 +160,7 @@ def _conversation(row: dict[str, Any]) -> tuple[str, str]:
             )
             for m in messages
         ]
-        return _from_turns([t for t in turns if t[0] != "system"])
+        return _from_turns(turns)
     pieces = GUANACO_TURN.split(_field(row, "text"))
     roles = ("user" if p.lower() == "human" else "assistant" for p in pieces[1::2])
     return _from_turns(list(zip(roles, (p.strip() for p in pieces[2::2]), strict=True)))
@@ -159,22 +182,93 @@ CONVERTERS: dict[str, Callable[[dict[str, Any]], tuple[str, str]]] = {
         _join(_field(r, "instruction"), str(r.get("context") or "")),
         _field(r, "response"),
     ),
-    "oasst": _conversation,
+    "oasst": _conversation,  # OpenAssistant's own message trees: `message_trees`
     "sharegpt": _conversation,
     "lima": _lima,
     "prompt-completion": lambda r: (_field(r, "prompt"), _field(r, "completion")),
 }
 
 
-def convert(rows: Iterable[dict[str, Any]], fmt: str, source: str) -> list[Example]:
-    converter = CONVERTERS[fmt]
+def is_message_tree(rows: list[dict[str, Any]]) -> bool:
+    """OpenAssistant's own layouts: one message per row (message_id, parent_id, role, text, rank),
+    as OASST1/OASST2 are published on the hub, or nested trees ({"prompt": {..., "replies"}})."""
+    first = rows[0] if rows else {}
+    return "message_id" in first or isinstance(first.get("prompt"), dict)
+
+
+def _rank(message: dict[str, Any]) -> float:
+    rank = message.get("rank")
+    return float("inf") if rank is None or rank != rank else float(rank)  # None or NaN: unranked
+
+
+def message_trees(rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Every assistant message on a tree's best-ranked replies becomes an example, its path from
+    the root as the prompt: a prompter message's best-ranked reply (rank 0) is followed, every
+    follow-up question is. Deleted messages and those that failed review are left out, with
+    their replies."""
+    messages: list[dict[str, Any]] = []
+    for row in rows:
+        stack = (
+            [{**row["prompt"], "parent_id": None}] if "replies" in row.get("prompt", ()) else [row]
+        )
+        while stack:
+            message = stack.pop()
+            messages.append(message)
+            parent = message.get("message_id")
+            stack.extend({**reply, "parent_id": parent} for reply in message.get("replies") or ())
+    replies: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+    for message in messages:
+        if not message.get("deleted") and message.get("review_result") is not False:
+            replies[message.get("parent_id")].append(message)
+    examples = []
+    stack2: list[tuple[dict[str, Any], list[tuple[str, str]]]] = [
+        (root, []) for root in replies[None]
+    ]
+    while stack2:
+        message, history = stack2.pop()
+        turns = [*history, (_role(str(message["role"])), str(message["text"]))]
+        children = replies.get(message["message_id"], [])
+        if turns[-1][0] == "assistant":
+            examples.append(_from_turns(turns))
+        elif children:
+            children = [min(children, key=_rank)]
+        stack2.extend((child, turns) for child in children)
+    return examples
+
+
+def _mapped(spec: DatasetSpec) -> Callable[[dict[str, Any]], tuple[str, str]]:
+    fields = spec.fields
+    assert fields is not None
+    columns = [fields.prompt] if isinstance(fields.prompt, str) else fields.prompt
+
+    def convert_row(row: dict[str, Any]) -> tuple[str, str]:
+        system = _field(row, fields.system) if fields.system else ""
+        return _join(system, *(_field(row, c) for c in columns)), _field(row, fields.completion)
+
+    return convert_row
+
+
+def convert(rows: list[dict[str, Any]], spec: DatasetSpec) -> list[Example]:
+    source = spec.source
+    if spec.format == "oasst" and is_message_tree(rows):
+        try:
+            pairs = message_trees(rows)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(
+                f"{source}: an OpenAssistant message lacks {exc.args[0] if exc.args else exc}"
+            ) from None
+        return [Example(p.strip(), r.strip(), source) for p, r in pairs]
+    converter = _mapped(spec) if spec.fields else CONVERTERS[spec.format]
+    described = (
+        f"the fields {spec.fields.model_dump()}" if spec.fields else f"format {spec.format!r}"
+    )
     examples = []
     for number, row in enumerate(rows, 1):
         try:
             prompt, response = converter(row)
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise ConfigError(
-                f"{source}: record {number} does not look like format {fmt!r} "
+                f"{source}: record {number} does not look like {described} "
                 f"(missing or malformed {exc.args[0] if exc.args else exc})"
             ) from None
         examples.append(Example(prompt.strip(), response.strip(), source))
@@ -200,36 +294,57 @@ class MinHasher:
         self.a = rng.integers(1, 2**63, BANDS * ROWS, dtype=np.uint64) | np.uint64(1)
         self.b = rng.integers(0, 2**63, BANDS * ROWS, dtype=np.uint64)
 
-    def signature(self, text: str) -> np.ndarray:
+    @staticmethod
+    def shingles(text: str) -> np.ndarray:
+        """The sorted, distinct hashes of the text's SHINGLE-word shingles."""
         tokens = words(text)
         grams = {
             " ".join(tokens[i : i + SHINGLE]) for i in range(max(1, len(tokens) - SHINGLE + 1))
         }
-        x = np.fromiter((_hash64(g) for g in grams), dtype=np.uint64, count=len(grams))
-        hashed = (self.a[:, None] * x[None, :] + self.b[:, None]) >> np.uint64(32)
+        return np.unique(np.fromiter((_hash64(g) for g in grams), np.uint64, len(grams)))
+
+    def signature(self, shingles: np.ndarray) -> np.ndarray:
+        hashed = (self.a[:, None] * shingles[None, :] + self.b[:, None]) >> np.uint64(32)
         return np.asarray(hashed.min(axis=1))
 
 
-class NearDuplicates:
-    """Remembers kept examples; one whose estimated Jaccard similarity to a kept one is at least
-    `threshold` is a near duplicate. LSH buckets keep this close to linear in the data size."""
+def _lines(example: Example) -> set[str]:
+    text = example.prompt + "\n" + example.response
+    return {" ".join(words(line)) for line in text.splitlines()} - {""}
 
-    def __init__(self, threshold: float) -> None:
+
+class NearDuplicates:
+    """Remembers kept examples; one whose Jaccard similarity to a kept one is at least
+    `threshold` is a near duplicate. Similarity is measured on each example's own lines: a line
+    found in another of `examples` (the whole set) is template, not content. MinHash LSH buckets
+    find the candidates (close to linear in the data size); their exact similarity decides."""
+
+    def __init__(self, threshold: float, examples: Iterable[Example]) -> None:
         self.threshold = threshold
         self.hasher = MinHasher()
         self.buckets: dict[tuple[int, bytes], list[np.ndarray]] = {}
+        seen = Counter(line for example in examples for line in _lines(example))
+        self.template = {line for line, count in seen.items() if count > 1}
+
+    def own_text(self, example: Example) -> str:
+        return "\n".join(sorted(_lines(example) - self.template))
 
     def __call__(self, example: Example) -> bool:
-        signature = self.hasher.signature(example.prompt + "\n" + example.response)
+        own = self.own_text(example)
+        if not own:  # nothing of its own to compare: a different arrangement of shared lines
+            return False
+        shingles = self.hasher.shingles(own)
+        signature = self.hasher.signature(shingles)
         keys = [
             (band, signature[band * ROWS : (band + 1) * ROWS].tobytes()) for band in range(BANDS)
         ]
         for key in keys:
             for other in self.buckets.get(key, ()):
-                if np.mean(other == signature) >= self.threshold:
+                shared = len(np.intersect1d(other, shingles, assume_unique=True))
+                if shared >= self.threshold * (len(other) + len(shingles) - shared):
                     return True
         for key in keys:
-            self.buckets.setdefault(key, []).append(signature)
+            self.buckets.setdefault(key, []).append(shingles)
         return False
 
 
@@ -255,19 +370,72 @@ def _strings(value: Any) -> Iterator[str]:
             yield from _strings(item)
 
 
-def eval_ngrams(path: Path, n: int) -> set[tuple[str, ...]]:
-    """Every n-gram of words in every string (nested ones too, e.g. references) of a JSONL of
-    evaluation records."""
-    grams: set[tuple[str, ...]] = set()
-    for text in _strings(_read_local(path)):
+def _file_strings(path: Path) -> Iterator[str]:
+    """Every string of a raw test-split file: CSV cells, JSON(L)/parquet values, else its lines
+    (HELM's GSM8K files are JSONL without a suffix)."""
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            for row in csv.reader(handle):
+                yield from row
+    elif path.suffix in (".json", ".jsonl", ".parquet"):
+        yield from _strings(_read_local(path))
+    else:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                yield from _strings(json.loads(line))
+            except json.JSONDecodeError:
+                yield line
+
+
+def evaluated_texts(source: str) -> Iterator[tuple[str, str]]:
+    """(scenario, text) for every evaluated text of `source`: an instance pack's evaluation
+    instances (inputs and references; its in-context examples come from train splits and are
+    left out) named by their scenario, or every string of a raw test-split file, or of each
+    file under a folder, named by the file."""
+    path = Path(source).expanduser()
+    if (path / PACK_MANIFEST).is_file():
+        manifest = json.loads((path / PACK_MANIFEST).read_text())
+        for entry in manifest["entries"]:
+            instances = path / "scenario_instances" / entry["key"] / "input_instances.json"
+            for instance in json.loads(instances.read_text(encoding="utf-8")):
+                if instance.get("split") != "train":
+                    for text in _strings([instance["input"], instance.get("references", [])]):
+                        yield entry["scenario"], text
+    elif path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file()):
+            name = file.relative_to(path.parent).as_posix()
+            yield from ((name, text) for text in _file_strings(file))
+    elif path.is_file():
+        yield from ((path.name, text) for text in _file_strings(path))
+    else:
+        raise ConfigError(f"curation.decontaminate: {source} is no file, folder or pack")
+
+
+class Contamination:
+    """Which scenarios an example shares an n-gram of words with. N-grams are held as 64-bit
+    hashes: a raw test split of millions of words then fits in memory."""
+
+    def __init__(self, sources: Iterable[str], n: int) -> None:
+        self.n = n
+        self.scenarios: list[str] = []
+        self.grams: dict[int, int] = {}  # n-gram hash -> bit mask of scenarios
+        for source in sources:
+            for scenario, text in evaluated_texts(source):
+                if scenario not in self.scenarios:
+                    self.scenarios.append(scenario)
+                bit = 1 << self.scenarios.index(scenario)
+                for gram in self._hashes(text):
+                    self.grams[gram] = self.grams.get(gram, 0) | bit
+
+    def _hashes(self, text: str) -> Iterator[int]:
         tokens = words(text)
-        grams.update(tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1))
-    return grams
+        return (_hash64(" ".join(tokens[i : i + self.n])) for i in range(len(tokens) - self.n + 1))
 
-
-def is_contaminated(example: Example, grams: set[tuple[str, ...]], n: int) -> bool:
-    tokens = words(example.prompt + " " + example.response)
-    return any(tuple(tokens[i : i + n]) in grams for i in range(len(tokens) - n + 1))
+    def __call__(self, example: Example) -> list[str]:
+        mask = 0
+        for gram in self._hashes(example.prompt + " " + example.response):
+            mask |= self.grams.get(gram, 0)
+        return [name for i, name in enumerate(self.scenarios) if mask >> i & 1]
 
 
 # --- the pipeline ---------------------------------------------------------------------------------
@@ -288,7 +456,10 @@ def prepare(
     counts: dict[str, Counter[str]] = {}
     pools: dict[str, list[Example]] = {}
     for spec in config.datasets:
-        examples = convert(read_rows(spec), spec.format, spec.source)
+        rows = read_rows(spec)
+        if not rows:
+            raise ConfigError(f"dataset {spec.source}: no rows (split {spec.split!r})")
+        examples = convert(rows, spec)
         count = counts.setdefault(spec.source, Counter(loaded=len(examples)))
         kept = []
         for example in examples:
@@ -298,23 +469,40 @@ def prepare(
                 count["too_long"] += 1
             else:
                 kept.append(example)
+        if not examples or count["empty"] == len(examples):
+            way = f"the fields {spec.fields.model_dump()}" if spec.fields else spec.format
+            raise ConfigError(
+                f"dataset {spec.source}: none of its {len(rows)} rows gives a prompt and a "
+                f"response read as {way}: check `format` or `fields`"
+            )
         pools[spec.source] = kept
 
-    curation = config.curation
-    filters: list[tuple[str, Callable[[Example], bool]]] = []
-    if curation.dedup:
-        filters.append(("exact_duplicate", ExactDuplicates()))
-        if curation.near_dup_threshold is not None:
-            filters.append(("near_duplicate", NearDuplicates(curation.near_dup_threshold)))
-    if curation.eval_prompts is not None:
-        n = curation.contamination_ngram
-        grams = eval_ngrams(Path(curation.eval_prompts).expanduser(), n)
-        filters.append(("contaminated", lambda e: is_contaminated(e, grams, n)))
-    # Filter by filter across every dataset in the listed order: the first occurrence is kept.
-    for reason, rejects in filters:
+    def drop(reason: str, rejects: Callable[[Example], bool]) -> None:
+        # Across every dataset in the listed order: the first occurrence is kept.
         for source, pool in pools.items():
             pools[source] = [e for e in pool if not rejects(e)]
             counts[source][reason] += len(pool) - len(pools[source])
+
+    curation = config.curation
+    if curation.dedup:
+        drop("exact_duplicate", ExactDuplicates())
+        if curation.near_dup_threshold is not None:
+            every = [e for pool in pools.values() for e in pool]
+            drop("near_duplicate", NearDuplicates(curation.near_dup_threshold, every))
+    by_scenario: dict[str, Counter[str]] = {}
+    if curation.decontaminate:
+        shares = Contamination(curation.decontaminate, curation.contamination_ngram)
+
+        def contaminated(example: Example) -> bool:
+            scenarios = shares(example)
+            by_scenario.setdefault(example.source, Counter()).update(scenarios)
+            return bool(scenarios)
+
+        drop("contaminated", contaminated)
+    for source, pool in pools.items():
+        if not pool:
+            dropped = ", ".join(f"{k} {v}" for k, v in counts[source].items() if v)
+            raise ConfigError(f"dataset {source}: no usable example is left ({dropped})")
 
     rng = random.Random(config.seed)
     mixture: list[Example] = []
@@ -326,7 +514,16 @@ def prepare(
     total: Counter[str] = Counter()
     for count in counts.values():
         total.update(count)
-    report = {"datasets": {s: dict(c) for s, c in counts.items()}, "total": dict(total)}
+    report: dict[str, Any] = {
+        "datasets": {s: dict(c) for s, c in counts.items()},
+        "total": dict(total),
+    }
+    if curation.decontaminate:
+        # An example sharing n-grams with two scenarios counts under both.
+        report["contaminated_by_scenario"] = {
+            "datasets": {s: dict(c) for s, c in by_scenario.items() if c},
+            "total": dict(sum(by_scenario.values(), Counter())),
+        }
     return mixture, report
 
 
@@ -336,6 +533,8 @@ def print_report(report: dict[str, Any]) -> None:
     print("data: " + " | ".join(columns))
     for source, count in [*report["datasets"].items(), ("total", report["total"])]:
         print(f"  {source}: " + " | ".join(str(count.get(c, 0)) for c in columns))
+    for scenario, dropped in report.get("contaminated_by_scenario", {}).get("total", {}).items():
+        print(f"  contaminated by {scenario}: {dropped}")
 
 
 def save(examples: Iterable[Example], report: dict[str, Any], out_dir: Path) -> None:

@@ -343,15 +343,18 @@ def write_record(out: Path, seed: int, source: str) -> dict[str, Any]:
 
 def fingerprint(config: TrainConfig) -> str:
     """A sha256 of what the adapter depends on: the config (less NOT_FINGERPRINTED) and the bytes
-    of every local data file (a hub data set is pinned by its revision in the config)."""
+    of every local data file, data set folder and decontamination source (a hub data set is
+    pinned by its revision in the config)."""
     digest = hashlib.sha256()
     settings = config.model_dump(mode="json", exclude=NOT_FINGERPRINTED)
     digest.update(json.dumps(settings, sort_keys=True).encode())
-    for spec in config.datasets:
-        path = Path(spec.source)
-        if not spec.on_hub and path.is_file():
-            with path.open("rb") as handle:
-                digest.update(hashlib.file_digest(handle, "sha256").digest())
+    local = [spec.source for spec in config.datasets if not spec.on_hub]
+    for source in [*local, *config.curation.decontaminate]:
+        path = Path(source).expanduser()
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                with file.open("rb") as handle:
+                    digest.update(hashlib.file_digest(handle, "sha256").digest())
     return digest.hexdigest()
 
 

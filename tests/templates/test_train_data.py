@@ -34,7 +34,7 @@ def config_for(*datasets: dict[str, Any], **changes: Any) -> Any:
 
 def load(path: Path, fmt: str) -> list[data.Example]:
     spec = config_for({"source": str(path), "format": fmt}).datasets[0]
-    return data.convert(data.read_rows(spec), fmt, str(path))
+    return data.convert(data.read_rows(spec), spec)
 
 
 @pytest.mark.parametrize(
@@ -62,7 +62,7 @@ def load(path: Path, fmt: str) -> list[data.Example]:
                     {"from": "gpt", "value": "hello"},
                 ]
             },
-            "hi",
+            "be brief\n\nhi",  # the system prompt leads the prompt
             "hello",
         ),
         (
@@ -117,7 +117,7 @@ def test_malformed_inputs_are_named(tmp_path: Path) -> None:
         load(path, "prompt-completion")
     with pytest.raises(ConfigError, match="unsupported file type"):
         load(write_jsonl(tmp_path / "d.csv", []), "alpaca")
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="no such file or folder"):
         load(tmp_path / "missing.jsonl", "alpaca")
 
 
@@ -156,7 +156,7 @@ def test_curation_counts_are_exact(tmp_path: Path) -> None:
     ]
     config = config_for(
         {"source": str(write_jsonl(tmp_path / "train.jsonl", rows)), "format": "alpaca"},
-        curation={"eval_prompts": str(write_jsonl(tmp_path / "eval.jsonl", evals))},
+        curation={"decontaminate": [str(write_jsonl(tmp_path / "eval.jsonl", evals))]},
     )
     examples, report = data.prepare(config, lambda e: len(e.response.split()) > 200)
 

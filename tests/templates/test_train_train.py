@@ -284,6 +284,24 @@ def test_changed_data_or_unrecorded_checkpoints_are_refused(
         train.train(config)
 
 
+def test_the_fingerprint_covers_data_folders_and_decontamination_sources(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    folder, evaluated = tmp_path / "dataset", tmp_path / "pack"
+    for path in (folder, evaluated):
+        (path / "part").mkdir(parents=True)
+        (path / "part" / "file.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
+    config = train_config.load_config(write_config(
+        tmp_path, tiny_model_dir, datasets=[{"source": str(folder), "format": "prompt-completion"}],
+        curation={"decontaminate": [str(evaluated)]},
+    ))  # fmt: skip
+    before = train.fingerprint(config)
+    (folder / "part" / "file.jsonl").write_text('{"prompt": "q", "completion": "c"}\n')
+    after_data = train.fingerprint(config)
+    (evaluated / "part" / "file.jsonl").write_text('{"prompt": "q", "completion": "c"}\n')
+    assert len({before, after_data, train.fingerprint(config)}) == 3
+
+
 def test_a_spent_budget_is_refused_rather_than_one_more_step(
     tmp_path: Path, tiny_model_dir: Path
 ) -> None:

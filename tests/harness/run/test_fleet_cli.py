@@ -18,6 +18,7 @@ from harness.cli import app
     [
         (["--gpus", "0,0"], "--gpus"),
         (["--executor", "slurm"], "--executor"),
+        (["--shared-storage"], "--shared-storage goes with --executor ray"),
         (["--keep", "0.3"], "go with --tiers"),
         (["--tiers", "600,100"], "increasing"),
         (["--tiers", "100,600", "--budget", "50"], "leave out --budget"),
@@ -47,7 +48,12 @@ def test_the_default_path_does_not_import_ray() -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"), [(["--gpus", "0,0"], "--gpus"), (["--executor", "slurm"], "--executor")]
+    ("extra", "message"),
+    [
+        (["--gpus", "0,0"], "--gpus"),
+        (["--executor", "slurm"], "--executor"),
+        (["--shared-storage"], "--shared-storage goes with --executor ray"),
+    ],
 )
 def test_serve_takes_the_same_fleet_options(tmp_path: Path, extra: list[str], message: str) -> None:
     result = CliRunner().invoke(app, ["serve", "--data", str(tmp_path / "data"), *extra])

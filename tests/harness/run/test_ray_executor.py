@@ -3,8 +3,10 @@ a head and 3 nodes, each declaring one GPU and the 4090 track, all sharing this 
 
 No GPU here: nodes declare GPUs they have not, so entries are stand-ins (a real container on the
 node's engine, held for a while, steps recorded through the recorder) instead of the full
-build/serve/HELM pipeline, which test_run.py covers on the local executor. Skipped with the reason
-when Ray is not installed; under CI=true that fails instead.
+build/serve/HELM pipeline, which test_run.py covers on the local executor. The executors run with
+--shared-storage (the stand-ins mark their starts in the driver's RESULTS_DIR);
+test_fleet_storage.py runs the fleet without it. Skipped with the reason when Ray is not
+installed; under CI=true that fails instead.
 """
 
 from __future__ import annotations
@@ -103,7 +105,9 @@ def test_entries_spread_over_nodes_and_one_result_each_when_a_node_dies(
     killer = threading.Thread(target=kill_one_node_mid_entry)
     killer.start()
     outcomes = run_entries(
-        entries, options, executor=RayExecutor(cluster.address, evaluate=stand_in)
+        entries,
+        options,
+        executor=RayExecutor(cluster.address, evaluate=stand_in, shared_storage=True),
     )
     killer.join()
 
@@ -126,7 +130,11 @@ def test_entries_spread_over_nodes_and_one_result_each_when_a_node_dies(
     # The store is the ledger: a second driver re-runs nothing that finished.
     for marker in started.glob("*"):
         marker.unlink()
-    again = run_entries(entries, options, executor=RayExecutor(cluster.address, evaluate=stand_in))
+    again = run_entries(
+        entries,
+        options,
+        executor=RayExecutor(cluster.address, evaluate=stand_in, shared_storage=True),
+    )
     assert all(o.skipped for o in again)
     assert list(started.glob("*")) == []
 
@@ -138,5 +146,9 @@ def test_a_track_no_node_offers_fails_at_once(cluster: Any, tmp_path: Path) -> N
     options = RunOptions(track="A100", stage="open", out=tmp_path / "results", run_specs="offline")
     began = time.monotonic()
     with pytest.raises(InfrastructureError, match="'A100' resource"):
-        run_entries(entries, options, executor=RayExecutor(cluster.address, evaluate=stand_in))
+        run_entries(
+            entries,
+            options,
+            executor=RayExecutor(cluster.address, evaluate=stand_in, shared_storage=True),
+        )
     assert time.monotonic() - began < 30

@@ -20,6 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
+from harness.run import processes
+from harness.run.executor import Heartbeat
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import leases
@@ -60,6 +62,11 @@ class RunsAProcess:
         self.futures[index].set_result(ending)
 
     def interrupt(self) -> None: ...
+
+    def cancel(self, name: str) -> None: ...
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}  # its processes run on this machine
 
     def close(self) -> None:
         for process in self.processes:
@@ -194,7 +201,7 @@ def test_sigstop_of_helm_run_requeues_the_entry_with_its_containers_gone(
     log = served.log.read_text()
     assert f"{sub['id']}: re-queued: its evaluation sent no heartbeat for 6 s" in log
     for pid in frozen:  # killed, not left stopped
-        assert not Path(f"/proc/{pid}").exists() or leases._state(pid) == "Z"
+        assert not Path(f"/proc/{pid}").exists() or processes.state(pid) == "Z"
     with ServiceDB(served.data) as db:
         ended = db.submission(sub["id"])
     assert ended is not None and ended.runs == 2 and ended.counts

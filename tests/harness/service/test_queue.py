@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from harness.errors import InfrastructureError
+from harness.run.executor import Heartbeat
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
@@ -51,6 +52,11 @@ class EngineComesBack:
         return future
 
     def interrupt(self) -> None: ...
+
+    def cancel(self, name: str) -> None: ...
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}
 
     def close(self) -> None: ...
 
@@ -115,6 +121,11 @@ class EndsWhenTold:
         return future
 
     def interrupt(self) -> None: ...
+
+    def cancel(self, name: str) -> None: ...
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}
 
     def close(self) -> None: ...
 
