@@ -67,8 +67,6 @@ def train_entry(entries: Path, base_model: Path) -> None:
     config.update(TRAINING, neftune_noise_alpha=None, prompt_template="{prompt}")
     config["datasets"] = [{"source": "data/train.jsonl", "format": "prompt-completion"}]
     config["lora"].update(r=32, alpha=64)
-    # The ten prompts differ in one word: near-duplicate removal would keep only a few of them.
-    config["curation"]["near_dup_threshold"] = None
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     for script in ("train.py", "merge.py"):
         subprocess.run(
