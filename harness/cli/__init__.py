@@ -10,6 +10,7 @@ import typer
 
 from harness.cli import (
     check,
+    eval,
     instances,
     plan,
     report,
@@ -41,6 +42,7 @@ def _root() -> None:
 app.command("tiny-model", epilog=tiny_model.EPILOG)(tiny_model.main)
 app.command("check", epilog=check.EPILOG)(check.main)
 app.command("run", epilog=run.EPILOG)(run.main)
+app.command("eval", epilog=eval.EPILOG)(eval.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
 app.command("plan", epilog=plan.EPILOG)(plan.main)
