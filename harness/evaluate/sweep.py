@@ -288,7 +288,9 @@ def _max_steps(config: Mapping[str, Any]) -> int | None:
 def plan(sweep: Sweep) -> list[Planned]:
     """Every variant: its record if finished, else estimates of its training and evaluation
     from the variants this sweep measured (seconds per optimizer step, evaluation time); a time
-    budget bounds a training. Every variant's config is checked by the template's config.py."""
+    budget bounds a training. Every variant's config is checked by the template's config.py,
+    and the pack against its manifest."""
+    verify_pack(sweep.instances)
     records = {v.name: VariantResult.read(sweep.folder(v) / RESULT) for v in sweep.variants}
     measured = [r for r in records.values() if r is not None and r.finished]
     per_step = [r.train_s / r.steps for r in measured if r.train_s and r.steps]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,14 +21,13 @@ from harness.evaluate.local import (
     evaluate_model,
     local_server,
 )
-from harness.helm.confs import RUNSPECS_DIR, load_conf
-from harness.helm.packs import Pack, build_pack
+from harness.helm.packs import Pack
 from harness.run.health import HealthSchedule, wait_healthy
 from tests.conftest import REPO
+from tests.harness.evaluate import harness, task_pack
 
 pytestmark = pytest.mark.helm
 
-TASKS = RUNSPECS_DIR / "tasks"
 # A server that comes up and speaks HELM's /tokenize and /decode (bytes as token ids), then dies
 # on the first /process: what a server that crashes mid-evaluation looks like.
 DYING_SERVER = """\
@@ -62,35 +59,15 @@ def process(body: dict):
 
 
 @pytest.fixture(scope="module")
-def task_pack(tmp_path_factory: pytest.TempPathFactory) -> Pack:
-    folder = tmp_path_factory.mktemp("pack")
-    conf = folder / "tasks.conf"
-    conf.write_text(
-        "entries: [\n"
-        f'  {{description: "local_task:path={TASKS / "parity.jsonl"}", priority: 1, '
-        'scenario: "parity"}\n'
-        f'  {{description: "local_task:path={TASKS / "example_mcqa.jsonl"}", priority: 1, '
-        'scenario: "example_mcqa"}\n'
-        "]\n"
-    )
-    (folder / "data").mkdir()
-    return build_pack(load_conf(conf), budget=20, data_dir=folder / "data", out=folder / "pack")
-
-
-def _harness(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """The real command line; wide, so that rich does not fold messages."""
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "harness"), *args],
-        capture_output=True, text=True, timeout=timeout, cwd=REPO,
-        env={**os.environ, "COLUMNS": "400"},
-    )  # fmt: skip
+def pack(tmp_path_factory: pytest.TempPathFactory) -> Pack:
+    return task_pack(tmp_path_factory.mktemp("pack"), "parity", "example_mcqa")
 
 
 def test_eval_prints_raw_metrics_with_intervals_through_the_gateway(
-    tiny_model_dir: Path, task_pack: Pack, tmp_path: Path, helm_bin: Path
+    tiny_model_dir: Path, pack: Pack, tmp_path: Path, helm_bin: Path
 ) -> None:
     out = tmp_path / "eval"
-    run = _harness("eval", str(tiny_model_dir), "--instances", str(task_pack.path),
+    run = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
                    "--out", str(out), "--json")  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     result = EvalResult.from_json(run.stdout)
@@ -100,7 +77,7 @@ def test_eval_prints_raw_metrics_with_intervals_through_the_gateway(
         assert score.value is not None and score.low is not None and score.high is not None
         assert 0 <= score.low <= score.value <= score.high <= 1
     assert result.failed == [] and result.error is None
-    assert result.pack_sha256 == task_pack.sha256
+    assert result.pack_sha256 == pack.sha256
     assert 0 < result.start_s < result.seconds
     # HELM's requests went through the gateway (its log) to the template's server (its log).
     requests = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
@@ -109,7 +86,7 @@ def test_eval_prints_raw_metrics_with_intervals_through_the_gateway(
     assert "Application startup complete" in (out / "server.log").read_text()
 
     # The same evaluation as lines, on a smaller budget: a prefix of the pack.
-    text = _harness("eval", str(tiny_model_dir), "--instances", str(task_pack.path),
+    text = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
                     "--out", str(out), "--budget", "4")  # fmt: skip
     assert text.returncode == 0, text.stdout + text.stderr
     assert (
@@ -121,10 +98,10 @@ def test_eval_prints_raw_metrics_with_intervals_through_the_gateway(
 
 
 def test_run_specs_that_cannot_fit_the_context_are_listed_as_failed(
-    tiny_model_dir: Path, task_pack: Pack, tmp_path: Path, helm_bin: Path
+    tiny_model_dir: Path, pack: Pack, tmp_path: Path, helm_bin: Path
 ) -> None:
     """`harness run`'s refusal of run specs that cannot fit (helm/fit.py) applies here too."""
-    run = _harness("eval", str(tiny_model_dir), "--instances", str(task_pack.path),
+    run = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
                    "--out", str(tmp_path / "eval"), "--max-sequence-length", "12")  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr
     failed = [line for line in run.stdout.splitlines() if line.startswith("failed: ")]
@@ -133,12 +110,12 @@ def test_run_specs_that_cannot_fit_the_context_are_listed_as_failed(
 
 
 def test_a_server_that_cannot_start_is_a_clear_error_and_is_stopped(
-    tiny_model_dir: Path, task_pack: Pack, tmp_path: Path, helm_bin: Path
+    tiny_model_dir: Path, pack: Pack, tmp_path: Path, helm_bin: Path
 ) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "main.py").write_text("raise SystemExit('weights are missing: nothing to serve')\n")
-    run = _harness("eval", str(tiny_model_dir), "--instances", str(task_pack.path),
+    run = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
                    "--submission", str(broken), "--out", str(tmp_path / "eval"))  # fmt: skip
     assert run.returncode == 1, run.stdout + run.stderr
     assert "error: the model's server exited with code" in run.stderr
@@ -148,12 +125,12 @@ def test_a_server_that_cannot_start_is_a_clear_error_and_is_stopped(
 
 
 def test_a_server_dying_mid_evaluation_stops_helm_at_once(
-    tiny_model_dir: Path, task_pack: Pack, tmp_path: Path, helm_bin: Path
+    tiny_model_dir: Path, pack: Pack, tmp_path: Path, helm_bin: Path
 ) -> None:
     dying = tmp_path / "dying"
     dying.mkdir()
     (dying / "main.py").write_text(DYING_SERVER)
-    options = EvalOptions(tiny_model_dir, task_pack.path, tmp_path / "eval", submission=dying)
+    options = EvalOptions(tiny_model_dir, pack.path, tmp_path / "eval", submission=dying)
     with pytest.raises(ServerError, match="exited with code 3 during the evaluation"):
         evaluate_model(options)
     # Stopped by the harness when the server died, not after HELM's retries (~150 s per run).
@@ -162,19 +139,17 @@ def test_a_server_dying_mid_evaluation_stops_helm_at_once(
 
 
 def test_bad_input_is_refused_before_anything_starts(
-    tiny_model_dir: Path, task_pack: Pack, tmp_path: Path
+    tiny_model_dir: Path, pack: Pack, tmp_path: Path
 ) -> None:
     not_a_model = tmp_path / "empty"
     not_a_model.mkdir()
     with pytest.raises(ConfigError, match=r"no config\.json"):
-        evaluate_model(EvalOptions(not_a_model, task_pack.path, tmp_path / "a"))
+        evaluate_model(EvalOptions(not_a_model, pack.path, tmp_path / "a"))
     with pytest.raises(ConfigError, match=r"has no main\.py"):
-        evaluate_model(
-            EvalOptions(tiny_model_dir, task_pack.path, tmp_path / "b", submission=tmp_path)
-        )
-    run = _harness("eval", str(tiny_model_dir), "--instances", str(tmp_path / "no-pack"))
+        evaluate_model(EvalOptions(tiny_model_dir, pack.path, tmp_path / "b", submission=tmp_path))
+    run = harness("eval", str(tiny_model_dir), "--instances", str(tmp_path / "no-pack"))
     assert run.returncode == 2 and "is not an instance pack" in run.stderr
-    run = _harness("eval", str(tiny_model_dir), "--instances", str(task_pack.path),
+    run = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
                    "--budget", "1000")  # fmt: skip
     assert run.returncode == 2 and "larger than the pack's budget" in run.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
