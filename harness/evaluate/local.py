@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import ConfigError, HarnessError
-from harness.helm.packs import verify_pack
 from harness.infra.lock import die_with_parent
 from harness.leaderboard.compare import ScenarioScore, scenario_scores
 from harness.run.health import HealthSchedule, wait_healthy
@@ -188,7 +187,6 @@ def evaluate_model(options: EvalOptions) -> EvalResult:
     if not (model_dir / "config.json").is_file():
         raise ConfigError(f"{model_dir} is not a model folder (no config.json)")
     folder = server_dir(options.submission)
-    pack = verify_pack(options.instances)
     run_options = RunOptions(
         track=options.track,
         stage=options.stage,
@@ -197,6 +195,8 @@ def evaluate_model(options: EvalOptions) -> EvalResult:
         budget=options.budget,
         max_sequence_length=options.max_sequence_length or context_length(model_dir),
     )
+    pack = run_options.pack()  # verified, and a budget larger than the pack's refused
+    assert pack is not None  # `instances` is given
     out = options.out
     run_dir, request_log, log = out / "helm", out / "requests.jsonl", out / "server.log"
     out.mkdir(parents=True, exist_ok=True)

@@ -150,9 +150,9 @@ def test_bad_input_is_refused_before_anything_starts(
     run = harness("eval", str(tiny_model_dir), "--instances", str(tmp_path / "no-pack"))
     assert run.returncode == 2 and "is not an instance pack" in run.stderr
     run = harness("eval", str(tiny_model_dir), "--instances", str(pack.path),
-                   "--budget", "1000")  # fmt: skip
+                   "--budget", "1000", "--out", str(tmp_path / "c"))  # fmt: skip
     assert run.returncode == 2 and "larger than the pack's budget" in run.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / name).exists() for name in ("a", "b", "c"))
 
 
 def test_the_server_process_is_stopped_however_the_block_ends(
