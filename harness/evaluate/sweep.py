@@ -270,19 +270,17 @@ class Planned:
     estimate_basis: str  # how the estimate was made
 
 
-def _check_config(sweep: Sweep, config_file: Path) -> None:
-    """The template's own validation (`python config.py FILE`), from the submission folder."""
+def _checked_config(sweep: Sweep, config_file: Path) -> dict[str, Any]:
+    """The config as the template's own validation reads it (`python config.py FILE`, from the
+    submission folder: durations in seconds, defaults filled in)."""
     done = subprocess.run(
         [sys.executable, "config.py", str(config_file)],
         cwd=sweep.submission, capture_output=True, text=True, check=False,
     )  # fmt: skip
     if done.returncode != 0:
         raise ConfigError(f"{config_file.parent.name}: {done.stderr.strip() or done.stdout}")
-
-
-def _max_steps(config: Mapping[str, Any]) -> int | None:
-    steps = config.get("max_steps")
-    return steps if isinstance(steps, int) else None
+    checked = yaml.safe_load(done.stdout)
+    return checked if isinstance(checked, dict) else {}
 
 
 def plan(sweep: Sweep) -> list[Planned]:
@@ -304,13 +302,13 @@ def plan(sweep: Sweep) -> list[Planned]:
             folder.mkdir()
             config = variant_config(sweep, variant, sweep.folder(variant))
             (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            _check_config(sweep, folder / "config.yaml")
-            steps = _max_steps(config)
-            budget = config.get("time_budget")
-            train = step_s * steps if step_s is not None and steps is not None else None
-            basis = f"{step_s:.2f} s per step measured" if train is not None else "nothing measured"
-            if train is None and budget:
-                basis = f"at most its time_budget {budget}"
+            checked = _checked_config(sweep, folder / "config.yaml")
+            steps, budget = checked.get("max_steps"), checked.get("time_budget")
+            train, basis = None, "nothing measured yet"
+            if step_s is not None and isinstance(steps, int):
+                train, basis = step_s * steps, f"{step_s:.2f} s per step measured"
+            elif isinstance(budget, int | float):
+                train, basis = float(budget), "at most: its time_budget"
             planned.append(Planned(variant, records[variant.name], train, eval_s, basis))
     return planned
 

@@ -115,7 +115,7 @@ def test_dry_run_checks_every_variant_with_the_templates_config(
     good = _write_sweep(tmp_path / "good.yaml", {**body, "grid": {"max_steps": [1, 30]}})
     run = harness("sweep", str(good), "--dry-run")
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "max_steps=1: max_steps=1; train unknown (at most its time_budget 20m)" in run.stdout
+    assert "max_steps=1: max_steps=1; train 20.0 min (at most: its time_budget)" in run.stdout
     assert "the first variant measures it" in run.stdout
     assert not (tmp_path / "good-out").exists()  # a dry run writes nothing
 
