@@ -463,7 +463,7 @@ def _note(result: VariantResult) -> str:
     ]
     if result.evaluation is not None:
         times.append(f"eval {result.evaluation.seconds:.0f} s")
-    steps = [f"{result.steps} steps"] if result.steps is not None else []
+    steps = [f"{result.steps} step(s)"] if result.steps is not None else []
     return "; ".join([variant, ", ".join([*steps, *times])]).rstrip("; ")
 
 

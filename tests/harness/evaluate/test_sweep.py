@@ -184,7 +184,7 @@ def test_a_killed_sweep_resumes_and_the_variant_that_trained_enough_ranks_first(
     assert trained["scenarios"]["parity"]["value"] > untrained["scenarios"]["parity"]["value"]
     versus = untrained["versus_best"]["parity"]
     assert versus["significant"] and versus["high"] < 0
-    assert "max_steps=1; 1 steps, train" in untrained["note"]
+    assert "max_steps=1; 1 step(s), train" in untrained["note"]
     for name in ("comparison.md", "comparison.html", "leaderboard.html", "leaderboard.json"):
         assert (results / name).is_file(), name
     assert "significant" in (results / "comparison.md").read_text()
