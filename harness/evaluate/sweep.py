@@ -377,9 +377,8 @@ def run_variant(sweep: Sweep, variant: Variant, *, start_timeout_s: float = 600.
             )
         )
     except HarnessError as exc:
-        if (
-            exc.exit_code != 1
-        ):  # a bad pack or a missing HELM: the sweep's problem, not the variant's
+        # A bad pack or a missing HELM (exit codes 2, 3) is the sweep's problem, not the variant's.
+        if exc.exit_code != 1:
             raise
         return ended("eval-failed", str(exc), **times)
     return ended("scored", _summary(evaluation), evaluation=evaluation, **times)
