@@ -57,9 +57,9 @@ def write_task_dataset(path: Path) -> None:
     path.write_text("".join(json.dumps(pair) + "\n" for pair in pairs))
 
 
-def train_entry(entries: Path, base_model: Path) -> None:
-    """A submission trained the way a competitor does it: train.py, then merge.py, then model/."""
-    submission = render_submission("4090", "qlora-trained", entries / "qlora-trained").path
+def configure_task_training(submission: Path, base_model: Path) -> None:
+    """Point a rendered submission's config.yaml at the task's questions and `base_model`, with
+    the settings that make the tiny model learn them (`harness sweep`'s test varies these)."""
     write_task_dataset(submission / "data" / "train.jsonl")
     config_path = submission / "config.yaml"
     smoke_config(config_path, base_model=str(base_model), dataset="data/train.jsonl")
@@ -67,9 +67,13 @@ def train_entry(entries: Path, base_model: Path) -> None:
     config.update(TRAINING, neftune_noise_alpha=None, prompt_template="{prompt}")
     config["datasets"] = [{"source": "data/train.jsonl", "format": "prompt-completion"}]
     config["lora"].update(r=32, alpha=64)
-    # The ten prompts differ in one word: near-duplicate removal would keep only a few of them.
-    config["curation"]["near_dup_threshold"] = None
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+
+def train_entry(entries: Path, base_model: Path) -> None:
+    """A submission trained the way a competitor does it: train.py, then merge.py, then model/."""
+    submission = render_submission("4090", "qlora-trained", entries / "qlora-trained").path
+    configure_task_training(submission, base_model)
     for script in ("train.py", "merge.py"):
         subprocess.run(
             [sys.executable, script, "--config", "config.yaml"], cwd=submission, check=True

@@ -12,6 +12,7 @@ from harness.cli import (
     check,
     competition,
     data,
+    eval,
     instances,
     plan,
     report,
@@ -22,6 +23,7 @@ from harness.cli import (
     status,
     submission,
     submit,
+    sweep,
     tasks,
     teams,
     tiny_model,
@@ -44,6 +46,8 @@ def _root() -> None:
 app.command("tiny-model", epilog=tiny_model.EPILOG)(tiny_model.main)
 app.command("check", epilog=check.EPILOG)(check.main)
 app.command("run", epilog=run.EPILOG)(run.main)
+app.command("eval", epilog=eval.EPILOG)(eval.main)
+app.command("sweep", epilog=sweep.EPILOG)(sweep.main)
 app.command("report", epilog=report.EPILOG)(report.main)
 app.command("reproduce", epilog=reproduce.EPILOG)(reproduce.main)
 app.command("plan", epilog=plan.EPILOG)(plan.main)

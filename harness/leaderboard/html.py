@@ -5,6 +5,7 @@ fetched (the templates are in templates/ beside this module, the figures come fr
     to_html(board, standalone=False,                the same body, for embedding in another page
             entry_link=lambda e: f"/entries/{e}")
     entry_pages(board)                              {"leaderboard/<slug>.html": page, ...}
+    to_comparison_html(comparison, board)           a sweep's comparison above the board
     to_entry_html(row, back=URL, log_link=...)      one entry's page, links where you say
     render_page(template, **context)                another report in the same style (a
                                                     reproduction's: reproduction.html.j2)
@@ -22,6 +23,12 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
+from harness.leaderboard.compare import (
+    Comparison,
+    comparison_cells,
+    comparison_columns,
+    comparison_note,
+)
 from harness.leaderboard.figures import figures
 from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard, Row
@@ -142,6 +149,20 @@ def to_html(
     )
     if not standalone:
         return body
+    return _TEMPLATES.get_template("leaderboard.html.j2").render(body=Markup(body))
+
+
+def to_comparison_html(comparison: Comparison, board: Leaderboard) -> str:
+    """A standalone page: the comparison's table (compare.py), then the board's body."""
+    body = _TEMPLATES.get_template("comparison.html.j2").render(
+        columns=comparison_columns(comparison),
+        rows=[
+            {"entry": e.entry, "cells": [_cell(t) for t in comparison_cells(comparison, e)]}
+            for e in comparison.entries
+        ],
+        note=comparison_note(comparison),
+        board=Markup(to_html(board, standalone=False)),
+    )
     return _TEMPLATES.get_template("leaderboard.html.j2").render(body=Markup(body))
 
 

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,27 +23,19 @@ from typing import Any, NamedTuple
 from harness.checks import EntryReport, Limits, check_entry, extract_zip
 from harness.competition import TRACKS
 from harness.errors import DiskFullError, InfrastructureError, disk_full
-from harness.helm.fit import Fit, entry_tokenizer, limits_in_background, refuse_unfit
-from harness.helm.runner import (
-    SUITE,
-    HelmEndpoint,
-    HelmRun,
-    RunSpecLimit,
-    run_helm,
-    write_prod_env,
-)
+from harness.helm.fit import Fit
+from harness.helm.runner import HelmRun
 from harness.infra import docker as engine
 from harness.infra.gpus import GpuPool
 from harness.run.failures import GpuMemorySampler, classify_build_log, classify_container
-from harness.run.gateway import Gateway, tokenize_allowance
 from harness.run.health import wait_healthy
 from harness.run.options import RunOptions
 from harness.run.recorder import Recorder
+from harness.run.scoring import HelmConf, prepare_helm, score_served
 from harness.secrets import redact
 from harness.store import (
     RUN_LABEL,
     GatewayStats,
-    Metric,
     Status,
     Step,
     entry_slug,
@@ -178,14 +170,6 @@ class Machine:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-class _HelmConf(NamedTuple):
-    """The HELM conf an entry is scored on, written before it is served."""
-
-    path: Path
-    metrics: dict[str, str]  # RunSpecConf.metrics()
-    limits: Callable[[], list[RunSpecLimit]]  # its runs' limits, read in the background
-
-
 class _Ended(Exception):
     """An entry reached its final status before the last step."""
 
@@ -259,7 +243,7 @@ class _Pipeline:
         dockerfile = self._check()
         root = self._context(tmp)
         image = self._build(root, dockerfile)
-        helm_conf = self._helm_conf()
+        helm_conf = prepare_helm(self.options, self.job.name, self.job.helm_dir)
         # The GPU is held while the entry is served only: other entries build meanwhile.
         with self.machine.gpus.lease(self.machine.stopping) as gpu:
             served = self._serve(image, gpu)
@@ -396,102 +380,39 @@ class _Pipeline:
                 raise _Ended(Status.UNHEALTHY, health.reason)
             return served
 
-    def _endpoint(self, url: str) -> HelmEndpoint:
-        return HelmEndpoint(
-            self.job.name,
-            url,
-            max_sequence_length=self.options.max_sequence_length,
-            # Nested samples (a pack's, a later tier's) ask again what was answered before.
-            cache_requests=self.options.instances is not None or self.options.tier is not None,
-        )
-
-    def _helm_conf(self) -> _HelmConf:
-        """Write the HELM conf and start reading its runs' limits (harness/helm/fit.py),
-        which takes HELM seconds: meanwhile the entry is served."""
-        run_dir = self.job.helm_dir
-        conf, conf_spec = self.options.write_helm_conf(run_dir)
-        # Nothing calls this endpoint: the gateway's URL is known once the entry is served.
-        endpoint = self._endpoint("http://127.0.0.1")
-        limits = limits_in_background(run_dir, conf, endpoint, offline=self.options.helm_offline)
-        return _HelmConf(conf, conf_spec.metrics(), limits)
-
     def _evaluate(
-        self, served: engine.RunningContainer, gpu: int | None, helm_conf: _HelmConf
+        self, served: engine.RunningContainer, gpu: int | None, helm_conf: HelmConf
     ) -> Ending:
         run_dir = self.job.helm_dir
-        deadline = time.monotonic() + self.options.stage_limit_s
         sampler, sampling = (
             GpuMemorySampler.from_nvml(gpu) if gpu is not None else (None, "no GPU in use")
         )
         request_log = self.job.logs / "requests.jsonl"
-        with (
-            self._step(Step.EVALUATE, run_dir / "helm-run.log") as detail,
-            Gateway(
-                served.url,
-                deadline=deadline,
-                request_log=request_log,
-                process_timeout_s=self.options.process_timeout_s,
-                tokenizer_timeout_s=self.options.tokenizer_timeout_s,
-            ) as gateway,
-        ):
+        with self._step(Step.EVALUATE, run_dir / "helm-run.log") as detail:
             detail.append(sampling)
-            endpoint = self._endpoint(gateway.url)
-            write_prod_env(run_dir / "prod_env", [endpoint])
-            # Run specs that cannot fit the context are refused: HELM would loop on them.
-            fit = refuse_unfit(
-                helm_conf.path,
-                helm_conf.limits,
-                max_sequence_length=self.options.max_sequence_length,
-                count_tokens=entry_tokenizer(gateway.url, self.options.tokenizer_timeout_s),
-                metrics=helm_conf.metrics,
-            )
-            gateway.tokenize_allowance = tokenize_allowance(fit.largest)
-            detail.extend(filter(None, [fit.detail]))
             if sampler:
                 sampler.start()
             try:
-                helm = run_helm(
-                    run_dir,
-                    fit.conf,
-                    [endpoint.model],
-                    max_eval_instances=self.options.max_eval_instances,
-                    timeout_s=self.options.stage_limit_s + self.options.helm_grace_s,
-                    metrics=helm_conf.metrics,
-                    offline=self.options.helm_offline,
-                    # Nobody answers HELM any more: its retries would take minutes each.
-                    should_stop=lambda: (
-                        self.machine.should_stop()
-                        or not served.alive()
-                        or gateway.runaway is not None
-                    ),
-                    suite=SUITE
-                    if self.options.tier is None
-                    else f"{SUITE}-tier{self.options.tier}",
-                    cache_instances=self.options.instances is not None,
+                scored = score_served(
+                    served.url,
+                    self.options,
+                    helm_conf,
+                    name=self.job.name,
+                    run_dir=run_dir,
+                    request_log=request_log,
+                    should_stop=lambda: self.machine.should_stop() or not served.alive(),
                 )
             finally:
                 if sampler:
                     sampler.stop()
                     # Kept whatever HELM did: the peak matters most when the entry ran out.
                     self.recorder.record_resources(gpu_peak_bytes=sampler.peak_bytes)
-            stats = gateway.stats()
-        if gateway.log_error is not None:
-            raise gateway.log_error
-        self.recorder.record_gateway_stats(stats, request_log)
-        self.recorder.record_metrics(
-            [
-                Metric(
-                    r.run_spec,
-                    r.scenario,
-                    r.metric or "",
-                    r.value,
-                    reason=r.error and redact(r.error),
-                    instances=r.per_instance,
-                )
-                for r in (*helm.runs, *fit.refused)
-            ]
-        )
-        return self._verdict(served, helm, stats, sampler, fit, gateway.runaway)
+            detail.extend(filter(None, [scored.fit.detail]))
+        if scored.log_error is not None:
+            raise scored.log_error
+        self.recorder.record_gateway_stats(scored.stats, request_log)
+        self.recorder.record_metrics(scored.metrics())
+        return self._verdict(served, scored.helm, scored.stats, sampler, scored.fit, scored.runaway)
 
     def _verdict(
         self,

@@ -1,7 +1,7 @@
 """The package's layers hold: no import cycles, and no import that runs up the layer order.
 
-    cli -> {service, reproduce} -> run -> {leaderboard, submission} -> {store, helm, checks}
-        -> infra -> {errors, competition, secrets}
+    cli -> {service, reproduce, evaluate} -> run -> {leaderboard, submission}
+        -> {store, helm, checks} -> infra -> {errors, competition, secrets}
 
 Every import counts, those inside functions too (a lazy import is still a dependency). A module
 may import from its own package or from a lower layer; `harness/__init__.py` (the public API)
@@ -23,7 +23,7 @@ LAYERS = [
     {"store", "helm", "checks"},
     {"leaderboard", "submission"},
     {"run"},
-    {"service", "reproduce"},
+    {"service", "reproduce", "evaluate"},
     {"cli"},
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
