@@ -61,13 +61,19 @@ class Executor(Protocol):
 
 
 class TaskExecutor(Executor, Protocol):
-    """An executor that also runs tasks (both below do)."""
+    """An executor that also runs tasks (both below do). `shared_storage`: its tasks see this
+    machine's files at their paths; where they do not, what a task reads and writes travels
+    with it (run/shipping.py)."""
+
+    shared_storage: bool
 
     def submit_task(self, task: Task[T]) -> Future[T]: ...
 
 
 class LocalExecutor:
     """Evaluates up to `jobs` entries at once on this machine's Docker engine."""
+
+    shared_storage = True  # this machine's
 
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs

@@ -9,8 +9,8 @@ the ending and the records; the driver replays them into its store, which nothin
 
 Nodes need no storage in common with the driver (shipping.py): the entry and the files its
 options name travel to the node with the task, the node works in a folder of its own
-(NODE_DIR_ENV, default: the system's temporary folder), and the entry's logs and HELM folder
-travel back with the result, through Ray's object store, compressed and capped; the driver
+(shipping.NODE_DIR_ENV, default: the system's temporary folder), and the entry's logs and HELM
+folder travel back with the result, through Ray's object store, compressed and capped; the driver
 unpacks them into its RESULTS_DIR, the only copy. With `shared_storage` (`--shared-storage`)
 nothing travels: entries and results are read and written at the driver's paths, which every
 node must then see (NFS).
@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -67,9 +65,6 @@ from harness.store import RUN_LABEL
 log = logging.getLogger("harness.run")
 NODE_LABEL = "org.harness.ray-node"
 TASK_LABEL = "org.harness.ray-task"  # the token of the task that started the container
-# Where a node works on its entries (inputs unpacked, results written before they travel back);
-# each task has a folder of its own below it, removed when the task ends.
-NODE_DIR_ENV = "HARNESS_NODE_DIR"
 # Node deaths a task survives; an entry's own failure is an ending, not an exception, so this
 # only ever re-runs work a dead machine took with it.
 MAX_RETRIES = 3
@@ -136,11 +131,6 @@ class _Task:
     inputs: bytes | None  # shipping.ship_inputs; None: storage shared with the driver
 
 
-def _work_folder(run_id: str, token: str) -> Path:
-    base = Path(os.environ.get(NODE_DIR_ENV) or Path(tempfile.gettempdir(), "harness-node"))
-    return base / run_id / token
-
-
 @contextmanager
 def _beating(task: _Task, folder: Path, where: str) -> Iterator[None]:
     """Heartbeats while the body runs, none while a process working in `folder` is frozen."""
@@ -186,7 +176,7 @@ def _run_on_node(
     if task.inputs is None:
         with _beating(task, job.helm_dir, where):
             return evaluate(job, recorder, machine), recorder, None
-    work = _work_folder(job.run_id, task.token)
+    work = shipping.node_folder(job.run_id, task.token)
     try:
         local = shipping.receive_inputs(job, task.inputs, work)
         with _beating(task, local.helm_dir, where):
@@ -216,7 +206,7 @@ def _stop_on_node(job: EntryJob, token: str, shared_storage: bool) -> None:
     those of nodes the cluster no longer has)."""
     import ray
 
-    folder = job.helm_dir if shared_storage else _work_folder(job.run_id, token)
+    folder = job.helm_dir if shared_storage else shipping.node_folder(job.run_id, token)
     processes.kill(processes.entry_processes(folder))
     if not shared_storage:  # a task cancelled by force leaves its folder behind
         shutil.rmtree(folder, ignore_errors=True)
