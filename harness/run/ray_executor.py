@@ -56,7 +56,7 @@ from typing import Any, TypeVar
 from harness.errors import ConfigError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
 from harness.run import processes, shipping
-from harness.run.executor import Heartbeat
+from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
 from harness.run.recorder import BufferedRecorder, Recorder
@@ -69,6 +69,8 @@ TASK_LABEL = "org.harness.ray-task"  # the token of the task that started the co
 # only ever re-runs work a dead machine took with it.
 MAX_RETRIES = 3
 HEARTBEAT_S = 5.0
+# Resources Ray keeps for its own accounting: not what an organizer gave a node.
+_BOOKKEEPING = frozenset({"memory", "object_store_memory"})
 
 Evaluate = Callable[[EntryJob, Recorder, Machine], Ending]
 T = TypeVar("T")
@@ -172,7 +174,7 @@ def _run_on_node(
         labels={NODE_LABEL: node, TASK_LABEL: task.token},
     )
     recorder = BufferedRecorder()
-    where = f"{socket.gethostname()} (Ray node {node[:12]})"
+    where = _where(socket.gethostname(), node)
     if task.inputs is None:
         with _beating(task, job.helm_dir, where):
             return evaluate(job, recorder, machine), recorder, None
@@ -186,6 +188,11 @@ def _run_on_node(
         shutil.rmtree(work, ignore_errors=True)
     recorder.relocate(local.options.out, job.options.out)
     return ending, recorder, results
+
+
+def _where(host: str, node: str) -> str:
+    """A node as heartbeats and the admin page name it."""
+    return f"{host} (Ray node {node[:12]})"
 
 
 def _task_on_node(task: Callable[[int | None], T]) -> T:
@@ -381,6 +388,30 @@ class RayExecutor:
             name: beats.get(token) or Heartbeat("waiting for a Ray node", time.time())
             for name, (_, token, _) in running.items()
         }
+
+    def nodes(self) -> list[Node]:
+        """Every node Ray knows (a dead one until Ray forgets it), with the last heartbeat of
+        an entry running there."""
+        if self._ray is None:
+            return []
+        beats = self._ray.get(self._board.beats.remote(), timeout=30).values()
+        found = []
+        for node in self._ray.nodes():
+            name = _where(node.get("NodeManagerHostname", "?"), str(node["NodeID"]))
+            found.append(
+                Node(
+                    name=name,
+                    alive=bool(node.get("Alive")),
+                    resources={
+                        key: value
+                        for key, value in node.get("Resources", {}).items()
+                        if key not in _BOOKKEEPING and not key.startswith("node:")
+                    },
+                    heartbeat_at=max((b.at for b in beats if b.where == name), default=None),
+                    note=node.get("DeathReasonMessage") or "",
+                )
+            )
+        return found
 
     def cancel(self, name: str) -> None:
         with self._lock:

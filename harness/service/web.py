@@ -203,6 +203,7 @@ def register(app: FastAPI, service: Service) -> None:
             queue=[service.describe(s, details=False) for s in service.db.queue()],
             workers=service.queue.workers(),
             leases=service.queue.leases(),
+            nodes=service.queue.nodes(),
             lease_s=service.queue.lease_s,
             now=time.time(),
             recent=[service.describe(s, details=False) for s in service.db.submissions()[:50]],

@@ -75,6 +75,17 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
     return Ending(Status.EVAL_FAILED, "its HELM run was killed")
 
 
+def _fleet_table(queue: Queue, db: ServiceDB) -> str:
+    """The admin page's fleet table, rendered from the queue's data as the page is."""
+    from harness.service.web import templates
+
+    html = templates.env.get_template("admin.html").render(
+        nodes=queue.nodes(), leases=queue.leases(), workers=[], queue=[], recent=[], teams=[],
+        now=time.time(), lease_s=LEASE_S, team=None, csrf="", tracks=[], refresh=10,
+    )  # fmt: skip
+    return html[html.index('<table id="nodes">') : html.index("<h1>Queue</h1>")]
+
+
 class Told(Notifier):
     """Keeps what the queue asked to tell, as it asks (deliveries follow in a pool)."""
 
@@ -147,6 +158,16 @@ def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry_a_can
                 lambda: first["node"][:12] in ((db.submission(sub.id) or sub).worker or ""),
                 "a heartbeat from the node renewed the lease",
             )
+            # The admin page lists every node, the idle ones too, and what each runs.
+            nodes = {node.name: node for node in queue.nodes()}
+            running = (db.submission(sub.id) or sub).worker
+            assert running in nodes and nodes[running].heartbeat_at is not None
+            assert nodes[running].resources == {"CPU": 1, "GPU": 1, "4090": 1}
+            idle = [n for n in nodes.values() if n.name != running and "GPU" in n.resources]
+            assert len(idle) == 2 and all(n.alive and n.heartbeat_at is None for n in idle)
+            fleet = _fleet_table(queue, db)
+            assert f"<td>{running}</td><td>alive</td>" in fleet and f"{sub.id}</a>" in fleet
+            assert fleet.count("<td>idle</td>") == 3  # two GPU nodes and the head
             time.sleep(LEASE_S * 1.5)  # a lease's length: a live evaluation keeps it
             assert (db.submission(sub.id) or sub).runs == 1
 
@@ -176,6 +197,14 @@ def test_a_frozen_evaluation_on_a_node_and_a_killed_node_requeue_the_entry_a_can
             )
             assert third.status == "scored" and third.runs == 3 and third.counts
             until(lambda: len(receiver.deliveries) == 3, "the team was told it scored")
+            # Listed dead while Ray remembers it, once its health checks have missed it.
+            until(
+                lambda: (
+                    [n.alive for n in queue.nodes() if second["node"][:12] in n.name] == [False]
+                ),
+                "the admin page lists the killed node as dead",
+                timeout_s=120,
+            )
             events = [d["event"] for d in receiver.deliveries]
             assert events == ["entry.requeued", "entry.requeued", "entry.scored"]
             assert "not counted against the team" in receiver.deliveries[1]["reason"]
