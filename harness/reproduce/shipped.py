@@ -13,9 +13,9 @@ evaluation does.
                                   DROPPED_NOTE); the reports are written again on the driver
                                   from the result, the JSON last, as a finished one is marked
 
-    task = ShippedReproduction.pack(entry, options, reproduce)   driver: a picklable task(gpu)
-    result, folder = task(gpu)                                    node
-    result = task.receive(result, folder)                         driver: into RESULTS_DIR
+    task = ShippedReproduction.pack(entry, options, reproduce)  driver: a picklable task(gpu)
+    result, folder = task(gpu)                                   node
+    result = receive(entry.name, options, result, folder)        driver: into RESULTS_DIR
 
 The node works in `shipping.node_folder(results id, "reproduce-<slug>")`, the same folder each
 time the entry is reproduced from that RESULTS_DIR: a rerun after a kill that lands on the same
@@ -58,6 +58,10 @@ def _inputs(entry: Path, options: ReproduceOptions, store_copy: Path) -> dict[st
     return items
 
 
+def _folder(entry: str) -> str:
+    return f"reproduce/{entry_slug(entry)}"
+
+
 @dataclass(frozen=True)
 class ShippedReproduction:
     """One entry's reproduction as a task that carries its inputs (see the module docstring)."""
@@ -87,10 +91,6 @@ class ShippedReproduction:
             )
         return cls(entry.name, options, inputs, reproduce)
 
-    @property
-    def _folder(self) -> str:
-        return f"reproduce/{entry_slug(self.entry)}"
-
     def __call__(self, gpu: int | None) -> tuple[Reproduction, bytes]:
         """On the node: unpack, reproduce, pack the reproduction's folder."""
         work = shipping.node_folder(
@@ -113,32 +113,40 @@ class ShippedReproduction:
             )
             result = self.reproduce(work / "entry" / self.entry, local, gpu)
             folder = shipping.pack_capped(
-                local.results, [self._folder], self._folder, self.cap_bytes, leave_out=REPORTS
+                local.results,
+                [_folder(self.entry)],
+                _folder(self.entry),
+                self.cap_bytes,
+                leave_out=REPORTS,
             )
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return result, folder
 
-    def receive(self, result: Reproduction, folder: bytes) -> Reproduction:
-        """On the driver: the node's folder replaces RESULTS_DIR/reproduce/<slug>/ (refused
-        whole, it is left as it was), then the reports are written there, the JSON last."""
-        here = self.options.results / self._folder
-        incoming = here.with_name(f".{here.name}.incoming")
+
+def receive(
+    entry: str, options: ReproduceOptions, result: Reproduction, folder: bytes
+) -> Reproduction:
+    """On the driver: the node's folder replaces RESULTS_DIR/reproduce/<slug>/ (refused whole,
+    it is left as it was), then the reports are written there, the JSON last."""
+    relative = _folder(entry)
+    here = options.results / relative
+    incoming = here.with_name(f".{here.name}.incoming")
+    shutil.rmtree(incoming, ignore_errors=True)
+    try:
+        shipping.receive(
+            folder,
+            incoming,
+            [relative],
+            # Twice the cap: files in KEPT and the note travel over it.
+            2 * shipping.RESULTS_CAP_BYTES,
+            f"the reproduction of {entry}",
+        )
+        shutil.rmtree(here, ignore_errors=True)
+        (incoming / relative).mkdir(parents=True, exist_ok=True)  # sent empty
+        (incoming / relative).rename(here)
+    finally:
         shutil.rmtree(incoming, ignore_errors=True)
-        try:
-            shipping.receive(
-                folder,
-                incoming,
-                [self._folder],
-                # Twice the cap: files in KEPT and the note travel over it.
-                2 * shipping.RESULTS_CAP_BYTES,
-                f"the reproduction of {self.entry}",
-            )
-            shutil.rmtree(here, ignore_errors=True)
-            (incoming / self._folder).mkdir(parents=True, exist_ok=True)  # sent empty
-            (incoming / self._folder).rename(here)
-        finally:
-            shutil.rmtree(incoming, ignore_errors=True)
-        result = replace(result, folder=here)
-        write_reports(result)
-        return result
+    result = replace(result, folder=here)
+    write_reports(result)
+    return result

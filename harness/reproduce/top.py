@@ -39,7 +39,7 @@ from harness.leaderboard import build_leaderboard, write_leaderboard
 from harness.reproduce.flow import remove_leftovers, reproduce_locked
 from harness.reproduce.options import ReproduceOptions, Reproduction, Verdict
 from harness.reproduce.report import REPORT, TopEntry, write_combined
-from harness.reproduce.shipped import Reproduce, ShippedReproduction
+from harness.reproduce.shipped import Reproduce, ShippedReproduction, receive
 from harness.run.executor import LocalExecutor, TaskExecutor
 from harness.run.options import RunOptions
 from harness.store import Store, entry_slug, results_id
@@ -163,20 +163,23 @@ def _run(
     )
     executor.start(run, results_id(options.results))
     try:
-        futures: dict[Future[Any], tuple[str, ShippedReproduction | None]] = {}
+        futures: dict[Future[Any], str] = {}
         for name, path in pending:
-            shipped = (
-                None
+            job = (
+                functools.partial(reproduce, path, options)
                 if executor.shared_storage
                 else ShippedReproduction.pack(path, options, reproduce)
             )
             on_progress(name, "queued")
-            job = shipped or functools.partial(reproduce, path, options)
-            futures[executor.submit_task(job)] = (name, shipped)
+            futures[executor.submit_task(job)] = name
         for future in as_completed(futures):
             # An exception ends the batch: the finished ones are kept.
-            name, shipped = futures[future]
-            result = shipped.receive(*future.result()) if shipped else future.result()
+            name = futures[future]
+            result = (
+                future.result()
+                if executor.shared_storage
+                else receive(name, options, *future.result())
+            )
             on_progress(name, f"{result.verdict.value}: {result.reason}")
     except BaseException:
         # An interrupt, or a job's machine failed: what still runs is stopped and removed; its

@@ -25,7 +25,7 @@ import pytest
 from harness.errors import InfrastructureError
 from harness.helm.confs import load_conf, write_helm_conf
 from harness.reproduce.options import ReproduceOptions, Reproduction, Verdict
-from harness.reproduce.shipped import ShippedReproduction
+from harness.reproduce.shipped import ShippedReproduction, receive
 from harness.reproduce.top import reproduce_top
 from harness.run.shipping import DROPPED_NOTE, NODE_DIR_ENV
 from harness.store import Metric, Store, entry_slug, results_id
@@ -112,7 +112,7 @@ def test_a_reproduction_travels_and_comes_back_capped(
     (folder / "stale.txt").write_text("a killed run's")
 
     # Under the weights' size: they stay behind, listed; the rest travels.
-    result = task.receive(*replace(task, cap_bytes=WEIGHTS_BYTES - 1)(None))
+    result = receive("alpha", options, *replace(task, cap_bytes=WEIGHTS_BYTES - 1)(None))
 
     seen = json.loads((folder / "seen.json").read_text())
     assert seen["field"] == {"alpha": [1.0], "beta": [0.5]}
@@ -130,7 +130,7 @@ def test_a_reproduction_travels_and_comes_back_capped(
     assert list(node.rglob("*")) == [node / results_id(results)]  # the task's folder is gone
 
     # With the default cap everything comes back.
-    task.receive(*task(None))
+    receive("alpha", options, *task(None))
     assert (folder / "weights" / "model.bin").stat().st_size == WEIGHTS_BYTES
     assert not (folder / DROPPED_NOTE).exists()
 
@@ -140,8 +140,9 @@ def test_a_folder_that_would_leave_its_place_is_refused_and_loses_nothing(
 ) -> None:
     results, entries, pack = _results(tmp_path)
     monkeypatch.setenv(NODE_DIR_ENV, str(tmp_path / "node"))
-    task = ShippedReproduction.pack(entries / "alpha", _options(results, pack), _on_the_node)
-    result = task.receive(*task(None))
+    options = _options(results, pack)
+    task = ShippedReproduction.pack(entries / "alpha", options, _on_the_node)
+    result = receive("alpha", options, *task(None))
     buffer = BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
         member = tarfile.TarInfo("reproduce/../helm/evil.txt")
@@ -149,7 +150,7 @@ def test_a_folder_that_would_leave_its_place_is_refused_and_loses_nothing(
         archive.addfile(member, BytesIO(b"evil"))
 
     with pytest.raises(InfrastructureError, match="leaves the folder"):
-        task.receive(result, buffer.getvalue())
+        receive("alpha", options, result, buffer.getvalue())
 
     folder = results / "reproduce" / entry_slug("alpha")
     assert (folder / "train.log").is_file() and (folder / "reproduction.json").is_file()
