@@ -15,6 +15,7 @@ from harness.cli._common import (
     INTERRUPTED,
     ExecutorName,
     RayAddress,
+    SharedStorage,
     abort,
     executor_factory,
 )
@@ -43,7 +44,7 @@ EPILOG = """**Examples**
 
     harness reproduce --top 3 results/ --track 4090 --time-limit 24h
 
-    harness reproduce --top 10 /shared/results/ --track A100 --runs 5 --executor ray \
+    harness reproduce --top 10 results/ --track A100 --runs 5 --executor ray \
         --ray-address auto
 """
 
@@ -74,6 +75,7 @@ def main(
     ),
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
+    shared_storage: SharedStorage = False,
     jobs: int = typer.Option(1, min=1, help="With --top and --executor local: entries at once."),
     force: bool = typer.Option(False, help="With --top: redo entries already reproduced."),
     stage: str = typer.Option("open", help="The stage whose run and scores are reproduced."),
@@ -136,7 +138,10 @@ def main(
             runs=runs,
         )
         if top is not None:
-            _top(console, top, options, executor_factory(executor, ray_address, jobs), force)
+            make_executor = executor_factory(
+                executor, ray_address, jobs, shared_storage=shared_storage
+            )
+            _top(console, top, options, make_executor, force)
         with console.status("reproducing") as status:
             result = reproduce_entry(
                 entry, options, on_progress=lambda step: status.update(f"{entry.name}: {step}")

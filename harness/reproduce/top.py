@@ -16,8 +16,9 @@ one GPU its job holds); RESULTS_DIR's lock is held throughout.
 Resumable: an entry's reproduction.json is written whole and last (report.py), so a rerun after a
 kill keeps every entry that has one for the same stage and request (`once`, `replay`, `runs=N`)
 and redoes the others (what a killed one left in Docker is removed first); `force` redoes all.
-On Ray, RESULTS_DIR and the entries must lie on storage every node sees at the same path: each
-task reads the original run there and writes its entry's folder there.
+On an executor whose tasks do not see this machine's files (Ray without --shared-storage), each
+task carries the entry and what it needs of the original run, and its entry's folder comes back
+with its result (shipped.py); with shared storage each task reads and writes RESULTS_DIR itself.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from concurrent.futures import Future, as_completed
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from harness.errors import ConfigError
 from harness.infra import docker as engine
@@ -37,6 +39,7 @@ from harness.leaderboard import build_leaderboard, write_leaderboard
 from harness.reproduce.flow import remove_leftovers, reproduce_locked
 from harness.reproduce.options import ReproduceOptions, Reproduction, Verdict
 from harness.reproduce.report import REPORT, TopEntry, write_combined
+from harness.reproduce.shipped import Reproduce, ShippedReproduction, receive
 from harness.run.executor import LocalExecutor, TaskExecutor
 from harness.run.options import RunOptions
 from harness.store import Store, entry_slug, results_id
@@ -110,15 +113,17 @@ def reproduce_top(
     force: bool = False,
     on_progress: Callable[[str, str], None] = lambda entry, message: None,
     candidates: Sequence[tuple[int, str, Path]] | None = None,
+    reproduce: Reproduce = _job,
 ) -> TopReport:
     """Reproduce the `top` best entries of `options.results` (see the module docstring).
 
     `executor`: where the jobs run (default: one at a time on this machine); started and closed
-    here. `on_progress(entry, message)`: each entry queued, kept or judged. Raises ConfigError
-    (bad input, nothing started) and InfrastructureError (the jobs' machines failed); an
-    entry's own failure is its verdict. `candidates`: the entries to choose from, (rank, name in the
-    store, where the entry is), best first, when the caller ranks them (a competition's final
-    ranking among its finalists); default: the store's leaderboard."""
+    here. `on_progress(entry, message)`: each entry queued, kept or judged. `candidates`: the
+    entries to choose from, (rank, name in the store, where the entry is), best first, when the
+    caller ranks them (a competition's final ranking among its finalists); default: the store's
+    leaderboard. `reproduce(name, entry, options, gpu)`: one entry's job (tests stand in for it).
+    Raises ConfigError (bad input, nothing started) and InfrastructureError (the jobs' machines
+    failed); an entry's own failure is its verdict."""
     if top < 1:
         raise ConfigError(f"--top must be 1 or more, got {top}")
     if not options.results.is_dir():
@@ -142,7 +147,7 @@ def reproduce_top(
                 on_progress(entry.entry, f"kept: {entry.verdict} (finished earlier)")
         pending = [(name, path) for _, name, path in chosen if not entries[name].kept]
         if pending:
-            _run(pending, options, executor or LocalExecutor(1), on_progress)
+            _run(pending, options, executor or LocalExecutor(1), on_progress, reproduce)
         ranked = tuple(entries[name] for _, name, _ in chosen)
         paths = write_combined(folder, ranked, options.stage)
         with Store(options.results, create=False) as store:
@@ -156,19 +161,31 @@ def _run(
     options: ReproduceOptions,
     executor: TaskExecutor,
     on_progress: Callable[[str, str], None],
+    reproduce: Reproduce,
 ) -> None:
     run = RunOptions(
         track=options.track, stage=options.stage, out=options.results, gpus=options.gpus
     )
     executor.start(run, results_id(options.results))
     try:
-        futures: dict[Future[Reproduction], str] = {}
+        futures: dict[Future[Any], str] = {}
         for name, path in pending:
+            job = (
+                functools.partial(reproduce, name, path, options)
+                if executor.shared_storage
+                else ShippedReproduction.pack(name, path, options, reproduce)
+            )
             on_progress(name, "queued")
-            futures[executor.submit_task(functools.partial(_job, name, path, options))] = name
+            futures[executor.submit_task(job)] = name
         for future in as_completed(futures):
-            result = future.result()  # an exception ends the batch: the finished ones are kept
-            on_progress(futures[future], f"{result.verdict.value}: {result.reason}")
+            # An exception ends the batch: the finished ones are kept.
+            name = futures[future]
+            result = (
+                future.result()
+                if executor.shared_storage
+                else receive(name, options, *future.result())
+            )
+            on_progress(name, f"{result.verdict.value}: {result.reason}")
     except BaseException:
         # An interrupt, or a job's machine failed: what still runs is stopped and removed; its
         # entries have no reproduction.json, so a rerun redoes them.

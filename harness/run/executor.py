@@ -7,6 +7,7 @@ the machines that build, serve and score entries.
     Executor.interrupt()                stop everything in flight (its containers removed)
     Executor.cancel(name)               stop one entry wherever it runs (its containers removed)
     Executor.heartbeats()               the last sign of life of entries running elsewhere
+    Executor.nodes()                    the fleet's machines, idle ones too (admin page)
     Executor.close()
 
 `LocalExecutor` (the default) runs `pipeline.evaluate_entry` in threads against this machine's
@@ -40,6 +41,16 @@ class Heartbeat(NamedTuple):
     at: float
 
 
+class Node(NamedTuple):
+    """A machine of a fleet, idle or not, for the admin page."""
+
+    name: str  # as its entries' heartbeats name it (Heartbeat.where)
+    alive: bool
+    resources: dict[str, float]  # what it offers tasks: GPU, CPU, its tracks
+    heartbeat_at: float | None  # the last heartbeat of an entry running there (None: none runs)
+    note: str  # why it died, where the fleet says
+
+
 class Executor(Protocol):
     def start(self, options: RunOptions, run_id: str) -> None: ...
 
@@ -57,17 +68,28 @@ class Executor(Protocol):
         whoever watches them looks at their processes here (run/processes.py)."""
         ...
 
+    def nodes(self) -> list[Node]:
+        """The fleet's machines, idle and dead ones too; none for this machine's executor (its
+        worker slots are the queue's)."""
+        ...
+
     def close(self) -> None: ...
 
 
 class TaskExecutor(Executor, Protocol):
-    """An executor that also runs tasks (both below do)."""
+    """An executor that also runs tasks (both below do). `shared_storage`: its tasks see this
+    machine's files at their paths; where they do not, what a task reads and writes travels
+    with it (run/shipping.py)."""
+
+    shared_storage: bool
 
     def submit_task(self, task: Task[T]) -> Future[T]: ...
 
 
 class LocalExecutor:
     """Evaluates up to `jobs` entries at once on this machine's Docker engine."""
+
+    shared_storage = True  # this machine's
 
     def __init__(self, jobs: int = 1) -> None:
         self.jobs = jobs
@@ -106,6 +128,9 @@ class LocalExecutor:
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         return {}
+
+    def nodes(self) -> list[Node]:
+        return []
 
     def interrupt(self) -> None:
         # Removing the containers makes whatever the workers wait on fail fast.

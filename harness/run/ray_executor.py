@@ -9,8 +9,8 @@ the ending and the records; the driver replays them into its store, which nothin
 
 Nodes need no storage in common with the driver (shipping.py): the entry and the files its
 options name travel to the node with the task, the node works in a folder of its own
-(NODE_DIR_ENV, default: the system's temporary folder), and the entry's logs and HELM folder
-travel back with the result, through Ray's object store, compressed and capped; the driver
+(shipping.NODE_DIR_ENV, default: the system's temporary folder), and the entry's logs and HELM
+folder travel back with the result, through Ray's object store, compressed and capped; the driver
 unpacks them into its RESULTS_DIR, the only copy. With `shared_storage` (`--shared-storage`)
 nothing travels: entries and results are read and written at the driver's paths, which every
 node must then see (NFS).
@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import shutil
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -58,7 +56,7 @@ from typing import Any, TypeVar
 from harness.errors import ConfigError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
 from harness.run import processes, shipping
-from harness.run.executor import Heartbeat
+from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
 from harness.run.recorder import BufferedRecorder, Recorder
@@ -67,13 +65,12 @@ from harness.store import RUN_LABEL
 log = logging.getLogger("harness.run")
 NODE_LABEL = "org.harness.ray-node"
 TASK_LABEL = "org.harness.ray-task"  # the token of the task that started the container
-# Where a node works on its entries (inputs unpacked, results written before they travel back);
-# each task has a folder of its own below it, removed when the task ends.
-NODE_DIR_ENV = "HARNESS_NODE_DIR"
 # Node deaths a task survives; an entry's own failure is an ending, not an exception, so this
 # only ever re-runs work a dead machine took with it.
 MAX_RETRIES = 3
 HEARTBEAT_S = 5.0
+# Resources Ray keeps for its own accounting: not what an organizer gave a node.
+_BOOKKEEPING = frozenset({"memory", "object_store_memory"})
 
 Evaluate = Callable[[EntryJob, Recorder, Machine], Ending]
 T = TypeVar("T")
@@ -136,11 +133,6 @@ class _Task:
     inputs: bytes | None  # shipping.ship_inputs; None: storage shared with the driver
 
 
-def _work_folder(run_id: str, token: str) -> Path:
-    base = Path(os.environ.get(NODE_DIR_ENV) or Path(tempfile.gettempdir(), "harness-node"))
-    return base / run_id / token
-
-
 @contextmanager
 def _beating(task: _Task, folder: Path, where: str) -> Iterator[None]:
     """Heartbeats while the body runs, none while a process working in `folder` is frozen."""
@@ -182,11 +174,11 @@ def _run_on_node(
         labels={NODE_LABEL: node, TASK_LABEL: task.token},
     )
     recorder = BufferedRecorder()
-    where = f"{socket.gethostname()} (Ray node {node[:12]})"
+    where = _where(socket.gethostname(), node)
     if task.inputs is None:
         with _beating(task, job.helm_dir, where):
             return evaluate(job, recorder, machine), recorder, None
-    work = _work_folder(job.run_id, task.token)
+    work = shipping.node_folder(job.run_id, task.token)
     try:
         local = shipping.receive_inputs(job, task.inputs, work)
         with _beating(task, local.helm_dir, where):
@@ -196,6 +188,11 @@ def _run_on_node(
         shutil.rmtree(work, ignore_errors=True)
     recorder.relocate(local.options.out, job.options.out)
     return ending, recorder, results
+
+
+def _where(host: str, node: str) -> str:
+    """A node as heartbeats and the admin page name it."""
+    return f"{host} (Ray node {node[:12]})"
 
 
 def _task_on_node(task: Callable[[int | None], T]) -> T:
@@ -216,7 +213,7 @@ def _stop_on_node(job: EntryJob, token: str, shared_storage: bool) -> None:
     those of nodes the cluster no longer has)."""
     import ray
 
-    folder = job.helm_dir if shared_storage else _work_folder(job.run_id, token)
+    folder = job.helm_dir if shared_storage else shipping.node_folder(job.run_id, token)
     processes.kill(processes.entry_processes(folder))
     if not shared_storage:  # a task cancelled by force leaves its folder behind
         shutil.rmtree(folder, ignore_errors=True)
@@ -391,6 +388,30 @@ class RayExecutor:
             name: beats.get(token) or Heartbeat("waiting for a Ray node", time.time())
             for name, (_, token, _) in running.items()
         }
+
+    def nodes(self) -> list[Node]:
+        """Every node Ray knows (a dead one until Ray forgets it), with the last heartbeat of
+        an entry running there."""
+        if self._ray is None:
+            return []
+        beats = self._ray.get(self._board.beats.remote(), timeout=30).values()
+        found = []
+        for node in self._ray.nodes():
+            name = _where(node.get("NodeManagerHostname", "?"), str(node["NodeID"]))
+            found.append(
+                Node(
+                    name=name,
+                    alive=bool(node.get("Alive")),
+                    resources={
+                        key: value
+                        for key, value in node.get("Resources", {}).items()
+                        if key not in _BOOKKEEPING and not key.startswith("node:")
+                    },
+                    heartbeat_at=max((b.at for b in beats if b.where == name), default=None),
+                    note=node.get("DeathReasonMessage") or "",
+                )
+            )
+        return found
 
     def cancel(self, name: str) -> None:
         with self._lock:

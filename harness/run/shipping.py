@@ -18,6 +18,10 @@ sent are not followed: they stay behind.
     local = receive_inputs(job, inputs, work)   node: the job with its paths under `work`
     results = ship_results(local)               node
     receive_results(job, results)               driver: into its RESULTS_DIR
+
+A reproduction (`harness reproduce --top --executor ray`, reproduce/shipped.py) travels the same
+way, through the same three calls: `pack_inputs` (the entry and what it needs of the original
+run), `pack_capped` (its folder, back) and `receive` (either side).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path, PurePosixPath
 
@@ -43,6 +48,9 @@ RESULTS_CAP_BYTES = 256 * 1024**2
 # they always travel, whatever their size.
 KEPT = frozenset({"stats.json", "per_instance_stats.json", "run_spec.json", "run_specs.conf"})
 DROPPED_NOTE = "dropped-from-results.txt"
+# Where a node works (inputs unpacked, results written before they travel back); each task has a
+# folder of its own below it, removed when the task ends.
+NODE_DIR_ENV = "HARNESS_NODE_DIR"
 
 
 def _files(source: Path, arcname: str) -> list[tuple[str, Path, int]]:
@@ -134,15 +142,36 @@ def _inputs(job: EntryJob) -> dict[str, Path]:
 
 def ship_inputs(job: EntryJob) -> bytes:
     """The entry and the files its options name, packed; ConfigError over INPUTS_CAP_BYTES."""
-    files = [f for arcname, path in _inputs(job).items() for f in _files(path, arcname)]
+    return pack_inputs(_inputs(job), f"{job.name} and the files its options name")
+
+
+def pack_inputs(items: Mapping[str, Path], what: str) -> bytes:
+    """`items` (name in the archive -> path here), packed; ConfigError over INPUTS_CAP_BYTES
+    (`what` says whose files they are)."""
+    files = [f for arcname, path in items.items() for f in _files(path, arcname)]
     total = sum(size for _, _, size in files)
     if total > INPUTS_CAP_BYTES:
         raise ConfigError(
-            f"{job.name} and the files its options name hold {total / 1024**2:.0f} MiB, more "
+            f"{what} hold {total / 1024**2:.0f} MiB, more "
             f"than the {INPUTS_CAP_BYTES / 1024**2:.0f} MiB sent to a Ray node: put entries on "
             "storage every node sees at the same path and run with --shared-storage"
         )
     return _tar(files)
+
+
+def receive(data: bytes, root: Path, roots: Sequence[str], cap_bytes: int, what: str) -> list[Path]:
+    """`unpack`, its refusal an InfrastructureError naming `what` travelled."""
+    try:
+        return unpack(data, root, roots, cap_bytes)
+    except (ValueError, tarfile.TarError) as exc:
+        raise InfrastructureError(f"{what} were refused: {exc}") from exc
+
+
+def node_folder(run_id: str, name: str) -> Path:
+    """Where a node works on one task of the run `run_id` (NODE_DIR_ENV, default: the system's
+    temporary folder)."""
+    base = Path(os.environ.get(NODE_DIR_ENV) or Path(tempfile.gettempdir(), "harness-node"))
+    return base / run_id / name
 
 
 def receive_inputs(job: EntryJob, data: bytes, work: Path) -> EntryJob:
@@ -150,10 +179,7 @@ def receive_inputs(job: EntryJob, data: bytes, work: Path) -> EntryJob:
     under `work` (its results in `work/results`)."""
     inputs = work / "inputs"
     items = _inputs(job)
-    try:
-        unpack(data, inputs, list(items), INPUTS_CAP_BYTES)
-    except (ValueError, tarfile.TarError) as exc:
-        raise InfrastructureError(f"the inputs of {job.name} were refused: {exc}") from exc
+    receive(data, inputs, list(items), INPUTS_CAP_BYTES, f"the inputs of {job.name}")
     local = {arcname: inputs / arcname for arcname in items}
     options = job.options
     return replace(
@@ -184,10 +210,25 @@ def _result_folders(job: EntryJob) -> list[str]:
 def ship_results(job: EntryJob, cap_bytes: int = RESULTS_CAP_BYTES) -> bytes:
     """The entry's logs and HELM folder, packed; over `cap_bytes` the biggest files but those
     named in KEPT are left out, and listed in the logs' DROPPED_NOTE (which travels)."""
-    out = job.options.out
+    folders = _result_folders(job)
+    return pack_capped(job.options.out, folders, folders[0], cap_bytes)
+
+
+def pack_capped(
+    root: Path,
+    folders: Sequence[str],
+    note_folder: str,
+    cap_bytes: int = RESULTS_CAP_BYTES,
+    *,
+    leave_out: frozenset[str] = frozenset(),
+) -> bytes:
+    """The files under `folders` (relative to `root`; files named in `leave_out` stay behind),
+    packed; over `cap_bytes` the biggest files but those named in KEPT are left out too, and
+    listed in `note_folder`'s DROPPED_NOTE (which travels). What a node sends back: an
+    entry's results (`ship_results`), a reproduction's folder (reproduce/shipped.py)."""
     files = [
-        f for folder in _result_folders(job) if (out / folder).exists()
-        for f in _files(out / folder, folder)
+        f for folder in folders if (root / folder).exists()
+        for f in _files(root / folder, folder) if f[1].name not in leave_out
     ]  # fmt: skip
     total = sum(size for _, _, size in files)
     dropped = []
@@ -198,22 +239,20 @@ def ship_results(job: EntryJob, cap_bytes: int = RESULTS_CAP_BYTES) -> bytes:
             dropped.append(file)
             total -= file[2]
     if dropped:
-        note = job.logs / DROPPED_NOTE
+        note = root / note_folder / DROPPED_NOTE
         note.parent.mkdir(parents=True, exist_ok=True)
         note.write_text(
-            f"Left on the Ray node: the results of this entry held more than the "
+            f"Left on the Ray node: these results held more than the "
             f"{cap_bytes} bytes sent back to the driver; the biggest files stayed behind:\n"
             + "".join(f"{size}\t{arcname}\n" for arcname, _, size in dropped)
         )
         files = [f for f in files if f not in dropped]
-        files.append((f"{_result_folders(job)[0]}/{DROPPED_NOTE}", note, note.stat().st_size))
+        files.append((f"{note_folder}/{DROPPED_NOTE}", note, note.stat().st_size))
     return _tar(files)
 
 
 def receive_results(job: EntryJob, data: bytes) -> list[Path]:
     """Unpack what `ship_results` sent into the driver's RESULTS_DIR (`job.options.out`)."""
-    try:
-        # Twice the cap: files in KEPT and the note travel over it.
-        return unpack(data, job.options.out, _result_folders(job), 2 * RESULTS_CAP_BYTES)
-    except (ValueError, tarfile.TarError) as exc:
-        raise InfrastructureError(f"the results of {job.name} were refused: {exc}") from exc
+    # Twice the cap: files in KEPT and the note travel over it.
+    out, folders = job.options.out, _result_folders(job)
+    return receive(data, out, folders, 2 * RESULTS_CAP_BYTES, f"the results of {job.name}")

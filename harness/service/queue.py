@@ -49,7 +49,7 @@ from pathlib import Path
 
 from harness.errors import DiskFullError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
-from harness.run.executor import Executor
+from harness.run.executor import Executor, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import StoreRecorder
@@ -185,6 +185,15 @@ class Queue:
         with self._lock:
             running: list[str | None] = list(self._running)
         return list(enumerate(running + [None] * (self.jobs - len(running)), start=1))
+
+    def nodes(self) -> list[Node]:
+        """The fleet's machines, idle ones too, for the admin page (none when the fleet does
+        not answer: the page shows what it can)."""
+        try:
+            return self.executor.nodes() if self.executor is not None else []
+        except Exception:
+            log.warning("the fleet's machines could not be listed", exc_info=True)
+            return []
 
     def stop(self, sub_id: str) -> None:
         """A running submission was cancelled: remove its container, so that its health wait or

@@ -221,6 +221,7 @@ def register(app: FastAPI, service: Service) -> None:
             queue=[service.describe(s, team, details=False) for s in service.db.queue()],
             workers=service.queue.workers(),
             leases=service.queue.leases(),
+            nodes=service.queue.nodes(),
             lease_s=service.queue.lease_s,
             now=time.time(),
             recent=[

@@ -147,5 +147,9 @@ def test_top_refuses_bad_input_before_starting_anything(tmp_path: Path) -> None:
         runner.invoke(app, ["reproduce", "--top", "0", str(tmp_path), "--track", "4090"]).exit_code
         == 2
     )
+    local = runner.invoke(
+        app, ["reproduce", "--top", "2", str(tmp_path), "--track", "4090", "--shared-storage"]
+    )
+    assert local.exit_code == 2 and "--shared-storage goes with --executor ray" in local.output
     with pytest.raises(Exception, match="must be 1 or more"):
         reproduce_top(0, _options(tmp_path, "unused"))

@@ -68,6 +68,10 @@ def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> Non
         results = [f.result(timeout=120) for f in [executor.submit_task(_where) for _ in range(2)]]
         assert [gpu for gpu, _, _ in results] == [None, None]
         assert all(pid != os.getpid() for _, pid, _ in results)  # in the node's worker
+        # The head and the GPU node, idle: alive, with what they offer and no heartbeat.
+        nodes = sorted(executor.nodes(), key=lambda node: "GPU" in node.resources)
+        assert [n.resources for n in nodes] == [{"CPU": 1}, {"CPU": 1, "GPU": 1, "4090": 1}]
+        assert all(n.alive and n.heartbeat_at is None and "Ray node" in n.name for n in nodes)
         with pytest.raises(ValueError, match="a task's own error"):
             executor.submit_task(_fails).result(timeout=120)
         executor.close()

@@ -36,7 +36,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
 def on_this_node_only(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
     """`evaluate_entry`, once it is checked that the job names nothing outside the node's folder."""
-    from harness.run.ray_executor import NODE_DIR_ENV
+    from harness.run.shipping import NODE_DIR_ENV
 
     node_dir = Path(os.environ[NODE_DIR_ENV])
     run_specs = Path(job.options.run_specs or "")
@@ -58,7 +58,7 @@ def cluster(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from ray import cloudpickle
     from ray.cluster_utils import Cluster
 
-    from harness.run.ray_executor import NODE_DIR_ENV
+    from harness.run.shipping import NODE_DIR_ENV
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     nodes = tmp_path_factory.mktemp("nodes")

@@ -76,6 +76,17 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
     return Ending(Status.EVAL_FAILED, "its HELM run was killed")
 
 
+def _fleet_table(queue: Queue, db: ServiceDB) -> str:
+    """The admin page's fleet table, rendered from the queue's data as the page is."""
+    from harness.service.web import templates
+
+    html = templates.env.get_template("admin.html").render(
+        nodes=queue.nodes(), leases=queue.leases(), workers=[], queue=[], recent=[], teams=[],
+        now=time.time(), lease_s=LEASE_S, team=None, csrf="", tracks=[], refresh=10,
+    )  # fmt: skip
+    return html[html.index('<table id="nodes">') : html.index("<h1>Queue</h1>")]
+
+
 class Told(Notifier):
     """Keeps what the queue asked to tell, as it asks (deliveries follow in a pool)."""
 
@@ -149,6 +160,16 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
                 lambda: first["node"][:12] in ((db.submission(sub.id) or sub).worker or ""),
                 "a heartbeat from the node renewed the lease",
             )
+            # The admin page lists every node, the idle ones too, and what each runs.
+            nodes = {node.name: node for node in queue.nodes()}
+            running = (db.submission(sub.id) or sub).worker
+            assert running in nodes and nodes[running].heartbeat_at is not None
+            assert nodes[running].resources == {"CPU": 1, "GPU": 1, "4090": 1}
+            idle = [n for n in nodes.values() if n.name != running and "GPU" in n.resources]
+            assert len(idle) == 2 and all(n.alive and n.heartbeat_at is None for n in idle)
+            fleet = _fleet_table(queue, db)
+            assert f"<td>{running}</td><td>alive</td>" in fleet and f"{sub.id}</a>" in fleet
+            assert fleet.count("<td>idle</td>") == 3  # two GPU nodes and the head
             time.sleep(LEASE_S * 1.5)  # a lease's length: a live evaluation keeps it
             assert (db.submission(sub.id) or sub).runs == 1
 
@@ -175,6 +196,14 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
             ended = db.submission(sub.id)
             assert ended is not None and ended.state is State.CANCELLED and ended.runs == 2
             assert (ended.charged, ended.counts) == ("none", False)
+            # Listed dead while Ray remembers it, once its health checks have missed it.
+            until(
+                lambda: (
+                    [n.alive for n in queue.nodes() if second["node"][:12] in n.name] == [False]
+                ),
+                "the admin page lists the killed node as dead",
+                timeout_s=120,
+            )
             events = [d["event"] for d in receiver.deliveries]
             assert events == ["entry.requeued", "entry.cancelled"]
             assert "not counted, submit it again" in receiver.deliveries[1]["reason"]
