@@ -239,7 +239,7 @@ class Engine:
         reading: _Batch | None = None  # newcomers whose prompts are being read
         owed = 0.0  # seconds of decoding owed to the rows for chunks read while they waited
         while True:
-            jobs = []
+            jobs: list[Job] | None = []
             if reading is None and (batch is None or self.joinable):
                 jobs = self._take(batch)
             if jobs is None:
@@ -252,7 +252,8 @@ class Engine:
             if reading is not None and (batch is None or owed <= 0):
                 whole = batch is None  # no row waits: chunks would only add steps
                 started = self._clock() if batch else 0.0
-                reading = self._guarded(reading.jobs(), partial(self._read, reading, whole), reading)
+                read = partial(self._read, reading, whole)
+                reading = self._guarded(reading.jobs(), read, reading)
                 if batch is not None:
                     owed += self._clock() - started
                 if reading is not None and not reading.unread.shape[1]:
@@ -443,10 +444,10 @@ class Engine:
                 ]
                 self.prefix.put(job.ids, states)
         if echo:
-            states = torch.cat(batch.echoed, dim=1)
+            echoed = torch.cat(batch.echoed, dim=1)
             batch.echoed = []
             echoing = [job for job in batch.jobs() if job.request.echo_prompt]
-            for job, prompt_states in zip(echoing, states, strict=True):
+            for job, prompt_states in zip(echoing, echoed, strict=True):
                 self._score_prompt(job, prompt_states)
         batch.logprobs = self._logprobs(hidden[:, -1])
         for row in batch.rows:
