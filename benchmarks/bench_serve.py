@@ -12,8 +12,9 @@ examples ("Question: ...\nA. ...\nAnswer: B" blocks separated by blank lines, th
 every question of a subject, as within one HELM run spec), then the test question; 80% ask for one
 token (the letter), 20% are short generations (up to 16 tokens, cut at a newline). Every request
 asks for `min_new_tokens = max_new_tokens` so all servers do the same work whatever the model's
-end-of-sequence habits. Prints requests/s, generated tokens/s, p50/p99 latency, the server
-process's peak resident memory, and how many greedy answers agree with the naive server's.
+end-of-sequence habits. Prints requests/s, generated tokens/s, p50/p99 latency (and the p99 of
+one-token answers and of generations apart), the server process's peak resident memory, and how
+many greedy answers agree with the naive server's.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -215,11 +216,21 @@ def report(
     print(f"\nmodel: {model}   requests: {len(requests)}   concurrent clients: {clients}\n")
     names = list(results)
     baseline, cacheless, ours = names
+    # The tail belongs to the generations: a server that makes them wait for every one-token
+    # answer passing by shows it here first.
+    one = [i for i, r in enumerate(requests) if r["max_new_tokens"] == 1]
+    more = [i for i, r in enumerate(requests) if r["max_new_tokens"] > 1]
+
+    def p99_of(lines: list[int]) -> Callable[[Result], float]:
+        return lambda r: 1000 * percentile([r.latencies[i] for i in lines], 99)
+
     rows = [
         ("requests/s", lambda r: len(requests) / r.seconds, "{:.1f}"),
         ("generated tokens/s", lambda r: r.tokens / r.seconds, "{:.1f}"),
         ("p50 latency (ms)", lambda r: 1000 * percentile(r.latencies, 50), "{:.0f}"),
         ("p99 latency (ms)", lambda r: 1000 * percentile(r.latencies, 99), "{:.0f}"),
+        ("  p99, one-token (ms)", p99_of(one), "{:.0f}"),
+        ("  p99, generations (ms)", p99_of(more), "{:.0f}"),
         ("wall time (s)", lambda r: r.seconds, "{:.1f}"),
         ("peak server RSS (MiB)", lambda r: r.peak_mib, "{:.0f}"),
     ]

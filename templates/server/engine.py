@@ -7,6 +7,14 @@ unbatched one; finished requests are answered and leave at once. The KV cache is
 steps; only the logits a response needs are computed, and only the chosen and top_k_per_token
 log-probabilities leave the device.
 
+While other requests decode, new prompts are read in chunks of PREFILL_CHUNK tokens (their KV
+cache appended chunk by chunk), and reading gets no more of the worker's time than decoding: a chunk
+is read only once the decoding rows have had as much time since the last one. Reading newcomers
+whole stalled every decoding row for all their prompts once per token it generated, so a long
+answer waited for every short request that came and went meanwhile, and the tail latency grew
+past a one-request-at-a-time server's. The same work is done, in a fairer order, with about as many
+forward passes. With nothing decoding, prompts are read whole.
+
 A prompt starts from the longest prefix of its token ids whose key/value states a recent prompt
 left in the prefix cache (prefix_cache.py), so shared few-shot examples are read once.
 
@@ -54,6 +62,7 @@ class Settings:
     batch_window_ms: float = 5.0
     max_context: int | None = None
     prefix_cache_mb: float = 1024.0
+    prefill_chunk: int = 512
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -70,6 +79,7 @@ class Settings:
             batch_window_ms=float(env.get("BATCH_WINDOW_MS", "5")),
             max_context=int(env["MAX_CONTEXT"]) if env.get("MAX_CONTEXT") else None,
             prefix_cache_mb=float(env.get("PREFIX_CACHE_MB", "1024")),
+            prefill_chunk=int(env.get("PREFILL_CHUNK", "512")),
         )
         if settings.dtype not in ("auto", "bfloat16", "float16", "float32"):
             raise ValueError(f"DTYPE={settings.dtype!r}: use auto, bfloat16, float16 or float32")
@@ -77,6 +87,8 @@ class Settings:
             raise ValueError("MAX_BATCH_SIZE and MAX_BATCH_TOKENS must be positive")
         if not settings.prefix_cache_mb >= 0:  # NaN too
             raise ValueError("PREFIX_CACHE_MB must be 0 (no prefix cache) or more")
+        if settings.prefill_chunk < 0:
+            raise ValueError("PREFILL_CHUNK must be 0 (prompts read whole) or more")
         return settings
 
 
@@ -134,19 +146,22 @@ class _Row:
 
 @dataclass
 class _Batch:
-    """The rows being decoded together; line i of every tensor is rows[i]."""
+    """The rows being decoded together; line i of every tensor is rows[i]. A batch still reading
+    its prompts (see _read) has unread prompt columns and no log-probabilities yet."""
 
     rows: list[_Row]
     cache: Any
-    mask: torch.Tensor
-    logprobs: torch.Tensor  # each row's next-token log-probabilities, from the raw logits
+    mask: torch.Tensor  # while reading: already the mask of the whole prompts
+    unread: torch.Tensor  # [rows, columns]: prompt ids still to read, left-padded like the mask
+    logprobs: torch.Tensor = field(default_factory=lambda: torch.empty(0))  # of each next token
+    echoed: list[torch.Tensor] = field(default_factory=list)  # echo lines' states, by chunk
 
     def jobs(self) -> list[Job]:
         return list({id(row.job): row.job for row in self.rows}.values())
 
     def release(self) -> None:
-        self.rows, self.cache = [], None
-        self.mask = self.logprobs = torch.empty(0)
+        self.rows, self.cache, self.echoed = [], None, []
+        self.mask = self.unread = self.logprobs = torch.empty(0)
 
 
 class Engine:
@@ -218,20 +233,39 @@ class Engine:
         self._queue.put(None)
 
     def serve_forever(self) -> None:
-        """Continuous batching: new requests join the running batch between decoding steps."""
+        """Continuous batching: new requests join the running batch between decoding steps,
+        their prompts read a chunk at a time, taking turns with its decoding steps."""
         batch: _Batch | None = None
+        reading: _Batch | None = None  # newcomers whose prompts are being read
+        owed = 0.0  # seconds of decoding owed to the rows for chunks read while they waited
         while True:
-            jobs = self._take(batch) if batch is None or self.joinable else []
+            jobs: list[Job] | None = []
+            if reading is None and (batch is None or self.joinable):
+                jobs = self._take(batch)
             if jobs is None:
                 stranded = self._backlog + (batch.jobs() if batch else [])
                 for job in stranded:
                     _fail(job, "the server is shutting down")
                 return
-            if jobs and (joining := self._guarded(jobs, partial(self._prefill, jobs))):
-                batch = joining if batch is None else self._merge(batch, joining)
+            if jobs:
+                reading = self._guarded(jobs, partial(self._start, jobs))
+            if reading is not None and (batch is None or owed <= 0):
+                whole = batch is None  # no row waits: chunks would only add steps
+                started = self._clock() if batch else 0.0
+                read = partial(self._read, reading, whole)
+                reading = self._guarded(reading.jobs(), read, reading)
+                if batch is not None:
+                    owed += self._clock() - started
+                if reading is not None and not reading.unread.shape[1]:
+                    batch = reading if batch is None else self._merge(batch, reading)
+                    reading = None
             if batch is not None:
+                started = self._clock() if owed else 0.0
                 advanced = self._guarded(batch.jobs(), partial(self._advance, batch), batch)
+                owed = max(0.0, owed - (self._clock() - started)) if owed else 0.0
                 batch = advanced if advanced and advanced.rows else None
+            if batch is None:
+                owed = 0.0
 
     def _take(self, batch: _Batch | None) -> list[Job] | None:
         """Waiting jobs that fit beside the running batch; None once asked to stop."""
@@ -259,7 +293,7 @@ class Engine:
             rows, width = len(batch.rows), batch.mask.shape[1]
             most_new = max(r.job.max_new - len(r.sequence.ids) for r in batch.rows)
         # The oldest job goes first (nothing starves); jobs with as many tokens left to read
-        # join it: rows of one prefill all read that many (see _prefill).
+        # join it: rows of one prefill all read that many (see _start).
         anchor = self._backlog[0]
         to_read = len(anchor.ids) - self._reusable(anchor)[0]
         others = sorted(
@@ -305,7 +339,7 @@ class Engine:
     def _solo(self, job: Job) -> None:
         message = None
         try:
-            batch = self._prefill([job])
+            batch = self._read(self._start([job]), whole=True)
             while batch.rows:
                 self._advance(batch)
         except Exception as exc:
@@ -314,6 +348,11 @@ class Engine:
         if message is not None:
             self._free_memory()
             _fail(job, message)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":  # kernels run after the call returns: wait to time them
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def _free_memory(self) -> None:
         gc.collect()
@@ -340,12 +379,11 @@ class Engine:
         return torch.log_softmax(self.lm_head(hidden).float(), dim=-1)
 
     @torch.inference_mode()
-    def _prefill(self, jobs: list[Job]) -> _Batch:
-        """Read the prompts (left-padded to one width), score echoed ones, start the rows."""
+    def _start(self, jobs: list[Job]) -> _Batch:
+        """The rows of new jobs, their prompts left-padded to one width, reused prefixes in place
+        in their cache and the rest of their prompts unread."""
         rows: list[_Row] = []
-        first_line = {}
         for job in jobs:
-            first_line[id(job)] = len(rows)
             job.result, job.pending = Generated(), job.rows
             generator = None
             if job.request.seed is not None and not job.request.greedy:
@@ -377,24 +415,54 @@ class Engine:
             )
             if self.prefix is not None:
                 self.prefix.reused_tokens += sum(reused[id(job)] for job in jobs)
-        hidden = self._forward(ids, mask, cache)
+        return _Batch(rows, cache, mask, ids)
+
+    @torch.inference_mode()
+    def _read(self, batch: _Batch, whole: bool) -> _Batch:
+        """Read the next PREFILL_CHUNK tokens of the prompts (all of them if `whole`); once the
+        last is read, score echoed prompts, keep the prefixes and ready the first tokens.
+        A chunk attends to the cache the earlier chunks appended to: the same states as a
+        prompt read at once, the sums taken in other shapes (float rounding apart)."""
+        left = batch.unread.shape[1]
+        chunk = self.settings.prefill_chunk
+        columns = left if whole or not chunk else max(1, chunk // len(batch.rows))
+        ids, batch.unread = batch.unread[:, :columns], batch.unread[:, columns:]
+        read = batch.mask.shape[1] - batch.unread.shape[1]
+        hidden = self._forward(ids, batch.mask[:, :read], batch.cache)
+        lines = self._first_lines(batch)
+        echo = [lines[id(job)] for job in batch.jobs() if job.request.echo_prompt]
+        if echo:
+            batch.echoed.append(hidden[echo])
+        if batch.unread.shape[1]:
+            return batch
         if self.prefix is not None:
-            for job in jobs:
-                line, n = first_line[id(job)], len(job.ids)
+            for job in batch.jobs():
+                line, n = lines[id(job)], len(job.ids)
                 states = [
                     (layer.keys[line, :, -n:].clone(), layer.values[line, :, -n:].clone())
-                    for layer in cache.layers
+                    for layer in batch.cache.layers
                 ]
                 self.prefix.put(job.ids, states)
-        for job in jobs:
-            if job.request.echo_prompt:
-                self._score_prompt(job, hidden[first_line[id(job)]])
-        batch = _Batch(rows, cache, mask, self._logprobs(hidden[:, -1]))
-        for row in rows:
+        if echo:
+            echoed = torch.cat(batch.echoed, dim=1)
+            batch.echoed = []
+            echoing = [job for job in batch.jobs() if job.request.echo_prompt]
+            for job, prompt_states in zip(echoing, echoed, strict=True):
+                self._score_prompt(job, prompt_states)
+        batch.logprobs = self._logprobs(hidden[:, -1])
+        for row in batch.rows:
             if row.job.max_new == 0:
                 row.finish("length")
-        self._deliver(jobs)
+        self._deliver(batch.jobs())
         return batch
+
+    @staticmethod
+    def _first_lines(batch: _Batch) -> dict[int, int]:
+        """Each job's first line in the batch, by id(job)."""
+        lines: dict[int, int] = {}
+        for line, row in enumerate(batch.rows):
+            lines.setdefault(id(row.job), line)
+        return lines
 
     def _reusable(self, job: Job) -> tuple[int, Entry | None]:
         """How many leading ids of the job the prefix cache holds, and where."""

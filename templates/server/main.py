@@ -16,6 +16,8 @@ Environment:
     MAX_CONTEXT       context length; default: the model config's max_position_embeddings
     PREFIX_CACHE_MB   device memory for the key/value states of recent prompts, reused by
                       prompts that share a prefix with them (few-shot examples); 0 disables [1024]
+    PREFILL_CHUNK     prompt tokens read at a time while other requests decode, taking turns
+                      with them; 0 reads every prompt whole                            [512]
 
 The prompt template the model was trained with (prompt_template.json, written by merge.py beside
 the weights) wraps every /process prompt, as in training (an echoed prompt's tokens are the
