@@ -343,7 +343,16 @@ class Service:
         sub = self.owned(team, sub_id)
         if sub.final_run and not team.admin:
             raise HTTPException(409, "a final run is the organizers' to cancel")
-        was = self.db.cancel(sub.id, by_organizer=team.admin and sub.team != team.name)
+        by_organizer = team.admin and sub.team != team.name
+        # An organizer's cancel of a running entry is an ending that is not the team's: as the
+        # infrastructure's, it goes back to its place once, not counted, and the team is told
+        # (then cancelled). Not running here (still queued, or claimed but not yet started):
+        # a plain cancel, not counted.
+        if by_organizer and sub.state is State.RUNNING:
+            reason = "re-queued: cancelled by the organizers while it ran; not counted"
+            if self.queue.end(sub.id, reason):
+                return self.owned(team, sub_id)
+        was = self.db.cancel(sub.id, by_organizer=by_organizer)
         if was is None:
             raise HTTPException(409, f"the submission is {sub.state.value}: nothing to cancel")
         if was is State.RUNNING:

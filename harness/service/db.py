@@ -65,7 +65,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "'scored' THEN 'quota' ELSE 'failures' END WHERE state NOT IN ('queued', 'running')",
     ),
 }  # fmt: skip
-# An entry ended by the infrastructure goes back to the queue this many times on its own.
+# An entry ended by the infrastructure (or an organizer's cancel) goes back to the queue this
+# many times on its own.
 MAX_REQUEUES = 1
 WEEK_S = 7 * 24 * 3600
 TOKEN_PREFIX = "hst_"
