@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from harness.service.accounts import Team
 from harness.service.core import Service, leaderboard_json
-from harness.service.db import Team
 
 _bearer = HTTPBearer(auto_error=False, description="The team's token (`harness teams add`).")
 

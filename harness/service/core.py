@@ -33,7 +33,8 @@ from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
-from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.accounts import Team
+from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State, Submission
 from harness.service.phases import (
     Competition,
     Phase,

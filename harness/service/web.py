@@ -22,8 +22,9 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from harness.leaderboard.html import to_html
+from harness.service.accounts import Team
 from harness.service.core import Service
-from harness.service.db import ACTIVE, Team
+from harness.service.db import ACTIVE
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "harness_session"
