@@ -14,6 +14,7 @@ copy of one, against its manifest.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -31,6 +32,7 @@ from harness.cli._common import (
     print_leaderboard,
 )
 from harness.errors import ConfigError, HarnessError
+from harness.infra.lock import command_line, hold_results_lock
 from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.release import check_version, read_manifest, verify_release, write_release
 from harness.reproduce import top
@@ -89,11 +91,15 @@ def _competition(db: ServiceDB) -> Competition:
     return competition
 
 
-def _service_db(data: Path) -> ServiceDB:
+def _check_data(data: Path) -> None:
     if not (data / DB_FILENAME).is_file():
         raise ConfigError(
             f"{data} holds no {DB_FILENAME}: give the folder `harness serve --data` uses"
         )
+
+
+def _service_db(data: Path) -> ServiceDB:
+    _check_data(data)
     return ServiceDB(data)
 
 
@@ -132,6 +138,32 @@ def disqualify(
     typer.echo(f"disqualified {sub_id}: {reason}")
 
 
+def _reveal(data: Path) -> tuple[Competition, dict[str, tuple[Leaderboard, dict[str, str]]]]:
+    """Record the reveal, once the final phase's runs all ended; the competition and each
+    track's final leaderboard with its rows' submission ids."""
+    with _service_db(data) as db, Store(ServiceConfig(data).results) as store:
+        competition = _competition(db)
+        phase = current_phase(competition, db.state("phase"), time.time())
+        if not phase.final:
+            raise ConfigError(
+                f"the phase is {phase.name!r}, not the final one: `harness competition "
+                "advance` to it first"
+            )
+        waiting = [s.id for s in db.submissions(states=ACTIVE) if s.final_run]
+        if waiting:
+            raise ConfigError(
+                f"{len(waiting)} final run(s) still queued or running ({', '.join(waiting)}): "
+                "reveal once they ended"
+            )
+        out = disqualifications(db)
+        boards = {
+            track: final_leaderboard(db, store, competition, track, disqualified=out)
+            for track in competition.tracks
+        }
+        db.set_state("revealed", datetime.now(UTC).isoformat(timespec="seconds"))
+    return competition, boards
+
+
 @app.command("reveal", epilog=EPILOG)
 def reveal(
     data: Data,
@@ -139,7 +171,7 @@ def reveal(
         0,
         help="Then reproduce the K best finalists of each track (`harness reproduce --top`: one "
         "GPU each, through --executor) against their final stage; the service must be stopped "
-        "meanwhile (it holds the results folder).",
+        "meanwhile (it holds the results folder): while it runs, nothing is revealed (exit 3).",
     ),
     base_image: BaseImage = None,
     executor: ExecutorName = "local",
@@ -151,35 +183,24 @@ def reveal(
     console = Console()
     if reproduce_top < 0:
         abort(ConfigError(f"--reproduce-top must be 0 or more, got {reproduce_top}"))
+    results = ServiceConfig(data).results
+    # A reproduction writes the results folder, which a running service holds: refused before
+    # anything changes, rather than revealed and then not reproduced. Held to the end (the
+    # reproduction's own hold is then the same one).
+    held = hold_results_lock(results, command_line()) if reproduce_top else nullcontext()
     try:
-        with _service_db(data) as db, Store(ServiceConfig(data).results) as store:
-            competition = _competition(db)
-            phase = current_phase(competition, db.state("phase"), time.time())
-            if not phase.final:
-                raise ConfigError(
-                    f"the phase is {phase.name!r}, not the final one: `harness competition "
-                    "advance` to it first"
-                )
-            waiting = [s.id for s in db.submissions(states=ACTIVE) if s.final_run]
-            if waiting:
-                raise ConfigError(
-                    f"{len(waiting)} final run(s) still queued or running ({', '.join(waiting)}): "
-                    "reveal once they ended"
-                )
-            out = disqualifications(db)
-            boards = {
-                track: final_leaderboard(db, store, competition, track, disqualified=out)
-                for track in competition.tracks
-            }
-            db.set_state("revealed", datetime.now(UTC).isoformat(timespec="seconds"))
-        for track, (board, ids) in boards.items():
-            console.print(f"final ranking, track {track}:", highlight=False)
-            print_leaderboard(console, board, [])
-            if reproduce_top:
+        _check_data(data)  # before the lock, which would make DATA/results
+        with held:
+            competition, boards = _reveal(data)
+            for track, (board, ids) in boards.items():
+                console.print(f"final ranking, track {track}:", highlight=False)
+                print_leaderboard(console, board, [])
+                if not reproduce_top:
+                    continue
                 final = competition.phases[-1]
                 options = ReproduceOptions(
                     track=track,
-                    results=ServiceConfig(data).results,
+                    results=results,
                     stage=final.harness_stage,
                     instances=final.instances,
                     base_image=base_image,

@@ -101,6 +101,9 @@ class Row:
     disqualified: str | None = None
     # `harness reproduce`'s verdict on the entry (its reproduce/<slug>/reproduction.json), if any
     reproduction: str | None = None
+    # The entry's fact sheet (the competition file's `facts`: base_model, lora_r, ...), shown as
+    # columns in the order the service fills it (the file's); empty outside a competition
+    facts: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:

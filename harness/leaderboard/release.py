@@ -11,11 +11,11 @@
 
 The manifest names the versions of the toolkit and of HELM and, per track and entry, its name on
 the board and its entry in the results store (`ids`: the service shows teams, the store holds
-submission ids), rank, final score and disqualification; per stage its status, score, the Docker
-image ID it was served from and the instance pack's sha256; its reproduction's verdict where
-`harness reproduce` ran. A release holds no logs (they are the teams' own, and their links would
-point outside it). It is written into a fresh folder beside its destination and renamed into
-place, so it is complete or absent, and a version is never written twice.
+submission ids), rank, final score, disqualification and fact sheet; per stage its status,
+score, the Docker image ID it was served from and the instance pack's sha256; its reproduction's
+verdict where `harness reproduce` ran. A release holds no logs (they are the teams' own, and
+their links would point outside it). It is written into a fresh folder beside its destination
+and renamed into place, so it is complete or absent, and a version is never written twice.
 
 The manifest is the reference for every other file; `write_release` returns the manifest's own
 sha256 for the organizers to publish, so a reader can check the manifest too.
@@ -116,6 +116,7 @@ def _entry(
         "rank": row.rank,
         "final": row.final,
         "disqualified": row.disqualified,
+        "facts": row.facts,
         "stages": {
             stage: {
                 "status": stage_row.status,

@@ -76,13 +76,19 @@ def _reproduced(board: Leaderboard) -> bool:
 REPRODUCTION_COLUMN = "Reproduction"  # the verdict of `harness reproduce`, where it ran
 
 
+def fact_columns(board: Leaderboard) -> list[str]:
+    """The fact sheets' fields that any row carries, in the order the rows carry them (the
+    competition file's: the service fills every sheet in that order)."""
+    return list(dict.fromkeys(name for row in board.rows for name in row.facts))
+
+
 def columns(board: Leaderboard) -> list[str]:
     stage_scores = [stage.capitalize() for stage in board.stages] if len(board.stages) > 1 else []
     tier = ["Tier"] if _tiered(board) else []
     reproduction = [REPRODUCTION_COLUMN] if _reproduced(board) else []
     return [
         "Rank", "Entry", "Score", *stage_scores, *_interval_columns(board), *board.columns, *tier,
-        *reproduction, "Status", "Reason",
+        *fact_columns(board), *reproduction, "Status", "Reason",
     ]  # fmt: skip
 
 
@@ -95,8 +101,9 @@ def struck(board: Leaderboard, row: Row) -> list[bool]:
     """Which of `cells(board, row)` the renderers strike through: a disqualified entry's name
     and numbers."""
     count = len(columns(board))
-    # A reproduction's verdict, before them, is no number of the entry's either.
-    kept = _NOT_STRUCK + (1 if _reproduced(board) else 0)
+    # A reproduction's verdict, before them, is no number of the entry's either; nor are the
+    # facts the team declared.
+    kept = _NOT_STRUCK + (1 if _reproduced(board) else 0) + len(fact_columns(board))
     return [row.disqualified is not None and index < count - kept for index in range(count)]
 
 
@@ -113,12 +120,13 @@ def cells(board: Leaderboard, row: Row) -> list[str]:
         ["; ".join(filter(None, (s.tier for s in row.stages.values())))] if _tiered(board) else []
     )
     reproduction = [row.reproduction or ""] if _reproduced(board) else []
+    facts = [row.facts.get(name, "") for name in fact_columns(board)]
     status, reason = (
         (row.status, row.reason) if row.disqualified is None else (DISQUALIFIED, row.disqualified)
     )
     return [
         rank, row.entry, number(row.final), *stage_scores, *_interval_cells(board, row),
-        *win_rates, *tier, *reproduction, status, reason,
+        *win_rates, *tier, *facts, *reproduction, status, reason,
     ]  # fmt: skip
 
 

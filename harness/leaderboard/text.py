@@ -25,7 +25,8 @@ from harness.leaderboard.table import (
 # 3: stages carry `interval` (score and rank intervals, ties), `bootstrap`;
 # 4: rows carry `disqualified` (the organizers' reason, or null) and `reproduction` (the verdict
 #    of `harness reproduce`, or null)
-SCHEMA_VERSION = 4
+# 5: rows carry `facts` (the entry's fact sheet, field -> text; {} outside a competition)
+SCHEMA_VERSION = 5
 TERMINAL_SCENARIOS = 8  # scenario columns `harness report` prints; the files have them all
 
 

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel
 
+from harness.service.accounts import Team
 from harness.service.core import Service, leaderboard_json
-from harness.service.db import Team
 
 _bearer = HTTPBearer(auto_error=False, description="The team's token (`harness teams add`).")
 
@@ -100,7 +100,7 @@ class LeaderboardRow(BaseModel):
     rank: int | None
     team: str
     score: float | None
-    facts: dict[str, str | int | float | None]  # the entry's fact sheet
+    facts: dict[str, str]  # the entry's fact sheet as the board's columns show it
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
     disqualified: str | None = None  # the organizers' reason; such a row has no rank
@@ -300,8 +300,7 @@ def api_router(service: Service) -> APIRouter:
         """Public: published results only, each team's best, per-scenario win rates, when the
         phase shows its scores publicly; after the reveal, the final ranking. A disqualified
         entry's row has its reason and no rank."""
-        board, ids = service.board(track)
-        return leaderboard_json(board, track, service.facts_of(ids))
+        return leaderboard_json(service.leaderboard(track), track)
 
     return router
 

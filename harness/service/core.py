@@ -33,7 +33,8 @@ from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.intervals import ScoreInterval
 from harness.leaderboard.model import Leaderboard
 from harness.secrets import redact
-from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State, Submission, Team
+from harness.service.accounts import Team
+from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State, Submission
 from harness.service.phases import (
     Competition,
     Phase,
@@ -343,7 +344,16 @@ class Service:
         sub = self.owned(team, sub_id)
         if sub.final_run and not team.admin:
             raise HTTPException(409, "a final run is the organizers' to cancel")
-        was = self.db.cancel(sub.id, by_organizer=team.admin and sub.team != team.name)
+        by_organizer = team.admin and sub.team != team.name
+        # An organizer's cancel of a running entry is an ending that is not the team's: as the
+        # infrastructure's, it goes back to its place once, not counted, and the team is told
+        # (then cancelled). Not running here (still queued, or claimed but not yet started):
+        # a plain cancel, not counted.
+        if by_organizer and sub.state is State.RUNNING:
+            reason = "re-queued: cancelled by the organizers while it ran; not counted"
+            if self.queue.end(sub.id, reason):
+                return self.owned(team, sub_id)
+        was = self.db.cancel(sub.id, by_organizer=by_organizer)
         if was is None:
             raise HTTPException(409, f"the submission is {sub.state.value}: nothing to cancel")
         if was is State.RUNNING:
@@ -366,30 +376,14 @@ class Service:
         *,
         disqualified: Mapping[str, str] | None = None,
     ) -> Leaderboard:
-        """The track's leaderboard as `viewer` (None: the public) may see it (`board`)."""
-        return self.board(track, viewer, disqualified=disqualified)[0]
-
-    def board(
-        self,
-        track: str,
-        viewer: Team | None = None,
-        *,
-        disqualified: Mapping[str, str] | None = None,
-    ) -> tuple[Leaderboard, dict[str, str]]:
         """`current_leaderboard` as `viewer` (None: the public) may see it."""
         admin = viewer is not None and viewer.admin
         return current_leaderboard(
             self.db, self.store, self.config.phases, track, admin=admin, disqualified=disqualified
-        )
+        )[0]
 
     def board_phase(self) -> Phase:
         return board_phase(self.config.phases, self.phase())
-
-    def facts_of(self, ids: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-        """Each leaderboard row's fact sheet, by its label (`ids`: label -> submission id)."""
-        return {
-            label: sub.facts for label, sub_id in ids.items() if (sub := self.db.submission(sub_id))
-        }
 
 
 def board_phase(competition: Competition, current: Phase) -> Phase:
@@ -420,7 +414,7 @@ def current_leaderboard(
         return final_leaderboard(db, store, competition, track, disqualified=disqualified)
     phase = board_phase(competition, current_phase(competition, db.state("phase"), time.time()))
     if phase.visibility != "public" and not admin:
-        return labelled(build_leaderboard(store, entries=(), track=track), {}), {}
+        return labelled(build_leaderboard(store, entries=(), track=track), {}, {}), {}
     return published_leaderboard(
         db, store, track, disqualified=disqualified, only_stages=[phase.harness_stage]
     )
@@ -468,7 +462,8 @@ def published_leaderboard(
         store, entries=best.values(), track=track, disqualified=out, only_stages=only_stages
     )
     labels = {sub_id: published[sub_id].team for sub_id in best.values()}
-    return labelled(board, labels), {team: sub_id for sub_id, team in labels.items()}
+    facts = {sub_id: published[sub_id].facts for sub_id in best.values()}
+    return labelled(board, labels, facts), {team: sub_id for sub_id, team in labels.items()}
 
 
 def final_leaderboard(
@@ -488,16 +483,24 @@ def final_leaderboard(
         store, entries=entries, track=track, disqualified=out, only_stages=competition.stages
     )
     labels = {entry: label for entry, (label, _) in entries.items()}
-    return labelled(board, labels), {label: sub.id for label, sub in entries.values()}
+    facts = {entry: sub.facts for entry, (_, sub) in entries.items()}
+    return labelled(board, labels, facts), {label: sub.id for label, sub in entries.values()}
 
 
-def labelled(board: Leaderboard, labels: dict[str, str]) -> Leaderboard:
-    """Rows named by `labels` (entry -> team), without log links: the ranked and the
-    disqualified ones."""
+def labelled(
+    board: Leaderboard, labels: dict[str, str], facts: Mapping[str, Mapping[str, Any]]
+) -> Leaderboard:
+    """Rows named by `labels` (entry -> team), without log links, with the fact sheet of
+    `facts` (entry -> its submission's sheet) as text: the ranked and the disqualified ones."""
     rows = [
         replace(
             row,
             entry=labels[row.entry],
+            facts={
+                name: str(value)
+                for name, value in facts.get(row.entry, {}).items()
+                if value is not None
+            },
             stages={
                 stage: replace(
                     stage_row,
@@ -521,11 +524,9 @@ def _with_teams(interval: ScoreInterval | None, labels: dict[str, str]) -> Score
     return replace(interval, tied_with=tuple(labels.get(s, s) for s in interval.tied_with))
 
 
-def leaderboard_json(
-    board: Leaderboard, track: str, facts: dict[str, dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
     """The JSON API's view of a Leaderboard: one row per team, per-scenario win-rate columns,
-    and each row's fact sheet (`facts`: label -> fields) as more columns."""
+    and each row's fact sheet."""
     return {
         "track": track,
         "stages": board.stages,
@@ -535,7 +536,7 @@ def leaderboard_json(
                 "rank": row.rank,
                 "team": row.entry,
                 "score": row.final,
-                "facts": (facts or {}).get(row.entry, {}),
+                "facts": row.facts,
                 "disqualified": row.disqualified,
                 "scenarios": {
                     name: result.win_rate if (result := row.scenarios.get(name)) else None

@@ -28,8 +28,9 @@ and it goes back to its place, an infrastructure failure that does not count aga
 (its reason says so until it runs again). So does an entry whose machine the executor reports
 lost (EntryLost: its Ray node died), without waiting for the lease. An entry that the
 infrastructure interrupts (a lapsed lease, a lost node or engine, a killed service, a harness
-crash) goes back to the queue MAX_REQUEUES time(s) on its own and its team is told; the next time
-it is cancelled, not counted, and the team asked to submit it again. An entry running
+crash), or that an organizer cancels while it runs, goes back to the queue MAX_REQUEUES time(s)
+on its own and its team is told; the next time it is cancelled, not counted, and the team asked
+to submit it again. An entry running
 past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
 reason. The ending its worker sends later is discarded.
 """
@@ -161,8 +162,8 @@ class Queue:
         return self.phase_options.get(sub.phase, self.options)
 
     def _requeue(self, sub_id: str, reason: str) -> None:
-        """The infrastructure ended it: back to its place, not counted, MAX_REQUEUES times;
-        then cancelled, not counted. Its team is told either way."""
+        """The infrastructure (or an organizer) ended it: back to its place, not counted,
+        MAX_REQUEUES times; then cancelled, not counted. Its team is told either way."""
         sub = self.db.submission(sub_id)
         if sub is None:
             return
@@ -172,7 +173,7 @@ class Queue:
                 self.notify(sub_id, "requeued")
         elif self.db.give_up(
             sub_id,
-            f"{reason}; interrupted by the infrastructure {sub.requeues + 1} times, so it is not "
+            f"{reason}; interrupted {sub.requeues + 1} times (never by the team), so it is not "
             "run again: not counted, submit it again",
         ):
             self.notify(sub_id, "cancelled")
@@ -329,7 +330,7 @@ class Queue:
                     self.db.beat([sub_id], beat.where, at=beat.at)
         for sub in self.db.lapsed(time.time() - self.lease_s):
             if sub.id in running:
-                self._end(
+                self.end(
                     sub.id,
                     f"re-queued: its evaluation sent no heartbeat for {self.lease_s:g} s "
                     "(frozen or gone); an infrastructure failure, not counted against the team",
@@ -337,21 +338,23 @@ class Queue:
         now = time.time()
         for sub in self.db.submissions(states=(State.RUNNING,)):
             if sub.id in running and sub.started_at and now - sub.started_at > self.ceiling_s:
-                self._end(
+                self.end(
                     sub.id,
                     f"stopped at its ceiling of {self.ceiling_s:g} s (build limit, health "
                     "checks, the stage's limit and a margin)",
                     status=Status.EVAL_TIMEOUT,
                 )
 
-    def _end(self, sub_id: str, reason: str, *, status: Status | None = None) -> None:
+    def end(self, sub_id: str, reason: str, *, status: Status | None = None) -> bool:
         """Stop a running entry here: its processes killed, its containers removed; then back to
-        its place in the queue (`status` None) or finished with `status`."""
+        its place in the queue (`status` None: an ending that is not the entry's, as a lapsed
+        lease or an organizer's cancel) or finished with `status`. False when it does not run
+        here."""
         with self._lock:
             future = self._running.pop(sub_id, None)
             attempt = self._attempts.pop(sub_id, None)
             if future is None or attempt is None:
-                return
+                return False
             self._abandoned.add(future)
         log.warning("%s: %s", sub_id, reason)
         leases.kill(leases.entry_processes(self._job(sub_id).helm_dir))
@@ -364,6 +367,7 @@ class Queue:
             self.db.finish(sub_id, status.value, reason)
             self.notify(sub_id, "failed")
         self._wake.set()
+        return True
 
     def notify(self, sub_id: str, what: str) -> None:
         """Tell the submission's team (notify.py), when the service notifies: queued for
@@ -422,7 +426,7 @@ class Queue:
             return
         except EntryLost as exc:
             # Its machine went away, not the engine of the others: no waiting for it.
-            self._end(
+            self.end(
                 sub_id,
                 f"re-queued: {exc}; an infrastructure failure, not counted against the team",
             )

@@ -22,8 +22,9 @@ from fastapi.templating import Jinja2Templates
 from markupsafe import Markup
 
 from harness.leaderboard.html import to_html
+from harness.service.accounts import Team
 from harness.service.core import Service
-from harness.service.db import ACTIVE, Team
+from harness.service.db import ACTIVE
 
 HERE = Path(__file__).parent
 SESSION_COOKIE = "harness_session"
@@ -102,7 +103,7 @@ def register(app: FastAPI, service: Service) -> None:
     @app.get("/leaderboard/{track}", include_in_schema=False)
     def leaderboard(request: Request, track: str) -> HTMLResponse:
         viewer = signed_in(request)
-        board, ids = service.board(track, viewer)
+        board = service.leaderboard(track, viewer)
         # `harness report`'s own rendering, embedded: entries link nowhere (logs are private).
         body = to_html(board, standalone=False, entry_link=lambda entry: None)
         return page(
@@ -111,8 +112,6 @@ def register(app: FastAPI, service: Service) -> None:
             track=track,
             board=Markup(body),
             ranked=bool(board.rows),
-            facts=service.facts_of(ids),
-            fact_names=list(service.config.phases.facts),
             phase=service.board_phase(),
             final=service.phase().final,
             revealed=service.revealed,

@@ -63,7 +63,7 @@ def test_a_disqualified_entry_is_struck_through_everywhere_and_ranked_out(tmp_pa
     by_entry = {row["entry"]: row for row in document["rows"]}
     assert by_entry["C"]["disqualified"] == REASON and by_entry["C"]["rank"] is None
     assert by_entry["B"]["disqualified"] is None
-    assert document["schema_version"] == 4
+    assert document["schema_version"] == 5
 
     console = Console(width=400, record=True, color_system="standard", force_terminal=True)
     console.print(to_rich(board))

@@ -173,7 +173,7 @@ def test_the_leaderboard_shows_intervals_from_the_stored_instances(tmp_path: Pat
     assert rows["broken"].stages["open"].interval is None
 
     document = json.loads(to_json(board))
-    assert document["schema_version"] == 4
+    assert document["schema_version"] == 5
     assert document["bootstrap"]["open"] == {
         "resamples": RESAMPLES,
         "seed": SEED,

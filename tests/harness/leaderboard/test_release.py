@@ -5,6 +5,7 @@ function and by `harness competition verify`."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,11 +30,13 @@ from tests.harness.leaderboard.test_report import _fill
 IMAGE = {entry: f"sha256:{entry.lower() * 64}" for entry in "ABC"}
 PACK = "f" * 64
 REASON = "weights copied from another team"
+FACTS = {"base_model": "llama-2-7b", "lora_r": "16"}
 
 
 def released(tmp_path: Path, version: str = "v1") -> Release:
     """The store of test_report.py with images, a pack and a reproduction recorded, released
-    with A disqualified and the rows shown under names other than their entries'."""
+    with A disqualified, C's fact sheet as the service fills it, and the rows shown under names
+    other than their entries'."""
     results = tmp_path / "results"
     _fill(results)
     with Store(results) as store:
@@ -41,6 +44,10 @@ def released(tmp_path: Path, version: str = "v1") -> Release:
             store.record_resources(entry, "open", image_id=image)
         store.start_attempt("B", "closed", instances_sha256=PACK)
         board = build_leaderboard(store, disqualified={"A": REASON})
+        board = replace(
+            board,
+            rows=[replace(r, facts=FACTS) if r.entry == "C" else r for r in board.rows],
+        )
         reproduction = results / "reproduce" / "c" / "reproduction.json"
         reproduction.parent.mkdir(parents=True)
         reproduction.write_text(
@@ -83,6 +90,7 @@ def test_a_release_holds_the_board_and_a_manifest_of_every_file(tmp_path: Path) 
         "stage": "closed",
     }
     assert entries["B"]["reproduction"] is None
+    assert (entries["C"]["facts"], entries["B"]["facts"]) == (FACTS, {})
     assert entries["B"]["stages"]["closed"]["instances_sha256"] == PACK
     assert entries["A"]["rank"] is None and entries["A"]["disqualified"] == REASON
     assert entries["D"]["stages"]["open"] == {
@@ -94,6 +102,8 @@ def test_a_release_holds_the_board_and_a_manifest_of_every_file(tmp_path: Path) 
 
     markdown = (folder / "4090" / "leaderboard.md").read_text()
     assert "~~A~~" in markdown and REASON in markdown
+    assert "| closed/x | base_model | lora_r | Status |" in markdown
+    assert "| llama-2-7b | 16 | open: scored;" in markdown
     assert "build.log" not in markdown  # no logs in a release: its links would lead nowhere
     index = (folder / "index.html").read_text()
     assert 'href="4090/leaderboard.html"' in index and "HELM" in index

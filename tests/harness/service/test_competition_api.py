@@ -156,6 +156,12 @@ def test_phases_quotas_facts_selection_and_the_final_through_the_api(
     assert receiver.bad_signatures == 0
     assert {d["phase"] for d in receiver.deliveries if d["event"] == "phase.ended"} == {"open"}
 
+    # A reproduction writes the results folder the running service holds: refused before
+    # anything is revealed.
+    held = harness("competition", "reveal", "--data", str(data), "--reproduce-top", "1")
+    assert held.returncode == 3 and "harness serve" in " ".join(held.stderr.split())
+    with ServiceDB(data) as db:
+        assert db.state("revealed") is None
     early = harness("competition", "reveal", "--data", str(data))
     assert early.returncode == 2 and "still queued or running" in early.stderr
     no_reason = harness(

@@ -5,10 +5,13 @@ would record them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 from harness.leaderboard.html import to_html
 from harness.leaderboard.model import Leaderboard
+from harness.leaderboard.text import to_json, to_markdown
 from harness.run.options import RunOptions
 from harness.service.api import LeaderboardOut
 from harness.service.core import Service, ServiceConfig, leaderboard_json, published_leaderboard
@@ -20,11 +23,15 @@ from tests.harness.run.test_driver import write_conf
 
 
 def _published_field(
-    tmp_path: Path, scored: list[tuple[str, str]], disqualified: dict[int, str] | None = None
+    tmp_path: Path,
+    scored: list[tuple[str, str]],
+    disqualified: dict[int, str] | None = None,
+    facts: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[Leaderboard, dict[str, str], list[str]]:
     """Each (team, FIELD entry) a published submission of track 4090 with that entry's metrics,
-    recorded as the queue would; the board with `disqualified` (index in `scored` -> reason),
-    each row's submission id, and the submission ids in order."""
+    recorded as the queue would, and the fact sheet `facts[team]` (none where absent); the
+    board with `disqualified` (index in `scored` -> reason), each row's submission id, and the
+    submission ids in order."""
     config = ServiceConfig(tmp_path)
     options = RunOptions(
         track="4090", stage="open", out=config.results, run_specs=str(write_conf(tmp_path, 1))
@@ -37,7 +44,13 @@ def _published_field(
             team = teams[team_name]
             assert team is not None
             sub = db.add_submission(
-                team, track="4090", visibility="published", filename="e.zip", size=1, quota=5
+                team,
+                track="4090",
+                visibility="published",
+                filename="e.zip",
+                size=1,
+                quota=5,
+                facts=(facts or {}).get(team_name),
             )
             assert db.claim_next() is not None
             store.add_entry(sub.id, config.zip_path(sub.id))
@@ -59,9 +72,16 @@ def _published_field(
     return board, row_ids, ids
 
 
-def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> None:
+def test_published_results_show_intervals_ties_and_fact_sheets_by_team(tmp_path: Path) -> None:
     board, _, _ = _published_field(
-        tmp_path, [("strong", "strong"), ("twin-a", "twin-a"), ("twin-b", "twin-b")]
+        tmp_path,
+        [("strong", "strong"), ("twin-a", "twin-a"), ("twin-b", "twin-b")],
+        # The competition file's order (base_model, lora_r, training_hours) is the columns'; an
+        # empty optional field is no value, and twin-b uploaded before the sheet was asked.
+        facts={
+            "strong": {"base_model": "llama-2-7b", "lora_r": 16, "training_hours": 20.5},
+            "twin-a": {"base_model": "mistral-7b", "lora_r": 8, "training_hours": None},
+        },
     )
     document = leaderboard_json(board, "4090")
     LeaderboardOut.model_validate(document)  # what the API's response model accepts
@@ -72,6 +92,23 @@ def test_published_results_show_intervals_and_ties_by_team(tmp_path: Path) -> No
     assert document["bootstrap"]["open"]["resamples"] > 0
     html = to_html(board, standalone=False)
     assert "2-3 tied" in html and "sub-" not in html
+    # The fact sheets are the board's columns, after the scenarios', in every rendering.
+    assert rows["strong"]["facts"] == {
+        "base_model": "llama-2-7b", "lora_r": "16", "training_hours": "20.5"
+    }  # fmt: skip
+    assert (rows["twin-a"]["facts"], rows["twin-b"]["facts"]) == (
+        {"base_model": "mistral-7b", "lora_r": "8"}, {}
+    )  # fmt: skip
+    header = "<th>base_model</th><th>lora_r</th><th>training_hours</th><th>Status</th>"
+    assert header in "".join(html.split())
+    assert '<tr data-entry="twin-a">' in html and ">mistral-7b</td>" in html
+    table = [line for line in to_markdown(board).splitlines() if line.startswith("| ")]
+    lines = {line.split(" | ")[1]: line for line in table}
+    assert "| base_model | lora_r | training_hours | Status | Reason |" in lines["Entry"]
+    assert "| llama-2-7b | 16 | 20.5 | scored |" in lines["strong"]
+    assert "| mistral-7b | 8 |  | scored |" in lines["twin-a"]
+    assert "|  |  |  | scored |" in lines["twin-b"]
+    assert json.loads(to_json(board))["rows"][0]["facts"] == rows["strong"]["facts"]
 
 
 def test_a_disqualified_entry_is_never_a_teams_best_and_is_shown_struck_when_it_was_its_only(

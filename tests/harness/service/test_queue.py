@@ -1,4 +1,5 @@
-"""The queue when the Docker engine goes away or the disk fills up mid-evaluation.
+"""The queue when the Docker engine goes away or the disk fills up mid-evaluation, and when an
+organizer or the team cancels a running entry.
 
 Stopping the shared Docker engine is not something a test may do on a shared machine, so the
 executor here is a stand-in that answers as LocalExecutor does when its engine is gone (the
@@ -21,12 +22,15 @@ from harness.run.executor import Heartbeat
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
+from harness.service.core import Service, ServiceConfig
 from harness.service.db import ServiceDB, State
+from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import STORE_FILENAME, Status, Store
 from tests._wait import until
 from tests.conftest import fill_disk
 from tests.harness.run.test_driver import write_conf
+from tests.harness.service.conftest import SECRET, Receiver
 
 
 class EngineComesBack:
@@ -184,3 +188,71 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
             )
         )
     assert recorded == {subs[0].id: 1, subs[1].id: 1}
+
+
+def test_an_organizers_cancel_requeues_a_running_entry_once_and_a_teams_own_cancel_does_not(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """An organizer's cancel of a running entry is no ending of the team's (issue 23): the entry
+    goes back to its place once, not counted, its team told by its webhook; cancelled by an
+    organizer again, it ends cancelled, charged nothing. A team's own cancel of its running
+    entry is a plain cancel that takes its slot of the day."""
+    config = ServiceConfig(tmp_path)
+    options = RunOptions(
+        track="4090", stage="open", out=config.results, run_specs=str(write_conf(tmp_path, 1))
+    )
+    executor = EndsWhenTold()
+    with ServiceDB(tmp_path) as db, Store(options.out) as store:
+        team = db.team_for_token(db.add_team("team-a"))
+        organizer = db.team_for_token(db.add_team("organizers", admin=True))
+        assert team is not None and organizer is not None
+        db.set_webhook("team-a", receiver.url, SECRET)
+        notifier = Notifier(db, retries=2, backoff_s=0.05)
+        subs = [
+            db.add_submission(
+                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+            )
+            for _ in range(2)
+        ]
+        queue = Queue(db, store, options, executor, config.zip_path, notifier=notifier)
+        service = Service(config, db, store, queue)
+        queue.start()
+        try:
+            first, second = (sub.id for sub in subs)
+            until(lambda: len(executor.submitted) == 1, "the first entry was submitted")
+            assert executor.submitted[0][0].name == first
+            requeued = service.cancel(organizer, first)
+            assert (requeued.state, requeued.requeues, requeued.charged) == (State.QUEUED, 1, None)
+            assert "cancelled by the organizers" in requeued.reason
+            until(lambda: len(executor.submitted) == 2, "the entry ran again")
+            assert executor.submitted[1][0].name == first  # from its place, before the other
+            # The cancelled run's ending arrives late and is not the entry's result.
+            executor.submitted[0][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            assert (db.submission(first) or requeued).state is State.RUNNING
+
+            ended = service.cancel(organizer, first)
+            assert (ended.state, ended.charged) == (State.CANCELLED, "none")
+            assert "interrupted 2 times (never by the team)" in ended.reason
+
+            until(lambda: len(executor.submitted) == 3, "the second entry was submitted")
+            assert executor.submitted[2][0].name == second
+            own = service.cancel(team, second)
+            assert (own.state, own.requeues, own.charged) == (State.CANCELLED, 0, "quota")
+            executor.submitted[2][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
+            assert len(executor.submitted) == 3  # nothing runs again
+            delivered = until(
+                lambda: (
+                    [(d["event"], d["submission"]) for d in receiver.deliveries]
+                    if len(receiver.deliveries) >= 2
+                    else None
+                ),
+                "the team was told twice",
+            )
+        finally:
+            queue.close()
+            notifier.close()
+        assert sorted(delivered or []) == [("entry.cancelled", first), ("entry.requeued", first)]
+        assert {s.id: s.state for s in db.submissions()} == {
+            first: State.CANCELLED,
+            second: State.CANCELLED,
+        }
