@@ -110,8 +110,8 @@ def _response(
     if first:
         p = _sigmoid(ability[:, None] - difficulty[None, :])
         return p, p * (1 - p)
-    s = _sigmoid(ability[:, None, None] - GRID[None, None, :])
-    return (s * posterior[None]).sum(2), (s * (1 - s) * posterior[None]).sum(2)
+    s = _sigmoid(ability[:, None] - GRID[None, :])
+    return s @ posterior.T, (s * (1 - s)) @ posterior.T
 
 
 def predictive(answers: Sequence[np.ndarray], full: np.ndarray) -> Predictive:
@@ -136,9 +136,7 @@ def predictive(answers: Sequence[np.ndarray], full: np.ndarray) -> Predictive:
     for r, (fit, a) in enumerate(zip(fits, answers, strict=True)):
         rest = np.isnan(a)
         unseen = np.maximum(full[:, r] - a.shape[1], 0)
-        s = _sigmoid(ability[:, r, None, None] - GRID[None, None, :])
-        p = (s * fit.posterior[None]).sum(2)
-        slope = (s * (1 - s) * fit.posterior[None]).sum(2)
+        p, slope = _response(ability[:, r], np.empty(0), fit.posterior, False)
         prior = np.exp(-0.5 * (GRID - fit.prior[0]) ** 2 / fit.prior[1])
         prior /= prior.sum()
         s_unseen = _sigmoid(ability[:, r, None] - GRID[None, :])
