@@ -76,9 +76,9 @@ def _fit(answers: np.ndarray) -> _Fit:
     ability = np.zeros(answers.shape[0])
     posterior = np.zeros((answers.shape[1], GRID.size))
     mean, variance = 0.0, 1.0
-    for first in (True, *[False] * (_OUTER - 1)):
+    for outer in range(_OUTER):
         for _ in range(_NEWTON):
-            p, slope = _response(ability, difficulty, posterior, first)
+            p, slope = _response(ability, posterior, None if outer else difficulty)
             gradient = (right - np.where(seen, p, 0)).sum(1) - ability / ABILITY_VARIANCE
             curvature = np.where(seen, slope, 0).sum(1) + 1 / ABILITY_VARIANCE
             ability = ability + gradient / curvature
@@ -96,18 +96,18 @@ def _fit(answers: np.ndarray) -> _Fit:
         posterior /= posterior.sum(axis=1, keepdims=True)
         difficulty = posterior @ GRID
         spread = posterior @ GRID**2 - difficulty**2
-    _, slope = _response(ability, difficulty, posterior, False)
+    _, slope = _response(ability, posterior)
     information = np.where(seen, slope, 0).sum(1) + 1 / ABILITY_VARIANCE
     return _Fit(ability, 1 / information, posterior, (mean, variance), int(well.sum()))
 
 
 def _response(
-    ability: np.ndarray, difficulty: np.ndarray, posterior: np.ndarray, first: bool
+    ability: np.ndarray, posterior: np.ndarray, difficulty: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """[entries, instances]: the chance of a right answer and its slope in the ability, over
     each difficulty's posterior (a point estimate of a skewed posterior biases the abilities of
-    the entries that answered the poorly known instances); `first`: no posterior yet."""
-    if first:
+    the entries that answered the poorly known instances), or at `difficulty` before any."""
+    if difficulty is not None:
         p = _sigmoid(ability[:, None] - difficulty[None, :])
         return p, p * (1 - p)
     s = _sigmoid(ability[:, None] - GRID[None, :])
@@ -136,7 +136,7 @@ def predictive(answers: Sequence[np.ndarray], full: np.ndarray) -> Predictive:
     for r, (fit, a) in enumerate(zip(fits, answers, strict=True)):
         rest = np.isnan(a)
         unseen = np.maximum(full[:, r] - a.shape[1], 0)
-        p, slope = _response(ability[:, r], np.empty(0), fit.posterior, False)
+        p, slope = _response(ability[:, r], fit.posterior)
         prior = np.exp(-0.5 * (GRID - fit.prior[0]) ** 2 / fit.prior[1])
         prior /= prior.sum()
         s_unseen = _sigmoid(ability[:, r, None] - GRID[None, :])
