@@ -20,9 +20,11 @@ entry on its first budget and the entries `harness.run.tiers.in_contention` keep
 (`harness.leaderboard.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered
 leaderboard lists the entries that reached a later tier first, as `harness report` does. The
 adaptive schedule (`--tiers adaptive`, harness/run/adaptive.py) runs its rounds with the
-harness's own `standings` and `decide`; its leaderboard lists the entries it found in the top 10
-first, then the others by the round they reached. Against the full budget's ranking, per
-configuration and averaged over seeds:
+harness's own `standings` and `decide`, given each entry's per-instance answers as the store gives
+them; its leaderboard lists the entries it found in the top 10 first, then the others by the
+round they reached. Two bound rows (see BOUND_FINALISTS) show what the harness's model of the
+stopped entries allows against what knowing each answer's true chance would. Against the full
+budget's ranking, per configuration and averaged over seeds:
 
     compute    instances asked, full budget / tiers (higher is better)
     recall@10  share of the full budget's top 10 that the tiers' top 10 holds
