@@ -20,9 +20,11 @@ entry on its first budget and the entries `harness.run.tiers.in_contention` keep
 (`harness.leaderboard.scoring.score_stage`: geometric mean of per-scenario win rates); the tiered
 leaderboard lists the entries that reached a later tier first, as `harness report` does. The
 adaptive schedule (`--tiers adaptive`, harness/run/adaptive.py) runs its rounds with the
-harness's own `standings` and `decide`; its leaderboard lists the entries it found in the top 10
-first, then the others by the round they reached. Against the full budget's ranking, per
-configuration and averaged over seeds:
+harness's own `standings` and `decide`, given each entry's per-instance answers as the store gives
+them; its leaderboard lists the entries it found in the top 10 first, then the others by the
+round they reached. Two bound rows (see BOUND_FINALISTS) show what the harness's model of the
+stopped entries allows against what knowing each answer's true chance would. Against the full
+budget's ranking, per configuration and averaged over seeds:
 
     compute    instances asked, full budget / tiers (higher is better)
     recall@10  share of the full budget's top 10 that the tiers' top 10 holds
@@ -34,6 +36,7 @@ Target: >= 5x less compute with recall@10 >= 0.95.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -51,7 +54,7 @@ from harness.leaderboard.scoring import (  # noqa: E402
     ranked_by_tier,
     score_stage,
 )
-from harness.run.adaptive import Adaptive, Verdict, decide, standings  # noqa: E402
+from harness.run.adaptive import Adaptive, Verdict, decide, stage_scores, standings  # noqa: E402
 from harness.run.tiers import (  # noqa: E402
     Tiers,
     compute_used,
@@ -69,13 +72,23 @@ CONFIGS = (
     ("30,120,480,1200 --keep-top 20", "30,120,480,1200", None, 20),
 )
 ADAPTIVE = "adaptive --target-top 10"
+# The bounds: the full budget's own top 20 evaluated on the full budget, everyone else on 240
+# instances, and the top 10 picked among those 20 by their chance of being in it, estimated
+# twice: by `standings` (what the harness believes the others would answer on the rest), and
+# knowing each answer's true chance (only the rest's coin flips unknown).
+BOUND_FINALISTS = 20
+BOUND_BUDGET = 240
+BOUND_DRAWS = 100
+MODEL_BOUND = f"bound: top {BOUND_FINALISTS} full, rest {BOUND_BUDGET}"
+CLAIRVOYANT = "  same, true chances known"
 FIELDS = ("spread", "crowded", "hard")
 
 
 def competition(
     rng: np.random.Generator, field: str, entries: int, per_scenario: int
-) -> np.ndarray:
-    """Correctness [entry, scenario, instance] of one simulated competition."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness [entry, scenario, instance] of one simulated competition, and the chance of
+    each answer being right (what the bounds below may know and a schedule cannot)."""
     if field == "spread":
         ability = rng.normal(0.0, 0.8, entries)
     else:
@@ -88,7 +101,8 @@ def competition(
     knack = rng.normal(0.0, 0.25, (entries, len(SCENARIOS)))
     difficulty = rng.normal(0.0, 1.5, (len(SCENARIOS), per_scenario))
     logits = (ability[:, None] + ease[None, :] + knack)[:, :, None] - difficulty[None, :, :]
-    return rng.random(logits.shape) < 1 / (1 + np.exp(-logits))
+    chance = 1 / (1 + np.exp(-logits))
+    return rng.random(logits.shape) < chance, chance
 
 
 def accuracies(correct: np.ndarray, budget: int) -> tuple[np.ndarray, dict[str, int]]:
@@ -134,6 +148,18 @@ def tiered(
     return leaderboard(last, names, reached), reached
 
 
+def answers(correct: np.ndarray, shares: list[dict[str, int]]) -> dict[str, np.ndarray]:
+    """Per scenario, each entry's answers [entries, instances], NaN past its budget's share: what
+    the store's per-instance values give `harness run --tiers adaptive` (names sort as indices)."""
+    arrays = {}
+    for i, scenario in enumerate(SCENARIOS):
+        asked = np.array([share[scenario] for share in shares])
+        array = correct[:, i, : asked.max()].astype(float)
+        array[np.arange(asked.max())[None, :] >= asked[:, None]] = np.nan
+        arrays[scenario] = array
+    return arrays
+
+
 def adaptive(
     correct: np.ndarray, names: list[str], schedule: Adaptive
 ) -> tuple[dict[str, float], dict[str, int]]:
@@ -159,6 +185,7 @@ def adaptive(
             top=schedule.top,
             draws=schedule.draws,
             seed=number,
+            answers=answers(correct, [by_budget[budgets[name]][1] for name in names]),
         )
         places = schedule.top - len(found_in)
         verdicts = decide(found, contenders, places, schedule.delta, number == len(rounds))
@@ -170,13 +197,51 @@ def adaptive(
     return leaderboard(last, names, reached), budgets
 
 
+def bounds(
+    correct: np.ndarray, chance: np.ndarray, names: list[str], order: list[str], full: int
+) -> tuple[float, float]:
+    """Recall@10 of the two bounds (see BOUND_FINALISTS): (harness's model, true chances)."""
+    finalists = order[:BOUND_FINALISTS]
+    picked = np.isin(names, finalists)
+    acc_full, shares_full = accuracies(correct, full)
+    acc_part, shares_part = accuracies(correct, BOUND_BUDGET)
+    acc = np.where(picked[:, None], acc_full, acc_part)
+    asked = {
+        name: shares_full if pick else shares_part for name, pick in zip(names, picked, strict=True)
+    }
+    found = standings(
+        {
+            name: dict(zip(SCENARIOS, map(float, row), strict=True))
+            for name, row in zip(names, acc, strict=True)
+        },
+        asked,
+        dict.fromkeys(names, shares_full),
+        RUN_SPECS,
+        top=10,
+        answers=answers(correct, [asked[name] for name in names]),
+    )
+    model = sorted(finalists, key=lambda n: (-found[n].probability, n))[:10]
+    rng = np.random.default_rng(0)
+    drawn = np.repeat(correct[None], BOUND_DRAWS, axis=0)
+    for i, scenario in enumerate(SCENARIOS):
+        rest = slice(shares_part[scenario], shares_full[scenario])
+        coins = rng.random((BOUND_DRAWS, len(names), rest.stop - rest.start))
+        drawn[:, ~picked, i, rest] = coins[:, ~picked] < chance[None, ~picked, i, rest]
+    scores = stage_scores(drawn.mean(axis=3), np.eye(len(SCENARIOS)))
+    kth = np.sort(scores, axis=1)[:, -10]
+    hits = dict(zip(names, (scores >= kth[:, None]).sum(axis=0), strict=True))
+    clairvoyant = sorted(finalists, key=lambda n: (-hits[n], n))[:10]
+    top = set(order[:10])
+    return len(top & set(model)) / 10, len(top & set(clairvoyant)) / 10
+
+
 def trial(
     seed: int, field: str, entries: int, full: int
 ) -> tuple[dict[str, tuple[float, float, float]], list[float]]:
     """Each schedule's (compute saved, recall@10, tau@20), and the share of the field entering
     each of the adaptive schedule's rounds."""
     rng = np.random.default_rng(seed)
-    correct = competition(rng, field, entries, max(split_budget(CONF, full)))
+    correct, chance = competition(rng, field, entries, max(split_budget(CONF, full)))
     names = [f"entry-{i:03d}" for i in range(entries)]
     truth = leaderboard(accuracies(correct, full)[0], names)
     order = sorted(names, key=lambda n: (-truth[n], n))
@@ -198,6 +263,9 @@ def trial(
     tau = kendall_tau_b([truth[n] for n in order[:20]], [key[n] for n in order[:20]]) or 0.0
     results[ADAPTIVE] = (entries * full / sum(spent.values()), recall, tau)
     entering = [sum(b >= budget for b in spent.values()) / entries for budget in schedule.rounds]
+    model, clairvoyant = bounds(correct, chance, names, order, full)
+    results[MODEL_BOUND] = (math.nan, model, math.nan)
+    results[CLAIRVOYANT] = (math.nan, clairvoyant, math.nan)
     return results, entering
 
 
@@ -206,6 +274,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=40)
     parser.add_argument("--entries", type=int, default=225)
     parser.add_argument("--full", type=int, default=1200, help="the full budget per entry")
+    parser.add_argument("--fields", default=",".join(FIELDS), help="which fields, comma-separated")
     args = parser.parse_args()
     started = time.perf_counter()
     print(
@@ -216,7 +285,7 @@ def main() -> None:
         f"{'field':<8} {'tiers':<32} {'compute saved':>13} {'recall@10':>9} {'min':>5} "
         f"{'tau@20':>7}"
     )
-    for field in FIELDS:
+    for field in args.fields.split(","):
         runs, entering = zip(
             *(trial(seed, field, args.entries, args.full) for seed in range(args.seeds)),
             strict=True,
@@ -230,6 +299,9 @@ def main() -> None:
                 f"{field:<8} {label:<32} {statistics.mean(saving):>12.1f}x "
                 f"{statistics.mean(recall):>9.3f} {min(recall):>5.2f} {statistics.mean(tau):>7.3f}"
             )
+        for label in (MODEL_BOUND, CLAIRVOYANT):
+            found = [run[label][1] for run in runs]
+            print(f"{field:<8} {label:<46} {statistics.mean(found):>9.3f} {min(found):>5.2f}")
         shares = " ".join(
             f"{statistics.mean(round_):.3f}" for round_ in zip(*entering, strict=True)
         )

@@ -7,13 +7,15 @@ of the full budget's top 10. Budgets are nested as for the tiers (harness/tiers.
 round asks only the new instances, HELM's request cache answers the rest.
 
 After each round every entry's chance of being in the top k of the full budget's leaderboard is
-estimated by simulation (`standings`): each run spec's unseen instances are drawn from the
-posterior predictive of what the entry answered (Beta(right + 1/2, wrong + 1/2), then the
-share right of the instances it has not answered yet, so an entry on the full budget is known
-exactly), and the whole field is scored with the leaderboard's arithmetic (per-run-spec win
-rates, their mean per scenario, the geometric mean over scenarios). Win rates couple the
-entries: an entry's score depends on every other entry's values, so the simulation draws them
-all at once.
+estimated by simulation (`standings`): each entry's full-budget value on each run spec is drawn
+from the predictive of harness/run/predictive.py (an item-response model of the stored
+per-instance values: the instances the entries that went on answered tell how hard the ones a
+stopped entry never saw are; an entry on the full budget is known exactly), and the whole field
+is scored with the leaderboard's arithmetic (per-run-spec win rates, their mean per scenario,
+the geometric mean over scenarios). Win rates couple the entries: a finalist's score depends on
+where every stopped entry would have landed, so the simulation draws them all at once. A run
+spec without per-instance values in [0, 1] falls back on the entry's own share right
+(Beta(right + 1/2, wrong + 1/2), then the share right of the instances it has not answered).
 
     clearly in     P(top k) >= 1 - delta        stops, ranked above everyone else
     clearly out    P(top k) <= delta            stops, ranked by the round it reached
@@ -44,6 +46,7 @@ import numpy as np
 from harness.errors import ConfigError
 from harness.leaderboard.scoring import RunSpec
 from harness.run.options import RunOptions
+from harness.run.predictive import predictive
 from harness.run.tiers import run_level
 from harness.store import Decision, Metric, Status, Store
 
@@ -115,13 +118,17 @@ def standings(
     top: int,
     draws: int = DRAWS,
     seed: int = 0,
+    answers: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Standing]:
     """Each entry's P(in the top `top` on the full budget) and its expected stage score.
 
     `values`: entry -> run spec -> main metric on the instances answered so far; `answered`:
-    entry -> run spec -> how many; `full`: the same on the full budget. A missing value loses to
-    every value (as on the leaderboard); a value outside [0, 1] has no binomial model and counts
-    as measured exactly.
+    entry -> run spec -> how many; `full`: the same on the full budget. `answers`: run spec ->
+    its per-instance values [entries in sorted order, instances], NaN where not answered; a run
+    spec there is predicted by harness/run/predictive.py (the instances others answered tell how
+    hard the unanswered ones are), any other from the entry's own share right alone. A missing
+    value loses to every value (as on the leaderboard); a value outside [0, 1] has no binomial
+    model and counts as measured exactly.
     """
     entries = sorted(values)
     names = sorted(run_specs)
@@ -147,6 +154,11 @@ def standings(
     binary = (value >= 0) & (value <= 1)
     right = np.where(binary, value * seen, 0)
     unseen = np.where(binary, total - seen, 0)
+    modelled = np.array([name in (answers or {}) for name in names])
+    if modelled.any():
+        assert answers is not None
+        counts = np.array([[full[e].get(n, 1) for n in names] for e in entries], dtype=float)
+        known = predictive([answers[n] for n in names if n in answers], counts[:, modelled])
     hits = np.zeros(len(entries))
     scores = np.zeros(len(entries))
     chunk = max(1, _CHUNK_VALUES // value.size)
@@ -158,7 +170,16 @@ def standings(
         rest = p + np.sqrt(p * (1 - p) / np.maximum(unseen, 1)) * rng.standard_normal(p.shape)
         rest = np.clip(rest, 0, 1) * unseen
         drawn = np.where(binary, (right + rest) / np.maximum(total, 1), value)
-        score = _stage_scores(drawn * sign, membership)
+        if modelled.any():
+            noise = (
+                known.own * rng.standard_normal((size, len(entries), known.own.shape[1]))
+                + known.entry * rng.standard_normal((size, len(entries), 1))
+                + known.run_spec * rng.standard_normal((size, 1, known.own.shape[1]))
+            )
+            drawn[:, :, modelled] = np.where(
+                np.isnan(value[:, modelled]), np.nan, np.clip(known.mean + noise, 0, 1)
+            )
+        score = stage_scores(drawn * sign, membership)
         kth = np.sort(score, axis=1)[:, -min(top, len(entries))]
         hits += (score >= kth[:, None]).sum(axis=0)
         scores += score.sum(axis=0)
@@ -168,7 +189,7 @@ def standings(
     }
 
 
-def _stage_scores(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
+def stage_scores(values: np.ndarray, membership: np.ndarray) -> np.ndarray:
     """`harness.leaderboard.scoring.score_stage` over [draws, entries, run specs], vectorised.
 
     A NaN (no value) loses to every value, and two NaNs both lose (win rate 0 there).
@@ -242,6 +263,7 @@ def _standings_from_store(
     answered: dict[str, dict[str, int]] = {}
     full: dict[str, dict[str, int]] = {}
     run_specs: dict[str, RunSpec] = {}
+    per_instance: dict[str, dict[str, Mapping[str, float]]] = {}
     for entry, rows in metrics.items():
         values[entry], answered[entry], full[entry] = {}, {}, {}
         for m in rows:
@@ -251,9 +273,39 @@ def _standings_from_store(
             answered[entry][name] = n
             full[entry][name] = full_count(n, budgets.get(entry, adaptive.full), adaptive.full, cap)
             run_specs[name] = RunSpec(m.scenario, m.lower_is_better)
+            if m.value is not None:
+                per_instance.setdefault(name, {})[entry] = m.instances
     return standings(
-        values, answered, full, run_specs, top=adaptive.top, draws=adaptive.draws, seed=seed
+        values,
+        answered,
+        full,
+        run_specs,
+        top=adaptive.top,
+        draws=adaptive.draws,
+        seed=seed,
+        answers=_answers(per_instance, sorted(values)),
     )
+
+
+def _answers(
+    per_instance: Mapping[str, Mapping[str, Mapping[str, float]]], entries: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """run spec -> [entries, instances] of the stored per-instance values, for the run specs
+    where every entry with a value has them, all in [0, 1] (what predictive.py models)."""
+    arrays = {}
+    for name, by_entry in per_instance.items():
+        if not all(by_entry.values()) or any(
+            not 0 <= v <= 1 for instances in by_entry.values() for v in instances.values()
+        ):
+            continue
+        ids = sorted({i for instances in by_entry.values() for i in instances})
+        column = {instance: k for k, instance in enumerate(ids)}
+        array = np.full((len(entries), len(ids)), np.nan)
+        for row, entry in enumerate(entries):
+            for instance, v in by_entry.get(entry, {}).items():
+                array[row, column[instance]] = v
+        arrays[name] = array
+    return arrays
 
 
 def run_adaptive(

@@ -47,9 +47,9 @@ CONTENTION = 1.75
 # Share of the field entering each round of `--tiers adaptive --target-top 10 --confidence 0.95`
 # (budgets full/20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries, 40 seeds.
 ADAPTIVE_ENTERING = {
-    "spread": (1.0, 0.261, 0.169, 0.111, 0.061),
-    "crowded": (1.0, 0.370, 0.263, 0.183, 0.098),
-    "hard": (1.0, 0.358, 0.246, 0.161, 0.092),
+    "spread": (1.0, 0.224, 0.144, 0.098, 0.062),
+    "crowded": (1.0, 0.332, 0.231, 0.159, 0.097),
+    "hard": (1.0, 0.318, 0.209, 0.139, 0.090),
 }
 
 

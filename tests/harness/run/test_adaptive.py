@@ -43,7 +43,8 @@ def test_bad_schedules_are_refused_clearly(
         Adaptive(full, top=top, confidence=confidence)
 
 
-def test_on_the_full_budget_the_scores_are_the_leaderboards_and_certain() -> None:
+@pytest.mark.parametrize("modelled", [False, True], ids=["own-share", "per-instance"])
+def test_on_the_full_budget_the_scores_are_the_leaderboards_and_certain(modelled: bool) -> None:
     # Ties, a missing value, a lower-is-better metric and a scenario of two run specs.
     metrics: dict[str, dict[str, float | None]] = {
         "a": {"m1": 0.5, "m2": 0.9, "g": 0.2, "ppl": 3.0},
@@ -58,8 +59,22 @@ def test_on_the_full_budget_the_scores_are_the_leaderboards_and_certain() -> Non
         "ppl": RunSpec("ppl", lower_is_better=True),
     }
     counts = {entry: dict.fromkeys(specs, 40) for entry in metrics}
+    # Per-instance answers whose share right is each value (None: none answered); ppl has none.
+    answers = {
+        name: np.array(
+            [
+                [np.nan] * 40
+                if (v := metrics[e][name]) is None
+                else [1.0] * round(v * 40) + [0.0] * (40 - round(v * 40))
+                for e in sorted(metrics)
+            ]
+        )
+        for name in ("m1", "m2", "g")
+    }
 
-    found = standings(metrics, counts, counts, specs, top=2, draws=50)
+    found = standings(
+        metrics, counts, counts, specs, top=2, draws=50, answers=answers if modelled else None
+    )
 
     expected = score_stage(metrics, specs).scores
     assert {e: s.score for e, s in found.items()} == pytest.approx(expected)
