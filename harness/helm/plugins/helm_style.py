@@ -45,7 +45,6 @@ from helm.benchmark.adaptation.adapters.in_context_learning_adapter import (
 )
 from helm.benchmark.config_registry import register_builtin_configs_from_helm_package
 from helm.benchmark.run import import_user_plugins
-from helm.benchmark.run_spec_factory import construct_run_specs
 from helm.benchmark.runner import set_benchmark_output_path
 from helm.benchmark.scenarios.scenario import (
     TRAIN_SPLIT,
@@ -53,8 +52,7 @@ from helm.benchmark.scenarios.scenario import (
     create_scenario,
     get_scenario_cache_path,
 )
-from helm.common.object_spec import parse_object_spec
-from sample_instances import _ANY_MODEL, _without_model  # beside this file: the pack sampler
+from sample_instances import _without_model, one_run_spec  # beside this file: the pack sampler
 
 SUPPORTED = (ADAPT_GENERATION, ADAPT_MULTIPLE_CHOICE_JOINT)
 # Per-row examples are drawn from a random pool of this many train instances: HELM's sampler
@@ -64,12 +62,7 @@ POOL = 32
 
 
 def _adapter(description: str) -> tuple[Any, InContextLearningAdapter]:
-    name, _, args = description.partition(":")
-    spec = parse_object_spec(f"{name}:{args + ',' if args else ''}model={_ANY_MODEL}")
-    run_specs = construct_run_specs(spec)
-    if len(run_specs) != 1:
-        raise ValueError(f"{description}: expands to {len(run_specs)} run specs; name one")
-    run_spec = run_specs[0]
+    run_spec = one_run_spec(description)
     method = run_spec.adapter_spec.method
     if method not in SUPPORTED:
         raise ValueError(f"{description}: HELM adapts it by {method!r}; supported: {SUPPORTED}")

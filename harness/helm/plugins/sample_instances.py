@@ -52,14 +52,19 @@ from helm.common.object_spec import parse_object_spec
 _ANY_MODEL = "simple/model1"
 
 
-def sample(entry: dict[str, Any], output_path: str, seed: int) -> dict[str, Any]:
-    description = entry["description"]
+def one_run_spec(description: str) -> Any:
+    """The one run spec a run entry (without a model) stands for; ValueError when it expands to
+    several (or none)."""
     name, _, args = description.partition(":")
     spec = parse_object_spec(f"{name}:{args + ',' if args else ''}model={_ANY_MODEL}")
     run_specs = construct_run_specs(spec)
     if len(run_specs) != 1:
-        raise ValueError(f"{description}: expands to {len(run_specs)} run specs, a pack needs one")
-    run_spec = run_specs[0]
+        raise ValueError(f"{description}: expands to {len(run_specs)} run specs; name one")
+    return run_specs[0]
+
+
+def sample(entry: dict[str, Any], output_path: str, seed: int) -> dict[str, Any]:
+    run_spec = one_run_spec(entry["description"])
     scenario = create_scenario(run_spec.scenario_spec)
     scenario_args = sorted(run_spec.scenario_spec.args.items())
     key = ",".join(f"{k}={v}" for k, v in scenario_args)
