@@ -23,16 +23,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.errors import ConfigError, InfrastructureError
+from harness.errors import ConfigError
 from harness.helm.confs import RunEntry, RunSpecConf, split_budget, write_helm_conf
-from harness.helm.runner import PLUGIN, check_helm
+from harness.helm.runner import PLUGIN, check_helm, run_helper
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -119,21 +118,11 @@ def build_pack(
                 for entry, count in zip(entries, counts, strict=True)
             ],
         }
-        (staging / "request.json").write_text(json.dumps(request))
-        log = staging / "sample.log"
-        try:
-            with log.open("w") as output:
-                done = subprocess.run(
-                    [str(python), str(SAMPLER), "request.json", "result.json"],
-                    cwd=staging, stdout=output, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, timeout=timeout_s, check=False,
-                )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise InfrastructureError(f"sampling the pack ran past {timeout_s:g} s") from exc
-        if done.returncode != 0:
-            tail = log.read_text(errors="replace")[-2000:]
-            raise InfrastructureError(f"sampling the pack failed:\n{tail}")
-        result = json.loads((staging / "result.json").read_text())
+        sampled_file = run_helper(
+            python, SAMPLER, staging, request,
+            output="result.json", what="sampling the pack", timeout_s=timeout_s,
+        )  # fmt: skip
+        result = json.loads(sampled_file.read_text())
         errors = [
             f"{entry.description}: {sampled['error']}"
             for entry, sampled in zip(entries, result["entries"], strict=True)

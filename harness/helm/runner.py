@@ -81,6 +81,38 @@ def helm_bin_dir() -> Path:
     return Path(os.environ.get("HARNESS_HELM_BIN", _CHECKOUT / ".venv-helm" / "bin"))
 
 
+def run_helper(
+    python: Path,
+    script: Path,
+    staging: Path,
+    request: dict[str, Any],
+    *,
+    output: str,
+    what: str,
+    timeout_s: float,
+) -> Path:
+    """Run one of plugins/'s scripts in HELM's environment on `request` (written to
+    staging/request.json) and return the file it writes, staging/`output`; InfrastructureError
+    with the end of its log (staging/<script>.log) when it fails, runs past `timeout_s` or
+    writes nothing."""
+    (staging / "request.json").write_text(json.dumps(request))
+    log = staging / f"{script.stem}.log"
+    result = staging / output
+    try:
+        with log.open("w") as log_file:
+            done = subprocess.run(
+                [str(python), str(script), "request.json", result.name],
+                cwd=staging, stdout=log_file, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, timeout=timeout_s, check=False,
+            )  # fmt: skip
+    except subprocess.TimeoutExpired as exc:
+        raise InfrastructureError(f"{what} ran past {timeout_s:g} s") from exc
+    if done.returncode != 0 or not result.is_file():
+        tail = log.read_text(errors="replace")[-2000:]
+        raise InfrastructureError(f"HELM failed while {what}:\n{tail}")
+    return result
+
+
 def check_helm(bin_dir: Path | None = None) -> Path:
     """The folder holding helm-run and helm-summarize; InfrastructureError says how to fix it."""
     bin_dir = bin_dir or helm_bin_dir()

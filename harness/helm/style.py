@@ -14,13 +14,12 @@ the prompts would also hold train-split examples, and training rows sharing them
 from __future__ import annotations
 
 import json
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.errors import ConfigError, InfrastructureError
-from harness.helm.runner import PLUGIN, check_helm
+from harness.errors import ConfigError
+from harness.helm.runner import PLUGIN, check_helm, run_helper
 
 SHAPER = Path(__file__).resolve().parent / "plugins" / "helm_style.py"
 SPLITS = ("train", "valid", "test")
@@ -71,21 +70,10 @@ def helm_style(
             "shots": shots,
             "seed": seed,
         }
-        (staging / "request.json").write_text(json.dumps(request))
-        log = staging / "shape.log"
-        try:
-            with log.open("w") as output:
-                done = subprocess.run(
-                    [str(python), str(SHAPER), "request.json", "rows.jsonl"],
-                    cwd=staging, stdout=output, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, timeout=timeout_s, check=False,
-                )  # fmt: skip
-        except subprocess.TimeoutExpired as exc:
-            raise InfrastructureError(f"shaping {description} ran past {timeout_s:g} s") from exc
-        rows = staging / "rows.jsonl"
-        if done.returncode != 0 or not rows.is_file():
-            tail = log.read_text(errors="replace")[-2000:]
-            raise InfrastructureError(f"HELM failed while shaping {description}:\n{tail}")
+        rows = run_helper(
+            python, SHAPER, staging, request,
+            output="rows.jsonl", what=f"shaping {description}", timeout_s=timeout_s,
+        )  # fmt: skip
         *lines, last = rows.read_text(encoding="utf-8").splitlines()
         summary = json.loads(last)["summary"]
         if "error" in summary:
