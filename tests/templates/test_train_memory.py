@@ -50,7 +50,9 @@ def test_lora_count_for_mistral_r64_all_linear() -> None:
     assert memory.lora_parameters(SHAPE, preset("4090")) == 32 * per_layer == 167_772_160
 
 
-@pytest.mark.parametrize("targets", ["all-linear", "attention", "mlp", ["q_proj", "v_proj"]])
+@pytest.mark.parametrize(
+    "targets", ["all-linear", "attention", "mlp", ["q_proj", "v_proj"], ["v_proj", "lm_head"]]
+)
 def test_lora_count_matches_peft_on_the_tiny_model(tiny_model_dir: Path, targets: Any) -> None:
     import train
     from peft import get_peft_model
