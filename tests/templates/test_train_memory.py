@@ -72,6 +72,7 @@ def test_lora_count_matches_peft_on_the_tiny_model(tiny_model_dir: Path, targets
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     shape = memory.ModelShape.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
     assert memory.lora_parameters(shape, config) == trainable
+    assert memory.estimate(shape, config).total > 0  # lm_head's adapter is not a layer's
 
 
 def test_memory_levers_move_the_estimate_the_right_way() -> None:
