@@ -37,8 +37,11 @@ TASK = RUNSPECS_DIR / "tasks" / "parity.jsonl"
 # HELM's generation prompt for a local task (harness/helm/plugins/local_tasks.py: its instructions,
 # input and output nouns, no in-context examples); the trained entry learns to complete it.
 HELM_PROMPT = "Answer the following questions briefly.\n\nQuestion: {}\nAnswer:"
-# Enough optimizer steps for the tiny model to answer all ten questions (~20 s on two cores).
-TRAINING = {"max_steps": 120, "learning_rate": 0.006, "micro_batch_size": 10, "save_steps": 1000}
+# Enough optimizer steps for the tiny model to answer all ten questions (~20 s on two cores). With
+# the lm_head adapter (below), 0.006 made the loss spike and stall at "yes or no, not which" for
+# one seed in two; at 0.003 every seed tried reached a per-token loss of ~0.002.
+TRAINING = {"max_steps": 120, "learning_rate": 0.003, "micro_batch_size": 10, "save_steps": 1000}
+LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FAKE_TOKEN = "hf_" + "DemoOnlyNotARealTokenAbCdEfGh1234"  # shaped like one, valid nowhere
 
 
@@ -66,7 +69,10 @@ def configure_task_training(submission: Path, base_model: Path) -> None:
     config = yaml.safe_load(config_path.read_text())
     config.update(TRAINING, neftune_noise_alpha=None, prompt_template="{prompt}")
     config["datasets"] = [{"source": "data/train.jsonl", "format": "prompt-completion"}]
-    config["lora"].update(r=32, alpha=64)
+    # The tiny model's logits cannot leave about +-1.3 (a final RMSNorm, then an lm_head of std
+    # 0.02 that adapters on the decoder layers never touch): its loss cannot fall below ~4.8 and
+    # "yes" wins by a hair, or not at all. An adapter on lm_head lets it answer with confidence.
+    config["lora"].update(r=32, alpha=64, target_modules=[*LINEARS, "lm_head"])
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
 
 

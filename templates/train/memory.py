@@ -32,6 +32,7 @@ OPTIMIZER_STATE_BYTES = {  # Adam's two moments per trainable parameter
 }
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
+OUTPUT = "lm_head"  # a target outside the decoder layers: adapted once, not per layer
 TARGETS = {"attention": ATTENTION, "mlp": MLP, "all-linear": ATTENTION + MLP}
 
 
@@ -107,14 +108,16 @@ def target_names(config: TrainConfig) -> tuple[str, ...]:
 
 def lora_parameters(shape: ModelShape, config: TrainConfig) -> int:
     linears = shape.linears()
-    unknown = [t for t in target_names(config) if t not in linears]
+    targets = target_names(config)
+    unknown = [t for t in targets if t not in linears and t != OUTPUT]
     if unknown:
         raise ConfigError(
             f"lora.target_modules: {unknown} are not linear layers of a Llama/Mistral model "
-            f"({', '.join(linears)})"
+            f"({', '.join([*linears, OUTPUT])})"
         )
-    per_layer = sum(config.lora.r * sum(linears[t]) for t in target_names(config))
-    return per_layer * shape.layers
+    per_layer = sum(config.lora.r * sum(linears[t]) for t in targets if t != OUTPUT)
+    output = config.lora.r * (shape.hidden + shape.vocab) if OUTPUT in targets else 0
+    return per_layer * shape.layers + output
 
 
 def _layer_activation_bytes(shape: ModelShape, config: TrainConfig) -> int:
@@ -128,7 +131,7 @@ def _layer_activation_bytes(shape: ModelShape, config: TrainConfig) -> int:
     lora = 0
     if config.lora.dropout > 0:  # peft keeps each target's dropped-out input and its mask
         linears = shape.linears()
-        lora = sum((c + 1) * linears[t][0] for t in target_names(config))
+        lora = sum((c + 1) * linears[t][0] for t in target_names(config) if t != OUTPUT)
     return norms + attention + mlp + lora
 
 

@@ -50,7 +50,9 @@ def test_lora_count_for_mistral_r64_all_linear() -> None:
     assert memory.lora_parameters(SHAPE, preset("4090")) == 32 * per_layer == 167_772_160
 
 
-@pytest.mark.parametrize("targets", ["all-linear", "attention", "mlp", ["q_proj", "v_proj"]])
+@pytest.mark.parametrize(
+    "targets", ["all-linear", "attention", "mlp", ["q_proj", "v_proj"], ["v_proj", "lm_head"]]
+)
 def test_lora_count_matches_peft_on_the_tiny_model(tiny_model_dir: Path, targets: Any) -> None:
     import train
     from peft import get_peft_model
@@ -70,6 +72,7 @@ def test_lora_count_matches_peft_on_the_tiny_model(tiny_model_dir: Path, targets
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     shape = memory.ModelShape.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
     assert memory.lora_parameters(shape, config) == trainable
+    assert memory.estimate(shape, config).total > 0  # lm_head's adapter is not a layer's
 
 
 def test_memory_levers_move_the_estimate_the_right_way() -> None:
