@@ -39,8 +39,16 @@ TASK = RUNSPECS_DIR / "tasks" / "parity.jsonl"
 HELM_PROMPT = "Answer the following questions briefly.\n\nQuestion: {}\nAnswer:"
 # Enough optimizer steps for the tiny model to answer all ten questions (~20 s on two cores). With
 # the lm_head adapter (below), 0.006 made the loss spike and stall at "yes or no, not which" for
-# one seed in two; at 0.003 every seed tried reached a per-token loss of ~0.002.
-TRAINING = {"max_steps": 120, "learning_rate": 0.003, "micro_batch_size": 10, "save_steps": 1000}
+# one seed in two; at 0.003 every seed tried (3, 6, 7) reached a per-token loss of ~0.002. The demo
+# fixes one of them, so its result (and its test) is the same on every run; a competitor's config
+# leaves `seed: null` (drawn from the OS and logged).
+TRAINING = {
+    "max_steps": 120,
+    "learning_rate": 0.003,
+    "micro_batch_size": 10,
+    "save_steps": 1000,
+    "seed": 7,
+}
 LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 FAKE_TOKEN = "hf_" + "DemoOnlyNotARealTokenAbCdEfGh1234"  # shaped like one, valid nowhere
 
