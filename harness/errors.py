@@ -4,6 +4,7 @@
     ├── ConfigError              bad usage or configuration (exit code 2)
     │   └── PackError            a pack that is not what its manifest says (helm/packs.py)
     ├── Refused                  the evaluation service said no (service/client.py)
+    ├── ServerError              a model's server did not come up or died (evaluate/local.py)
     └── InfrastructureError      Docker, HELM or another outside tool is unavailable (exit code 3)
         ├── DiskFullError        no space left where the results are written (exit code 3)
         └── EntryLost            the machine evaluating an entry was lost (a Ray node died)
