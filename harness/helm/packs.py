@@ -207,7 +207,7 @@ def _write_pack(
     if tasks.is_dir():
         shutil.copytree(tasks, out / "tasks")
     files = {
-        path.relative_to(out).as_posix(): _sha256(path)
+        path.relative_to(out).as_posix(): sha256_file(path)
         for path in sorted(out.rglob("*"))
         if path.is_file()
     }
@@ -241,7 +241,7 @@ def _write_json(path: Path, value: Any, indent: int | None = None) -> None:
     path.write_text(text + "\n", encoding="utf-8")
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -288,7 +288,7 @@ def verify_pack(path: Path) -> Pack:
     problems += [
         f"changed since the build: {name}"
         for name in sorted(set(files) & present)
-        if (path / name).is_symlink() or _sha256(path / name) != files[name]
+        if (path / name).is_symlink() or sha256_file(path / name) != files[name]
     ]
     problems += [
         f"no instances for {entry.description}"

@@ -24,7 +24,6 @@ sha256 for the organizers to publish, so a reader can check the manifest too.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import re
@@ -38,6 +37,7 @@ from typing import Any
 import jinja2
 
 from harness.errors import ConfigError
+from harness.helm.packs import sha256_file
 from harness.helm.runner import helm_version
 from harness.leaderboard import OUTPUTS, write_leaderboard
 from harness.leaderboard.build import _reproductions
@@ -81,14 +81,6 @@ def check_version(version: str) -> str:
             "starting with a letter or digit), e.g. v1 or 2026-final"
         )
     return version
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _without_logs(board: Leaderboard) -> Leaderboard:

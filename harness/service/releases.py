@@ -19,13 +19,8 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import FileResponse, RedirectResponse
 
 from harness.errors import ConfigError
-from harness.leaderboard.release import (
-    INDEX,
-    MANIFEST,
-    VERSION,
-    read_manifest,
-    sha256_file,
-)
+from harness.helm.packs import sha256_file
+from harness.leaderboard.release import INDEX, MANIFEST, VERSION, read_manifest
 
 log = logging.getLogger(__name__)
 _TEXT_TYPES = {".md": "text/markdown", ".json": "application/json"}
