@@ -1,310 +1,42 @@
-"""The results store: one SQLite file in RESULTS_DIR that `harness run` writes and `report` reads.
-
-Every write is its own transaction (WAL, synchronous=FULL), so killing the harness at any moment
-loses nothing already recorded and never leaves half a write behind. History is kept (attempts,
-steps); current facts (status, findings, metrics, gateway stats) are replaced per entry and stage.
-
-    entries         name, path
-    attempts        one per `harness run` invocation, entry and stage, with the status it ended
-                    with and its instance pack
-    steps           check / build / serve / evaluate of an attempt: status, times, detail, log
-    results         the entry's status and reason per stage
-    findings        the static checks' findings per entry and stage
-    metrics         the main metric of every run spec per entry and stage
-    instance_values that metric per evaluated instance (what the leaderboard's bootstrap draws)
-    gateway_stats   requests answered / unanswered and latency percentiles per entry and stage
-    tiers           the coarse-to-fine tier (or adaptive round) an entry reached per stage, and
-                    its budget
-    decisions       an adaptive run's verdict on the entry after its last round (in, out, on)
-                    and its chance of being in the top k then
-    resources       the entry's image size and peak GPU memory per stage (None: not measured)
-    images          the Docker image ID (sha256 of its config: the content digest of a local
-                    build) the entry was served from per stage, for a release's manifest
-
-Resuming is the caller's: `finished_step` says whether (and how) a step already ended; `--force`
-means not asking.
-"""
+"""The Store: the results store's writes and reads over its SQLite file."""
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from enum import StrEnum
+from dataclasses import asdict, fields
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from harness.errors import ConfigError
 from harness.infra.sqlite import SQLiteFile
+from harness.store._records import (
+    Attempt,
+    Decision,
+    EntryResult,
+    Finding,
+    FindingLike,
+    GatewayStats,
+    Metric,
+    Status,
+    Step,
+    StepRecord,
+    StepStatus,
+)
+from harness.store._schema import (
+    _DECISIONS,
+    _IMAGES,
+    _INSTANCE_VALUES,
+    _MIGRATIONS,
+    _RESOURCES,
+    _SCHEMA,
+    _TIERS,
+    SCHEMA_VERSION,
+)
 
 STORE_FILENAME = "results.sqlite"
-SCHEMA_VERSION = 4
-
-# Containers and images carry RUN_LABEL=<results id>: a harness cleans up after a killed run on
-# the same results folder and leaves alone the containers of other runs on the same engine.
-RUN_LABEL = "org.harness.run"
-
-
-def results_id(out: Path) -> str:
-    """The RUN_LABEL value of the runs writing into the results folder `out`."""
-    return hashlib.sha256(str(out.resolve()).encode()).hexdigest()[:16]
-
-
-def entry_slug(name: str) -> str:
-    """An entry's folder name under RESULTS_DIR/logs and /helm: readable, and unique by a hash."""
-    slug = re.sub(r"[^a-z0-9_.-]+", "-", name.lower()).strip("-.") or "entry"
-    return f"{slug[:40]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-@dataclass(frozen=True)
-class GatewayStats:
-    """What went through the gateway; latencies: real ones, of /process requests answered."""
-
-    requests: int
-    answered: int  # /process requests the entry answered
-    unanswered: int  # /process requests answered empty (deadline passed or timed out)
-    errors: int  # requests that failed, timed out (but /process) or were refused (runaway)
-    latency_p50_s: float | None
-    latency_p90_s: float | None
-    latency_p99_s: float | None
-    latency_max_s: float | None
-
-
-class Status(StrEnum):
-    """How an entry ended in one stage."""
-
-    SCORED = "scored"
-    NO_DOCKERFILE = "no-dockerfile"
-    FLAGGED = "flagged"
-    BUILD_FAILED = "build-failed"
-    BUILD_TIMEOUT = "build-timeout"
-    UNHEALTHY = "unhealthy"
-    CRASHED = "crashed"
-    OOM = "oom"
-    EVAL_TIMEOUT = "eval-timeout"
-    EVAL_FAILED = "eval-failed"
-
-
-class Step(StrEnum):
-    CHECK = "check"
-    BUILD = "build"
-    SERVE = "serve"
-    EVALUATE = "evaluate"
-
-
-class StepStatus(StrEnum):
-    RUNNING = "running"
-    OK = "ok"
-    FAILED = "failed"
-    # A step still running when its harness died; set by `mark_interrupted` on the next start.
-    INTERRUPTED = "interrupted"
-
-
-# NULL while running, and for an attempt that ended without a result (its harness died).
-_ATTEMPT_STATUS = f"status TEXT CHECK (status IN ({', '.join(repr(s.value) for s in Status)}))"
-# Statements that bring a store of version N (the key) to N + 1; new stores get _SCHEMA at once.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (f"ALTER TABLE attempts ADD COLUMN {_ATTEMPT_STATUS}",),
-    2: ("ALTER TABLE attempts ADD COLUMN instances_sha256 TEXT",),
-    3: ("ALTER TABLE metrics ADD COLUMN reason TEXT",),
-}
-_SCHEMA = f"""
-CREATE TABLE entries (
-    name TEXT PRIMARY KEY,
-    path TEXT NOT NULL,
-    added_at REAL NOT NULL
-);
-CREATE TABLE attempts (
-    id INTEGER PRIMARY KEY,
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    {_ATTEMPT_STATUS},
-    instances_sha256 TEXT
-);
-CREATE TABLE steps (
-    id INTEGER PRIMARY KEY,
-    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-    step TEXT NOT NULL CHECK (step IN ({", ".join(repr(s.value) for s in Step)})),
-    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s.value) for s in StepStatus)})),
-    started_at REAL NOT NULL,
-    finished_at REAL,
-    duration_s REAL,
-    detail TEXT NOT NULL DEFAULT '',
-    log_path TEXT
-);
-CREATE INDEX steps_by_attempt ON steps (attempt_id, step);
-CREATE TABLE results (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-    status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s.value) for s in Status)})),
-    reason TEXT NOT NULL,
-    updated_at REAL NOT NULL,
-    PRIMARY KEY (entry, stage)
-);
-CREATE TABLE findings (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-    rule TEXT NOT NULL,
-    severity TEXT NOT NULL,
-    path TEXT,
-    line INTEGER,
-    message TEXT NOT NULL
-);
-CREATE INDEX findings_by_entry ON findings (entry, stage);
-CREATE TABLE metrics (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-    run_spec TEXT NOT NULL,
-    scenario TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    value REAL,
-    lower_is_better INTEGER NOT NULL,
-    reason TEXT,
-    PRIMARY KEY (entry, stage, run_spec)
-);
-CREATE TABLE gateway_stats (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    attempt_id INTEGER NOT NULL REFERENCES attempts(id),
-    log_path TEXT,
-    {", ".join(field.name for field in fields(GatewayStats))},
-    PRIMARY KEY (entry, stage)
-);
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-# Added after schema 1 without changing it: stores written before them gain the tables on open.
-_TIERS = """
-CREATE TABLE IF NOT EXISTS tiers (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    tier INTEGER NOT NULL,
-    budget INTEGER NOT NULL,
-    PRIMARY KEY (entry, stage)
-)
-"""
-_DECISIONS = """
-CREATE TABLE IF NOT EXISTS decisions (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    round INTEGER NOT NULL,
-    verdict TEXT NOT NULL CHECK (verdict IN ('in', 'out', 'on')),
-    probability REAL NOT NULL,
-    PRIMARY KEY (entry, stage)
-)
-"""
-_RESOURCES = """
-CREATE TABLE IF NOT EXISTS resources (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    image_bytes INTEGER,
-    gpu_peak_bytes INTEGER,
-    PRIMARY KEY (entry, stage)
-)
-"""
-_IMAGES = """
-CREATE TABLE IF NOT EXISTS images (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    image_id TEXT NOT NULL,
-    PRIMARY KEY (entry, stage)
-)
-"""
-_INSTANCE_VALUES = """
-CREATE TABLE IF NOT EXISTS instance_values (
-    entry TEXT NOT NULL REFERENCES entries(name),
-    stage TEXT NOT NULL,
-    run_spec TEXT NOT NULL,
-    instance TEXT NOT NULL,
-    value REAL NOT NULL,
-    PRIMARY KEY (entry, stage, run_spec, instance)
-)
-"""
-
-
-@dataclass(frozen=True)
-class Attempt:
-    id: int
-    entry: str
-    stage: str
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    entry: str
-    stage: str
-    attempt_id: int
-    step: Step
-    status: StepStatus
-    started_at: float
-    finished_at: float | None
-    duration_s: float | None
-    detail: str
-    log_path: str | None  # relative to RESULTS_DIR when the log lies inside it
-
-
-@dataclass(frozen=True)
-class EntryResult:
-    entry: str
-    stage: str
-    status: Status
-    reason: str
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class Metric:
-    """The main metric of one run spec for one entry."""
-
-    run_spec: str
-    scenario: str
-    metric: str
-    value: float | None  # None: HELM gave no value (the entry loses this run spec)
-    lower_is_better: bool = False
-    reason: str | None = None  # why it has no value, or was refused and scored 0
-    # instance id -> the metric on it; empty when HELM's per-instance stats were not read
-    instances: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Decision:
-    """An adaptive run's verdict on an entry after round `round` (harness/run/adaptive.py)."""
-
-    round: int
-    verdict: str  # in (clearly in the top k), out, on (evaluated on the next round)
-    probability: float  # its estimated chance of being in the top k then
-
-
-@dataclass(frozen=True)
-class Finding:
-    rule: str
-    severity: str
-    path: str | None
-    line: int | None
-    message: str
-
-
-class FindingLike(Protocol):
-    """What `record_findings` needs of a finding, so the checks' own type can be passed as is."""
-
-    @property
-    def rule(self) -> str: ...
-    @property
-    def severity(self) -> str: ...
-    @property
-    def path(self) -> str | None: ...
-    @property
-    def line(self) -> int | None: ...
-    @property
-    def message(self) -> str: ...
 
 
 def _finding_values(f: FindingLike) -> tuple[Any, ...]:
