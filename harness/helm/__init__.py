@@ -1,2 +1,2 @@
-"""The HELM side: running crfm-helm (runner), run-spec confs, instance packs, closed-stage task
-files, the plugins HELM loads, and the shipped confs (runspecs/)."""
+"""The HELM side: running crfm-helm (runner) and reading what it wrote (results), run-spec confs,
+instance packs, closed-stage task files, the plugins HELM loads, the shipped confs (runspecs/)."""

@@ -31,13 +31,8 @@ import httpx
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.helm.confs import parse_hocon, write_helm_entries
-from harness.helm.runner import (
-    HelmEndpoint,
-    RunResult,
-    RunSpecLimit,
-    main_metric,
-    run_spec_limits,
-)
+from harness.helm.results import RunResult, main_metric
+from harness.helm.runner import HelmEndpoint, RunSpecLimit, run_spec_limits
 
 FITTING_CONF = "run_specs.fitting.conf"
 _INSTANCES = re.compile(r"(?<=[:,])max_eval_instances=(\d+)")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from harness.helm.fit import Fit, entry_tokenizer, limits_in_background, refuse_unfit
+from harness.helm.results import SUITE
 from harness.helm.runner import (
-    SUITE,
     HelmEndpoint,
     HelmRun,
     RunSpecLimit,

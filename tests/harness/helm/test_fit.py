@@ -16,9 +16,9 @@ import pytest
 from harness.errors import InfrastructureError
 from harness.helm.confs import load_conf, parse_hocon, write_helm_conf, write_helm_entries
 from harness.helm.fit import FITTING_CONF, cannot_fit, entry_tokenizer, refuse_unfit
+from harness.helm.results import RunResult
 from harness.helm.runner import (
     HelmEndpoint,
-    RunResult,
     RunSpecLimit,
     run_helm,
     run_spec_limits,

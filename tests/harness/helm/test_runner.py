@@ -22,14 +22,12 @@ import yaml
 
 from harness.errors import ConfigError, InfrastructureError
 from harness.helm.confs import load_conf, shipped_conf, write_helm_conf
+from harness.helm.results import RUN_OUTPUTS, RunResult, read_metrics
 from harness.helm.runner import (
     PLUGIN,
-    RUN_OUTPUTS,
     HelmEndpoint,
-    RunResult,
     check_helm,
     model_name,
-    read_metrics,
     run_helm,
     summarize_helm,
     write_prod_env,
