@@ -1,10 +1,11 @@
 """The submission's inference server: HELM's HTTP protocol around one merged causal LM.
 
-Run it from the submission folder (main.py, engine.py, prefix_cache.py and api.py side by side):
+Run it from the submission folder (main.py, engine.py, prefix_cache.py, api.py and settings.py
+side by side):
 
     MODEL_PATH=/path/to/merged/model uvicorn main:app --host 0.0.0.0 --port 80
 
-Environment:
+Environment (read by settings.py):
     MODEL_PATH        Hugging Face-format causal LM + tokenizer folder (required)
     DEVICE            auto (CUDA when present, else CPU) | cpu | cuda | cuda:N        [auto]
     DTYPE             auto (bfloat16, or float16 without bf16 support, on CUDA; float32 on CPU)
@@ -58,10 +59,11 @@ from api import (
     TokenizeResponse,
     build_response,
 )
-from engine import Engine, GenerationError, Settings, read_template
+from engine import Engine, GenerationError
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from settings import Settings, read_template
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 log = logging.getLogger("server")

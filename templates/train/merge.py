@@ -28,7 +28,7 @@ from peft import PeftModel
 from train import DTYPES, load_base
 from transformers import AutoTokenizer
 
-TEMPLATE_FILE = "prompt_template.json"  # the server (main.py's engine) reads the same name
+TEMPLATE_FILE = "prompt_template.json"  # the server (settings.py) reads the same name
 
 
 class MergeMismatch(RuntimeError):

@@ -49,6 +49,7 @@ def test_renders_every_file_a_submission_needs(rendered: Path) -> None:
         "main.py",
         "engine.py",
         "prefix_cache.py",
+        "settings.py",
         "api.py",
         "train.py",
         "merge.py",
@@ -79,6 +80,15 @@ def test_every_copy_source_is_in_the_build_context(rendered: Path) -> None:
         for source in sources:
             assert (rendered / source).exists(), f"{dockerfile}: COPY {source}"
             assert not {source, source.rstrip("/"), f"/{source.rstrip('/')}"} & ignored, source
+
+
+def test_the_serve_image_copies_every_server_module(rendered: Path) -> None:
+    # The server's modules import each other by name: one missing from the image fails only when
+    # the container starts.
+    copied = set(_dockerfile_copy_sources((rendered / "Dockerfile").read_text()))
+    modules = {path.name for path in (TEMPLATES / "server").glob("*.py")}
+    assert len(modules) >= 5, modules
+    assert modules <= copied, sorted(modules - copied)
 
 
 def test_base_image_is_pinned_by_digest_and_packages_by_hash(rendered: Path) -> None:
