@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def _submission(folder: Path, base_model: Path) -> Path:
     return submission
 
 
-def _write_sweep(path: Path, body: dict[str, object]) -> Path:
+def _write_sweep(path: Path, body: Mapping[str, object]) -> Path:
     path.write_text(yaml.safe_dump(body, sort_keys=False))
     return path
 
@@ -67,7 +68,7 @@ def test_the_sweep_file_is_checked_and_a_grid_expands(tmp_path: Path) -> None:
         "learning_rate=0.002,datasets.0.weight=1.0",
     ]
     assert sweep.out == tmp_path / "s-out" and sweep.instances == tmp_path / "pack"
-    refused = {
+    refused: dict[str, tuple[Mapping[str, object], str]] = {
         "an unknown key": ({**base, "variant": []}, "unknown key"),
         "no variants": (base, "no variants"),
         "two alike": ({**base, "variants": [{"name": "a"}, {"name": "a"}]}, "named alike"),

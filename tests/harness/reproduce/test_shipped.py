@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tarfile
 from dataclasses import replace
 from io import BytesIO
@@ -29,7 +28,7 @@ from harness.reproduce.shipped import ShippedReproduction, receive
 from harness.reproduce.top import reproduce_top
 from harness.run.shipping import DROPPED_NOTE, NODE_DIR_ENV
 from harness.store import Metric, Store, entry_slug, results_id
-from tests.conftest import IN_CI
+from tests._ray import import_ray, pickle_by_value
 from tests.harness.run.test_driver import write_conf
 
 WEIGHTS_BYTES = 64 * 1024
@@ -161,17 +160,12 @@ def test_a_folder_that_would_leave_its_place_is_refused_and_loses_nothing(
 
 @pytest.mark.docker  # RayExecutor.start cleans each node's Docker engine
 def test_top_2_on_a_ray_fleet_without_shared_storage(tmp_path: Path) -> None:
-    ray = (
-        pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None
-    )
-    if ray is None:
-        import ray  # under CI a missing Ray fails here
-    from ray import cloudpickle
+    ray = import_ray()
     from ray.cluster_utils import Cluster
 
     from harness.run.ray_executor import RayExecutor
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pickle_by_value(__name__)
     results, _, pack = _results(tmp_path)
     nodes = tmp_path / "nodes"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})

@@ -6,7 +6,6 @@ task is handed None, as the evaluations are served on the CPU)."""
 from __future__ import annotations
 
 import os
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from harness.errors import InfrastructureError
 from harness.run.executor import LocalExecutor
 from harness.run.options import RunOptions
 from harness.store import results_id
-from tests.conftest import IN_CI
+from tests._ray import import_ray, pickle_by_value
 
 pytestmark = pytest.mark.docker
 
@@ -47,17 +46,12 @@ def test_local_tasks_run_in_the_pool_with_the_gpu_they_hold(tmp_path: Path) -> N
 
 
 def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> None:
-    ray = (
-        pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None
-    )
-    if ray is None:
-        import ray  # under CI a missing Ray fails here
-    from ray import cloudpickle
+    ray = import_ray()
     from ray.cluster_utils import Cluster
 
     from harness.run.ray_executor import RayExecutor
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pickle_by_value(__name__)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})

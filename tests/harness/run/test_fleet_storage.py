@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +23,10 @@ from harness.run.driver import run_entries
 from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
 from harness.run.recorder import Recorder
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
-from tests.conftest import IN_CI
+from tests._ray import import_ray, pickle_by_value
 from tests.harness.run.test_driver import make_entry, options
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None
-if ray is None:
-    import ray  # under CI a missing Ray fails here
+ray = import_ray()
 
 pytestmark = [pytest.mark.docker, pytest.mark.helm]
 
@@ -55,12 +52,11 @@ def on_this_node_only(job: EntryJob, recorder: Recorder, machine: Machine) -> En
 
 @pytest.fixture(scope="module")
 def cluster(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from ray import cloudpickle
     from ray.cluster_utils import Cluster
 
     from harness.run.shipping import NODE_DIR_ENV
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pickle_by_value(__name__)
     nodes = tmp_path_factory.mktemp("nodes")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for index in range(3):
@@ -110,9 +106,9 @@ def test_results_travel_back_and_the_driver_folder_is_the_only_copy(
                 assert (out / relative).is_file(), relative
             assert any(f.endswith("/stats.json") for f in node["files"])
             steps = store.latest_steps(name, "open")
-            assert steps[Step.BUILD].log_path and (out / steps[Step.BUILD].log_path).is_file()
-            assert steps[Step.EVALUATE].log_path
-            assert (out / steps[Step.EVALUATE].log_path).is_file()
+            build_log, evaluate_log = steps[Step.BUILD].log_path, steps[Step.EVALUATE].log_path
+            assert build_log and (out / build_log).is_file()
+            assert evaluate_log and (out / evaluate_log).is_file()
     assert scores == {"good": [1.0], "wrong": [0.0]}
     # The nodes kept nothing: each task's folder went with it.
     for node_dir in {Path(s["node_dir"]) for s in seen.values()}:

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from harness.run.driver import run_entries
+from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import BufferedRecorder, Recorder, StoreRecorder
@@ -64,6 +65,15 @@ class _Answering:
 
     def interrupt(self) -> None:
         raise AssertionError("nothing was interrupted")
+
+    def cancel(self, name: str) -> None:
+        raise AssertionError("nothing was cancelled")
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}  # its entries end on this machine
+
+    def nodes(self) -> list[Node]:
+        return []
 
     def close(self) -> None:
         pass

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,10 @@ from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine
 from harness.run.recorder import Recorder
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
-from tests.conftest import IN_CI, TEST_LABELS
+from tests._ray import import_ray, pickle_by_value
+from tests.conftest import TEST_LABELS
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None
-if ray is None:
-    import ray  # under CI a missing Ray fails here
+ray = import_ray()
 
 pytestmark = pytest.mark.docker
 
@@ -60,10 +58,9 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
 
 @pytest.fixture(scope="module")
 def cluster(base_image: str) -> Any:
-    from ray import cloudpickle
     from ray.cluster_utils import Cluster
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pickle_by_value(__name__)
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(3):
         cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})

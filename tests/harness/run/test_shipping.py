@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ from harness.run.recorder import BufferedRecorder
 from harness.store import Step, Store
 
 
-def _job(tmp_path: Path, out: Path, **options: object) -> EntryJob:
+def _job(tmp_path: Path, out: Path, **options: Any) -> EntryJob:
     entry = tmp_path / "entries" / "team-a"
     (entry / "src").mkdir(parents=True)
     (entry / "Dockerfile").write_text("FROM scratch\n")
@@ -26,7 +27,7 @@ def _job(tmp_path: Path, out: Path, **options: object) -> EntryJob:
     (entry / "link").symlink_to("/etc/passwd")  # not followed: stays behind
     return EntryJob(
         "team-a", entry, RunOptions(track="4090", stage="open", out=out, **options), "run1"
-    )  # type: ignore[arg-type]
+    )
 
 
 def _in(job: EntryJob, name: str) -> str:

@@ -12,6 +12,7 @@ from harness.errors import ConfigError
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.scoring import RunSpec, ranked_by_tier, same_run_spec, score_stage
 from harness.leaderboard.text import to_markdown
+from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import Recorder
@@ -122,6 +123,15 @@ class Quiz:
 
     def interrupt(self) -> None:
         raise AssertionError("nothing was interrupted")
+
+    def cancel(self, name: str) -> None:
+        raise AssertionError("nothing was cancelled")
+
+    def heartbeats(self) -> dict[str, Heartbeat]:
+        return {}  # its entries end on this machine
+
+    def nodes(self) -> list[Node]:
+        return []
 
     def close(self) -> None:
         pass

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -33,14 +32,13 @@ from harness.service.db import ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
+from tests._ray import import_ray, pickle_by_value
 from tests._wait import until
-from tests.conftest import IN_CI, TEST_LABELS
+from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
 from tests.harness.service.conftest import SECRET, Receiver
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (make ray)") if not IN_CI else None
-if ray is None:
-    import ray  # under CI a missing Ray fails here
+ray = import_ray()
 
 pytestmark = pytest.mark.docker
 
@@ -101,10 +99,9 @@ class Told(Notifier):
 
 @pytest.fixture
 def cluster(base_image: str) -> Any:
-    from ray import cloudpickle
     from ray.cluster_utils import Cluster
 
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    pickle_by_value(__name__)
     CONTROL.mkdir()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     for _ in range(3):

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from harness.errors import InfrastructureError
-from harness.run.executor import Heartbeat
+from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
@@ -61,6 +61,9 @@ class EngineComesBack:
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         return {}
+
+    def nodes(self) -> list[Node]:
+        return []
 
     def close(self) -> None: ...
 
@@ -130,6 +133,9 @@ class EndsWhenTold:
 
     def heartbeats(self) -> dict[str, Heartbeat]:
         return {}
+
+    def nodes(self) -> list[Node]:
+        return []
 
     def close(self) -> None: ...
 
