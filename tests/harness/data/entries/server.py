@@ -22,19 +22,20 @@ import re
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 BEHAVIOUR = os.environ.get("BEHAVIOUR", "answer-a")
 SHARE = float(os.environ.get("SHARE", "0.5"))
 GOLDEN = (5**0.5 - 1) / 2
 
 
-def _question(prompt):
+def _question(prompt: str) -> int:
     """The number of the question asked: the last "letter number N" in the prompt."""
     return int(re.findall(r"letter number (\d+)", prompt)[-1])
 
 
 class Handler(BaseHTTPRequestHandler):
-    def _send(self, status, body):
+    def _send(self, status: int, body: dict[str, Any]) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -42,46 +43,49 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self):
+    def do_GET(self) -> None:
         if self.path != "/health":
-            return self._send(404, {"detail": "not found"})
-        if BEHAVIOUR == "never-healthy":
-            return self._send(503, {"status": "loading"})
-        return self._send(200, {"status": "ok"})
+            self._send(404, {"detail": "not found"})
+        elif BEHAVIOUR == "never-healthy":
+            self._send(503, {"status": "loading"})
+        else:
+            self._send(200, {"status": "ok"})
 
-    def do_POST(self):
+    def do_POST(self) -> None:
         request = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
-        if self.path == "/process":
+        self._send(*self._answer(self.path, request))
+
+    @staticmethod
+    def _answer(path: str, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if path == "/process":
             if BEHAVIOUR == "slow":
                 time.sleep(float(os.environ.get("SLOW_S", "1")))
             text = "C" if BEHAVIOUR == "answer-c" else "A"
             if BEHAVIOUR == "answer-share":
                 text = "A" if (_question(request["prompt"]) * GOLDEN) % 1 < SHARE else "C"
             token = {"text": text, "logprob": -0.1, "top_logprob": {text: -0.1}}
-            return self._send(
-                200, {"text": text, "tokens": [token], "logprob": -0.1, "request_time": 0.01}
-            )
-        if self.path == "/tokenize":
+            return 200, {"text": text, "tokens": [token], "logprob": -0.1, "request_time": 0.01}
+        if path == "/tokenize":
             if BEHAVIOUR == "hang-tokenize":
                 time.sleep(3600)
             tokens = list(request["text"].encode())
             if request.get("truncation") and request.get("max_length"):
                 tokens = tokens[: request["max_length"]]
-            return self._send(200, {"tokens": tokens, "request_time": 0.0})
-        if self.path == "/decode":
+            return 200, {"tokens": tokens, "request_time": 0.0}
+        if path == "/decode":
             text = bytes(request["tokens"]).decode(errors="replace")
-            return self._send(200, {"text": text, "request_time": 0.0})
-        return self._send(404, {"detail": "not found"})
+            return 200, {"text": text, "request_time": 0.0}
+        return 404, {"detail": "not found"}
 
-    def log_message(self, format, *args):
+    def log_message(self, format: str, *args: Any) -> None:
         sys.stderr.write(format % args + "\n")
 
 
-def main():
+def main() -> None:
     if BEHAVIOUR == "crash":
         raise RuntimeError("the model folder is missing: /opt/model")
     if BEHAVIOUR == "oom":
-        hog = []
+        hog: list[bytearray] = []
         while True:
             hog.append(bytearray(64 * 1024 * 1024))
     ThreadingHTTPServer(("0.0.0.0", 80), Handler).serve_forever()
