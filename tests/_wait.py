@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 T = TypeVar("T")
 
 
 def until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | Literal[False] | None],
     what: str,
     *,
     timeout_s: float = 30,

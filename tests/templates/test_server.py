@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
@@ -22,6 +23,8 @@ from tests._wait import until
 
 SERVER_DIR = Path(__file__).resolve().parents[2] / "templates" / "server"
 FRANCE = "The capital of France is "
+# Engine._forward's signature: token ids, attention mask, KV cache -> hidden states.
+Forward = Callable[[torch.Tensor, torch.Tensor, Any], torch.Tensor]
 GREEDY = {"temperature": 0, "top_k_per_token": 3}
 
 
@@ -29,9 +32,8 @@ def import_server() -> ModuleType:
     """templates/server/main.py, imported as the rendered submission does (api.py beside it)."""
     if str(SERVER_DIR) not in sys.path:
         sys.path.insert(0, str(SERVER_DIR))
-    import main
-
-    assert Path(main.__file__).parent == SERVER_DIR
+    main = importlib.import_module("main")
+    assert Path(main.__file__ or "").parent == SERVER_DIR
     return main
 
 
@@ -150,7 +152,7 @@ def test_logprobs_equal_a_direct_forward_pass(client: TestClient, reference: Any
         assert token["logprob"] == pytest.approx(row[token_id].item(), abs=1e-4)
         # Keyed by text, alternatives that decode alike (partial UTF-8 bytes) keep the best.
         top = dict(zip(row.topk(3).indices.tolist(), row.topk(3).values.tolist(), strict=True))
-        best = {}
+        best: dict[str, float] = {}
         for alt_id, alt_logprob in top.items():
             best.setdefault(tokenizer.decode([alt_id]), alt_logprob)
         assert token["top_logprob"] == pytest.approx(best, abs=1e-4)
@@ -444,7 +446,7 @@ def test_a_failing_request_gets_a_500_and_the_rest_are_served(
 ) -> None:
     # A CUDA out-of-memory error cannot happen on CPU: raise one from the real forward pass.
     poison = engine.encode("poison")
-    original = engine._forward
+    original: Forward = engine._forward
 
     def failing_forward(ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         for row in ids.tolist():
@@ -469,7 +471,8 @@ def test_a_step_that_fails_once_is_retried_request_by_request(
 ) -> None:
     requests = _mixed_requests()
     expected = [process(client, **body) for body in requests]
-    original, failures = engine._forward, []
+    original: Forward = engine._forward
+    failures: list[int] = []
 
     def flaky_forward(ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         if ids.shape[0] > 1 and ids.shape[1] == 1 and not failures:  # a batched decoding step
@@ -546,13 +549,13 @@ def test_a_model_that_cannot_load_is_reported(
 
 
 def test_4bit_loading_serves_the_same_protocol(server: ModuleType, tiny_model_dir: Path) -> None:
-    import bitsandbytes as bnb
+    from bitsandbytes.nn.modules import Linear4bit
 
     settings = server.Settings(model_path=str(tiny_model_dir), load_in_4bit=True)
     with TestClient(server.create_app(settings)) as quantized:
         wait_ready(quantized)
         model = quantized.app.state.server.engine.model  # type: ignore[attr-defined]
-        assert any(isinstance(module, bnb.nn.Linear4bit) for module in model.modules())
+        assert any(isinstance(module, Linear4bit) for module in model.modules())
         result = process(quantized, prompt=FRANCE, max_new_tokens=3, min_new_tokens=3, **GREEDY)
     assert len(result["tokens"]) == 3
     assert all(t["logprob"] < 0 for t in result["tokens"])

@@ -16,7 +16,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from tests._wait import until
-from tests.templates.test_server import GREEDY, import_server, process, wait_ready
+from tests.templates.test_server import GREEDY, Forward, import_server, process, wait_ready
 from tests.templates.test_server_prefix import assert_same
 
 CHUNK = 16  # tokens per chunk: the prompts below take 7 to 13 chunks
@@ -58,7 +58,7 @@ def _record_forwards(engine: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple
     """Spy on the real forward pass: ("decode", rows) for a decoding step, ("read", tokens) for
     a prompt read (a chunk, or a whole prompt when nothing decodes)."""
     events: list[tuple[str, int]] = []
-    original = engine._forward
+    original: Forward = engine._forward
 
     def spy(ids: torch.Tensor, mask: torch.Tensor, cache: Any) -> torch.Tensor:
         rows, columns = ids.shape

@@ -34,7 +34,8 @@ def config_for(*datasets: dict[str, Any], **changes: Any) -> Any:
 
 def load(path: Path, fmt: str) -> list[data.Example]:
     spec = config_for({"source": str(path), "format": fmt}).datasets[0]
-    return data.convert(data.read_rows(spec), spec)
+    examples: list[data.Example] = data.convert(data.read_rows(spec), spec)
+    return examples
 
 
 @pytest.mark.parametrize(
@@ -148,7 +149,7 @@ def test_curation_counts_are_exact(tmp_path: Path) -> None:
             (unique[i]["instruction"] + " " + unique[i]["output"]).split()[start : start + n]
         )
 
-    evals = [
+    evals: list[dict[str, Any]] = [
         {"prompt": "Context: " + words_of(10, 5, 13) + " ?"},  # 13 shared words: contaminated
         {"prompt": words_of(11, 18, 20)},  # spans prompt and response: contaminated
         {"question": "q", "references": ["A. " + words_of(12, 25, 13)]},  # any string field

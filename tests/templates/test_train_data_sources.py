@@ -34,7 +34,8 @@ def prepared(
     config = from_dict(
         {"track": "4090", "base_model": "./m", "datasets": list(datasets), **changes}
     )
-    return data.prepare(config, lambda _: False)
+    prepared: tuple[list[data.Example], dict[str, Any]] = data.prepare(config, lambda _: False)
+    return prepared
 
 
 def pairs(examples: list[data.Example]) -> set[tuple[str, str]]:

@@ -32,7 +32,7 @@ pytestmark = pytest.mark.helm
 def _correct_output(state: dict[str, Any]) -> str:
     """The answer HELM counts as right: the letter of the correct choice for multiple-choice
     adapters (their `output_mapping`), else the correct reference's text."""
-    correct = next(
+    correct: str = next(
         r["output"]["text"] for r in state["instance"]["references"] if "correct" in r["tags"]
     )
     mapping = state.get("output_mapping") or {}

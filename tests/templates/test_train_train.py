@@ -383,10 +383,12 @@ def test_a_run_leaves_its_record_and_a_replay_with_its_seed_is_bit_identical(
 def test_the_reproductions_environment_names_are_the_ones_train_reads() -> None:
     # Templates never import harness: the two copies of the names must agree.
     from harness.reproduce import flow
+    from harness.reproduce.curves import METRICS_FILE, RECORD_FILE
+    from harness.reproduce.options import Manifest
 
     assert (flow.SEED_ENV, flow.DETERMINISTIC_ENV) == (train.SEED_ENV, train.DETERMINISTIC_ENV)
-    assert flow.RECORD_FILE == "run_record.json" and flow.METRICS_FILE == "metrics.jsonl"
+    assert RECORD_FILE == "run_record.json" and METRICS_FILE == "metrics.jsonl"
     # The training image's WORKDIR is /app; the shipped configs' output_dir is relative to it.
     for track in ("4090", "A100"):
         shipped = yaml.safe_load((TRAIN_DIR.parent / "configs" / f"{track}.yaml").read_text())
-        assert flow.Manifest().record_path == f"/app/{shipped['output_dir']}"
+        assert Manifest().record_path == f"/app/{shipped['output_dir']}"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.checks import EntryReport, Limits, check_entries, check_entry
+from harness.checks import EntryReport, Finding, Limits, check_entries, check_entry
 from harness.errors import ConfigError
 from tests.harness.checks.conftest import (
     DIGEST,
@@ -307,10 +307,9 @@ def test_internal_error_stays_on_its_entry_and_the_batch_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import harness.checks._check as check_module
+    from harness.checks._rules import text_findings as original
 
-    original = check_module.text_findings
-
-    def explode(path: str, text: str) -> list[object]:
+    def explode(path: str, text: str) -> list[Finding]:
         if "boom" in text:
             raise RuntimeError("rule crashed")
         return original(path, text)

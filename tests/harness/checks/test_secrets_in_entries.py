@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness.checks import EntryReport, check_entry
-from tests.harness.checks.conftest import GOOD_FILES, Files, write_zip
+from tests.harness.checks.conftest import GOOD_DOCKERFILE, GOOD_FILES, Files, write_zip
 from tests.harness.checks.fakes import ASSIGNED_TO, MAKERS, fake
 
 
@@ -42,7 +42,7 @@ PLACES: dict[str, tuple[str, Callable[[str, str], str]]] = {
     "config": ("configs/train.yaml", lambda n, v: f"{n.lower()}: '{_one_line(v)}'\n"),
     "dockerfile": (
         "Dockerfile",
-        lambda n, v: GOOD_FILES["Dockerfile"] + f'ENV {n}="{_one_line(v)}"\n',  # type: ignore[operator]
+        lambda n, v: GOOD_DOCKERFILE + f'ENV {n}="{_one_line(v)}"\n',
     ),
 }
 

@@ -6,6 +6,7 @@ and the tiny model trains on them with the template's train.py."""
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import pickle
 import random
@@ -23,7 +24,10 @@ from harness.helm.packs import build_pack, install_pack
 from harness.helm.runner import HelmEndpoint, run_helm, write_prod_env
 from harness.helm.style import helm_style
 from harness.run.gateway import Gateway
-from tests.templates.test_train_train import train, train_config, write_config
+from tests.templates.test_train_train import write_config  # puts templates/train on sys.path
+
+train = importlib.import_module("train")
+train_config = importlib.import_module("config")
 
 pytestmark = pytest.mark.helm
 

@@ -13,13 +13,13 @@ from typer.testing import CliRunner
 
 from harness.cli import app
 from harness.errors import ConfigError
+from harness.helm.packs import sha256_file
 from harness.leaderboard import OUTPUTS, build_leaderboard
 from harness.leaderboard.html import entry_page
 from harness.leaderboard.release import (
     MANIFEST,
     Problem,
     Release,
-    sha256_file,
     verify_release,
     write_release,
 )

@@ -20,7 +20,8 @@ from harness.leaderboard.html import entry_page, to_html
 from harness.leaderboard.text import to_json, to_markdown
 from harness.store import GatewayStats, Metric, Status, Step, Store
 
-OPEN = {  # the worked example of test_scoring.py: scores A 0.630, B 0, C 0.397
+# The worked example of test_scoring.py: scores A 0.630, B 0, C 0.397.
+OPEN: dict[str, dict[str, float | None]] = {
     "A": {"mmlu:a": 0.5, "mmlu:b": 0.4, "gsm": 0.2, "ppl": 10.0},
     "B": {"mmlu:a": 0.5, "mmlu:b": 0.6, "gsm": None, "ppl": 12.0},
     "C": {"mmlu:a": 0.3, "mmlu:b": 0.4, "gsm": 0.1, "ppl": 8.0},

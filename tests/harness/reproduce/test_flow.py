@@ -141,7 +141,8 @@ def test_repeated_runs_are_judged_by_their_mean_and_p_value() -> None:
     assert "3 runs' mean 0.2200" in reason and "p = " in reason
     runs = [compare("top", field, _metrics({"gsm": v})) for v in (0.35, 0.12, 0.31)]
     verdict, _, judgements = judge(runs, 0.02)
-    assert verdict is Verdict.WITHIN_NOISE and judgements["gsm"].p_value > 0.05
+    p_value = judgements["gsm"].p_value
+    assert verdict is Verdict.WITHIN_NOISE and p_value is not None and p_value > 0.05
 
 
 def test_loss_curves_part_at_the_first_step_beyond_the_tolerance(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import json
 import re
 import subprocess
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -110,7 +111,7 @@ def test_uploads_over_the_limit_are_refused_without_being_kept(
     assert response.status_code == 413 and "limit" in response.json()["detail"]
 
     # No Content-Length (a chunked stream): counted as it arrives and cut at the limit.
-    def chunks() -> object:
+    def chunks() -> Iterator[bytes]:
         boundary = b"--b\r\n"
         yield boundary + b'Content-Disposition: form-data; name="track"\r\n\r\n4090\r\n'
         yield boundary + b'Content-Disposition: form-data; name="file"; filename="e.zip"\r\n\r\n'

@@ -4,11 +4,14 @@ status must be one the schema documents."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error, status_code_conformance
+from schemathesis.core.result import Err
 
 from tests.harness.service.conftest import Serve
 
@@ -23,6 +26,8 @@ def test_no_generated_request_gets_a_server_error(serve: Serve, mode: Generation
     statuses: list[int] = []
     probed = []
     for result in schema.get_all_operations():
+        if isinstance(result, Err):  # the service's own schema does not load: that is the bug
+            raise result.err()
         operation = result.ok()
         raw = operation.definition.raw
         if mode is GenerationMode.NEGATIVE and not (
@@ -40,7 +45,7 @@ def test_no_generated_request_gets_a_server_error(serve: Serve, mode: Generation
             database=None,
         )
         @given(case=case_strategy)
-        def probe(case: schemathesis.Case) -> None:
+        def probe(case: schemathesis.Case[Any]) -> None:
             response = case.call(
                 base_url=served.url, headers={"Authorization": f"Bearer {token}"}, timeout=60
             )

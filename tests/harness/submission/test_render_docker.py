@@ -143,7 +143,8 @@ def _greedy_on_host(model_dir: Path, prompt: str, tokens: int) -> str:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     with torch.inference_mode():
-        out = model.generate(
+        # transformers annotates from_pretrained's model as a class its generate() does not accept.
+        out = model.generate(  # type: ignore[misc]
             ids, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens, pad_token_id=0
         )
     return str(tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True))
