@@ -9,11 +9,11 @@ from concurrent.futures import Future
 from pathlib import Path
 
 from harness.run.driver import run_entries
-from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import BufferedRecorder, Recorder, StoreRecorder
 from harness.store import Finding, Metric, Status, Step, StepStatus, Store
+from tests.harness.run.fakes import InstantExecutor
 
 
 def test_buffered_records_replay_into_the_store_with_their_own_times(tmp_path: Path) -> None:
@@ -44,7 +44,7 @@ def test_buffered_records_replay_into_the_store_with_their_own_times(tmp_path: P
         assert store.image_id("team-a", "open") == "sha256:" + "0" * 64
 
 
-class _Answering:
+class _Answering(InstantExecutor):
     """An executor that ends every entry at once by its name: the driver's side of the seam."""
 
     def __init__(self) -> None:
@@ -62,21 +62,6 @@ class _Answering:
         status = Status.SCORED if job.name.startswith("good") else Status.FLAGGED
         future.set_result(Ending(status, f"{job.name} ended"))
         return future
-
-    def interrupt(self) -> None:
-        raise AssertionError("nothing was interrupted")
-
-    def cancel(self, name: str) -> None:
-        raise AssertionError("nothing was cancelled")
-
-    def heartbeats(self) -> dict[str, Heartbeat]:
-        return {}  # its entries end on this machine
-
-    def nodes(self) -> list[Node]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def test_the_driver_submits_what_is_left_and_records_how_each_ended(tmp_path: Path) -> None:

@@ -12,12 +12,12 @@ from harness.errors import ConfigError
 from harness.leaderboard.build import build_leaderboard
 from harness.leaderboard.scoring import RunSpec, ranked_by_tier, same_run_spec, score_stage
 from harness.leaderboard.text import to_markdown
-from harness.run.executor import Heartbeat, Node
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.run.recorder import Recorder
 from harness.run.tiers import Estimate, Tiers, compute_used, estimate, in_contention, run_tiers
 from harness.store import Metric, Status, Step, Store
+from tests.harness.run.fakes import InstantExecutor
 
 
 def test_parse_defaults_to_keeping_thirty_percent() -> None:
@@ -93,15 +93,12 @@ def test_a_later_tier_ranks_above_an_earlier_one_whatever_its_luck() -> None:
     assert scores["f"] > scores["l"]
 
 
-class Quiz:
+class Quiz(InstantExecutor):
     """An executor whose entries answer with their skill (the digits of their name) on the
     budget asked: metrics as HELM names them, with the instance count in the run spec."""
 
     def __init__(self, log: list[tuple[str, int]]) -> None:
         self.log = log
-
-    def start(self, options: RunOptions, run_id: str) -> None:
-        pass
 
     def submit(self, job: EntryJob, recorder: Recorder) -> Future[Ending]:
         budget = job.options.budget
@@ -120,21 +117,6 @@ class Quiz:
             Metric(f"s{i}:max_eval_instances={budget // 2}", f"s{i}", "exact_match", skill)
             for i in range(2)
         ]
-
-    def interrupt(self) -> None:
-        raise AssertionError("nothing was interrupted")
-
-    def cancel(self, name: str) -> None:
-        raise AssertionError("nothing was cancelled")
-
-    def heartbeats(self) -> dict[str, Heartbeat]:
-        return {}  # its entries end on this machine
-
-    def nodes(self) -> list[Node]:
-        return []
-
-    def close(self) -> None:
-        pass
 
 
 def test_later_tiers_evaluate_only_the_contenders_and_the_store_remembers(tmp_path: Path) -> None:
