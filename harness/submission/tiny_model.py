@@ -50,7 +50,7 @@ def _tokenizer() -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok, model_max_length=CONTEXT_LENGTH, **SPECIAL_TOKENS
     )
 
