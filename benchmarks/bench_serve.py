@@ -41,8 +41,8 @@ import httpx
 from harness.run.health import HealthSchedule, wait_healthy
 
 REPO = Path(__file__).resolve().parents[1]
-NAIVE = (REPO / "benchmarks", "naive_server:app", {})
-OURS = (REPO / "templates" / "server", "main:app", {})
+NAIVE: tuple[Path, str, dict[str, str]] = (REPO / "benchmarks", "naive_server:app", {})
+OURS: tuple[Path, str, dict[str, str]] = (REPO / "templates" / "server", "main:app", {})
 SERVERS = {
     "naive (sample-style)": NAIVE,
     "ours, no prefix cache": (*OURS[:2], {"PREFIX_CACHE_MB": "0"}),
@@ -202,7 +202,7 @@ def drive(url: str, requests: list[dict[str, Any]], clients: int, result: Result
     result.texts += texts
 
 
-def percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: int) -> float:
     return (
         statistics.quantiles(values, n=100, method="inclusive")[q - 1]
         if len(values) > 1
@@ -224,7 +224,7 @@ def report(
     def p99_of(lines: list[int]) -> Callable[[Result], float]:
         return lambda r: 1000 * percentile([r.latencies[i] for i in lines], 99)
 
-    rows = [
+    rows: list[tuple[str, Callable[[Result], float], str]] = [
         ("requests/s", lambda r: len(requests) / r.seconds, "{:.1f}"),
         ("generated tokens/s", lambda r: r.tokens / r.seconds, "{:.1f}"),
         ("p50 latency (ms)", lambda r: 1000 * percentile(r.latencies, 50), "{:.0f}"),

@@ -157,8 +157,8 @@ def main() -> int:
                 pollers = [pool.submit(poll, url, tokens, ids, stop) for _ in range(args.pollers)]
                 evaluating = time.monotonic()
                 while True:
-                    with sqlite3.connect(data / "service.sqlite") as db:
-                        left = db.execute(
+                    with sqlite3.connect(data / "service.sqlite") as conn:
+                        left = conn.execute(
                             "SELECT COUNT(*) FROM submissions WHERE state IN ('queued', 'running')"
                         ).fetchone()[0]
                     if not left:
@@ -181,11 +181,11 @@ def main() -> int:
             print(f"p99 while evaluating {p99:.1f} ms (target < {TARGET_P99_MS:.0f} ms)")
             ok &= p99 < TARGET_P99_MS
 
-            with sqlite3.connect(data / "service.sqlite") as db:
-                rows = db.execute("SELECT id, state, status, runs FROM submissions").fetchall()
-            with sqlite3.connect(data / "results" / "results.sqlite") as db:
+            with sqlite3.connect(data / "service.sqlite") as conn:
+                rows = conn.execute("SELECT id, state, status, runs FROM submissions").fetchall()
+            with sqlite3.connect(data / "results" / "results.sqlite") as conn:
                 attempts = Counter(
-                    entry for (entry,) in db.execute(
+                    entry for (entry,) in conn.execute(
                         "SELECT entry FROM attempts WHERE finished_at IS NOT NULL"
                     )
                 )  # fmt: skip

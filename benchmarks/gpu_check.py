@@ -65,7 +65,7 @@ BANDWIDTH_TB_S = [
     ("A10G", 0.6),
     ("L4", 0.3),
 ]
-MISTRAL_7B = {  # mistralai/Mistral-7B-v0.1's config.json, less the token ids
+MISTRAL_7B: dict[str, Any] = {  # mistralai/Mistral-7B-v0.1's config.json, less the token ids
     "hidden_size": 4096,
     "intermediate_size": 14336,
     "num_hidden_layers": 32,
@@ -175,13 +175,13 @@ def _parameters(config: dict[str, Any]) -> int:
     kv = config["num_key_value_heads"] * head_dim
     attention = 2 * hidden * hidden + 2 * hidden * kv
     per_layer = attention + 3 * hidden * inter + 2 * hidden
-    return layers * per_layer + 2 * config["vocab_size"] * hidden + hidden
+    return int(layers * per_layer + 2 * config["vocab_size"] * hidden + hidden)
 
 
 def _decode_tokens_per_s(url: str, tokens: int) -> float:
     body = {"prompt": "The capital of France is", "temperature": 0, "max_new_tokens": tokens}
     body["min_new_tokens"] = tokens
-    seconds = []
+    seconds: list[float] = []
     for _ in range(2):  # the first pays one-off costs
         answer = httpx.post(f"{url}/process", json=body, timeout=600).raise_for_status().json()
         assert len(answer["tokens"]) == tokens, answer["tokens"]

@@ -29,7 +29,8 @@ if device == "cpu":  # the submission server's CPU thread setting: compare servi
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - 1))
 dtype = torch.bfloat16 if device == "cuda" else torch.float32
 tokenizer: Any = AutoTokenizer.from_pretrained(os.environ["MODEL_PATH"])
-model: Any = AutoModelForCausalLM.from_pretrained(os.environ["MODEL_PATH"], dtype=dtype).to(device)
+model: Any = AutoModelForCausalLM.from_pretrained(os.environ["MODEL_PATH"], dtype=dtype)
+model = model.to(device)
 model.eval()
 
 
@@ -46,7 +47,7 @@ async def process(request: ProcessRequest) -> ProcessResponse:
     assert prompt_length + request.max_new_tokens <= model.config.max_position_embeddings
     if request.seed is not None:
         torch.manual_seed(request.seed)
-    sampling = {"do_sample": False}
+    sampling: dict[str, Any] = {"do_sample": False}
     if not request.greedy:
         sampling = {"do_sample": True, "temperature": request.temperature}
         sampling |= {"top_k": request.top_k, "top_p": request.top_p}

@@ -100,7 +100,7 @@ def load_engine(settings: Settings) -> Engine:
     nf4 = " in 4-bit NF4" if settings.load_in_4bit else ""
     log.info("loading %s on %s as %s%s", settings.model_path, device, dtype, nf4)
     tokenizer = AutoTokenizer.from_pretrained(settings.model_path)
-    model = AutoModelForCausalLM.from_pretrained(settings.model_path, **kwargs)
+    model: Any = AutoModelForCausalLM.from_pretrained(settings.model_path, **kwargs)
     if not settings.load_in_4bit:
         model = model.to(device)
     model.eval()

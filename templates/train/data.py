@@ -258,7 +258,8 @@ def convert(rows: list[dict[str, Any]], spec: DatasetSpec) -> list[Example]:
                 f"{source}: an OpenAssistant message lacks {exc.args[0] if exc.args else exc}"
             ) from None
         return [Example(p.strip(), r.strip(), source) for p, r in pairs]
-    converter = _mapped(spec) if spec.fields else CONVERTERS[spec.format]
+    # The config holds one of the two (DatasetSpec's check).
+    converter = _mapped(spec) if spec.fields else CONVERTERS[str(spec.format)]
     described = (
         f"the fields {spec.fields.model_dump()}" if spec.fields else f"format {spec.format!r}"
     )

@@ -103,7 +103,8 @@ def load_base(config: TrainConfig, device: str) -> Any:
         # On CPUs with AVX512-BF16, bitsandbytes rearranges a 4-bit weight in place the first time
         # it runs under no_grad in eval mode; gradients through it are then lost and merges wrong.
         for module in model.modules():
-            if isinstance(module, bnb.nn.Linear4bit):
+            # bitsandbytes.nn imports Linear4bit without listing it in an __all__
+            if isinstance(module, bnb.nn.Linear4bit):  # type: ignore[attr-defined]
                 module.support_avx512bf16_for_cpu = False
     return model
 
@@ -315,7 +316,7 @@ def sha256_of(path: Path) -> str:
 
 def write_record(out: Path, seed: int, source: str) -> dict[str, Any]:
     """run_record.json: what a reviewer needs to replay this run and to tell why it differs."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for package in RECORDED_PACKAGES:
         try:
             versions[package] = metadata.version(package)
@@ -543,7 +544,8 @@ def train(
     trainer.train(resume_from_checkpoint=checkpoint)
 
     adapter = out / "adapter"
-    trainer.model.save_pretrained(adapter)
+    peft_model: Any = trainer.model  # the PeftModel; Trainer types it as any Module
+    peft_model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
     summary = {
         "global_step": trainer.state.global_step,
