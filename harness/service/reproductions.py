@@ -20,8 +20,10 @@ the engine or a Ray node lost, a harness crash) puts it back in the queue, count
 a service that starts finds what a dead one left running and queues it again, unless it finished
 before the service died (its reproduction.json of the same request): then that verdict is kept.
 A reproduction stopped with its service (SIGTERM) has its containers removed (`Reproducer.stop`),
-and what it writes afterwards is never taken as its verdict. The team is told of each ending
-(`reproduction.finished`, `reproduction.failed`: notify.py).
+and what it writes afterwards is never taken as its verdict. No lease lapses under a reproduction
+that runs here: each of its steps has its own limit (the build limit, the training's time limit,
+the stage's evaluation deadline), and its end is recorded whatever it is. The team is told of
+each ending (`reproduction.finished`, `reproduction.failed`: notify.py).
 """
 
 from __future__ import annotations
@@ -227,7 +229,7 @@ class Reproductions:
             return True
         try:
             future = self.executor.submit_task(
-                self.reproducer.task(request, self.executor.shared_storage)
+                self.reproducer.task(request, self.executor.shared_storage), track=request.track
             )
         except Exception as exc:  # its inputs could not be packed, say: the harness's failure
             log.exception("reproduction of %s could not start", request.submission)
