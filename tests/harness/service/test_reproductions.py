@@ -142,6 +142,8 @@ def test_a_queued_reproduction_survives_a_killed_service_and_ends_with_its_verdi
         ("alice", None, "train-timeout")
     ]
     assert [(r["team"], r["reproduction"]) for r in board["rows"]] == [("alice", "train-timeout")]
+    with served.client() as client:  # the public web page: the same rendering as `harness report`
+        assert "train-timeout" in client.get("/leaderboard/4090").text
     told = until(
         lambda: [d for d in receiver.deliveries if d["event"].startswith("reproduction.")],
         "alice was told of the verdict",
