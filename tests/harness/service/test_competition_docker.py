@@ -183,8 +183,8 @@ def test_a_whole_competition_from_the_open_phase_to_the_reveal(
     # Retrained to the very weights alice's own training made (her logged seed, on the CPU).
     model = trained / "model"
     submitted = {p.name: sha256_file(p) for p in model.glob("*.safetensors")}
-    reproduced = {k: v["sha256"] for k, v in done["weights"].items() if k.endswith(".safetensors")}
-    assert submitted and reproduced == submitted
+    retrained = {k: v["sha256"] for k, v in done["weights"].items() if k.endswith(".safetensors")}
+    assert submitted and retrained == submitted
     with served.client(alice) as client:
         final = client.get("/api/v1/leaderboard/4090").json()
         shown = client.get(f"/api/v1/submissions/{alices['id']}").json()
