@@ -208,6 +208,17 @@ def schedule_option(
     return Tiers.parse(tiers, keep=keep, keep_top=keep_top)
 
 
+def parse_mounts(values: list[str]) -> dict[Path, str]:
+    """`--mount HOST_DIR:/container/path` values (a reproduction's training reads them)."""
+    mounts = {}
+    for value in values:
+        host, sep, inside = value.rpartition(":")
+        if not sep or not Path(host).is_dir() or not inside.startswith("/"):
+            raise ConfigError(f"--mount takes HOST_DIR:/container/path, got {value!r}")
+        mounts[Path(host)] = inside
+    return mounts
+
+
 def executor_factory(
     name: str,
     ray_address: str,

@@ -5,7 +5,9 @@ service runs or not.
 (phases.py) now: a final phase queues each finalist's final run. `disqualify` marks an entry with
 a reason (it is kept, struck through with it, unranked). `reveal` shows the final ranking (the
 stages combined with the competition's weights) and makes every score public; the running service
-notices and tells the teams. `release` freezes the public leaderboard of every track (after the
+notices and tells the teams; with `--reproduce-top K` it queues the K best finalists'
+reproductions, which the running service runs (service/reproductions.py) or, with none
+running, `reveal` itself. `release` freezes the public leaderboard of every track (after the
 reveal, the final ranking) into DATA/releases/VERSION (what `harness serve` serves at
 /releases/VERSION), with a manifest holding every file's sha256; `verify` checks a release, or a
 copy of one, against its manifest.
@@ -14,10 +16,11 @@ copy of one, against its manifest.
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -29,14 +32,17 @@ from harness.cli._common import (
     RayAddress,
     abort,
     executor_factory,
+    parse_mounts,
     print_leaderboard,
 )
-from harness.errors import ConfigError, HarnessError
+from harness.errors import ConfigError, HarnessError, InfrastructureError
 from harness.infra.lock import command_line, hold_results_lock
 from harness.leaderboard.model import Leaderboard
 from harness.leaderboard.release import check_version, read_manifest, verify_release, write_release
-from harness.reproduce import top
-from harness.reproduce.options import ReproduceOptions
+from harness.reproduce.options import parse_duration
+from harness.reproduce.queued import QueuedReproducer, asked
+from harness.run.executor import TaskExecutor
+from harness.run.options import RunOptions
 from harness.service.core import (
     DEFAULT_QUOTA,
     ServiceConfig,
@@ -52,7 +58,9 @@ from harness.service.phases import (
     saved_competition,
     single_phase,
 )
-from harness.store import Store
+from harness.service.queue import worker_name
+from harness.service.reproductions import Reproductions
+from harness.store import Store, results_id
 
 EPILOG = """**Examples**
 
@@ -61,7 +69,10 @@ EPILOG = """**Examples**
     harness competition disqualify sub-0123456789ab --reason "trained on the test set" \\
         --data /srv/harness
 
-    harness competition reveal --data /srv/harness --reproduce-top 3   # service stopped
+    harness competition reveal --data /srv/harness --reproduce-top 3   # queued to the service
+
+    harness competition reveal --data /srv/harness --reproduce-top 1 --time-limit 24h \\
+        --mount /srv/models:/models      # training reads the base model there, read-only
 
     harness competition release v1 --data /srv/harness      # into /srv/harness/releases/v1
 
@@ -169,9 +180,14 @@ def reveal(
     data: Data,
     reproduce_top: int = typer.Option(
         0,
-        help="Then reproduce the K best finalists of each track (`harness reproduce --top`: one "
-        "GPU each, through --executor) against their final stage; the service must be stopped "
-        "meanwhile (it holds the results folder): while it runs, nothing is revealed (exit 3).",
+        help="Then reproduce the K best finalists of each track (`harness reproduce --top`'s "
+        "job: one GPU each) against the final phase's stage: queued to the running `harness "
+        "serve`, which runs them through its executor and shows each verdict on the final "
+        "leaderboard; with no service running, run here, through --executor.",
+    ),
+    time_limit: str = typer.Option("24h", help="A reproduction's training time limit."),
+    mount: list[str] = typer.Option(
+        [], help="HOST_DIR:/path mounted read-only into training (e.g. a model cache)."
     ),
     base_image: BaseImage = None,
     executor: ExecutorName = "local",
@@ -181,49 +197,86 @@ def reveal(
     final ranking of the finalists (printed here; `release` freezes it), with each reproduced
     finalist's verdict."""
     console = Console()
-    if reproduce_top < 0:
-        abort(ConfigError(f"--reproduce-top must be 0 or more, got {reproduce_top}"))
-    results = ServiceConfig(data).results
-    # A reproduction writes the results folder, which a running service holds: refused before
-    # anything changes, rather than revealed and then not reproduced. Held to the end (the
-    # reproduction's own hold is then the same one).
-    held = hold_results_lock(results, command_line()) if reproduce_top else nullcontext()
     try:
-        _check_data(data)  # before the lock, which would make DATA/results
-        with held:
-            competition, boards = _reveal(data)
-            for track, (board, ids) in boards.items():
-                console.print(f"final ranking, track {track}:", highlight=False)
-                print_leaderboard(console, board, [])
-                if not reproduce_top:
-                    continue
-                final = competition.phases[-1]
-                options = ReproduceOptions(
-                    track=track,
-                    results=results,
-                    stage=final.harness_stage,
-                    instances=final.instances,
-                    base_image=base_image,
-                )
-                # The store names an entry by its submission; its zip is where the store says.
-                ranked = [
-                    (row.rank, ids[row.entry], ServiceConfig(data).zip_path(ids[row.entry]))
-                    for row in board.rows
-                    if row.rank is not None
-                ]
-                report = top.reproduce_top(
-                    reproduce_top,
-                    options,
-                    executor=executor_factory(executor, ray_address, 1)(),
-                    candidates=ranked,
-                    on_progress=lambda entry, message: console.print(
-                        f"{entry}: {message}", markup=False, highlight=False
-                    ),
-                )
-                for entry in report.entries:
-                    console.print(f"{entry.rank}. {entry.entry}: {entry.verdict}", highlight=False)
+        if reproduce_top < 0:
+            raise ConfigError(f"--reproduce-top must be 0 or more, got {reproduce_top}")
+        # Checked before anything is revealed.
+        wanted = asked(
+            base_image=base_image,
+            time_limit_s=parse_duration(time_limit),
+            mounts=parse_mounts(mount),
+        )
+        competition, boards = _reveal(data)
+        finalists = []
+        for track, (board, ids) in boards.items():
+            console.print(f"final ranking, track {track}:", highlight=False)
+            print_leaderboard(console, board, [])
+            ranked = [row for row in board.rows if row.rank is not None][:reproduce_top]
+            finalists += [(track, row.rank, ids[row.entry]) for row in ranked if row.rank]
+        if finalists:
+            factory = executor_factory(executor, ray_address, 1)
+            _reproduce(data, competition, finalists, wanted, factory, console)
     except HarnessError as exc:
         abort(exc)
+
+
+def _reproduce(
+    data: Path,
+    competition: Competition,
+    finalists: list[tuple[str, int, str]],
+    wanted: dict[str, Any],
+    make_executor: Callable[[], TaskExecutor],
+    console: Console,
+) -> None:
+    """Queue the finalists' reproductions (track, rank, submission); run them here unless a
+    service holds the results folder (then it runs them)."""
+    config = ServiceConfig(data)
+    final = competition.phases[-1]
+    with _service_db(data) as db, ExitStack() as held:
+        subs = {sub_id: db.submission(sub_id) for _, _, sub_id in finalists}
+        db.add_reproductions(
+            [
+                (track, rank, sub_id, sub.team)
+                for track, rank, sub_id in finalists
+                if (sub := subs[sub_id]) is not None
+            ],
+            wanted,
+        )
+        try:
+            held.enter_context(hold_results_lock(config.results, command_line()))
+        except InfrastructureError as exc:
+            console.print(
+                f"reproductions of {len(finalists)} finalist(s) queued to the service ({exc}); "
+                "each verdict shows on the final leaderboard and at /api/v1/reproductions",
+                highlight=False,
+            )
+            return
+        machine = make_executor()
+        machine.start(
+            RunOptions(track=finalists[0][0], stage=final.harness_stage, out=config.results),
+            results_id(config.results),
+        )
+        runner = Reproductions(
+            db,
+            QueuedReproducer(
+                config.results, final.harness_stage, config.zip_path, instances=final.instances
+            ),
+            machine,
+            worker_name(),
+            on_end=lambda ended: console.print(
+                f"{ended.rank}. {ended.submission}: {ended.verdict or ended.state.value}\n"
+                f"   {ended.reason}",
+                markup=False,
+                highlight=False,
+            ),
+        )
+        try:
+            runner.drain(1)
+        except BaseException:  # an interrupt: what runs is stopped and queued again
+            runner.close()
+            machine.interrupt()
+            raise
+        machine.close()
 
 
 @app.command("release", epilog=EPILOG)

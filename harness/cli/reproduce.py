@@ -18,6 +18,7 @@ from harness.cli._common import (
     SharedStorage,
     abort,
     executor_factory,
+    parse_mounts,
 )
 from harness.competition import tracks_text
 from harness.errors import ConfigError, HarnessError
@@ -47,16 +48,6 @@ EPILOG = """**Examples**
     harness reproduce --top 10 results/ --track A100 --runs 5 --executor ray \
         --ray-address auto
 """
-
-
-def _mounts(values: list[str]) -> dict[Path, str]:
-    mounts = {}
-    for value in values:
-        host, sep, inside = value.rpartition(":")
-        if not sep or not Path(host).is_dir() or not inside.startswith("/"):
-            raise ConfigError(f"--mount takes HOST_DIR:/container/path, got {value!r}")
-        mounts[Path(host)] = inside
-    return mounts
 
 
 def main(
@@ -129,7 +120,7 @@ def main(
             time_limit_s=parse_duration(time_limit),
             tolerance=tolerance,
             base_image=base_image,
-            mounts=_mounts(mount),
+            mounts=parse_mounts(mount),
             build_timeout_s=build_timeout_minutes * 60,
             gpus=None if gpus is None else parse_gpus(gpus),
             instances=instances,

@@ -2,7 +2,10 @@
 `harness serve backup` and `harness serve restore`: its databases copied and brought back.
 
 SIGTERM or SIGINT stops it cleanly: the server shuts down, the containers of the entries being
-evaluated are removed and those entries are queued again at their place; it then exits with 0.
+evaluated (and of the finalists being reproduced) are removed and they are queued again at their
+place; it then exits with 0. The reproductions `harness competition reveal --reproduce-top`
+queues are run by harness/reproduce's QueuedReproducer, handed to the service's queue here (the
+service layer may not import harness/reproduce).
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from harness.cli._common import (
 from harness.competition import TRACK_NAMES
 from harness.errors import ConfigError, HarnessError
 from harness.infra.lock import command_line, hold_results_lock
+from harness.reproduce.queued import QueuedReproducer
 from harness.run.options import RunOptions
 from harness.service.api import create_app
 from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
@@ -53,7 +57,8 @@ from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
 from harness.service.notify import Notifier, SmtpSettings
 from harness.service.phases import Competition, PhaseClock, load_competition
-from harness.service.queue import LEASE_S, Queue
+from harness.service.queue import LEASE_S, Queue, worker_name
+from harness.service.reproductions import Reproductions
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
 from harness.store import Store
 
@@ -105,6 +110,21 @@ def phase_run_options(
             own = replace(own, run_specs=phase.run_specs, instances=phase.instances)
         chosen[phase.name] = own
     return chosen
+
+
+def _reproducer(config: ServiceConfig, final: RunOptions) -> QueuedReproducer:
+    """The top finalists' reproductions (`harness competition reveal --reproduce-top`), against
+    the final phase's stage and pack, built and served as the service's entries are."""
+    return QueuedReproducer(
+        config.results,
+        final.stage,
+        config.zip_path,
+        instances=final.instances,
+        base_image=final.base_image,
+        build_timeout_s=final.build_timeout_s,
+        health=final.health,
+        mem_limit=final.mem_limit,
+    )
 
 
 class _Stopped(BaseException):
@@ -261,16 +281,30 @@ def main(
                 # The commands (`harness competition advance`) read it from the database.
                 db.set_state("competition", config.competition.model_dump_json())
                 clock = PhaseClock(db, store, config.competition, notifier)
+            evaluator = make_executor() if jobs else None
+            reproductions = (
+                Reproductions(
+                    db,
+                    _reproducer(config, phase_options.get(config.phases.phases[-1].name, options)),
+                    evaluator,
+                    worker_name(),
+                    on_end=notifier.reproduction,
+                    on_engine_lost=lambda: queue.engine_lost(),
+                )
+                if evaluator is not None
+                else None
+            )
             queue = Queue(
                 db,
                 store,
                 options,
-                make_executor() if jobs else None,
+                evaluator,
                 config.zip_path,
                 lease_s=lease_seconds,
                 notifier=notifier,
                 phase_options=phase_options,
                 on_tick=clock.tick if clock else None,
+                reproductions=reproductions,
             )
             backups = (
                 Scheduled(data, backup_dir or data / "backups", every_s=every_s, keep=backup_keep)

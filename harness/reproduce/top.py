@@ -40,7 +40,7 @@ from harness.reproduce.flow import remove_leftovers, reproduce_locked
 from harness.reproduce.options import ReproduceOptions, Reproduction, Verdict
 from harness.reproduce.report import REPORT, TopEntry, write_combined
 from harness.reproduce.shipped import Reproduce, ShippedReproduction, receive
-from harness.run.executor import LocalExecutor, TaskExecutor
+from harness.run.executor import LocalExecutor, Task, TaskExecutor
 from harness.run.options import RunOptions
 from harness.store import Store, entry_slug, results_id
 
@@ -88,21 +88,40 @@ def _ranked(options: ReproduceOptions, top: int) -> list[tuple[int, str, Path]]:
     return chosen
 
 
-def _kept(folder: Path, name: str, options: ReproduceOptions) -> bool:
-    """Whether the entry's finished reproduction is one of this request."""
+def finished(folder: Path, name: str, options: ReproduceOptions) -> dict[str, Any] | None:
+    """The entry's finished reproduction (its reproduction.json) when it is one of this
+    request, else None."""
     try:
         data = json.loads((folder / f"{REPORT}.json").read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and (
-        data.get("entry"),
-        data.get("stage"),
-        data.get("request"),
-    ) == (
-        name,
-        options.stage,
-        options.request,
-    )
+        return None
+    if not isinstance(data, dict):
+        return None
+    asked = (name, options.stage, options.request)
+    return data if (data.get("entry"), data.get("stage"), data.get("request")) == asked else None
+
+
+def entry_task(
+    name: str,
+    path: Path,
+    options: ReproduceOptions,
+    *,
+    shared_storage: bool,
+    reproduce: Reproduce = _job,
+) -> Task[Any]:
+    """One entry's reproduction as an executor's task(gpu): run where RESULTS_DIR is, or
+    carrying its inputs (`shared_storage` False); its result goes to `entry_result`."""
+    if shared_storage:
+        return functools.partial(reproduce, name, path, options)
+    return ShippedReproduction.pack(name, path, options, reproduce)
+
+
+def entry_result(
+    name: str, options: ReproduceOptions, result: Any, *, shared_storage: bool
+) -> Reproduction:
+    """The reproduction an `entry_task` returned, its folder received into RESULTS_DIR when it
+    ran elsewhere."""
+    return result if shared_storage else receive(name, options, *result)
 
 
 def reproduce_top(
@@ -137,7 +156,7 @@ def reproduce_top(
             name: TopEntry(
                 rank,
                 name,
-                not force and _kept(folder / entry_slug(name), name, options),
+                not force and finished(folder / entry_slug(name), name, options) is not None,
                 folder / entry_slug(name),
             )
             for rank, name, _ in chosen
@@ -170,20 +189,16 @@ def _run(
     try:
         futures: dict[Future[Any], str] = {}
         for name, path in pending:
-            job = (
-                functools.partial(reproduce, name, path, options)
-                if executor.shared_storage
-                else ShippedReproduction.pack(name, path, options, reproduce)
+            job = entry_task(
+                name, path, options, shared_storage=executor.shared_storage, reproduce=reproduce
             )
             on_progress(name, "queued")
             futures[executor.submit_task(job)] = name
         for future in as_completed(futures):
             # An exception ends the batch: the finished ones are kept.
             name = futures[future]
-            result = (
-                future.result()
-                if executor.shared_storage
-                else receive(name, options, *future.result())
+            result = entry_result(
+                name, options, future.result(), shared_storage=executor.shared_storage
             )
             on_progress(name, f"{result.verdict.value}: {result.reason}")
     except BaseException:

@@ -83,7 +83,10 @@ class TaskExecutor(Executor, Protocol):
 
     shared_storage: bool
 
-    def submit_task(self, task: Task[T]) -> Future[T]: ...
+    def submit_task(self, task: Task[T], *, track: str | None = None) -> Future[T]:
+        """`task(gpu)` on one GPU of `track`'s machines (default: the track `start` was
+        given)."""
+        ...
 
 
 class LocalExecutor:
@@ -110,7 +113,7 @@ class LocalExecutor:
         self._jobs[job.name] = job
         return self._pool.submit(evaluate_entry, job, recorder, self.machine)
 
-    def submit_task(self, task: Task[T]) -> Future[T]:
+    def submit_task(self, task: Task[T], *, track: str | None = None) -> Future[T]:
         if self.machine is None:
             raise RuntimeError("LocalExecutor.start() was not called")
         machine = self.machine

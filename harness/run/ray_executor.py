@@ -351,15 +351,18 @@ class RayExecutor:
         ref.future().add_done_callback(replay)
         return done
 
-    def submit_task(self, task: Callable[[int | None], T]) -> Future[T]:
+    def submit_task(
+        self, task: Callable[[int | None], T], *, track: str | None = None
+    ) -> Future[T]:
         """`task(gpu)` as a Ray task asking what an entry's evaluation asks: one GPU, no CPU,
-        one unit of the track's resource."""
+        one unit of the track's resource (`track`, default the one `start` was given)."""
         if self._task is None:
             raise RuntimeError("RayExecutor.start() was not called")
+        resources = {k: v for k, v in self._resources.items() if k != "GPU"}
         remote = self._ray.remote(_task_on_node).options(
             num_gpus=1,
             num_cpus=0,
-            resources={k: v for k, v in self._resources.items() if k != "GPU"},
+            resources={track: 1} if track else resources,
             max_retries=MAX_RETRIES,
             retry_exceptions=False,
         )

@@ -104,6 +104,7 @@ class LeaderboardRow(BaseModel):
     scenarios: dict[str, float | None]  # scenario -> mean win rate
     intervals: dict[str, ScoreInterval]  # stage -> its intervals (none: nothing resampled)
     disqualified: str | None = None  # the organizers' reason; such a row has no rank
+    reproduction: str | None = None  # its reproduction's verdict, once reproduced
 
 
 class LeaderboardOut(BaseModel):
@@ -112,6 +113,22 @@ class LeaderboardOut(BaseModel):
     scenarios: list[str]  # `stage/scenario` when both stages are scored
     rows: list[LeaderboardRow]
     bootstrap: dict[str, Bootstrap]  # stage -> how its intervals were drawn
+
+
+class ReproductionOut(BaseModel):
+    """A top finalist's reproduction (`harness competition reveal --reproduce-top`)."""
+
+    track: str
+    rank: int
+    team: str
+    submission: str | None  # the team's own, or any for an organizer
+    state: str  # queued | running | finished (with a verdict) | failed (the infrastructure)
+    verdict: str | None  # reproduced | within-noise | differs | train-timeout | ...
+    reason: str
+    attempts: int  # times it started (an interrupted one starts again)
+    queued_at: str
+    started_at: str | None
+    finished_at: str | None
 
 
 class TrackStanding(BaseModel):
@@ -294,6 +311,12 @@ def api_router(service: Service) -> APIRouter:
     def competition(team: Authed) -> dict[str, Any]:
         """The current phase, its end, and what is left of the team's quota and failures."""
         return service.standing(team)
+
+    @router.get("/reproductions", response_model=list[ReproductionOut], responses=_ERRORS)
+    def reproductions(team: Authed) -> list[dict[str, Any]]:
+        """The top finalists' reproductions and their verdicts, by track and rank (another
+        team's submission id is left out)."""
+        return service.reproductions(team)
 
     @router.get("/leaderboard/{track}", response_model=LeaderboardOut)
     def leaderboard(track: Track) -> dict[str, Any]:

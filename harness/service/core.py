@@ -333,6 +333,26 @@ class Service:
                 logs[step.value] = redact(log.read().decode(errors="replace"))
         return logs
 
+    def reproductions(self, viewer: Team) -> list[dict[str, Any]]:
+        """The top finalists' reproductions as `viewer` may see them: another team's
+        submission id is left out (for an organizer, none is)."""
+        return [
+            {
+                "track": r.track,
+                "rank": r.rank,
+                "team": r.team,
+                "submission": r.submission if viewer.admin or r.team == viewer.name else None,
+                "state": r.state.value,
+                "verdict": r.verdict,
+                "reason": r.reason,
+                "attempts": r.attempts,
+                "queued_at": _iso(r.queued_at),
+                "started_at": _iso(r.started_at),
+                "finished_at": _iso(r.finished_at),
+            }
+            for r in self.db.reproductions()
+        ]
+
     # -- changing ---------------------------------------------------------------------------------
 
     def publish(self, team: Team, sub_id: str) -> Submission:
@@ -538,6 +558,7 @@ def leaderboard_json(board: Leaderboard, track: str) -> dict[str, Any]:
                 "score": row.final,
                 "facts": row.facts,
                 "disqualified": row.disqualified,
+                "reproduction": row.reproduction,
                 "scenarios": {
                     name: result.win_rate if (result := row.scenarios.get(name)) else None
                     for name in board.columns

@@ -1,6 +1,7 @@
 """The service's own database: teams, sessions and submissions, in DATA_DIR/service.sqlite.
 The submissions' queries are here; the teams' (tokens, sessions, webhooks) are accounts.py's and
-the competition's (phase, reveal, selection, disqualification) records.py's, both mixed into
+the competition's (phase, reveal, selection, disqualification) records.py's and the
+reproductions' reproductions.py's, all mixed into
 ServiceDB over the same file, schema and lock.
 
 Evaluation results live in the harness results store beside it (DATA_DIR/results, the same format
@@ -17,6 +18,7 @@ nothing it had answered.
                  automatic re-queues, its fact sheet, the team's selection for the final, a
                  disqualification's reason, and for a final run the submission it re-runs
     competition  the phase entered and the reveal (key -> value; phases.py)
+    reproductions  the top finalists' reproductions asked by the reveal (reproductions.py)
 
 What an entry costs its team (`charged`): nothing yet while it is queued or running (it holds a
 slot of the day meanwhile), `quota` once scored, `failures` once it failed on its own (the failure
@@ -43,9 +45,11 @@ from typing import Any
 from harness.competition import TRACK_NAMES
 from harness.service.accounts import Team, TeamRecords
 from harness.service.records import CompetitionRecords
+from harness.service.reproductions import TABLE as REPRODUCTIONS_TABLE
+from harness.service.reproductions import ReproductionRecords
 
 DB_FILENAME = "service.sqlite"
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 # Statements that bring a database of version N (the key) to N + 1.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -64,6 +68,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "UPDATE submissions SET charged = CASE WHEN counts = 0 THEN 'none' WHEN status = "
         "'scored' THEN 'quota' ELSE 'failures' END WHERE state NOT IN ('queued', 'running')",
     ),
+    4: (REPRODUCTIONS_TABLE,),
 }  # fmt: skip
 # An entry ended by the infrastructure (or an organizer's cancel) goes back to the queue this
 # many times on its own.
@@ -130,6 +135,7 @@ CREATE TABLE webhooks (
     url TEXT NOT NULL,
     secret TEXT NOT NULL
 );
+{REPRODUCTIONS_TABLE};
 CREATE INDEX submissions_by_queue ON submissions (state, queued_at, seq);
 CREATE INDEX submissions_by_team ON submissions (team_id, track, created_at);
 PRAGMA user_version = {SCHEMA_VERSION};
@@ -239,7 +245,7 @@ def _submission(row: sqlite3.Row) -> Submission:
     return Submission(**values)
 
 
-class ServiceDB(TeamRecords, CompetitionRecords):
+class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
     """The service's database; safe to share between threads of one process (one lock)."""
 
     def __init__(self, data_dir: Path) -> None:

@@ -6,8 +6,9 @@
 
 Events: `entry.scored`, `entry.failed` (any other result), `entry.flagged` (refused at upload),
 `entry.requeued` (the infrastructure interrupted it: not the team's fault), `entry.cancelled`
-(interrupted once too often; not counted). A competition's events go to every team:
-`phase.started`, `phase.ended` and `results.revealed`, as
+(interrupted once too often; not counted); for a finalist reproduced after the reveal,
+`reproduction.finished` (its verdict as `status`, and `rank`) or `reproduction.failed`. A
+competition's events go to every team: `phase.started`, `phase.ended` and `results.revealed`, as
 `{"event", "competition", "phase", "ends_at", "at"}`. A webhook is a JSON POST of
 
     {"event": "entry.scored", "submission": "sub-…", "team": "team-a", "track": "4090",
@@ -40,6 +41,7 @@ import httpx
 
 from harness.secrets import redact
 from harness.service.db import ServiceDB, Submission
+from harness.service.reproductions import Reproduction
 
 log = logging.getLogger("harness.service")
 RETRIES = 5
@@ -83,10 +85,30 @@ class Notifier:
             "reason": redact(sub.reason),
             "at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
-        webhook = self.db.webhook(sub.team)
+        self._send(sub.team, payload)
+
+    def reproduction(self, request: Reproduction) -> None:
+        """Tell a finalist's team how the reproduction of its entry ended: its verdict
+        (`reproduction.finished`), or none (`reproduction.failed`: the infrastructure)."""
+        self._send(
+            request.team,
+            {
+                "event": f"reproduction.{request.state.value}",
+                "submission": request.submission,
+                "team": request.team,
+                "track": request.track,
+                "rank": str(request.rank),
+                "status": request.verdict or request.state.value,
+                "reason": redact(request.reason),
+                "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+        )
+
+    def _send(self, team: str, payload: Mapping[str, str | None]) -> None:
+        webhook = self.db.webhook(team)
         if webhook is not None:
             self._pool.submit(self._post, *webhook, payload)
-        email = next((t.email for t in self.db.teams() if t.name == sub.team), None)
+        email = next((t.email for t in self.db.teams() if t.name == team), None)
         if email and self.smtp is not None:
             self._pool.submit(self._mail, self.smtp, email, payload)
 

@@ -33,6 +33,11 @@ on its own and its team is told; the next time it is cancelled, not counted, and
 to submit it again. An entry running
 past its ceiling (leases.ceiling_s) is stopped the same way and ends `eval-timeout` with that
 reason. The ending its worker sends later is discarded.
+
+The top finalists' reproductions (`harness competition reveal --reproduce-top`: reproductions.py)
+take worker slots from the same executor, ahead of queued entries: each holds a slot and a GPU
+as an entry does until its verdict is recorded; a stopped service stops them too and a restarted
+one queues again what a dead one left running.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from harness.secrets import redact
 from harness.service import leases
 from harness.service.db import MAX_REQUEUES, ServiceDB, State, Submission
 from harness.service.notify import Notifier
+from harness.service.reproductions import Reproductions
 from harness.store import RUN_LABEL, Attempt, Status, Store, results_id
 
 log = logging.getLogger("harness.service")
@@ -88,12 +94,14 @@ class Queue:
         notifier: Notifier | None = None,
         phase_options: Mapping[str, RunOptions] | None = None,
         on_tick: Callable[[], None] | None = None,
+        reproductions: Reproductions | None = None,
     ) -> None:
         """`options` are the evaluation's, for every track (the track is the submission's);
         `phase_options` a competition phase's own (its stage, run specs or pack), by phase name;
         `executor` None (`--jobs 0`) accepts submissions and runs none. `ceiling_s` defaults to
         the longest leases.ceiling_s of the options. `on_tick()` runs on each turn of the loop
-        (the competition's clock)."""
+        (the competition's clock). `reproductions`: the top finalists' reproductions, run on
+        the same executor and worker slots as entries (first, when both wait)."""
         self.db = db
         self.store = store
         self.options = options
@@ -118,8 +126,9 @@ class Queue:
             if ceiling_s is not None
             else max(leases.ceiling_s(o) for o in [options, *self.phase_options.values()])
         )
-        self.worker = f"{socket.gethostname()}/{os.getpid()}"
+        self.worker = worker_name()
         self.notifier = notifier
+        self.reproductions = reproductions
         self._next_beat = 0.0
         self._retry_at: float | None = None  # set while the engine is away
         self._disk_retry_at = 0.0  # after a write found the disk full
@@ -140,6 +149,8 @@ class Queue:
             except InfrastructureError as exc:  # a queue-only service may have no engine at all
                 log.warning("no containers of an earlier service removed: %s", exc)
         self.recover()
+        if self.reproductions is not None:
+            self.reproductions.recover()
         self._thread.start()
 
     def recover(self) -> None:
@@ -239,10 +250,12 @@ class Queue:
         self._wake.set()
         if self._thread.is_alive():
             self._thread.join(timeout=10)
+        # Its containers go first: what the reproductions write afterwards is discarded.
+        stopped = self.reproductions.close() if self.reproductions is not None else []
         if self.executor is None:
             return True
         with self._lock:
-            running = list(self._running.values())
+            running = [*self._running.values(), *stopped]
         self.executor.interrupt()
         _, pending = wait(running, timeout=STOP_WAIT_S)
         # A worker may have started a container while the executor was being stopped.
@@ -294,8 +307,13 @@ class Queue:
                 self.on_tick()
             while self.executor is not None and not self._closing.is_set() and self._engine_ready():
                 with self._lock:
-                    if len(self._running) >= self.jobs:
-                        return
+                    busy = len(self._running)
+                if self.reproductions is not None:
+                    busy += len(self.reproductions.running)
+                if busy >= self.jobs:
+                    return
+                if self.reproductions is not None and self.reproductions.launch():
+                    continue
                 sub = self.db.claim_next(self.worker)
                 if sub is None:
                     return
@@ -368,6 +386,10 @@ class Queue:
             self.notify(sub_id, "failed")
         self._wake.set()
         return True
+
+    def engine_lost(self) -> None:
+        """The engine went away under a reproduction: wait for it as for an entry."""
+        self._retry_at = time.monotonic() + ENGINE_RETRY_S
 
     def notify(self, sub_id: str, what: str) -> None:
         """Tell the submission's team (notify.py), when the service notifies: queued for
@@ -471,6 +493,11 @@ class Queue:
             self._running.pop(sub_id, None)
             self._attempts.pop(sub_id, None)
         self._wake.set()
+
+
+def worker_name() -> str:
+    """Who runs an entry or a reproduction, as its lease names it: host/pid."""
+    return f"{socket.gethostname()}/{os.getpid()}"
 
 
 def _reuse_image(sub: Submission, *, job_stage: str, from_stage: str = "open") -> bool:

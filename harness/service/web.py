@@ -227,5 +227,6 @@ def register(app: FastAPI, service: Service) -> None:
                 service.describe(s, team, details=False) for s in service.db.submissions()[:50]
             ],
             teams=service.db.teams(),
+            reproductions=service.reproductions(team),
             refresh=REFRESH_S * 2,
         )

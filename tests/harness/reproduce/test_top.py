@@ -1,5 +1,5 @@
 """`harness reproduce --top K`: the demo's trained entry (a rendered submission QLoRA-trained for a
-few steps on the CPU with the tiny model, as test_flow.py sets it up) and a copy of it, both
+few steps on the CPU with the tiny model: tests/_trained.py) and a copy of it, both
 scored by a real `harness run`; `--top 2` run as a real subprocess, killed with SIGKILL mid-way
 through the second entry, then run again: it keeps the finished one and finishes the other.
 """
@@ -18,44 +18,17 @@ import pytest
 from typer.testing import CliRunner
 
 from harness.cli import app
-from harness.infra.docker import build
 from harness.reproduce.top import reproduce_top
 from harness.run.driver import RunOptions, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import Status, entry_slug
-from harness.submission.render import render_submission, smoke_config, use_weights
-from harness.submission.tiny_model import write_tiny_dataset
+from tests._trained import readable_base, trained_submission
 from tests._wait import until
 from tests.conftest import REPO
-from tests.harness.reproduce.test_flow import LABELS, _options, cleanup  # noqa: F401
+from tests.harness.reproduce.test_flow import _options, cleanup  # noqa: F401
 from tests.harness.run.test_driver import write_conf
 
 HARNESS = REPO / ".venv" / "bin" / "harness"
-
-
-def _trained_entries(tmp_path: Path, base: Path, base_image: str, docker_client: Any) -> Path:
-    """entries/tiny-a, trained as a competitor does (train, merge, serve model/), and tiny-b,
-    a copy of it."""
-    entries = tmp_path / "entries"
-    submission = render_submission("4090", "tiny-a", entries / "tiny-a").path
-    write_tiny_dataset(submission / "data" / "train.jsonl")
-    smoke_config(submission / "config.yaml", base_model="/base", dataset="data/train.jsonl")
-    built = build(
-        submission, tag="harness-test/tiny-top-train:latest", log_path=tmp_path / "train.log",
-        dockerfile=submission / "Dockerfile.train", build_args={"BASE_IMAGE": base_image},
-        labels=LABELS, timeout=1800,
-    )  # fmt: skip
-    assert built.ok, built.log_path.read_text()[-3000:]
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    docker_client.containers.run(
-        built.image, remove=True, labels=LABELS,
-        volumes={str(base): {"bind": "/base", "mode": "ro"}, str(out): {"bind": "/app/out"}},
-    )  # fmt: skip
-    use_weights(submission, out / "merged")
-    shutil.copytree(submission, entries / "tiny-b", symlinks=True)
-    return entries
 
 
 @pytest.mark.docker
@@ -68,10 +41,11 @@ def test_top_2_reproduces_both_and_a_killed_run_resumes_without_redoing_one(
     helm_bin: Path,
     cleanup: list[str],  # noqa: F811
 ) -> None:
-    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
-    for path in [base, *base.iterdir()]:
-        path.chmod(0o755)  # the image's user (uid 1000) reads the base model
-    entries = _trained_entries(tmp_path, base, base_image, docker_client)
+    base = readable_base(tiny_model_dir, tmp_path)
+    entries = tmp_path / "entries"
+    # tiny-a trained as a competitor does (train, merge, serve model/), tiny-b a copy of it.
+    trained = trained_submission(entries / "tiny-a", base, base_image, docker_client, tmp_path)
+    shutil.copytree(trained, entries / "tiny-b", symlinks=True)
     results = tmp_path / "results"
     for name in ("tiny-a", "tiny-b"):
         cleanup += [entry_slug(name), entry_slug(f"{name}-reproduced")]

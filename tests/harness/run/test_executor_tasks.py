@@ -26,6 +26,13 @@ def _where(gpu: int | None) -> tuple[int | None, int, str]:
     return gpu, os.getpid(), threading.current_thread().name
 
 
+def _node(gpu: int | None) -> str:
+    """A task: the Ray node it ran on."""
+    import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
 def _fails(gpu: int | None) -> None:
     raise ValueError(f"a task's own error (gpu {gpu})")
 
@@ -55,6 +62,7 @@ def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> Non
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
     try:
         cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})
+        a100 = cluster.add_node(num_cpus=1, num_gpus=1, resources={"A100": 1})
         ray.init(address=cluster.address, log_to_driver=False)
         cluster.wait_for_nodes()
         executor: Any = RayExecutor(cluster.address)
@@ -63,12 +71,20 @@ def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> Non
         assert [gpu for gpu, _, _ in results] == [None, None]
         assert all(pid != os.getpid() for _, pid, _ in results)  # in the node's worker
         # The head and the GPU node, idle: alive, with what they offer and no heartbeat.
-        nodes = sorted(executor.nodes(), key=lambda node: "GPU" in node.resources)
-        assert [n.resources for n in nodes] == [{"CPU": 1}, {"CPU": 1, "GPU": 1, "4090": 1}]
+        # A task of another track than the one `start` was given runs on that track's machine.
+        assert executor.submit_task(_node, track="A100").result(timeout=120) == a100.node_id
+        nodes = sorted(executor.nodes(), key=lambda node: sorted(node.resources))
+        assert [n.resources for n in nodes] == [
+            {"CPU": 1, "GPU": 1, "4090": 1},
+            {"CPU": 1, "GPU": 1, "A100": 1},
+            {"CPU": 1},
+        ]
         assert all(n.alive and n.heartbeat_at is None and "Ray node" in n.name for n in nodes)
         with pytest.raises(ValueError, match="a task's own error"):
             executor.submit_task(_fails).result(timeout=120)
         executor.close()
+        cluster.remove_node(a100)
+        cluster.wait_for_nodes()
         with pytest.raises(InfrastructureError, match="'A100' resource"):
             RayExecutor(cluster.address).start(
                 RunOptions(track="A100", stage="open", out=tmp_path), results_id(tmp_path)

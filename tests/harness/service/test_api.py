@@ -281,15 +281,17 @@ def test_teams_add_prints_the_token_once_alone_on_the_last_line(tmp_path: Path) 
     assert again.returncode == 2
 
 
+def sign_in(browser: httpx.Client, secret: str) -> None:
+    """Sign a web client in with a team's token (its session cookie is kept)."""
+    csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
+    assert csrf is not None
+    browser.post("/signin", data={"token": secret, "csrf": csrf.group(1)})
+
+
 def test_admins_see_the_queue_and_every_team_and_teams_do_not(serve: Serve, tmp_path: Path) -> None:
     served = serve()
     token, admin = served.add_team("team-a"), served.add_team("organizers", admin=True)
     sub_id = served.submit(token, stand_in_zip(tmp_path, "a")).json()["id"]
-
-    def sign_in(browser: httpx.Client, secret: str) -> None:
-        csrf = re.search(r'name="csrf" value="([^"]+)"', browser.get("/signin").text)
-        assert csrf is not None
-        browser.post("/signin", data={"token": secret, "csrf": csrf.group(1)})
 
     with httpx.Client(base_url=served.url) as team:
         sign_in(team, token)

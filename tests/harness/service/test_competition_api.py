@@ -156,10 +156,13 @@ def test_phases_quotas_facts_selection_and_the_final_through_the_api(
     assert receiver.bad_signatures == 0
     assert {d["phase"] for d in receiver.deliveries if d["event"] == "phase.ended"} == {"open"}
 
-    # A reproduction writes the results folder the running service holds: refused before
-    # anything is revealed.
-    held = harness("competition", "reveal", "--data", str(data), "--reproduce-top", "1")
-    assert held.returncode == 3 and "harness serve" in " ".join(held.stderr.split())
+    # Bad reproduction options are refused before anything is revealed.
+    for bad, why in (
+        (["--reproduce-top", "-1"], "must be 0 or more"),
+        (["--reproduce-top", "1", "--mount", "/nowhere:/m"], "--mount takes HOST_DIR"),
+    ):
+        refused_reveal = harness("competition", "reveal", "--data", str(data), *bad)
+        assert refused_reveal.returncode == 2 and why in refused_reveal.stderr
     with ServiceDB(data) as db:
         assert db.state("revealed") is None
     early = harness("competition", "reveal", "--data", str(data))
