@@ -80,6 +80,7 @@ check: $(VENV)/.stamp  ## ruff (lint, format) and mypy
 	$(VENV)/bin/ruff check harness templates tests scripts benchmarks
 	$(VENV)/bin/ruff format --check harness templates tests scripts benchmarks
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy templates benchmarks  # apart: their scripts import each other by file name
 
 bench: bench-serve bench-train bench-check bench-sparse bench-chaos bench-serve-api  ## every benchmark
 

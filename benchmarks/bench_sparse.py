@@ -115,7 +115,7 @@ def accuracies(correct: np.ndarray, budget: int) -> tuple[np.ndarray, dict[str, 
 def leaderboard(
     acc: np.ndarray, names: list[str], reached: dict[str, int] | None = None
 ) -> dict[str, float]:
-    metrics = {
+    metrics: dict[str, dict[str, float | None]] = {
         name: dict(zip(SCENARIOS, map(float, row), strict=True))
         for name, row in zip(names, acc, strict=True)
     }
