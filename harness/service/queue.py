@@ -52,6 +52,7 @@ from concurrent.futures import Future, wait
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 from harness.errors import DiskFullError, EntryLost, InfrastructureError
 from harness.infra import docker as engine
@@ -78,6 +79,14 @@ STOP_WAIT_S = 20.0
 # A running entry's lease: how long it lasts without renewal, and the most between renewals.
 LEASE_S = 120.0
 HEARTBEAT_S = 10.0
+
+
+class Slot(NamedTuple):
+    """A worker slot, for the admin page: what runs there, an entry or a finalist reproduced."""
+
+    number: int
+    submission: str | None
+    reproduction: bool = False
 
 
 class Queue:
@@ -192,11 +201,16 @@ class Queue:
     def wake(self) -> None:
         self._wake.set()
 
-    def workers(self) -> list[tuple[int, str | None]]:
-        """(slot, submission id or None) for each worker slot, for the admin page."""
+    def workers(self) -> list[Slot]:
+        """Each worker slot and what runs there, for the admin page."""
         with self._lock:
-            running: list[str | None] = list(self._running)
-        return list(enumerate(running + [None] * (self.jobs - len(running)), start=1))
+            running: list[tuple[str | None, bool]] = [(sub_id, False) for sub_id in self._running]
+        if (reproductions := self.reproductions) is not None:
+            for request_id in reproductions.running:
+                if (request := reproductions.db.reproduction(request_id)) is not None:
+                    running.append((request.submission, True))
+        running += [(None, False)] * (self.jobs - len(running))
+        return [Slot(number, *what) for number, what in enumerate(running, start=1)]
 
     def nodes(self) -> list[Node]:
         """The fleet's machines, idle ones too, for the admin page (none when the fleet does

@@ -216,7 +216,7 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
             queue.stop(other.id)
             until(lambda: containers() == [], "the cancelled entry's container was removed")
             until(
-                lambda: all(running != other.id for _, running in queue.workers()),
+                lambda: all(slot.submission != other.id for slot in queue.workers()),
                 "the queue let it go",
             )
             time.sleep(1.0)  # what the queue does after that (it would tell the team) is quick

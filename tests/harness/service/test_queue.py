@@ -25,7 +25,7 @@ from harness.service import queue as queue_module
 from harness.service.core import Service, ServiceConfig
 from harness.service.db import ServiceDB, State
 from harness.service.notify import Notifier
-from harness.service.queue import Queue
+from harness.service.queue import Queue, Slot
 from harness.store import STORE_FILENAME, Status, Store
 from tests._wait import until
 from tests.conftest import fill_disk
@@ -169,7 +169,7 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
             until(lambda: len(executor.submitted) == 1, "one entry was submitted")
             filler = fill_disk(small_disk)
             executor.submitted[0][1].set_result(Ending(Status.SCORED, "1 run(s) scored"))
-            assert queue.workers() == [(1, None)]  # the slot is free, nothing was recorded
+            assert queue.workers() == [Slot(1, None)]  # the slot is free, nothing was recorded
             assert store.results("open") == {}
             assert (db.submission(subs[0].id) or subs[0]).state is State.RUNNING
 

@@ -111,6 +111,10 @@ def test_a_queued_reproduction_survives_a_killed_service_and_ends_with_its_verdi
         page = organizer.get("/admin").text
     shown = re.search(r'<table id="reproductions">.*?</table>', page, re.DOTALL)
     assert shown is not None and training.sub_id in shown[0] and "running" in shown[0]
+    # Its worker slot is taken, and says by what.
+    slots = re.search(r'<table id="workers">.*?</table>', page, re.DOTALL)
+    link = f'reproduction of <a href="/submissions/{training.sub_id}"'
+    assert slots is not None and link in slots[0]
     served.kill()
     # kill -9 cleans up nothing
     assert [c.id for c in training.running(docker_client)] == [training.container.id]
