@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
 # The first round's share of the full budget; each later round doubles it. A fortieth (5
 # instances a run spec on 1200 over 6) costs half a twentieth and, with TAIL, keeps the crowded
-# field's recall (bench_sparse, 20 seeds: 5.19x at 0.945, a twentieth 4.69x at 0.940).
+# field's recall (bench_sparse, crowded, 20 seeds: 5.2x at 0.945; a twentieth 4.7x at 0.940).
 FIRST_SHARE = 40
 # The smallest full budget: rounds of 1, 2, 4, 10 and 20 instances.
 LEAST_BUDGET = 20
