@@ -45,11 +45,12 @@ DEFAULT_START_S = 120.0
 # (bench_sparse: 20 kept of 225 let ~35 through at 30 instances per entry).
 CONTENTION = 1.75
 # Share of the field entering each round of `--tiers adaptive --target-top 10 --confidence 0.95`
-# (budgets full/20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries, 40 seeds.
+# (budgets full/40, /20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries,
+# 40 seeds.
 ADAPTIVE_ENTERING = {
-    "spread": (1.0, 0.224, 0.144, 0.098, 0.062),
-    "crowded": (1.0, 0.332, 0.231, 0.159, 0.097),
-    "hard": (1.0, 0.318, 0.209, 0.139, 0.090),
+    "spread": (1.0, 0.409, 0.256, 0.167, 0.111, 0.064),
+    "crowded": (1.0, 0.529, 0.375, 0.271, 0.190, 0.104),
+    "hard": (1.0, 0.529, 0.367, 0.248, 0.163, 0.094),
 }
 
 

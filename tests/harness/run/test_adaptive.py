@@ -21,8 +21,8 @@ from tests.harness.run.test_tiers import Quiz
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
-def test_rounds_double_from_a_twentieth_to_the_full_budget() -> None:
-    assert Adaptive(1200).rounds == (60, 120, 240, 600, 1200)
+def test_rounds_double_from_a_fortieth_to_the_full_budget() -> None:
+    assert Adaptive(1200).rounds == (30, 60, 120, 240, 600, 1200)
     assert Adaptive(20).rounds == (1, 2, 4, 10, 20)
     assert Adaptive(1200, top=10, confidence=0.95).delta == pytest.approx(0.005)
 
@@ -172,14 +172,15 @@ def test_rounds_evaluate_only_the_uncertain_and_the_store_remembers(tmp_path: Pa
         reached = store.tiers("open")
         decisions = store.decisions("open")
     # Every entry starts on the first round; each later round only its entrants.
-    assert sorted(e for e, b in log if b == 20) == sorted(f"e-{s}" for s in SKILLS)
+    first = schedule.rounds[0]
+    assert sorted(e for e, b in log if b == first) == sorted(f"e-{s}" for s in SKILLS)
     for number, budget in enumerate(schedule.rounds[1:], start=2):
         entrants = {e for e, d in decisions.items() if d.round >= number}
         assert {e for e, b in log if b == budget} == entrants
     assert len(log) == len(set(log))
     assert {e for e, d in decisions.items() if d.verdict == Verdict.IN} == {"e-95", "e-90"}
     assert all(d.verdict != Verdict.ON for d in decisions.values())
-    assert reached["e-10"] == (1, 20)  # far behind: out after the first round
+    assert reached["e-10"] == (1, first)  # far behind: out after the first round
     assert len({tier for tier, _ in reached.values()}) > 1
     assert {e: d.round for e, d in decisions.items()} == {e: t for e, (t, _) in reached.items()}
 
@@ -187,7 +188,8 @@ def test_rounds_evaluate_only_the_uncertain_and_the_store_remembers(tmp_path: Pa
     assert [row.entry for row in board.rows[:2]] == ["e-95", "e-90"]
     top = board.rows[0].stages["open"].tier
     assert top.endswith(" in") and top.startswith(f"{reached['e-95'][0]}/")
-    assert board.rows[-1].stages["open"].tier == f"1/{max(t for t, _ in reached.values())} (20) out"
+    last = max(t for t, _ in reached.values())
+    assert board.rows[-1].stages["open"].tier == f"1/{last} ({first}) out"
     assert "Tier" in to_markdown(board)
 
     # A restart finds every round decided: nothing is evaluated again.
@@ -206,11 +208,10 @@ def test_rounds_stop_once_every_entry_is_decided(tmp_path: Path) -> None:
             started.append(options.tier)
 
     # With the whole field in the top k, every entry is in after the first round.
-    adaptive.run_adaptive(
-        entries, options, Adaptive(400, top=len(SKILLS)), executor=lambda: Counted(log)
-    )
+    schedule = Adaptive(400, top=len(SKILLS))
+    adaptive.run_adaptive(entries, options, schedule, executor=lambda: Counted(log))
     assert started == [1]
-    assert sorted(log) == sorted((f"e-{s}", 20) for s in SKILLS)
+    assert sorted(log) == sorted((f"e-{s}", schedule.rounds[0]) for s in SKILLS)
 
 
 def test_a_run_killed_between_rounds_continues_from_the_recorded_ones(

@@ -64,3 +64,38 @@ def test_only_run_specs_with_every_value_in_0_1_are_modelled() -> None:
 
     assert set(arrays) == {"ok"}
     np.testing.assert_array_equal(arrays["ok"], [[1.0, 0.0], [0.5, np.nan], [np.nan, np.nan]])
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_later_instances_level_comes_from_those_who_answered_them_not_the_first_ones(
+    seed: int,
+) -> None:
+    # The 10 instances every entry answered happen to be hard (+1 logit against the rest): a
+    # prior fixed at their mean makes the unasked ones as hard, and the stopped entries' shares
+    # come out ~0.15 low. The 30 entries that went on answered both: they tell the difference.
+    rng = np.random.default_rng(seed)
+    ability = rng.normal(0, 1, 150)
+    difficulty = np.concatenate([rng.normal(1.0, 0.3, 10), rng.normal(0, 1.5, 190)])
+    chance = 1 / (1 + np.exp(-(ability[:, None] - difficulty[None, :])))
+    answers = (rng.random(chance.shape) < chance).astype(float)
+    stopped = np.ones(150, dtype=bool)
+    stopped[np.argsort(-ability)[:30]] = False
+    asked = answers.copy()
+    asked[np.ix_(stopped, np.arange(10, 200))] = np.nan
+
+    found = predictive([asked], np.full((150, 1), 200))
+
+    bias = (found.mean[:, 0] - answers.mean(axis=1))[stopped].mean()
+    assert abs(bias) < 0.07
+
+
+def test_a_few_instances_answered_alike_leave_every_prediction_finite() -> None:
+    # 5 instances, most entries right on all of them: no curvature to stop a Newton step.
+    rng = np.random.default_rng(0)
+    answers = (rng.random((200, 5)) < 0.95).astype(float)
+    answers[:3] = 1.0
+
+    found = predictive([answers], np.full((200, 1), 200))
+
+    assert np.isfinite(found.mean).all() and np.isfinite(found.own).all()
+    assert (found.mean[:3] > found.mean[3:].mean()).all()
