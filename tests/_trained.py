@@ -30,7 +30,8 @@ def trained_submission(
     folder: Path, base: Path, base_image: str, docker_client: Any, work: Path
 ) -> Path:
     """Render a 4090 submission into `folder` (its name the entry's) and train it; `work` holds
-    the training's build log and output."""
+    the training's build log (NAME-train.log) and output (NAME-out/: merged/ is the model the
+    submission serves)."""
     submission = render_submission("4090", folder.name, folder).path
     write_tiny_dataset(submission / "data" / "train.jsonl")
     smoke_config(submission / "config.yaml", base_model="/base", dataset="data/train.jsonl")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from typer.testing import CliRunner
 from harness.cli import app
 from harness.errors import ConfigError
 from harness.helm.confs import load_conf, write_helm_conf
-from harness.infra.docker import build
 from harness.leaderboard.intervals import Interval
 from harness.reproduce.curves import Point, compare_curves, describe, read_curve, read_seed
 from harness.reproduce.flow import reproduce_entry
@@ -40,8 +38,7 @@ from harness.reproduce.verdict import compare, judge
 from harness.run.driver import RunOptions, run_entries
 from harness.run.health import HealthSchedule
 from harness.store import Metric, Status, Store, entry_slug
-from harness.submission.render import render_submission, smoke_config, use_weights
-from harness.submission.tiny_model import write_tiny_dataset
+from tests._trained import readable_base, trained_submission
 from tests.conftest import TEST_LABEL
 from tests.harness.run.test_driver import QUICK_HEALTH, SERVER, write_conf
 
@@ -384,29 +381,9 @@ def test_a_rendered_submission_reproduces_end_to_end(
     cleanup: list[str],
 ) -> None:
     entries = tmp_path / "entries"
-    submission = render_submission("4090", "tiny", entries / "tiny").path
-    write_tiny_dataset(submission / "data" / "train.jsonl")
-    smoke_config(submission / "config.yaml", base_model="/base", dataset="data/train.jsonl")
-    # The image's user (uid 1000) reads the base model.
-    base = Path(shutil.copytree(tiny_model_dir, tmp_path / "base"))
-    for path in [base, *base.iterdir()]:
-        path.chmod(0o755)
-
+    base = readable_base(tiny_model_dir, tmp_path)
     # The competitor's own run, by hand as the README says: train, merge, serve model/.
-    built = build(
-        submission, tag="harness-test/tiny-repro-train:latest", log_path=tmp_path / "train.log",
-        dockerfile=submission / "Dockerfile.train", build_args={"BASE_IMAGE": base_image},
-        labels=LABELS, timeout=1800,
-    )  # fmt: skip
-    assert built.ok, built.log_path.read_text()[-3000:]
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    docker_client.containers.run(
-        built.image, remove=True, labels=LABELS,
-        volumes={str(base): {"bind": "/base", "mode": "ro"}, str(out): {"bind": "/app/out"}},
-    )  # fmt: skip
-    use_weights(submission, out / "merged")
+    submission = trained_submission(entries / "tiny", base, base_image, docker_client, tmp_path)
     results = tmp_path / "results"
     cleanup += [entry_slug("tiny"), entry_slug("tiny-reproduced")]
     health = HealthSchedule(tries=1, interval_s=180, poll_s=1)
@@ -436,7 +413,8 @@ def test_a_rendered_submission_reproduces_end_to_end(
     # A QLoRA replay on the CPU with the logged seed is bit-identical: the same weights, the
     # same loss at every step.
     assert result.seeds == (logged["seed"],)
-    assert result.weights == hash_files(out / "merged") and result.weights_identical is True
+    merged = tmp_path / "tiny-out" / "merged"  # trained_submission's own merge
+    assert result.weights == hash_files(merged) and result.weights_identical is True
     assert result.curve is not None and result.curve.matches
     assert result.curve.largest_relative_difference == 0.0
     conf = (results / "reproduce" / entry_slug("tiny") / "helm").rglob("run_specs.conf")
