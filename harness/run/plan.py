@@ -48,9 +48,9 @@ CONTENTION = 1.75
 # (budgets full/40, /20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries,
 # 40 seeds.
 ADAPTIVE_ENTERING = {
-    "spread": (1.0, 0.409, 0.256, 0.167, 0.111, 0.064),
-    "crowded": (1.0, 0.529, 0.375, 0.271, 0.190, 0.104),
-    "hard": (1.0, 0.529, 0.367, 0.248, 0.163, 0.094),
+    "spread": (1.000, 0.593, 0.409, 0.311, 0.256, 0.199, 0.167, 0.139, 0.123, 0.096, 0.076, 0.064),
+    "crowded": (1.000, 0.689, 0.529, 0.433, 0.375, 0.310, 0.271, 0.232, 0.207, 0.162, 0.126, 0.104),
+    "hard": (1.000, 0.689, 0.529, 0.427, 0.367, 0.292, 0.248, 0.206, 0.181, 0.141, 0.112, 0.094),
 }
 
 
@@ -141,6 +141,11 @@ def make_plan(
             raise ConfigError(
                 "the adaptive schedule's savings are measured for --target-top 10 "
                 "--confidence 0.95 only"
+            )
+        if len(adaptive.rounds) != len(ADAPTIVE_ENTERING[field]):
+            raise ConfigError(
+                f"the adaptive schedule's savings are measured for {len(ADAPTIVE_ENTERING[field])}"
+                f" rounds; a budget of {adaptive.full} has {len(adaptive.rounds)}"
             )
         seconds, previous = 0.0, 0
         for share, budget in zip(ADAPTIVE_ENTERING[field], adaptive.rounds, strict=True):

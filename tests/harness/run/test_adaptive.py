@@ -21,9 +21,9 @@ from tests.harness.run.test_tiers import Quiz
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
-def test_rounds_double_from_a_fortieth_to_the_full_budget() -> None:
-    assert Adaptive(1200).rounds == (30, 60, 120, 240, 600, 1200)
-    assert Adaptive(20).rounds == (1, 2, 4, 10, 20)
+def test_rounds_grow_from_a_fortieth_to_the_full_budget() -> None:
+    assert Adaptive(1200).rounds == (30, 45, 60, 90, 120, 180, 240, 360, 480, 720, 960, 1200)
+    assert Adaptive(20).rounds == (1, 2, 3, 4, 6, 8, 12, 16, 20)
     assert Adaptive(1200, top=10, confidence=0.95).delta == pytest.approx(0.005)
 
 

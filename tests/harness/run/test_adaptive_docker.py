@@ -43,7 +43,7 @@ def test_entries_stop_at_different_rounds_and_a_killed_run_continues(
     run_options = options(
         tmp_path, base_image, max_eval_instances=20, run_specs=str(write_conf(tmp_path, 20))
     )
-    schedule = Adaptive(20, top=1)  # rounds of 1, 2, 4, 10 and 20 instances
+    schedule = Adaptive(20, top=1)  # rounds of 1, 2, 3, 4, 6, 8, 12, 16 and 20 instances
 
     # Killed after the second round's evaluations, before its verdicts.
     record = harness.run.adaptive._record_round

@@ -45,7 +45,7 @@ def test_adaptive_rounds_pay_a_start_and_their_new_instances_for_their_entrants(
         COSTS, entries=100, gpus=1, instances=100, stage_limit_s=1e9, adaptive=schedule,
         field="hard",
     )  # fmt: skip
-    shares, budgets = ADAPTIVE_ENTERING["hard"], (3, 5, 10, 20, 50, 100)
+    shares, budgets = ADAPTIVE_ENTERING["hard"], (3, 4, 5, 8, 10, 15, 20, 30, 40, 60, 80, 100)
     assert schedule.rounds == budgets
     new = [b - a for a, b in zip((0, *budgets), budgets, strict=False)]
     expected = sum(s * 100 * (100 + n * 2.0) for s, n in zip(shares, new, strict=True))
@@ -54,6 +54,8 @@ def test_adaptive_rounds_pay_a_start_and_their_new_instances_for_their_entrants(
     with pytest.raises(ConfigError, match="--field"):
         make_plan(COSTS, entries=9, gpus=1, instances=100, stage_limit_s=1, adaptive=schedule,
                   field="flat")  # fmt: skip
+    with pytest.raises(ConfigError, match="measured for 12 rounds; a budget of 20 has 9"):
+        make_plan(COSTS, entries=9, gpus=1, instances=20, stage_limit_s=1, adaptive=Adaptive(20))
     with pytest.raises(ConfigError, match="measured for --target-top 10"):
         make_plan(COSTS, entries=9, gpus=1, instances=100, stage_limit_s=1,
                   adaptive=Adaptive(100, top=3))  # fmt: skip
