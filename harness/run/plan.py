@@ -45,12 +45,12 @@ DEFAULT_START_S = 120.0
 # (bench_sparse: 20 kept of 225 let ~35 through at 30 instances per entry).
 CONTENTION = 1.75
 # Share of the field entering each round of `--tiers adaptive --target-top 10 --confidence 0.95`
-# (budgets full/40, /20, /10, /5, /2, full), by field shape: `make bench-sparse`, 225 entries,
-# 40 seeds.
+# (budgets full/40 and then 1.5x and 4/3x in turn, 12 rounds), by field shape: `make
+# bench-sparse`, 225 entries, 40 seeds.
 ADAPTIVE_ENTERING = {
-    "spread": (1.000, 0.593, 0.409, 0.311, 0.256, 0.199, 0.167, 0.139, 0.123, 0.096, 0.076, 0.064),
-    "crowded": (1.000, 0.689, 0.529, 0.433, 0.375, 0.310, 0.271, 0.232, 0.207, 0.162, 0.126, 0.104),
-    "hard": (1.000, 0.689, 0.529, 0.427, 0.367, 0.292, 0.248, 0.206, 0.181, 0.141, 0.112, 0.094),
+    "spread": (1.000, 0.575, 0.452, 0.375, 0.290, 0.234, 0.180, 0.146, 0.108, 0.084, 0.059, 0.041),
+    "crowded": (1.000, 0.690, 0.582, 0.506, 0.419, 0.360, 0.293, 0.244, 0.184, 0.143, 0.096, 0.063),
+    "hard": (1.000, 0.688, 0.575, 0.497, 0.408, 0.343, 0.266, 0.209, 0.152, 0.120, 0.091, 0.070),
 }
 
 
