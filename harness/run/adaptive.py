@@ -80,7 +80,7 @@ TAIL = 3.0
 # expected) got P 0.000 and was stopped for good. Wider draws keep such entries on a round or
 # two longer, and make the last round's pick less sure of the stopped entries' places
 # (bench_sparse, crowded, 40 seeds: 1.0 -> 1.5 took recall from 0.92 to 0.96 at 6.3x -> 5.0x
-# less compute; a Student-t of 4 degrees of freedom instead kept everyone longer: 3.9x).
+# less compute; a Student-t of 4 degrees of freedom instead kept everyone longer: 3.95x).
 ENTRY_WIDTH = 1.5
 DRAWS = 1000
 # Draws simulated at once: [draws, entries, run specs] float64 arrays stay under ~100 MB.
