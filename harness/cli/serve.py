@@ -56,7 +56,7 @@ from harness.service.backup import DEFAULT_KEEP, Scheduled, restore, take_backup
 from harness.service.core import DEFAULT_QUOTA, Service, ServiceConfig
 from harness.service.db import ServiceDB
 from harness.service.notify import Notifier, SmtpSettings
-from harness.service.phases import Competition, PhaseClock, load_competition
+from harness.service.phases import Competition, PhaseClock, load_competition, zone
 from harness.service.queue import LEASE_S, Queue, worker_name
 from harness.service.reproductions import Reproductions
 from harness.service.uploads import DEFAULT_MAX_UPLOAD_BYTES
@@ -177,7 +177,12 @@ def main(
     executor: ExecutorName = "local",
     ray_address: RayAddress = "auto",
     shared_storage: SharedStorage = False,
-    quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and UTC day."),
+    quota: int = typer.Option(DEFAULT_QUOTA, help="Submissions per team, track and day."),
+    quota_timezone: str = typer.Option(
+        "UTC",
+        help="The time zone whose calendar days the quota counts (an IANA name: "
+        "America/Los_Angeles): a team's slots free at midnight there.",
+    ),
     max_upload_mb: float = typer.Option(
         DEFAULT_MAX_UPLOAD_BYTES / 1024**2, help="Largest upload accepted, in MiB."
     ),
@@ -216,8 +221,9 @@ def main(
     competition: Path | None = typer.Option(
         None,
         help="A competition file (YAML): phases with dates, what each scores, visibility, "
-        "quotas, the final's selection, a fact sheet. Its quotas replace --quota; a phase "
-        "without run_specs or instances scores those of the command line.",
+        "quotas and their time zone, the final's selection, a fact sheet. Its quotas replace "
+        "--quota and --quota-timezone; a phase without run_specs or instances scores those of "
+        "the command line.",
     ),
 ) -> None:
     """Serve the JSON API (/api/v1) and web pages; evaluate queued entries in order."""
@@ -229,6 +235,10 @@ def main(
             raise ConfigError("harness serve needs --data (see --help)")
         if jobs < 0 or quota < 0:
             raise ConfigError("--jobs and --quota cannot be negative")
+        try:
+            zone(quota_timezone)
+        except ValueError as exc:
+            raise ConfigError(f"--quota-timezone: {exc}") from None
         if lease_seconds <= 0:
             raise ConfigError("--lease-seconds must be positive")
         every_s = parse_duration(backup_every) if backup_every is not None else None
@@ -237,6 +247,7 @@ def main(
             data_dir=data,
             stage=stage,
             quota=quota,
+            quota_timezone=quota_timezone,
             max_upload_bytes=int(max_upload_mb * 1024**2),
             competition=load_competition(competition) if competition else None,
         )

@@ -163,6 +163,7 @@ class Standing(BaseModel):
     selection: int | None  # entries a team takes to the final
     revealed: bool
     facts: dict[str, FactField]  # the fact sheet each upload carries
+    quota_timezone: str  # whose calendar days the daily quotas count (an IANA name)
     tracks: dict[str, TrackStanding]
 
 

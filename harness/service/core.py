@@ -59,13 +59,19 @@ VISIBILITIES = ("hidden", "published")
 class ServiceConfig:
     data_dir: Path
     stage: str = "open"
-    quota: int = DEFAULT_QUOTA  # per team, per track, per UTC day
+    quota: int = DEFAULT_QUOTA  # per team, per track, per day in `quota_timezone`
+    quota_timezone: str = "UTC"
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     competition: Competition | None = None  # None: one open phase of `quota` a day
 
     @property
     def phases(self) -> Competition:
-        return self.competition or single_phase(self.quota)
+        return self.competition or single_phase(self.quota, self.quota_timezone)
+
+    def allowance(self, phase: Phase) -> Allowance:
+        """`phase`'s quota as the database counts it."""
+        quota = phase.quota
+        return Allowance(quota.per_day, quota.failures_per_week, self.phases.quota_zone)
 
     @property
     def uploads(self) -> Path:
@@ -122,8 +128,8 @@ class Service:
             if visibility not in VISIBILITIES:
                 raise HTTPException(422, f"visibility must be one of {', '.join(VISIBILITIES)}")
             facts = self.facts(upload.fields)
-            quota = phase.quota
-            self.db.check_quota(team, track, quota.per_day, quota.failures_per_week)
+            allowance = self.config.allowance(phase)
+            self.db.check_quota(team, track, allowance)
             findings = static_findings(partial) or None
             reason = _flag_reason(findings) if findings else ""
             sub = self.db.add_submission(
@@ -132,8 +138,7 @@ class Service:
                 visibility=visibility,
                 filename=upload.filename,
                 size=upload.size,
-                quota=quota.per_day,
-                failures_per_week=quota.failures_per_week,
+                allowance=allowance,
                 phase=phase.name,
                 facts=facts,
                 findings=findings,
@@ -189,7 +194,7 @@ class Service:
         quota = phase.quota
         tracks = {}
         for track in competition.tracks:
-            used = self.db.used(team, track, Allowance(quota.per_day, quota.failures_per_week))
+            used = self.db.used(team, track, self.config.allowance(phase))
             allowed = quota.failures_per_week
             tracks[track] = {
                 "per_day": quota.per_day,
@@ -221,6 +226,7 @@ class Service:
                 name: {"type": f.type, "required": f.required, "help": f.help}
                 for name, f in competition.facts.items()
             },
+            "quota_timezone": competition.quota_timezone,
             "tracks": tracks,
         }
 

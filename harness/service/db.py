@@ -37,7 +37,8 @@ import secrets
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import time as clock
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -150,14 +151,15 @@ def _charged_at_upload(flagged: bool, failures_per_week: int | None) -> str | No
     return "failures" if failures_per_week is not None else "none"
 
 
-def day_start(now: float) -> float:
-    """Midnight UTC of the day `now` falls in: quotas count per UTC day."""
-    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return day.timestamp()
+def day_start(now: float, zone: tzinfo = UTC) -> float:
+    """Midnight, in `zone`, of the day `now` falls in: quotas count per calendar day there."""
+    return datetime.combine(datetime.fromtimestamp(now, zone).date(), clock(0), zone).timestamp()
 
 
-def next_day(now: float) -> float:
-    return (datetime.fromtimestamp(day_start(now), UTC) + timedelta(days=1)).timestamp()
+def next_day(now: float, zone: tzinfo = UTC) -> float:
+    """The next midnight in `zone` (a day of 23 or 25 hours where the clocks change)."""
+    day = datetime.fromtimestamp(now, zone).date() + timedelta(days=1)
+    return datetime.combine(day, clock(0), zone).timestamp()
 
 
 @dataclass(frozen=True)
@@ -215,6 +217,7 @@ class Allowance:
 
     per_day: int
     failures_per_week: int | None = None
+    zone: tzinfo = UTC  # whose calendar days `per_day` counts
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ class Used:
 
     today: int
     failures: int
-    next_slot: float  # when a slot of the day frees (the next UTC midnight)
+    next_slot: float  # when a slot of the day frees (the next midnight in the quota's zone)
     next_failure_slot: float | None  # when the oldest counted failure ages out
 
 
@@ -263,8 +266,7 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
         visibility: str,
         filename: str,
         size: int,
-        quota: int,
-        failures_per_week: int | None = None,
+        allowance: Allowance,
         phase: str = "",
         facts: dict[str, Any] | None = None,
         findings: list[dict[str, Any]] | None = None,
@@ -281,7 +283,7 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
         flagged = findings is not None
         with self._write() as db:
             if not flagged:
-                self._check_quota(db, team, track, Allowance(quota, failures_per_week), now)
+                self._check_quota(db, team, track, allowance, now)
             db.execute(
                 "INSERT INTO submissions (id, team_id, track, visibility, state, status, reason, "
                 "findings, filename, size, counts, created_at, queued_at, phase, facts, charged, "
@@ -302,7 +304,7 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
                     now,
                     phase,
                     json.dumps(facts or {}),
-                    _charged_at_upload(flagged, failures_per_week),
+                    _charged_at_upload(flagged, allowance.failures_per_week),
                     now if flagged else None,
                 ),
             )
@@ -318,7 +320,7 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
         today = db.execute(
             "SELECT COUNT(*) FROM submissions WHERE team_id = ? AND track = ? AND counts = 1 "
             f"AND created_at >= ? AND (charged IS NULL OR charged IN {charged})",
-            (team.id, track, day_start(now)),
+            (team.id, track, day_start(now, allowance.zone)),
         ).fetchone()[0]
         failures = db.execute(
             "SELECT COUNT(*), MIN(finished_at) FROM submissions WHERE team_id = ? AND track = ? "
@@ -326,7 +328,8 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
             (team.id, track, now - WEEK_S),
         ).fetchone()
         oldest = failures[1]
-        return Used(today, failures[0], next_day(now), oldest + WEEK_S if oldest else None)
+        next_slot = next_day(now, allowance.zone)
+        return Used(today, failures[0], next_slot, oldest + WEEK_S if oldest else None)
 
     def _check_quota(
         self, db: sqlite3.Connection, team: Team, track: str, allowance: Allowance, now: float
@@ -344,14 +347,10 @@ class ServiceDB(TeamRecords, CompetitionRecords, ReproductionRecords):
                 used.next_failure_slot or used.next_slot,
             )
 
-    def check_quota(
-        self, team: Team, track: str, quota: int, failures_per_week: int | None = None
-    ) -> None:
+    def check_quota(self, team: Team, track: str, allowance: Allowance) -> None:
         """Raise QuotaExceeded now, before an upload is read (the insert checks again)."""
         with self._lock:
-            self._check_quota(
-                self._db, team, track, Allowance(quota, failures_per_week), time.time()
-            )
+            self._check_quota(self._db, team, track, allowance, time.time())
 
     def used(self, team: Team, track: str, allowance: Allowance) -> Used:
         with self._lock:

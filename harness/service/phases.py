@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -48,7 +49,7 @@ class _Strict(BaseModel):
 
 
 class Quota(_Strict):
-    per_day: Annotated[int, Field(ge=0)] = 3  # scored entries per team, track and UTC day
+    per_day: Annotated[int, Field(ge=0)] = 3  # per team, track and day (`quota_timezone`'s)
     # A team's own failures (build-failed, oom, timeout, ...) allowed in 7 days; None: they count
     # against `per_day` like scored entries, as a service without a competition file does.
     failures_per_week: Annotated[int, Field(ge=0)] | None = None
@@ -119,6 +120,18 @@ class Competition(_Strict):
     tracks: list[str] = list(TRACK_NAMES)
     phases: Annotated[list[Phase], Field(min_length=1)]
     facts: dict[str, Fact] = {}  # the fact sheet: field name -> its type
+    # Whose calendar days the daily quotas count (an IANA name: America/Los_Angeles).
+    quota_timezone: str = "UTC"
+
+    @field_validator("quota_timezone")
+    @classmethod
+    def _zone(cls, name: str) -> str:
+        zone(name)
+        return name
+
+    @property
+    def quota_zone(self) -> tzinfo:
+        return zone(self.quota_timezone)
 
     @field_validator("tracks")
     @classmethod
@@ -176,9 +189,23 @@ class Competition(_Strict):
 _FORM_FIELDS = ("file", "track", "visibility", "csrf")
 
 
-def single_phase(quota: int) -> Competition:
+def zone(name: str) -> tzinfo:
+    """The time zone named `name` (IANA); ValueError naming it when there is none."""
+    if name == "UTC":  # needs no time zone database
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"no time zone named {name!r} (an IANA name: Europe/Paris)") from None
+
+
+def single_phase(quota: int, quota_timezone: str = "UTC") -> Competition:
     """A service without a competition file: one open phase, public, `quota` a day."""
-    return Competition(name="competition", phases=[Phase(name="open", quota=Quota(per_day=quota))])
+    return Competition(
+        name="competition",
+        phases=[Phase(name="open", quota=Quota(per_day=quota))],
+        quota_timezone=quota_timezone,
+    )
 
 
 def load_competition(path: Path) -> Competition:

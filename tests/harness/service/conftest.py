@@ -14,6 +14,7 @@ import threading
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,13 @@ from tests.harness.run.test_driver import make_entry
 
 HARNESS = Path(sys.executable).parent / "harness"
 SECRET = "webhook-secret-of-team-a"  # the Receiver's webhook secret
+
+
+def quota_zone() -> str:
+    """A time zone where it is about noon now: the daily quota's day cannot end during a test,
+    as it could in UTC for a test that runs across midnight (its slots would free mid-test)."""
+    offset = (12 - datetime.now(UTC).hour + 11) % 24 - 11  # hours ahead of UTC, -11..12
+    return f"Etc/GMT{-offset:+d}"  # the Etc zones' signs are POSIX's: Etc/GMT-5 is UTC+5
 
 
 def free_port() -> int:
@@ -121,9 +129,11 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         port = free_port()
         log = tmp_path / f"serve-{len(started)}.log"
         extra = list(args) or ["--jobs", "0"]
+        # A competition file's own quota_timezone replaces this one.
+        command = [str(HARNESS), "serve", "--data", str(data), "--port", str(port), *extra]
         with log.open("w") as out:
             process = subprocess.Popen(
-                [str(HARNESS), "serve", "--data", str(data), "--port", str(port), *extra],
+                [*command, "--quota-timezone", quota_zone()],
                 cwd=REPO,
                 stdout=out,
                 stderr=subprocess.STDOUT,

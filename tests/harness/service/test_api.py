@@ -16,11 +16,12 @@ import subprocess
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import httpx
 
 from tests.harness.run.test_driver import TOKEN as LEAKED
-from tests.harness.service.conftest import HARNESS, Serve, stand_in_zip, zip_folder
+from tests.harness.service.conftest import HARNESS, Serve, quota_zone, stand_in_zip, zip_folder
 
 QUEUED = {"status": "queued"}
 
@@ -198,10 +199,14 @@ def test_the_daily_quota_holds_under_concurrency(serve: Serve, tmp_path: Path) -
 
     refused = served.submit(token, body)
     assert refused.status_code == 429
-    tomorrow = datetime.datetime.now(datetime.UTC).date() + datetime.timedelta(days=1)
-    detail = refused.json()["detail"]
-    assert detail["next_slot_at"] == f"{tomorrow.isoformat()}T00:00:00+00:00"
+    # The slot frees at the next midnight of the quota's time zone (the fixture's: noon there).
+    zone = ZoneInfo(quota_zone())
+    tomorrow = datetime.datetime.now(zone).date() + datetime.timedelta(days=1)
+    next_slot = datetime.datetime.fromisoformat(refused.json()["detail"]["next_slot_at"])
+    assert next_slot.astimezone(zone) == datetime.datetime.combine(tomorrow, datetime.time(), zone)
     assert 0 < int(refused.headers["retry-after"]) <= 86400
+    with served.client(token) as client:
+        assert client.get("/api/v1/competition").json()["quota_timezone"] == zone.key
     # Per track and per team.
     assert served.submit(token, body, track="A100").status_code == 201
     assert served.submit(other, body).status_code == 201
@@ -211,6 +216,18 @@ def test_the_daily_quota_holds_under_concurrency(serve: Serve, tmp_path: Path) -
         client.post(f"/api/v1/submissions/{queued[0]['id']}/cancel")
     assert served.submit(token, body).status_code == 201
     assert served.submit(token, body).status_code == 429
+
+
+def test_an_unknown_quota_time_zone_stops_the_service_before_it_serves(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [HARNESS, "serve", "--data", tmp_path / "data", "--quota-timezone", "Mars/Olympus"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2
+    assert "--quota-timezone: no time zone named 'Mars/Olympus'" in refused.stderr
+    assert not (tmp_path / "data").exists()
 
 
 def test_pages_use_csrf_and_a_strict_httponly_cookie_and_never_show_tokens(

@@ -14,7 +14,15 @@ from typing import Any
 from harness.service.db import ServiceDB
 from tests._wait import until
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import HARNESS, SECRET, Receiver, Serve, Served, stand_in_zip
+from tests.harness.service.conftest import (
+    HARNESS,
+    SECRET,
+    Receiver,
+    Serve,
+    Served,
+    quota_zone,
+    stand_in_zip,
+)
 
 
 def competition_file(tmp_path: Path, *, final_visibility: str = "organizers") -> Path:
@@ -26,6 +34,7 @@ def competition_file(tmp_path: Path, *, final_visibility: str = "organizers") ->
         f"""
 name: test-cup
 tracks: ["4090"]
+quota_timezone: {quota_zone()}
 phases:
   - name: open
     start: {(now - timedelta(days=1)).isoformat()}

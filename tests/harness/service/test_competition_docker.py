@@ -33,6 +33,7 @@ from tests.harness.service.conftest import (
     SECRET,
     Receiver,
     Serve,
+    quota_zone,
     stand_in_zip,
     zip_folder,
 )
@@ -61,6 +62,7 @@ def competition_file(tmp_path: Path, pack: Path) -> Path:
         f"""
 name: test-cup
 tracks: ["4090"]
+quota_timezone: {quota_zone()}
 phases:
   - name: open
     start: {(now - timedelta(hours=1)).isoformat()}

@@ -28,7 +28,7 @@ from harness.run import processes
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine
 from harness.run.recorder import Recorder
-from harness.service.db import ServiceDB, State, Submission
+from harness.service.db import Allowance, ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
@@ -142,7 +142,7 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
         assert team is not None
         db.set_webhook("team-a", receiver.url, SECRET)
         sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, quota=3)  # fmt: skip
+                                size=1, allowance=Allowance(3))  # fmt: skip
         (tmp_path / f"{sub.id}.zip").write_bytes(b"stands in for the upload")
         notifier = Told(db, retries=2, backoff_s=0.05)
         queue = Queue(
@@ -209,7 +209,7 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
 
             # 3. A team cancels its running entry: stopped on its node, not re-queued.
             other = db.add_submission(team, track="4090", visibility="hidden", filename="f.zip",
-                                      size=1, quota=3)  # fmt: skip
+                                      size=1, allowance=Allowance(3))  # fmt: skip
             (tmp_path / f"{other.id}.zip").write_bytes(b"stands in for the upload")
             cancelled = run(1, other.id)
             assert db.cancel(other.id) is State.RUNNING

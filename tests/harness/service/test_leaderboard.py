@@ -15,7 +15,7 @@ from harness.leaderboard.text import to_json, to_markdown
 from harness.run.options import RunOptions
 from harness.service.api import LeaderboardOut
 from harness.service.core import Service, ServiceConfig, leaderboard_json, published_leaderboard
-from harness.service.db import ServiceDB
+from harness.service.db import Allowance, ServiceDB
 from harness.service.queue import Queue
 from harness.store import Metric, Status, Store
 from tests.harness.leaderboard.test_intervals import FIELD, RUN_SPECS, points
@@ -49,7 +49,7 @@ def _published_field(
                 visibility="published",
                 filename="e.zip",
                 size=1,
-                quota=5,
+                allowance=Allowance(5),
                 facts=(facts or {}).get(team_name),
             )
             assert db.claim_next() is not None

@@ -26,7 +26,7 @@ from harness.run.executor import Heartbeat
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import leases
-from harness.service.db import ServiceDB, State
+from harness.service.db import Allowance, ServiceDB, State
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import Status, Store
@@ -92,7 +92,7 @@ def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(
         assert team is not None
         db.set_webhook("team-a", receiver.url, SECRET)
         sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, quota=3)  # fmt: skip
+                                size=1, allowance=Allowance(3))  # fmt: skip
         notifier = Notifier(db, retries=2, backoff_s=0.05)
         queue = _queue(tmp_path, db, store, executor, lease_s=2.0, notifier=notifier)
         queue.start()
@@ -143,7 +143,7 @@ def test_an_entry_past_its_ceiling_is_stopped_with_that_reason(tmp_path: Path) -
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
         sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, quota=3)  # fmt: skip
+                                size=1, allowance=Allowance(3))  # fmt: skip
         queue = _queue(tmp_path, db, store, executor, ceiling_s=1.0)
         queue.start()
         try:

@@ -17,7 +17,7 @@ from aiosmtpd.controller import Controller
 from harness.errors import ConfigError
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending
-from harness.service.db import ServiceDB, State
+from harness.service.db import Allowance, ServiceDB, State
 from harness.service.notify import Notifier, SmtpSettings
 from harness.service.queue import Queue
 from harness.store import Status, Store
@@ -68,7 +68,12 @@ def test_each_event_is_one_signed_delivery_and_an_email(
                       notifier=notifier)  # fmt: skip
         subs = [
             db.add_submission(
-                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+                team,
+                track="4090",
+                visibility="hidden",
+                filename="e.zip",
+                size=1,
+                allowance=Allowance(3),
             )
             for team in (team_b, team_a, team_a)
         ]

@@ -3,20 +3,30 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from harness.errors import ConfigError
 from harness.run.options import RunOptions
-from harness.service.db import Allowance, QuotaExceeded, ServiceDB, State
+from harness.service.db import (
+    DB_FILENAME,
+    Allowance,
+    QuotaExceeded,
+    ServiceDB,
+    State,
+    day_start,
+    next_day,
+)
 from harness.service.notify import Notifier
 from harness.service.phases import PhaseClock, current_phase, load_competition, uploads_closed
 from harness.service.queue import Queue
 from harness.store import Store
-from tests.harness.service.conftest import SECRET, Receiver
+from tests.harness.service.conftest import SECRET, Receiver, quota_zone
 
 COMPETITION = """
 name: llm-efficiency-2026
@@ -75,6 +85,7 @@ def test_a_competition_file_loads_with_its_phases_in_order(tmp_path: Path) -> No
         (('tracks: ["4090"]', 'tracks: ["H100"]'), "tracks"),
         (("start: 2026-12-01T00:00:00", "start: 2026-11-15T00:00:00"), "starts before"),
         (("  lora_r: {type: int}", "  track: {type: int}"), "facts"),
+        (('tracks: ["4090"]', 'tracks: ["4090"]\nquota_timezone: Mars/Olympus'), "Mars/Olympus"),
     ],
 )
 def test_a_bad_competition_file_is_refused_naming_the_key(
@@ -112,8 +123,42 @@ def test_the_current_phase_follows_the_clock_or_a_later_phase_entered_by_hand(
     assert "takes no uploads" in (uploads_closed(final, december) or "")
 
 
+def test_the_quota_day_is_a_calendar_day_of_the_competitions_time_zone(tmp_path: Path) -> None:
+    pacific = ZoneInfo("America/Los_Angeles")
+    # The clocks go back on 2026-11-01: that day has 25 hours there.
+    afternoon = datetime(2026, 11, 1, 15, tzinfo=pacific).timestamp()
+    assert day_start(afternoon, pacific) == datetime(2026, 11, 1, 7, tzinfo=UTC).timestamp()
+    assert next_day(afternoon, pacific) == datetime(2026, 11, 2, 8, tzinfo=UTC).timestamp()
+    assert day_start(afternoon) == datetime(2026, 11, 1, tzinfo=UTC).timestamp()  # UTC's
+
+    # An entry of three hours ago counts today where the day began at noon's distance, not where
+    # it began one to two hours ago; there its slot frees at the next midnight.
+    hour = datetime.now(UTC).hour
+    just_begun = ZoneInfo(f"Etc/GMT{-((1 - hour + 11) % 24 - 11):+d}")  # about 01:00 there now
+    noon = ZoneInfo(quota_zone())
+    with ServiceDB(tmp_path) as db:
+        db.add_team("team-a")
+        team = db.teams()[0]
+        sub = db.add_submission(
+            team, track="4090", visibility="hidden", filename="e.zip", size=1,
+            allowance=Allowance(1, zone=just_begun),
+        )  # fmt: skip
+        with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # uploaded three hours ago
+            raw.execute(
+                "UPDATE submissions SET created_at = created_at - 10800 WHERE id = ?", (sub.id,)
+            )
+        assert db.used(team, "4090", Allowance(1, zone=noon)).today == 1
+        with pytest.raises(QuotaExceeded, match="1 of 1 submissions used today"):
+            db.check_quota(team, "4090", Allowance(1, zone=noon))
+        early = db.used(team, "4090", Allowance(1, zone=just_begun))
+        assert early.today == 0
+        assert early.next_slot == next_day(time.time(), just_begun)
+        assert 22 * 3600 < early.next_slot - time.time() < 23 * 3600 + 60
+
+
 def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path) -> None:
-    allowance = Allowance(per_day=2, failures_per_week=1)
+    noon = ZoneInfo(quota_zone())  # the test cannot run across the end of the quota's day
+    allowance = Allowance(per_day=2, failures_per_week=1, zone=noon)
     with ServiceDB(tmp_path) as db:
         db.add_team("team-a")
         team = db.teams()[0]
@@ -121,7 +166,7 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
         def submit() -> str:
             return db.add_submission(
                 team, track="4090", visibility="hidden", filename="e.zip", size=1,
-                quota=allowance.per_day, failures_per_week=allowance.failures_per_week,
+                allowance=allowance,
             ).id  # fmt: skip
 
         def end(status: str) -> str:
@@ -134,11 +179,11 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
         # Flagged at upload (a leaked token, say): no slot of the day, one failure.
         flagged = db.add_submission(
             team, track="4090", visibility="hidden", filename="e.zip", size=1,
-            quota=allowance.per_day, failures_per_week=1, findings=[{"rule": "hf-token"}],
+            allowance=allowance, findings=[{"rule": "hf-token"}],
         )  # fmt: skip
         assert (flagged.charged, db.used(team, "4090", allowance).failures) == ("failures", 1)
         assert db.used(team, "4090", allowance).today == 0
-        allowance = Allowance(per_day=2, failures_per_week=2)
+        allowance = Allowance(per_day=2, failures_per_week=2, zone=noon)
         scored = end("scored")
         assert db.submission(scored).charged == "quota"  # type: ignore[union-attr]
         failed = end("build-failed")
@@ -152,7 +197,7 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
         assert refused.value.next_slot == pytest.approx(time.time() + week, abs=60)
         # Without an allowance (no competition file) a failure takes a slot of the day, as
         # before competitions existed.
-        assert db.used(team, "4090", Allowance(per_day=2)).today == 2
+        assert db.used(team, "4090", Allowance(per_day=2, zone=noon)).today == 2
 
 
 def test_an_entry_the_infrastructure_interrupts_is_requeued_once_then_cancelled_uncounted(
@@ -162,7 +207,12 @@ def test_an_entry_the_infrastructure_interrupts_is_requeued_once_then_cancelled_
         db.add_team("team-a")
         team = db.teams()[0]
         sub = db.add_submission(
-            team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=1
+            team,
+            track="4090",
+            visibility="hidden",
+            filename="e.zip",
+            size=1,
+            allowance=Allowance(1),
         )
         queue = Queue(
             db, store, RunOptions("4090", "open", tmp_path / "results"), None, lambda s: Path(s)
@@ -191,7 +241,12 @@ def test_selection_is_limited_and_final_runs_are_queued_once(tmp_path: Path) -> 
         for _ in range(3):
             ids.append(
                 db.add_submission(
-                    team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=5
+                    team,
+                    track="4090",
+                    visibility="hidden",
+                    filename="e.zip",
+                    size=1,
+                    allowance=Allowance(5),
                 ).id
             )
             assert db.claim_next() is not None
@@ -226,7 +281,12 @@ def test_the_clock_enters_a_phase_at_its_start_and_tells_each_event_once(
         db.set_webhook("alice", receiver.url, SECRET)
         team = db.teams()[0]
         sub = db.add_submission(
-            team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=1
+            team,
+            track="4090",
+            visibility="hidden",
+            filename="e.zip",
+            size=1,
+            allowance=Allowance(1),
         )
         assert db.claim_next() is not None and db.finish(sub.id, "scored", "")
         db.select(sub.id, limit=1)

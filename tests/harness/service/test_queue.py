@@ -23,7 +23,7 @@ from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
 from harness.service.core import Service, ServiceConfig
-from harness.service.db import ServiceDB, State
+from harness.service.db import Allowance, ServiceDB, State
 from harness.service.notify import Notifier
 from harness.service.queue import Queue, Slot
 from harness.store import STORE_FILENAME, Status, Store
@@ -82,7 +82,12 @@ def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
         assert found is not None
         subs = [
             db.add_submission(
-                found, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+                found,
+                track="4090",
+                visibility="hidden",
+                filename="e.zip",
+                size=1,
+                allowance=Allowance(3),
             )
             for _ in range(2)
         ]
@@ -159,7 +164,12 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
         assert team is not None
         subs = [
             db.add_submission(
-                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+                team,
+                track="4090",
+                visibility="hidden",
+                filename="e.zip",
+                size=1,
+                allowance=Allowance(3),
             )
             for _ in range(2)
         ]
@@ -216,7 +226,12 @@ def test_an_organizers_cancel_requeues_a_running_entry_once_and_a_teams_own_canc
         notifier = Notifier(db, retries=2, backoff_s=0.05)
         subs = [
             db.add_submission(
-                team, track="4090", visibility="hidden", filename="e.zip", size=1, quota=3
+                team,
+                track="4090",
+                visibility="hidden",
+                filename="e.zip",
+                size=1,
+                allowance=Allowance(3),
             )
             for _ in range(2)
         ]
