@@ -22,7 +22,8 @@ from typing import Any, Protocol
 import httpx
 import pytest
 
-from harness.service.db import ServiceDB
+from harness.service.accounts import Team
+from harness.service.db import Allowance, ServiceDB, Submission
 from harness.service.notify import SIGNATURE_HEADER, signature
 from harness.store import RUN_LABEL, results_id
 from tests._wait import until
@@ -38,6 +39,15 @@ def quota_zone() -> str:
     as it could in UTC for a test that runs across midnight (its slots would free mid-test)."""
     offset = (12 - datetime.now(UTC).hour + 11) % 24 - 11  # hours ahead of UTC, -11..12
     return f"Etc/GMT{-offset:+d}"  # the Etc zones' signs are POSIX's: Etc/GMT-5 is UTC+5
+
+
+def queued(
+    db: ServiceDB, team: Team, allowance: Allowance = Allowance(3), **fields: Any
+) -> Submission:
+    """A submission queued as an upload is (4090, hidden, e.zip unless `fields` say otherwise),
+    for the tests that drive the database without the HTTP service."""
+    upload: dict[str, Any] = {"track": "4090", "visibility": "hidden", "filename": "e.zip"}
+    return db.add_submission(team, size=1, allowance=allowance, **{**upload, **fields})
 
 
 def free_port() -> int:

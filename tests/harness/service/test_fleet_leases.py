@@ -28,7 +28,7 @@ from harness.run import processes
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine
 from harness.run.recorder import Recorder
-from harness.service.db import Allowance, ServiceDB, State, Submission
+from harness.service.db import ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
@@ -36,7 +36,7 @@ from tests._ray import import_ray, pickle_by_value
 from tests._wait import until
 from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import SECRET, Receiver
+from tests.harness.service.conftest import SECRET, Receiver, queued
 
 ray = import_ray()
 
@@ -141,8 +141,7 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
         db.set_webhook("team-a", receiver.url, SECRET)
-        sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, allowance=Allowance(3))  # fmt: skip
+        sub = queued(db, team)
         (tmp_path / f"{sub.id}.zip").write_bytes(b"stands in for the upload")
         notifier = Told(db, retries=2, backoff_s=0.05)
         queue = Queue(
@@ -208,8 +207,7 @@ def test_a_frozen_evaluation_on_a_node_requeues_the_entry_a_killed_node_then_end
             until(lambda: containers() == [], "the dead node's container was removed")
 
             # 3. A team cancels its running entry: stopped on its node, not re-queued.
-            other = db.add_submission(team, track="4090", visibility="hidden", filename="f.zip",
-                                      size=1, allowance=Allowance(3))  # fmt: skip
+            other = queued(db, team, filename="f.zip")
             (tmp_path / f"{other.id}.zip").write_bytes(b"stands in for the upload")
             cancelled = run(1, other.id)
             assert db.cancel(other.id) is State.RUNNING

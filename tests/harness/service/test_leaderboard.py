@@ -15,11 +15,12 @@ from harness.leaderboard.text import to_json, to_markdown
 from harness.run.options import RunOptions
 from harness.service.api import LeaderboardOut
 from harness.service.core import Service, ServiceConfig, leaderboard_json, published_leaderboard
-from harness.service.db import Allowance, ServiceDB
+from harness.service.db import ServiceDB
 from harness.service.queue import Queue
 from harness.store import Metric, Status, Store
 from tests.harness.leaderboard.test_intervals import FIELD, RUN_SPECS, points
 from tests.harness.run.test_driver import write_conf
+from tests.harness.service.conftest import queued
 
 
 def _published_field(
@@ -43,15 +44,7 @@ def _published_field(
         for team_name, name in scored:
             team = teams[team_name]
             assert team is not None
-            sub = db.add_submission(
-                team,
-                track="4090",
-                visibility="published",
-                filename="e.zip",
-                size=1,
-                allowance=Allowance(5),
-                facts=(facts or {}).get(team_name),
-            )
+            sub = queued(db, team, visibility="published", facts=(facts or {}).get(team_name))
             assert db.claim_next() is not None
             store.add_entry(sub.id, config.zip_path(sub.id))
             attempt = store.start_attempt(sub.id, "open")

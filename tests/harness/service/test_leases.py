@@ -26,13 +26,13 @@ from harness.run.executor import Heartbeat
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import leases
-from harness.service.db import Allowance, ServiceDB, State
+from harness.service.db import ServiceDB, State
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import Status, Store
 from tests._wait import until
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import SECRET, Receiver, Serve, stand_in_zip
+from tests.harness.service.conftest import SECRET, Receiver, Serve, queued, stand_in_zip
 from tests.harness.service.test_service_docker import containers, evaluating
 
 
@@ -91,8 +91,7 @@ def test_a_frozen_evaluation_lapses_and_goes_back_to_its_place(
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
         db.set_webhook("team-a", receiver.url, SECRET)
-        sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, allowance=Allowance(3))  # fmt: skip
+        sub = queued(db, team)
         notifier = Notifier(db, retries=2, backoff_s=0.05)
         queue = _queue(tmp_path, db, store, executor, lease_s=2.0, notifier=notifier)
         queue.start()
@@ -142,8 +141,7 @@ def test_an_entry_past_its_ceiling_is_stopped_with_that_reason(tmp_path: Path) -
     with ServiceDB(tmp_path) as db, Store(tmp_path / "results") as store:
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
-        sub = db.add_submission(team, track="4090", visibility="hidden", filename="e.zip",
-                                size=1, allowance=Allowance(3))  # fmt: skip
+        sub = queued(db, team)
         queue = _queue(tmp_path, db, store, executor, ceiling_s=1.0)
         queue.start()
         try:

@@ -17,13 +17,13 @@ from aiosmtpd.controller import Controller
 from harness.errors import ConfigError
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending
-from harness.service.db import Allowance, ServiceDB, State
+from harness.service.db import ServiceDB, State
 from harness.service.notify import Notifier, SmtpSettings
 from harness.service.queue import Queue
 from harness.store import Status, Store
 from tests._wait import until
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import SECRET, Receiver, free_port
+from tests.harness.service.conftest import SECRET, Receiver, free_port, queued
 from tests.harness.service.test_queue import EndsWhenTold
 
 LEAKED = "hf_xQ7pLm2Rt9VbN4kZs8WcY1dF6gHj3KaE5u"  # a token quoted by a build log
@@ -66,17 +66,7 @@ def test_each_event_is_one_signed_delivery_and_an_email(
         notifier = Notifier(db, smtp=settings, retries=2, backoff_s=0.05)
         queue = Queue(db, store, options, executor, lambda s: tmp_path / f"{s}.zip",
                       notifier=notifier)  # fmt: skip
-        subs = [
-            db.add_submission(
-                team,
-                track="4090",
-                visibility="hidden",
-                filename="e.zip",
-                size=1,
-                allowance=Allowance(3),
-            )
-            for team in (team_b, team_a, team_a)
-        ]
+        subs = [queued(db, team) for team in (team_b, team_a, team_a)]
         queue.start()
         try:
             # team-b's receiver is down: its ending is recorded at once, and the next entry runs.

@@ -26,7 +26,7 @@ from harness.service.notify import Notifier
 from harness.service.phases import PhaseClock, current_phase, load_competition, uploads_closed
 from harness.service.queue import Queue
 from harness.store import Store
-from tests.harness.service.conftest import SECRET, Receiver, quota_zone
+from tests.harness.service.conftest import SECRET, Receiver, queued, quota_zone
 
 COMPETITION = """
 name: llm-efficiency-2026
@@ -139,10 +139,7 @@ def test_the_quota_day_is_a_calendar_day_of_the_competitions_time_zone(tmp_path:
     with ServiceDB(tmp_path) as db:
         db.add_team("team-a")
         team = db.teams()[0]
-        sub = db.add_submission(
-            team, track="4090", visibility="hidden", filename="e.zip", size=1,
-            allowance=Allowance(1, zone=just_begun),
-        )  # fmt: skip
+        sub = queued(db, team, Allowance(1, zone=just_begun))
         with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # uploaded three hours ago
             raw.execute(
                 "UPDATE submissions SET created_at = created_at - 10800 WHERE id = ?", (sub.id,)
@@ -164,10 +161,7 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
         team = db.teams()[0]
 
         def submit() -> str:
-            return db.add_submission(
-                team, track="4090", visibility="hidden", filename="e.zip", size=1,
-                allowance=allowance,
-            ).id  # fmt: skip
+            return queued(db, team, allowance).id  # fmt: skip
 
         def end(status: str) -> str:
             sub_id = submit()
@@ -177,10 +171,7 @@ def test_scored_entries_use_the_quota_and_failures_the_allowance(tmp_path: Path)
             return sub_id
 
         # Flagged at upload (a leaked token, say): no slot of the day, one failure.
-        flagged = db.add_submission(
-            team, track="4090", visibility="hidden", filename="e.zip", size=1,
-            allowance=allowance, findings=[{"rule": "hf-token"}],
-        )  # fmt: skip
+        flagged = queued(db, team, allowance, findings=[{"rule": "hf-token"}])
         assert (flagged.charged, db.used(team, "4090", allowance).failures) == ("failures", 1)
         assert db.used(team, "4090", allowance).today == 0
         allowance = Allowance(per_day=2, failures_per_week=2, zone=noon)
@@ -206,14 +197,7 @@ def test_an_entry_the_infrastructure_interrupts_is_requeued_once_then_cancelled_
     with ServiceDB(tmp_path / "data") as db, Store(tmp_path / "results") as store:
         db.add_team("team-a")
         team = db.teams()[0]
-        sub = db.add_submission(
-            team,
-            track="4090",
-            visibility="hidden",
-            filename="e.zip",
-            size=1,
-            allowance=Allowance(1),
-        )
+        sub = queued(db, team, Allowance(1))
         queue = Queue(
             db, store, RunOptions("4090", "open", tmp_path / "results"), None, lambda s: Path(s)
         )
@@ -239,16 +223,7 @@ def test_selection_is_limited_and_final_runs_are_queued_once(tmp_path: Path) -> 
         team = db.teams()[0]
         ids = []
         for _ in range(3):
-            ids.append(
-                db.add_submission(
-                    team,
-                    track="4090",
-                    visibility="hidden",
-                    filename="e.zip",
-                    size=1,
-                    allowance=Allowance(5),
-                ).id
-            )
+            ids.append(queued(db, team, Allowance(5)).id)
             assert db.claim_next() is not None
             db.finish(ids[-1], "scored" if len(ids) < 3 else "oom", "")
         db.select(ids[0], limit=1)
@@ -280,14 +255,7 @@ def test_the_clock_enters_a_phase_at_its_start_and_tells_each_event_once(
         db.add_team("alice")
         db.set_webhook("alice", receiver.url, SECRET)
         team = db.teams()[0]
-        sub = db.add_submission(
-            team,
-            track="4090",
-            visibility="hidden",
-            filename="e.zip",
-            size=1,
-            allowance=Allowance(1),
-        )
+        sub = queued(db, team, Allowance(1))
         assert db.claim_next() is not None and db.finish(sub.id, "scored", "")
         db.select(sub.id, limit=1)
         notifier = Notifier(db, backoff_s=0.05)

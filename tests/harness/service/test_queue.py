@@ -23,14 +23,14 @@ from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob
 from harness.service import queue as queue_module
 from harness.service.core import Service, ServiceConfig
-from harness.service.db import Allowance, ServiceDB, State
+from harness.service.db import ServiceDB, State
 from harness.service.notify import Notifier
 from harness.service.queue import Queue, Slot
 from harness.store import STORE_FILENAME, Status, Store
 from tests._wait import until
 from tests.conftest import fill_disk
 from tests.harness.run.test_driver import write_conf
-from tests.harness.service.conftest import SECRET, Receiver
+from tests.harness.service.conftest import SECRET, Receiver, queued
 
 
 class EngineComesBack:
@@ -80,17 +80,7 @@ def test_an_engine_gone_away_requeues_the_entry_and_waits_for_the_engine(
         team = db.add_team("team-a")
         found = db.team_for_token(team)
         assert found is not None
-        subs = [
-            db.add_submission(
-                found,
-                track="4090",
-                visibility="hidden",
-                filename="e.zip",
-                size=1,
-                allowance=Allowance(3),
-            )
-            for _ in range(2)
-        ]
+        subs = [queued(db, found) for _ in range(2)]
         queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
         queue.start()
         try:
@@ -162,17 +152,7 @@ def test_a_full_disk_requeues_the_entry_and_the_queue_goes_on_once_space_is_free
     with ServiceDB(small_disk) as db, Store(options.out) as store:
         team = db.team_for_token(db.add_team("team-a"))
         assert team is not None
-        subs = [
-            db.add_submission(
-                team,
-                track="4090",
-                visibility="hidden",
-                filename="e.zip",
-                size=1,
-                allowance=Allowance(3),
-            )
-            for _ in range(2)
-        ]
+        subs = [queued(db, team) for _ in range(2)]
         queue = Queue(db, store, options, executor, lambda sub_id: tmp_path / f"{sub_id}.zip")
         queue.start()
         try:
@@ -224,17 +204,7 @@ def test_an_organizers_cancel_requeues_a_running_entry_once_and_a_teams_own_canc
         assert team is not None and organizer is not None
         db.set_webhook("team-a", receiver.url, SECRET)
         notifier = Notifier(db, retries=2, backoff_s=0.05)
-        subs = [
-            db.add_submission(
-                team,
-                track="4090",
-                visibility="hidden",
-                filename="e.zip",
-                size=1,
-                allowance=Allowance(3),
-            )
-            for _ in range(2)
-        ]
+        subs = [queued(db, team) for _ in range(2)]
         queue = Queue(db, store, options, executor, config.zip_path, notifier=notifier)
         service = Service(config, db, store, queue)
         queue.start()
