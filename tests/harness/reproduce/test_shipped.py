@@ -28,7 +28,7 @@ from harness.reproduce.shipped import ShippedReproduction, receive
 from harness.reproduce.top import reproduce_top
 from harness.run.shipping import DROPPED_NOTE, NODE_DIR_ENV
 from harness.store import Metric, Store, entry_slug, results_id
-from tests._ray import import_ray, pickle_by_value
+from tests._ray import gpu_node, ray_cluster
 from tests.harness.run.test_driver import write_conf
 
 WEIGHTS_BYTES = 64 * 1024
@@ -160,34 +160,19 @@ def test_a_folder_that_would_leave_its_place_is_refused_and_loses_nothing(
 
 @pytest.mark.docker  # RayExecutor.start cleans each node's Docker engine
 def test_top_2_on_a_ray_fleet_without_shared_storage(tmp_path: Path) -> None:
-    ray = import_ray()
-    from ray.cluster_utils import Cluster
-
     from harness.run.ray_executor import RayExecutor
 
-    pickle_by_value(__name__)
     results, _, pack = _results(tmp_path)
     nodes = tmp_path / "nodes"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        for index in range(2):
-            cluster.add_node(
-                num_cpus=1, num_gpus=1, resources={"4090": 1},
-                env_vars={NODE_DIR_ENV: str(nodes / f"node-{index}")},
-            )  # fmt: skip
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
+    fleet = [gpu_node(node_dir=nodes / f"node-{index}") for index in range(2)]
+    with ray_cluster(__name__, *fleet) as (cluster, _):
         options = _options(results, pack)
-
         report = reproduce_top(
             2, options, executor=RayExecutor(cluster.address), reproduce=_on_the_node
         )
         again = reproduce_top(
             2, options, executor=RayExecutor(cluster.address), reproduce=_on_the_node
         )
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
 
     assert [(e.rank, e.entry, e.verdict) for e in report.entries] == [
         (1, "alpha", "reproduced"),

@@ -16,7 +16,7 @@ from harness.errors import InfrastructureError
 from harness.run.executor import LocalExecutor
 from harness.run.options import RunOptions
 from harness.store import results_id
-from tests._ray import import_ray, pickle_by_value
+from tests._ray import gpu_node, ray_cluster
 
 pytestmark = pytest.mark.docker
 
@@ -53,18 +53,9 @@ def test_local_tasks_run_in_the_pool_with_the_gpu_they_hold(tmp_path: Path) -> N
 
 
 def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> None:
-    ray = import_ray()
-    from ray.cluster_utils import Cluster
-
     from harness.run.ray_executor import RayExecutor
 
-    pickle_by_value(__name__)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    try:
-        cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})
-        a100 = cluster.add_node(num_cpus=1, num_gpus=1, resources={"A100": 1})
-        ray.init(address=cluster.address, log_to_driver=False)
-        cluster.wait_for_nodes()
+    with ray_cluster(__name__, gpu_node(), gpu_node("A100")) as (cluster, (_, a100)):
         executor: Any = RayExecutor(cluster.address)
         executor.start(RunOptions(track="4090", stage="open", out=tmp_path), results_id(tmp_path))
         results = [f.result(timeout=120) for f in [executor.submit_task(_where) for _ in range(2)]]
@@ -89,6 +80,3 @@ def test_ray_tasks_run_on_a_node_with_the_tracks_resource(tmp_path: Path) -> Non
             RayExecutor(cluster.address).start(
                 RunOptions(track="A100", stage="open", out=tmp_path), results_id(tmp_path)
             )
-    finally:
-        ray.shutdown()
-        cluster.shutdown()

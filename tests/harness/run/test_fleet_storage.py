@@ -23,7 +23,7 @@ from harness.run.driver import run_entries
 from harness.run.pipeline import Ending, EntryJob, Machine, evaluate_entry
 from harness.run.recorder import Recorder
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
-from tests._ray import import_ray, pickle_by_value
+from tests._ray import gpu_node, import_ray, ray_cluster
 from tests.harness.run.test_driver import make_entry, options
 
 ray = import_ray()
@@ -52,25 +52,10 @@ def on_this_node_only(job: EntryJob, recorder: Recorder, machine: Machine) -> En
 
 @pytest.fixture(scope="module")
 def cluster(base_image: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    from ray.cluster_utils import Cluster
-
-    from harness.run.shipping import NODE_DIR_ENV
-
-    pickle_by_value(__name__)
     nodes = tmp_path_factory.mktemp("nodes")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for index in range(3):
-        cluster.add_node(
-            num_cpus=1,
-            num_gpus=1,
-            resources={"4090": 1},
-            env_vars={NODE_DIR_ENV: str(nodes / f"node-{index}")},
-        )
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster, nodes
-    ray.shutdown()
-    cluster.shutdown()
+    fleet = [gpu_node(node_dir=nodes / f"node-{index}") for index in range(3)]
+    with ray_cluster(__name__, *fleet) as (cluster, _):
+        yield cluster, nodes
 
 
 def test_results_travel_back_and_the_driver_folder_is_the_only_copy(

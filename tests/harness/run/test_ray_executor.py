@@ -25,7 +25,7 @@ from harness.run.options import RunOptions
 from harness.run.pipeline import Ending, EntryJob, Machine
 from harness.run.recorder import Recorder
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
-from tests._ray import import_ray, pickle_by_value
+from tests._ray import gpu_node, import_ray, ray_cluster
 from tests.conftest import TEST_LABELS
 
 ray = import_ray()
@@ -58,17 +58,8 @@ def stand_in(job: EntryJob, recorder: Recorder, machine: Machine) -> Ending:
 
 @pytest.fixture(scope="module")
 def cluster(base_image: str) -> Any:
-    from ray.cluster_utils import Cluster
-
-    pickle_by_value(__name__)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(3):
-        cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with ray_cluster(__name__, *[gpu_node()] * 3) as (cluster, _):
+        yield cluster
 
 
 def _entries(root: Path, names: list[str]) -> Path:

@@ -32,7 +32,7 @@ from harness.service.db import ServiceDB, State, Submission
 from harness.service.notify import Notifier
 from harness.service.queue import Queue
 from harness.store import RUN_LABEL, Status, Step, Store, results_id
-from tests._ray import import_ray, pickle_by_value
+from tests._ray import gpu_node, import_ray, ray_cluster
 from tests._wait import until
 from tests.conftest import TEST_LABELS
 from tests.harness.run.test_driver import write_conf
@@ -99,18 +99,9 @@ class Told(Notifier):
 
 @pytest.fixture
 def cluster(base_image: str) -> Any:
-    from ray.cluster_utils import Cluster
-
-    pickle_by_value(__name__)
     CONTROL.mkdir()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    for _ in range(3):
-        cluster.add_node(num_cpus=1, num_gpus=1, resources={"4090": 1})
-    ray.init(address=cluster.address, log_to_driver=False)
-    cluster.wait_for_nodes()
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
+    with ray_cluster(__name__, *[gpu_node()] * 3) as (cluster, _):
+        yield cluster
     for path in CONTROL.iterdir():
         path.unlink()
     CONTROL.rmdir()
