@@ -277,6 +277,11 @@ def _reproduce(
             machine.interrupt()
             raise
         machine.close()
+        console.print(
+            "the finalists' teams are told of these verdicts when `harness serve` starts next "
+            "(it has the notification settings)",
+            highlight=False,
+        )
 
 
 @app.command("release", epilog=EPILOG)

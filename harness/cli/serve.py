@@ -287,6 +287,8 @@ def main(
         ):
             smtp = SmtpSettings(smtp_host, smtp_port, smtp_from) if smtp_host else None
             notifier = Notifier(db, smtp=smtp)
+            if told := notifier.untold_reproductions():
+                console.print(f"told {told} team(s) how the reproduction of their entry ended")
             clock = None
             if config.competition is not None:
                 # The commands (`harness competition advance`) read it from the database.

@@ -47,10 +47,11 @@ from harness.competition import TRACK_NAMES
 from harness.service.accounts import Team, TeamRecords
 from harness.service.records import CompetitionRecords
 from harness.service.reproductions import TABLE as REPRODUCTIONS_TABLE
+from harness.service.reproductions import TOLD_COLUMN as REPRODUCTIONS_TOLD
 from harness.service.reproductions import ReproductionRecords
 
 DB_FILENAME = "service.sqlite"
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # Statements that bring a database of version N (the key) to N + 1.
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -70,6 +71,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "'scored' THEN 'quota' ELSE 'failures' END WHERE state NOT IN ('queued', 'running')",
     ),
     4: (REPRODUCTIONS_TABLE,),
+    5: (REPRODUCTIONS_TOLD,),
 }  # fmt: skip
 # An entry ended by the infrastructure (or an organizer's cancel) goes back to the queue this
 # many times on its own.
@@ -137,6 +139,7 @@ CREATE TABLE webhooks (
     secret TEXT NOT NULL
 );
 {REPRODUCTIONS_TABLE};
+{REPRODUCTIONS_TOLD};
 CREATE INDEX submissions_by_queue ON submissions (state, queued_at, seq);
 CREATE INDEX submissions_by_team ON submissions (team_id, track, created_at);
 PRAGMA user_version = {SCHEMA_VERSION};

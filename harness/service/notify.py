@@ -89,27 +89,47 @@ class Notifier:
 
     def reproduction(self, request: Reproduction) -> None:
         """Tell a finalist's team how the reproduction of its entry ended: its verdict
-        (`reproduction.finished`), or none (`reproduction.failed`: the infrastructure)."""
-        self._send(
-            request.team,
-            {
-                "event": f"reproduction.{request.state.value}",
-                "submission": request.submission,
-                "team": request.team,
-                "track": request.track,
-                "rank": str(request.rank),
-                "status": request.verdict or request.state.value,
-                "reason": redact(request.reason),
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
-            },
-        )
+        (`reproduction.finished`), or none (`reproduction.failed`: the infrastructure). Once
+        its deliveries are done (or given up) the request is marked told; one cut short by a
+        stopping service is told again when the service starts."""
+        payload = {
+            "event": f"reproduction.{request.state.value}",
+            "submission": request.submission,
+            "team": request.team,
+            "track": request.track,
+            "rank": str(request.rank),
+            "status": request.verdict or request.state.value,
+            "reason": redact(request.reason),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        self._pool.submit(self._tell_reproduction, request.id, payload)
+
+    def _tell_reproduction(self, request_id: int, payload: Mapping[str, str | None]) -> None:
+        webhook, email = self._recipients(str(payload["team"]))
+        if webhook is not None:
+            self._post(*webhook, payload)
+        if email is not None and self.smtp is not None:
+            self._mail(self.smtp, email, payload)
+        self.db.reproduction_told(request_id)
+
+    def untold_reproductions(self) -> int:
+        """Tell of the reproductions that ended with nobody to tell them (a reveal that ran them
+        with no service running, a service stopped before it told); how many."""
+        untold = self.db.untold_reproductions()
+        for request in untold:
+            self.reproduction(request)
+        return len(untold)
+
+    def _recipients(self, team: str) -> tuple[tuple[str, str] | None, str | None]:
+        """The team's webhook (url, secret) and email address, each None when it has none."""
+        email = next((t.email for t in self.db.teams() if t.name == team), None)
+        return self.db.webhook(team), email or None
 
     def _send(self, team: str, payload: Mapping[str, str | None]) -> None:
-        webhook = self.db.webhook(team)
+        webhook, email = self._recipients(team)
         if webhook is not None:
             self._pool.submit(self._post, *webhook, payload)
-        email = next((t.email for t in self.db.teams() if t.name == team), None)
-        if email and self.smtp is not None:
+        if email is not None and self.smtp is not None:
             self._pool.submit(self._mail, self.smtp, email, payload)
 
     def competition(self, event: str, competition: str, phase: str, ends_at: str | None) -> None:

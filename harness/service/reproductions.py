@@ -7,6 +7,7 @@ reveal itself drains the same requests with the same code (`Reproductions.drain`
                    team, state (queued | running | finished | failed), verdict and reason,
                    attempts, what the reveal asked (`options`, JSON: base image, time limit,
                    mounts), the worker running it, and the times it was queued, started, ended
+                   and its team told of its ending
 
 The work itself is harness/reproduce's (top.py's `QueuedReproducer`), which this layer may not
 import: `harness serve` and `reveal` hand in a `Reproducer`. Its verdict is written where
@@ -23,7 +24,9 @@ A reproduction stopped with its service (SIGTERM) has its containers removed (`R
 and what it writes afterwards is never taken as its verdict. No lease lapses under a reproduction
 that runs here: each of its steps has its own limit (the build limit, the training's time limit,
 the stage's evaluation deadline), and its end is recorded whatever it is. The team is told of
-each ending (`reproduction.finished`, `reproduction.failed`: notify.py).
+each ending once (`reproduction.finished`, `reproduction.failed`: notify.py), by the service,
+which has the notification settings: what a reveal ran with no service running is told when the
+service starts.
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ TABLE = """CREATE TABLE IF NOT EXISTS reproductions (
     finished_at REAL,
     UNIQUE (track, submission)
 )"""
+TOLD_COLUMN = "ALTER TABLE reproductions ADD COLUMN told_at REAL"  # schema 6 (db.py)
 
 
 class ReproductionState(StrEnum):
@@ -88,6 +92,7 @@ class Reproduction:
     queued_at: float
     started_at: float | None
     finished_at: float | None
+    told_at: float | None = None  # when its team was told of its ending
 
 
 def _reproduction(row: Any) -> Reproduction:
@@ -132,6 +137,21 @@ class ReproductionRecords(SQLiteFile):
         rows = self._read("SELECT * FROM reproductions WHERE id = ?", request_id)
         return _reproduction(rows[0]) if rows else None
 
+    def untold_reproductions(self) -> list[Reproduction]:
+        """The requests that ended (finished or failed) and whose team was not told yet."""
+        rows = self._read(
+            "SELECT * FROM reproductions WHERE state IN (?, ?) AND told_at IS NULL ORDER BY id",
+            ReproductionState.FINISHED.value,
+            ReproductionState.FAILED.value,
+        )
+        return [_reproduction(row) for row in rows]
+
+    def reproduction_told(self, request_id: int) -> None:
+        with self._write() as db:
+            db.execute(
+                "UPDATE reproductions SET told_at = ? WHERE id = ?", (time.time(), request_id)
+            )
+
     def claim_reproduction(self, worker: str) -> Reproduction | None:
         """Move the first queued request (by queueing, then rank) to running; None if none."""
         with self._write() as db:
@@ -156,7 +176,7 @@ class ReproductionRecords(SQLiteFile):
         with self._write() as db:
             changed = db.execute(
                 "UPDATE reproductions SET state = ?, verdict = ?, reason = ?, finished_at = ?, "
-                "worker = NULL WHERE id = ? AND state = ?",
+                "worker = NULL, told_at = NULL WHERE id = ? AND state = ?",
                 (state.value, verdict, reason,
                  None if state is ReproductionState.QUEUED else time.time(), request_id,
                  ReproductionState.RUNNING.value),

@@ -6,6 +6,7 @@ tell a team about its ending); the database, the store, the HTTP and SMTP traffi
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from email import message_from_bytes
 from pathlib import Path
@@ -17,9 +18,10 @@ from aiosmtpd.controller import Controller
 from harness.errors import ConfigError
 from harness.run.options import RunOptions
 from harness.run.pipeline import Ending
-from harness.service.db import ServiceDB, State
+from harness.service.db import DB_FILENAME, ServiceDB, State
 from harness.service.notify import Notifier, SmtpSettings
 from harness.service.queue import Queue
+from harness.service.reproductions import ReproductionState
 from harness.store import Status, Store
 from tests._wait import until
 from tests.harness.run.test_driver import write_conf
@@ -114,3 +116,31 @@ def test_a_webhook_needs_a_url_and_a_long_secret(tmp_path: Path) -> None:
         db.set_webhook("team-a", "https://x", SECRET)
         assert db.webhook("team-a") == ("https://x", SECRET)
         assert db.webhook("team-b") is None
+
+
+def test_a_reproduction_ended_with_nobody_to_tell_is_told_once_in_a_migrated_database(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    with ServiceDB(tmp_path):
+        pass
+    with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # as schema 5 left it: no told_at
+        raw.execute("ALTER TABLE reproductions DROP COLUMN told_at")
+        raw.execute("PRAGMA user_version = 5")
+    with ServiceDB(tmp_path) as db:
+        team = db.team_for_token(db.add_team("team-a"))
+        assert team is not None
+        db.set_webhook("team-a", receiver.url, SECRET)
+        [request] = db.add_reproductions([("4090", 1, queued(db, team).id, "team-a")], {})
+        assert db.claim_reproduction("a reveal") is not None
+        assert db.untold_reproductions() == []  # running: nothing to tell yet
+        db.end_reproduction(request.id, ReproductionState.FINISHED, "within noise", "within-noise")
+        notifier = Notifier(db, retries=2, backoff_s=0.05)
+        try:
+            assert notifier.untold_reproductions() == 1
+            until(lambda: not db.untold_reproductions(), "team-a was told")
+            assert notifier.untold_reproductions() == 0
+        finally:
+            notifier.close()
+    assert [(d["event"], d["status"], d["rank"]) for d in receiver.deliveries] == [
+        ("reproduction.finished", "within-noise", "1")
+    ]

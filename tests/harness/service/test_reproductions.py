@@ -164,6 +164,7 @@ def test_a_stopped_service_removes_the_training_and_a_reveal_without_it_runs_it_
     base_image: str,
     docker_client: Any,
     helm_bin: Path,
+    receiver: Receiver,
     cleanup: list[str],  # noqa: F811
 ) -> None:
     served = serve(*evaluating([], base_image, tmp_path))
@@ -197,3 +198,22 @@ def test_a_stopped_service_removes_the_training_and_a_reveal_without_it_runs_it_
     assert docker_client.containers.list(all=True, filters=training.label) == []
     # Asked again, the finished reproduction is kept, not redone.
     assert reproducer.kept(ended[0]) == ("train-timeout", ended[0].reason)
+    # The reveal had nobody to tell: the service tells alice when it starts, once.
+    with ServiceDB(served.data) as db:
+        db.set_webhook("alice", receiver.url, SECRET)
+
+    def untold() -> list[Reproduction]:
+        with ServiceDB(served.data) as db:
+            return db.untold_reproductions()
+
+    logs = []
+    for _ in range(2):
+        again = serve("--jobs", "0", data=served.data)
+        until(lambda: not untold(), "the service told alice", timeout_s=60)
+        again.process.send_signal(signal.SIGTERM)
+        assert again.process.wait(timeout=120) == 0
+        logs.append(again.log.read_text())
+    assert ["told 1 team(s) how the reproduction" in log for log in logs] == [True, False]
+    assert [(d["event"], d["status"], d["rank"]) for d in receiver.deliveries] == [
+        ("reproduction.finished", "train-timeout", "1")
+    ]
