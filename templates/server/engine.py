@@ -21,6 +21,16 @@ left in the prefix cache (prefix_cache.py), so shared few-shot examples are read
 Robust: when a batch raises (CUDA out of memory, say), memory is freed (the prefix cache too) and
 its requests are rerun one by one, so only a request that fails on its own gets an error; the
 worker goes on.
+
+Where to change what:
+    sampling (temperature, top_p, top_k, seed)        Engine._sample
+    when a sequence ends (stop sequences, limits)     Engine._step
+    which waiting requests join the batch             Engine._take
+    what the prefix cache keeps                       prefix_cache.py
+What main.py relies on, the contract to keep when swapping in another engine (vLLM, say):
+`prepare(request) -> Job`, `submit(job) -> Future[Generated]`, `run_alone(job)`,
+`serve_forever()`, `stop()`, `encode(text)`, and the attributes `tokenizer`, `context`, `device`,
+`settings`.
 """
 
 from __future__ import annotations
@@ -96,7 +106,7 @@ class _Batch:
     echoed: list[torch.Tensor] = field(default_factory=list)  # echo lines' states, by chunk
 
     def jobs(self) -> list[Job]:
-        return list({id(row.job): row.job for row in self.rows}.values())
+        return list(dict.fromkeys(row.job for row in self.rows))
 
     def release(self) -> None:
         self.rows, self.cache, self.echoed = [], None, []
@@ -272,10 +282,12 @@ class Engine:
         self._free_memory()
         for job in jobs:
             if not job.future.done():
-                self._solo(job)
+                self.run_alone(job)
         return None
 
-    def _solo(self, job: Job) -> None:
+    def run_alone(self, job: Job) -> None:
+        """Answer `job` by itself, here: main.py's warm-up, and each job of a batch that failed
+        (only a job that fails on its own gets an error)."""
         message = None
         try:
             batch = self._read(self._start([job]), whole=True)
@@ -333,14 +345,14 @@ class Engine:
         # Every row reads the same number of trailing tokens, so a reused prefix sits right
         # before the tokens read now and no padding splits a sequence. Reading fewer tokens
         # than a row could would not save work: the padded batch is that wide anyway.
-        hits = {id(job): self._reusable(job) for job in jobs}
-        fresh = max(len(job.ids) - hits[id(job)][0] for job in jobs)
-        reused = {id(job): max(0, len(job.ids) - fresh) for job in jobs}
+        hits = {job: self._reusable(job) for job in jobs}
+        fresh = max(len(job.ids) - hits[job][0] for job in jobs)
+        reused = {job: max(0, len(job.ids) - fresh) for job in jobs}
         width = max(reused.values())
         ids = torch.full((len(rows), fresh), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(rows), width + fresh), dtype=torch.long)
         for line, row in enumerate(rows):
-            tokens = row.job.ids[reused[id(row.job)] :]
+            tokens = row.job.ids[reused[row.job] :]
             ids[line, fresh - len(tokens) :] = torch.tensor(tokens)
             mask[line, width + fresh - len(row.job.ids) :] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -348,12 +360,12 @@ class Engine:
         if width:
             self._seed_cache(
                 cache,
-                [hits[id(row.job)][1] for row in rows],
-                [reused[id(row.job)] for row in rows],
+                [hits[row.job][1] for row in rows],
+                [reused[row.job] for row in rows],
                 width,
             )
             if self.prefix is not None:
-                self.prefix.reused_tokens += sum(reused[id(job)] for job in jobs)
+                self.prefix.reused_tokens += sum(reused[job] for job in jobs)
         return _Batch(rows, cache, mask, ids)
 
     @torch.inference_mode()
@@ -369,14 +381,14 @@ class Engine:
         read = batch.mask.shape[1] - batch.unread.shape[1]
         hidden = self._forward(ids, batch.mask[:, :read], batch.cache)
         lines = self._first_lines(batch)
-        echo = [lines[id(job)] for job in batch.jobs() if job.request.echo_prompt]
+        echo = [lines[job] for job in batch.jobs() if job.request.echo_prompt]
         if echo:
             batch.echoed.append(hidden[echo])
         if batch.unread.shape[1]:
             return batch
         if self.prefix is not None:
             for job in batch.jobs():
-                line, n = lines[id(job)], len(job.ids)
+                line, n = lines[job], len(job.ids)
                 states = [
                     (layer.keys[line, :, -n:].clone(), layer.values[line, :, -n:].clone())
                     for layer in batch.cache.layers
@@ -396,11 +408,11 @@ class Engine:
         return batch
 
     @staticmethod
-    def _first_lines(batch: _Batch) -> dict[int, int]:
-        """Each job's first line in the batch, by id(job)."""
-        lines: dict[int, int] = {}
+    def _first_lines(batch: _Batch) -> dict[Job, int]:
+        """Each job's first line in the batch."""
+        lines: dict[Job, int] = {}
         for line, row in enumerate(batch.rows):
-            lines.setdefault(id(row.job), line)
+            lines.setdefault(row.job, line)
         return lines
 
     def _reusable(self, job: Job) -> tuple[int, Entry | None]:

@@ -110,7 +110,7 @@ def load_engine(settings: Settings) -> Engine:
     engine = Engine(model, tokenizer, settings, template)
     # A first request before /health says ok: it proves the model runs and warms the kernels.
     warmup = engine.prepare(ProcessRequest(prompt="Hello", max_new_tokens=1))
-    engine._solo(warmup)
+    engine.run_alone(warmup)
     warmup.future.result(timeout=0)
     log.info("model ready: context %d tokens, device %s", engine.context, engine.device)
     return engine
