@@ -110,7 +110,10 @@ class Notifier:
             self._post(*webhook, payload)
         if email is not None and self.smtp is not None:
             self._mail(self.smtp, email, payload)
-        self.db.reproduction_told(request_id)
+        try:
+            self.db.reproduction_told(request_id)
+        except Exception:  # the service stopped meanwhile: told again when it starts
+            log.warning("could not record that %s's team was told", payload["submission"])
 
     def untold_reproductions(self) -> int:
         """Tell of the reproductions that ended with nobody to tell them (a reveal that ran them
