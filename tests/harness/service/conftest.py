@@ -34,10 +34,11 @@ HARNESS = Path(sys.executable).parent / "harness"
 SECRET = "webhook-secret-of-team-a"  # the Receiver's webhook secret
 
 
-def quota_zone() -> str:
-    """A time zone where it is about noon now: the daily quota's day cannot end during a test,
-    as it could in UTC for a test that runs across midnight (its slots would free mid-test)."""
-    offset = (12 - datetime.now(UTC).hour + 11) % 24 - 11  # hours ahead of UTC, -11..12
+def quota_zone(hour: int = 12) -> str:
+    """A time zone where it is `hour` o'clock now (and some minutes). At noon the daily quota's
+    day cannot end during a test, as it could in UTC for a test that runs across midnight (its
+    slots would free mid-test)."""
+    offset = (hour - datetime.now(UTC).hour + 11) % 24 - 11  # hours ahead of UTC, -11..12
     return f"Etc/GMT{-offset:+d}"  # the Etc zones' signs are POSIX's: Etc/GMT-5 is UTC+5
 
 

@@ -131,11 +131,9 @@ def test_the_quota_day_is_a_calendar_day_of_the_competitions_time_zone(tmp_path:
     assert next_day(afternoon, pacific) == datetime(2026, 11, 2, 8, tzinfo=UTC).timestamp()
     assert day_start(afternoon) == datetime(2026, 11, 1, tzinfo=UTC).timestamp()  # UTC's
 
-    # An entry of three hours ago counts today where the day began at noon's distance, not where
-    # it began one to two hours ago; there its slot frees at the next midnight.
-    hour = datetime.now(UTC).hour
-    just_begun = ZoneInfo(f"Etc/GMT{-((1 - hour + 11) % 24 - 11):+d}")  # about 01:00 there now
-    noon = ZoneInfo(quota_zone())
+    # An entry of three hours ago counts today where it is noon now, not where the day began one
+    # to two hours ago; there its slot frees at the next midnight.
+    just_begun, noon = ZoneInfo(quota_zone(1)), ZoneInfo(quota_zone())
     with ServiceDB(tmp_path) as db:
         db.add_team("team-a")
         team = db.teams()[0]
