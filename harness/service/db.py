@@ -47,6 +47,7 @@ from harness.competition import TRACK_NAMES
 from harness.service.accounts import Team, TeamRecords
 from harness.service.records import CompetitionRecords
 from harness.service.reproductions import TABLE as REPRODUCTIONS_TABLE
+from harness.service.reproductions import TOLD_BEFORE as REPRODUCTIONS_TOLD_BEFORE
 from harness.service.reproductions import TOLD_COLUMN as REPRODUCTIONS_TOLD
 from harness.service.reproductions import ReproductionRecords
 
@@ -71,7 +72,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "'scored' THEN 'quota' ELSE 'failures' END WHERE state NOT IN ('queued', 'running')",
     ),
     4: (REPRODUCTIONS_TABLE,),
-    5: (REPRODUCTIONS_TOLD,),
+    5: (REPRODUCTIONS_TOLD, REPRODUCTIONS_TOLD_BEFORE),
 }  # fmt: skip
 # An entry ended by the infrastructure (or an organizer's cancel) goes back to the queue this
 # many times on its own.

@@ -67,6 +67,8 @@ TABLE = """CREATE TABLE IF NOT EXISTS reproductions (
     UNIQUE (track, submission)
 )"""
 TOLD_COLUMN = "ALTER TABLE reproductions ADD COLUMN told_at REAL"  # schema 6 (db.py)
+# Migrating to schema 6: what ended before was told then (or, ended by a reveal, never will be).
+TOLD_BEFORE = "UPDATE reproductions SET told_at = finished_at WHERE state IN ('finished', 'failed')"
 
 
 class ReproductionState(StrEnum):

@@ -121,19 +121,23 @@ def test_a_webhook_needs_a_url_and_a_long_secret(tmp_path: Path) -> None:
 def test_a_reproduction_ended_with_nobody_to_tell_is_told_once_in_a_migrated_database(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    with ServiceDB(tmp_path):
-        pass
+    def reproduced(db: ServiceDB, rank: int, verdict: str) -> None:
+        team = db.team_for_token(db.add_team(f"team-{rank}"))
+        assert team is not None
+        db.set_webhook(team.name, receiver.url, SECRET)
+        [request] = db.add_reproductions([("4090", rank, queued(db, team).id, team.name)], {})
+        assert db.claim_reproduction("a reveal") is not None
+        assert db.untold_reproductions() == []  # running: nothing to tell yet
+        db.end_reproduction(request.id, ReproductionState.FINISHED, "a reason", verdict)
+
+    with ServiceDB(tmp_path) as db:
+        reproduced(db, 2, "reproduced")  # ended, and told, before this harness
     with sqlite3.connect(tmp_path / DB_FILENAME) as raw:  # as schema 5 left it: no told_at
         raw.execute("ALTER TABLE reproductions DROP COLUMN told_at")
         raw.execute("PRAGMA user_version = 5")
     with ServiceDB(tmp_path) as db:
-        team = db.team_for_token(db.add_team("team-a"))
-        assert team is not None
-        db.set_webhook("team-a", receiver.url, SECRET)
-        [request] = db.add_reproductions([("4090", 1, queued(db, team).id, "team-a")], {})
-        assert db.claim_reproduction("a reveal") is not None
-        assert db.untold_reproductions() == []  # running: nothing to tell yet
-        db.end_reproduction(request.id, ReproductionState.FINISHED, "within noise", "within-noise")
+        assert db.untold_reproductions() == []  # the migration takes it as told
+        reproduced(db, 1, "within-noise")
         notifier = Notifier(db, retries=2, backoff_s=0.05)
         try:
             assert notifier.untold_reproductions() == 1
