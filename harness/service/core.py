@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ class ServiceConfig:
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
     competition: Competition | None = None  # None: one open phase of `quota` a day
 
-    @property
+    @cached_property  # every page and upload asks; built once
     def phases(self) -> Competition:
         return self.competition or single_phase(self.quota, self.quota_timezone)
 
